@@ -1,0 +1,131 @@
+"""Parquet manifests with key-value metadata, written atomically.
+
+Every file dgamix writes carries, in the Parquet footer under the key ``dgamix``, a JSON
+object: schema version, dgamix version, the manifest's kind, the parameters that made it and
+the fingerprint of its inputs. ``write`` goes through a temporary name and ``os.replace``, so a
+crash never leaves a half file that looks complete. ``read`` checks kind and schema version and
+turns every low-level failure into a :class:`DgamixError` that names the file and the fix.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import __version__
+from pipeline.errors import DgamixError
+
+SCHEMA_VERSION = 1
+META_KEY = b"dgamix"
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash (16 hex chars) of JSON-serialisable parts (parameters, file stats...)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_checksum(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_path(path: str | Path) -> Path:
+    """A temporary sibling of ``path``: same folder (so rename is atomic), hidden, unique."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def write(path: str | Path, table: pa.Table, kind: str, params: dict | None = None,
+          inputs: str | None = None, extra: dict | None = None) -> Path:
+    """Write ``table`` to ``path`` atomically, with dgamix metadata. Returns the path.
+
+    kind: what the file is ("docs", "embeddings-part", "tree", ...), checked on read.
+    params: the parameters that made it. inputs: fingerprint of its inputs.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"schema_version": SCHEMA_VERSION, "dgamix_version": __version__, "kind": kind,
+            "params": params or {}, "inputs": inputs}
+    if extra:
+        meta.update(extra)
+    old = table.schema.metadata or {}
+    table = table.replace_schema_metadata({**old, META_KEY: json.dumps(meta, default=str).encode()})
+    tmp = atomic_path(path)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as f:  # the bytes reach the disk before the name does
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DgamixError(f"could not write {path}: {e.strerror or e}. Check free disk space and "
+                          f"write permission on {path.parent}; earlier outputs are intact.") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _meta_of(schema: pa.Schema, path: Path) -> dict:
+    raw = (schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        raise DgamixError(f"{path} is a Parquet file but not a dgamix manifest (no dgamix metadata); "
+                          f"rebuild it with the dgamix stage that writes it.")
+    return json.loads(raw)
+
+
+def _check(meta: dict, path: Path, kind: str | None) -> dict:
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise DgamixError(f"{path} has manifest schema version {meta.get('schema_version')}, this dgamix "
+                          f"({__version__}) reads version {SCHEMA_VERSION}; rebuild it with this version "
+                          f"(rerun the stage with --overwrite).")
+    if kind is not None and meta.get("kind") != kind:
+        raise DgamixError(f"{path} is a '{meta.get('kind')}' manifest, expected '{kind}'.")
+    return meta
+
+
+def read_meta(path: str | Path, kind: str | None = None) -> dict:
+    """The dgamix metadata of a manifest, reading only the footer."""
+    path = Path(path)
+    if not path.exists():
+        raise DgamixError(f"{path} does not exist; run the stage that writes it first.")
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DgamixError(f"{path} is corrupt or not Parquet ({e}); delete it and rerun the stage "
+                          f"that writes it.") from e
+    return _check(_meta_of(schema, path), path, kind)
+
+
+def read(path: str | Path, kind: str | None = None, columns: list[str] | None = None) -> tuple[pa.Table, dict]:
+    """Read a manifest; returns (table, metadata). Clear errors for missing/corrupt/old files."""
+    path = Path(path)
+    meta = read_meta(path, kind)
+    try:
+        table = pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        raise DgamixError(f"{path} is corrupt or truncated ({e}); delete it and rerun the stage "
+                          f"that writes it.") from e
+    if columns:
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise DgamixError(f"{path} lacks columns {missing}; rebuild it with this dgamix version.")
+    return table, meta
+
+
+def require_columns(names: list[str], required: list[str], where: str, fix: str) -> None:
+    """Raise a DgamixError naming the missing columns of ``where``."""
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise DgamixError(f"{where} lacks column(s) {missing} (has {names}); {fix}")

@@ -1,0 +1,95 @@
+"""The workspace layout (DESIGN.md, "The workspace") and a per-stage lock.
+
+All paths of a workspace are computed here so no stage spells a file name twice.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import DgamixError
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Paths of one workspace folder ``root``."""
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    # stage 1
+    @property
+    def docs(self) -> Path:
+        return self.root / "docs.parquet"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.root / "embeddings"
+
+    @property
+    def embeddings(self) -> Path:
+        return self.root / "embeddings.parquet"
+
+    def embedding_part(self, shard: int) -> Path:
+        return self.embeddings_dir / f"part-{shard:05d}.parquet"
+
+    def clusters_dir(self, name: str) -> Path:
+        return self.root / "clusters" / name
+
+    def tree(self, name: str) -> Path:
+        return self.clusters_dir(name) / "tree.parquet"
+
+    def assignments_dir(self, name: str) -> Path:
+        return self.clusters_dir(name) / "assignments"
+
+    def assignment_part(self, name: str, shard: int) -> Path:
+        return self.assignments_dir(name) / f"part-{shard:05d}.parquet"
+
+    def domains(self, name: str) -> Path:
+        return self.clusters_dir(name) / "domains.parquet"
+
+    # stage 2
+    def target_dir(self, name: str) -> Path:
+        return self.root / "targets" / name
+
+    def basis(self, name: str) -> Path:
+        return self.root / "bases" / f"{name}.parquet"
+
+    # stage 3
+    def run_dir(self, name: str) -> Path:
+        return self.root / "runs" / name
+
+    def schedule(self, name: str) -> Path:
+        return self.root / "schedules" / f"{name}.parquet"
+
+    def require(self, path: Path, how: str) -> Path:
+        """``path`` if it exists, else a DgamixError that says which command builds it."""
+        if not path.exists():
+            raise DgamixError(f"{path} not found; run `{how}` first.")
+        return path
+
+
+@contextlib.contextmanager
+def lock(ws: Workspace, stage: str):
+    """Hold an exclusive lock on ``stage`` of the workspace for the duration of the block.
+
+    A second dgamix process writing the same stage fails at once with a clear message instead
+    of interleaving shards. The lock is an flock, so a killed process releases it.
+    """
+    ws.root.mkdir(parents=True, exist_ok=True)
+    path = ws.root / f".lock-{stage}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DgamixError(f"another dgamix process is writing '{stage}' in {ws.root} (lock {path}); "
+                              f"wait for it to finish, then rerun (a rerun resumes).") from None
+        yield
+    finally:
+        os.close(fd)
