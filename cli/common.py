@@ -15,6 +15,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+WS_HELP = "Workspace folder: every stage reads and writes Parquet manifests here."
+
+
 def user_errors(fn):
     """Turn a DgamixError (or bad numeric input) into `error: ...` on stderr and exit code 2."""
 

@@ -1,60 +1,24 @@
-"""`dgamix` — one command per stage. Each command is a thin wrapper over pipeline/ or mixing/."""
+"""`dgamix` — one command per stage; the code of `dgamix X` is the function X in cli/X.py."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
+import importlib
 
 import typer
 
-from cli.common import show, split_csv, user_errors
+COMMANDS = ["embed"]  # in pipeline order
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn a large generic corpus into a data mixture that specialises a language model "
                        "to a small target task. Stages: embed -> cluster -> target -> basis -> train/schedule -> report.")
+
 
 @app.callback()
 def _group() -> None:
     """dgamix: clustered importance sampling and Dynamic Gradient Alignment for data mixtures."""
 
 
-WS_HELP = "Workspace folder: every stage reads and writes Parquet manifests here."
-
-
-@app.command()
-@user_errors
-def embed(
-    corpus: list[Path] = typer.Argument(..., help="Corpus files: .parquet, .jsonl, or folders of .txt files (one document per file)."),
-    workspace: Path = typer.Option(..., "--workspace", "-w", help=WS_HELP),
-    text_column: str = typer.Option("text", help="Column holding the document text."),
-    id_column: str = typer.Option("id", help="Column holding your document ids (generated as <file>:<row> when absent)."),
-    keep_columns: Optional[str] = typer.Option(None, help="Comma-separated input columns to carry into docs.parquet (e.g. topic)."),
-    dedup: bool = typer.Option(True, "--dedup/--no-dedup", help="Mark near-duplicates (MinHash LSH on word 5-shingles) and skip them."),
-    dedup_threshold: float = typer.Option(0.8, min=0.0, max=1.0, help="Jaccard similarity at which two documents are near-duplicates."),
-    model: str = typer.Option("all-MiniLM-L6-v2", help="sentence-transformers model name or local path; the default is packaged (offline)."),
-    max_seq_length: int = typer.Option(256, min=1, help="Word pieces per document seen by the encoder; longer documents are truncated."),
-    batch_size: int = typer.Option(64, min=1, help="Documents per forward pass."),
-    shard_size: int = typer.Option(10_000, min=1, help="Documents per embeddings part file (the unit of resume)."),
-    precision: str = typer.Option("fp32", help="Encoder arithmetic: fp32, or bf16 (torch autocast; fast only on CPUs with bf16 units)."),
-    dtype: str = typer.Option("float32", help="Storage dtype of the vectors: float32 or float16."),
-    device: str = typer.Option("cpu", help="Torch device for the encoder: cpu or cuda."),
-    engine: str = typer.Option("local", help="local (in-process)."),
-    overwrite: bool = typer.Option(False, help="Rebuild when the workspace holds a different corpus or parameters."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-):
-    """Embed a corpus: docs.parquet, embeddings/part-*.parquet and embeddings.parquet. Rerun to resume."""
-    from pipeline.corpus import CorpusSpec
-    from pipeline.dedup import DedupConfig
-    from pipeline.embed import EmbedConfig, embed_corpus
-    from pipeline.errors import DgamixError
-    from pipeline.workspace import Workspace
-
-    if engine != "local":
-        raise DgamixError(f"--engine {engine} is not available in this version; use --engine local.")
-    spec = CorpusSpec(text_column, id_column, split_csv(keep_columns))
-    cfg = EmbedConfig(model, max_seq_length, batch_size, shard_size, precision, dtype, device)
-    summary = embed_corpus(Workspace(workspace), [str(c) for c in corpus], spec, cfg,
-                           DedupConfig(threshold=dedup_threshold) if dedup else None, overwrite, quiet)
-    show(summary)
+for _name in COMMANDS:
+    app.command(_name)(getattr(importlib.import_module(f"cli.{_name}"), _name))
 
 
 if __name__ == "__main__":

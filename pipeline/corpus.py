@@ -95,7 +95,7 @@ def _read_jsonl(path: Path) -> pa.Table:
 
 def _text_column(table: pa.Table, path: Path, spec: CorpusSpec) -> pa.Array:
     if path.suffix.lower() in TEXT_SUFFIXES:
-        return table.column("text").combine_chunks()
+        return table.column("text").combine_chunks().cast(pa.large_string())
     if spec.text_column not in table.column_names:
         raise DgamixError(f"{path} has no text column '{spec.text_column}' (columns: {table.column_names}); "
                           f"pass --text-column NAME.")

@@ -1,0 +1,172 @@
+"""Stage 1a: the embed stage with the real packaged MiniLM model, resume, dedup and bad inputs."""
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from pipeline import embed as embed_mod
+from pipeline.corpus import CorpusSpec
+from pipeline.dedup import DedupConfig, near_duplicates
+from pipeline.embed import EmbedConfig, embed_corpus, model_path
+from pipeline.workspace import Workspace
+
+runner = CliRunner()
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def embeddings_of(ws: Workspace) -> tuple[np.ndarray, np.ndarray]:
+    e = pl.read_parquet(ws.embeddings_dir / "*.parquet").sort("doc_id")
+    return e["doc_id"].to_numpy(), np.asarray(e["embedding"].to_list(), dtype=np.float32)
+
+
+@pytest.mark.slow
+def test_real_model_embeddings_match_sentence_transformers(tmp_path, wiki_sample):
+    from sentence_transformers import SentenceTransformer
+
+    r = cli("embed", wiki_sample, "--workspace", tmp_path / "ws", "--keep-columns", "topic", "--shard-size", 25, "-q")
+    assert r.exit_code == 0, r.output
+    ws = Workspace(tmp_path / "ws")
+    docs = pl.read_parquet(ws.docs)
+    assert docs["doc_id"].to_list() == list(range(60)) and "topic" in docs.columns
+    shards = pl.read_parquet(ws.embeddings)
+    assert shards["rows"].to_list() == [25, 25, 10] and shards["path"].str.starts_with("embeddings/").all()
+    ids, x = embeddings_of(ws)
+    assert len(ids) == docs.filter(pl.col("dup_of").is_null()).height == 60
+    assert np.abs(np.linalg.norm(x, axis=1) - 1).max() < 1e-3
+    ref = SentenceTransformer(model_path("all-MiniLM-L6-v2"), device="cpu")
+    ref.max_seq_length = 256
+    texts = pl.read_parquet(wiki_sample)["text"].to_list()
+    want = ref.encode(texts, normalize_embeddings=True)
+    assert (x * want).sum(1).min() >= 0.999
+    assert (docs["n_tokens"] > 0).all() and (docs["n_chars"] == pl.Series([len(t) for t in texts])).all()
+
+
+@pytest.mark.slow
+def test_crash_mid_run_resumes_to_identical_manifests(tmp_path, wiki_sample, monkeypatch):
+    cfg = EmbedConfig(shard_size=16)
+    clean = Workspace(tmp_path / "clean")
+    embed_corpus(clean, [str(wiki_sample)], cfg=cfg, quiet=True)
+
+    crashed = Workspace(tmp_path / "crashed")
+    real, calls = embed_mod.embed_shard, []
+
+    def dies_on_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the process dies mid-run
+        return real(*a, **k)
+
+    monkeypatch.setattr(embed_mod, "embed_shard", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        embed_corpus(crashed, [str(wiki_sample)], cfg=cfg, quiet=True)
+    assert not crashed.embeddings.exists() and len(list(crashed.embeddings_dir.glob("part-*"))) == 2
+    monkeypatch.setattr(embed_mod, "embed_shard", real)
+    summary = embed_corpus(crashed, [str(wiki_sample)], cfg=cfg, quiet=True)
+    assert summary["shards_skipped"] == 2 and summary["shards_embedded"] == 2
+    for name in ["docs.parquet", "embeddings.parquet", *[f"embeddings/part-{i:05d}.parquet" for i in range(4)]]:
+        assert (clean.root / name).read_bytes() == (crashed.root / name).read_bytes(), name
+    again = embed_corpus(crashed, [str(wiki_sample)], cfg=cfg, quiet=True)
+    assert again["shards_skipped"] == 4 and again["shards_embedded"] == 0
+
+
+def _long_text(rng, n=120):
+    words = ["alpha", "river", "stone", "music", "theory", "cloud", "number", "garden", "light", "engine",
+             "paper", "market", "winter", "signal", "forest", "island", "copper", "silver", "orbit", "fabric"]
+    return " ".join(rng.choice(words, n)) + f" {rng.integers(1e9)}"
+
+
+def test_minhash_marks_planted_near_duplicates():
+    rng = np.random.default_rng(0)
+    texts = [_long_text(rng) for _ in range(30)]
+    w = texts[4].split()
+    w[50] = "CHANGED"  # one word changed of 121: Jaccard of 5-shingles ~ 0.92
+    texts.append(" ".join(w))
+    texts.append(texts[10].upper())  # case-only change: identical shingles
+    dup = near_duplicates(texts, DedupConfig())
+    assert dup[30] == 4 and dup[31] == 10
+    assert (dup[:30] == -1).all()
+
+
+def test_inputs_jsonl_and_text_folder_and_empty_rows(tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "txt"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"f{i}.txt").write_text(_long_text(rng))
+    (folder / "blank.txt").write_text("   \n ")
+    jl = tmp_path / "c.jsonl"
+    jl.write_text("\n".join(json.dumps({"id": f"j{i}", "text": t}) for i, t in
+                            enumerate([_long_text(rng), "", _long_text(rng), None])))
+    ws = Workspace(tmp_path / "ws")
+    out = embed_corpus(ws, [str(folder), str(jl)], cfg=EmbedConfig(shard_size=2), quiet=True)
+    docs = pl.read_parquet(ws.docs)
+    assert out["skipped_empty"] == 3 and docs.height == 5
+    assert docs["id"].to_list() == ["f0:0", "f1:0", "f2:0", "j0", "j2"]
+    assert docs["row"].to_list() == [0, 0, 0, 0, 2]
+    ids, x = embeddings_of(ws)
+    assert ids.tolist() == [0, 1, 2, 3, 4] and x.shape == (5, 384)
+
+
+def test_duplicates_are_kept_in_docs_but_not_embedded(tmp_path):
+    rng = np.random.default_rng(2)
+    texts = [_long_text(rng) for _ in range(6)]
+    texts.append(texts[2])
+    src = tmp_path / "c.parquet"
+    pl.DataFrame({"id": [f"x{i}" for i in range(7)], "text": texts}).write_parquet(src)
+    ws = Workspace(tmp_path / "ws")
+    out = embed_corpus(ws, [str(src)], quiet=True)
+    docs = pl.read_parquet(ws.docs)
+    assert out["duplicates"] == 1 and docs["dup_of"].to_list() == [None] * 6 + [2]
+    assert embeddings_of(ws)[0].tolist() == [0, 1, 2, 3, 4, 5]
+    out = embed_corpus(Workspace(tmp_path / "ws2"), [str(src)], dedup=None, quiet=True)
+    assert out["embedded"] == 7
+
+
+def _bad(tmp_path, *args):
+    r = cli("embed", *args, "--workspace", tmp_path / "ws", "-q")
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and r.output.startswith("error: "), r.output
+    assert len(r.output.strip().splitlines()) == 1
+    return r.output
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    pl.DataFrame({"body": ["some text"]}).write_parquet(tmp_path / "nocol.parquet")
+    assert "no text column 'text'" in _bad(tmp_path, tmp_path / "nocol.parquet")
+    assert "--text-column" in _bad(tmp_path, tmp_path / "nocol.parquet")
+    pl.DataFrame({"text": ["", "  ", None]}, schema={"text": pl.String}).write_parquet(tmp_path / "empty.parquet")
+    assert "no non-empty documents" in _bad(tmp_path, tmp_path / "empty.parquet")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    assert "not valid UTF-8" in _bad(tmp_path, tmp_path / "latin1.txt")
+    pl.DataFrame({"id": ["a", "a"], "text": ["one doc", "two doc"]}).write_parquet(tmp_path / "dupid.parquet")
+    assert "duplicate ids" in _bad(tmp_path, tmp_path / "dupid.parquet")
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+    assert "broken.parquet" in _bad(tmp_path, tmp_path / "broken.parquet")
+    assert "does not exist" in _bad(tmp_path, tmp_path / "missing.parquet")
+    pl.DataFrame({"text": [1, 2]}).write_parquet(tmp_path / "ints.parquet")
+    assert "not text" in _bad(tmp_path, tmp_path / "ints.parquet")
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{not json\n')
+    assert "line 2" in _bad(tmp_path, tmp_path / "bad.jsonl")
+    assert not (tmp_path / "ws" / "docs.parquet").exists()
+
+
+def test_changed_corpus_is_refused_without_overwrite_and_nothing_is_lost(tmp_path):
+    rng = np.random.default_rng(3)
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    pl.DataFrame({"text": [_long_text(rng) for _ in range(4)]}).write_parquet(a)
+    pl.DataFrame({"text": [_long_text(rng) for _ in range(5)]}).write_parquet(b)
+    ws = Workspace(tmp_path / "ws")
+    embed_corpus(ws, [str(a)], quiet=True)
+    before = {p: p.read_bytes() for p in ws.root.rglob("*.parquet")}
+    msg = _bad(tmp_path, b)
+    assert "--overwrite" in msg
+    assert {p: p.read_bytes() for p in ws.root.rglob("*.parquet")} == before
+    r = cli("embed", b, "--workspace", ws.root, "--overwrite", "-q")
+    assert r.exit_code == 0, r.output
+    assert pl.read_parquet(ws.docs).height == 5 and embeddings_of(ws)[1].shape == (5, 384)
