@@ -8,6 +8,7 @@ turns every low-level failure into a :class:`DgamixError` that names the file an
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -46,6 +47,24 @@ def atomic_path(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
 
 
+def _meta_bytes(kind: str, params: dict | None, inputs: str | None, extra: dict | None) -> bytes:
+    meta = {"schema_version": SCHEMA_VERSION, "dgamix_version": __version__, "kind": kind,
+            "params": params or {}, "inputs": inputs}
+    meta.update(extra or {})
+    return json.dumps(meta, default=str).encode()
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb") as f:  # the bytes reach the disk before the name does
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_error(path: Path, e: OSError) -> DgamixError:
+    return DgamixError(f"could not write {path}: {e.strerror or e}. Check free disk space and "
+                       f"write permission on {path.parent}; earlier outputs are intact.")
+
+
 def write(path: str | Path, table: pa.Table, kind: str, params: dict | None = None,
           inputs: str | None = None, extra: dict | None = None) -> Path:
     """Write ``table`` to ``path`` atomically, with dgamix metadata. Returns the path.
@@ -55,26 +74,43 @@ def write(path: str | Path, table: pa.Table, kind: str, params: dict | None = No
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"schema_version": SCHEMA_VERSION, "dgamix_version": __version__, "kind": kind,
-            "params": params or {}, "inputs": inputs}
-    if extra:
-        meta.update(extra)
     old = table.schema.metadata or {}
-    table = table.replace_schema_metadata({**old, META_KEY: json.dumps(meta, default=str).encode()})
+    table = table.replace_schema_metadata({**old, META_KEY: _meta_bytes(kind, params, inputs, extra)})
     tmp = atomic_path(path)
     try:
         pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as f:  # the bytes reach the disk before the name does
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _commit(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise DgamixError(f"could not write {path}: {e.strerror or e}. Check free disk space and "
-                          f"write permission on {path.parent}; earlier outputs are intact.") from e
+        raise _write_error(path, e) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def writer(path: str | Path, schema: pa.Schema, kind: str, params: dict | None = None,
+           inputs: str | None = None, extra: dict | None = None):
+    """Stream record batches into ``path`` with bounded memory; atomic like :func:`write`.
+
+    Yields a ``pyarrow.parquet.ParquetWriter``; the file appears under its name only when the
+    block completes, so an interrupted stream leaves no file that looks complete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema = schema.with_metadata({**(schema.metadata or {}), META_KEY: _meta_bytes(kind, params, inputs, extra)})
+    tmp = atomic_path(path)
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
+            yield w
+        _commit(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, e) from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _meta_of(schema: pa.Schema, path: Path) -> dict:

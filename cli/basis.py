@@ -1,0 +1,45 @@
+"""`dgamix basis`: importance-sampling histograms and basis distributions (stage 2b)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli.common import WS_HELP, user_errors
+
+
+@user_errors
+def basis(
+    workspace: Path = typer.Option(..., "--workspace", "-w", help=WS_HELP),
+    clusters: str = typer.Option(..., help="Clustering name (see `dgamix cluster --list`)."),
+    level: int = typer.Option(..., help="Tree level whose domains the bases are distributions over (1 = coarsest)."),
+    target: str = typer.Option(..., help="Target name (from `dgamix target`)."),
+    by: str = typer.Option("single", help="single (the IS histogram) | group (one per target group) | kmeans:N "
+                                         "(N k-means groups of the target) | levels (the histogram at every level <= L, lifted to L)."),
+    generic: str = typer.Option("none", help="Add one generic basis: natural (corpus cluster sizes) | uniform | none."),
+    smoothing: float = typer.Option(0.0, help="Additive count on every populated domain (0 = faithful importance sampling)."),
+    pocket_min: int = typer.Option(5, help="Warn about target examples in domains with fewer corpus docs than this."),
+    seed: int = typer.Option(0, help="Seed for --by kmeans:N."),
+    name: str = typer.Option(..., help="Name of the basis (WS/bases/NAME.parquet)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing basis of this name."),
+):
+    """Build N basis distributions over the level-L domains from the target's assignments."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.basis import build_basis
+    from pipeline.workspace import Workspace
+
+    out = build_basis(Workspace(workspace), clusters, level, target, by, name, generic=generic, smoothing=smoothing,
+                      pocket_min=pocket_min, seed=seed, overwrite=overwrite)
+    table = Table(title=f"bases -> {out['path']}")
+    for col in ("basis", "name", "domains", "eff. domains", "top domains (weight: terms)"):
+        table.add_column(col)
+    for b in out["bases"]:
+        top = "\n".join(f"{d} ({w:.2f}): {t}" for d, w, t in zip(b["top_domains"][:3], b["top_weights"], b["top_terms"]))
+        table.add_row(str(b["basis"]), b["name"], str(b["nonzero_domains"]), f"{b['effective_domains']:.1f}", top)
+    console = Console(width=140)
+    console.print(table)
+    pocket = out["bases"][0]["pocket_fraction"]
+    msg = f"{pocket:.1%} of the target's reweighting examples fall in domains with < {out['pocket_min']} corpus docs"
+    console.print(("[yellow]warning: narrow pockets: " if pocket > 0.1 else "") + msg)

@@ -1,0 +1,32 @@
+"""`dgamix schedule`: export the doc ids of every training step for an external trainer."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.common import WS_HELP, show, user_errors
+
+
+@user_errors
+def schedule(
+    workspace: Path = typer.Option(..., "--workspace", "-w", help=WS_HELP),
+    clusters: str = typer.Option(..., help="Clustering name."),
+    level: int = typer.Option(..., help="Tree level whose domains are sampled."),
+    mixer: Optional[str] = typer.Option(None, help="Static mixture: uniform (over domains) | natural (cluster sizes)."),
+    basis: Optional[str] = typer.Option(None, help="Static mixture of a basis (uniform over its bases; one basis = importance sampling)."),
+    run: Optional[str] = typer.Option(None, help="Replay the weight trajectory of a `dgamix train` run step by step."),
+    steps: int = typer.Option(..., help="Training steps to schedule."),
+    batch_size: int = typer.Option(..., help="Documents (sequences) per step."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    limited: bool = typer.Option(True, "--limited/--with-replacement", help="Draw documents without replacement inside a domain (new epoch when exhausted)."),
+    name: str = typer.Option(..., help="Schedule name (WS/schedules/NAME.parquet)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing schedule of this name."),
+):
+    """Write WS/schedules/NAME.parquet: step, position, doc_id, domain, id (steps x batch-size rows)."""
+    from mixing.schedule import export_schedule
+    from pipeline.workspace import Workspace
+
+    show(export_schedule(Workspace(workspace), clusters, level, steps, batch_size, name, mixer=mixer, basis=basis,
+                         run=run, seed=seed, limited=limited, overwrite=overwrite))

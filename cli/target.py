@@ -1,0 +1,29 @@
+"""`dgamix target`: embed a target set with the workspace's encoder (stage 2a)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.common import WS_HELP, show, user_errors
+
+
+@user_errors
+def target(
+    target_file: Path = typer.Argument(..., metavar="TARGET", help="Target examples: .parquet, .jsonl or a folder of .txt files."),
+    workspace: Path = typer.Option(..., "--workspace", "-w", help=WS_HELP),
+    name: str = typer.Option(..., help="Name of the target inside the workspace (WS/targets/NAME/)."),
+    text_column: str = typer.Option("text", help="Column holding the example text."),
+    id_column: str = typer.Option("id", help="Column holding example ids (generated when absent)."),
+    group_column: Optional[str] = typer.Option(None, help="Column naming each example's task/subject; enables `basis --by group`."),
+    holdout: float = typer.Option(0.2, help="Fraction of examples held out for evaluation only (never used to reweight)."),
+    seed: int = typer.Option(0, help="Seed of the reweight/holdout split."),
+    overwrite: bool = typer.Option(False, help="Replace an existing target of this name made from other inputs."),
+):
+    """Embed target examples with the corpus's encoder and split them into reweight / holdout parts."""
+    from pipeline.target import TargetConfig, build_target
+    from pipeline.workspace import Workspace
+
+    cfg = TargetConfig(text_column, id_column, group_column, holdout, seed)
+    show(build_target(Workspace(workspace), str(target_file), name, cfg, overwrite))

@@ -1,0 +1,83 @@
+"""Reading stage 1-2 manifests into the mixing engine's inputs (index, basis matrix, doc ids).
+
+mixing meets pipeline only through manifests: this module reads them with the shared
+manifest module and turns low-level errors into DgamixErrors that name the command to run.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from mixing.dga import BasisMatrix
+from mixing.sampler import DomainIndex
+from pipeline import manifest
+from pipeline.errors import DgamixError
+from pipeline.workspace import Workspace
+
+
+def clustering_levels(ws: Workspace, clusters: str) -> int:
+    """Number of levels of clustering ``clusters``; a clear error when it does not exist."""
+    tree = ws.tree(clusters)
+    if not tree.exists():
+        root = ws.root / "clusters"
+        have = sorted(p.name for p in root.iterdir() if (p / "tree.parquet").exists()) if root.exists() else []
+        raise DgamixError(f"no clustering '{clusters}' in {ws.root} (have: {have or 'none'}); run "
+                          f"`dgamix cluster --workspace {ws.root} --levels ...` first or pick one with --clusters.")
+    return len(manifest.read_meta(tree)["params"]["levels"])
+
+
+def check_level(ws: Workspace, clusters: str, level: int) -> None:
+    n = clustering_levels(ws, clusters)
+    if not 1 <= level <= n:
+        raise DgamixError(f"--level {level} is out of range: clustering '{clusters}' has levels 1..{n}.")
+
+
+def load_index(ws: Workspace, clusters: str, level: int, exclude: np.ndarray | None = None) -> DomainIndex:
+    """domain -> doc ids at ``level`` (token counts from docs.parquet), minus ``exclude`` doc ids."""
+    check_level(ws, clusters, level)
+    import polars as pl
+
+    try:
+        a = pl.scan_parquet(f"{ws.assignments_dir(clusters)}/*.parquet").select("doc_id", f"level_{level}").collect()
+    except Exception as e:  # noqa: BLE001 - polars raises several types for missing/corrupt parts
+        raise DgamixError(f"cannot read assignments of '{clusters}' ({str(e).splitlines()[0][:160]}); rerun "
+                          f"`dgamix cluster --workspace {ws.root} --name {clusters}`.") from None
+    docs, _ = manifest.read(ws.docs, "docs", columns=["doc_id", "n_tokens"])
+    tokens = np.asarray(docs["n_tokens"])
+    ids, dom = a["doc_id"].to_numpy(), a[f"level_{level}"].to_numpy()
+    if exclude is not None and len(exclude):
+        keep = ~np.isin(ids, exclude)
+        ids, dom = ids[keep], dom[keep]
+    return DomainIndex.from_arrays(ids, dom, n_tokens=tokens[ids])
+
+
+def load_basis(ws: Workspace, name: str, clusters: str, level: int) -> tuple[BasisMatrix, list[str], dict]:
+    """(P (N x k over domain ids), basis names, metadata) of WS/bases/<name>.parquet.
+
+    Refuses a basis built for another clustering or level: its domain ids would mean other domains.
+    """
+    path = ws.basis(name)
+    if not path.exists():
+        have = sorted(p.stem for p in (ws.root / "bases").glob("*.parquet")) if (ws.root / "bases").exists() else []
+        raise DgamixError(f"no basis '{name}' in {ws.root} (have: {have or 'none'}); build it with "
+                          f"`dgamix basis --workspace {ws.root} ... --name {name}`.")
+    table, meta = manifest.read(path, "basis", columns=["basis", "domain", "weight", "name"])
+    p = meta["params"]
+    if (p.get("clusters"), p.get("level")) != (clusters, level):
+        raise DgamixError(f"basis '{name}' was built for clustering '{p.get('clusters')}' level {p.get('level')}, "
+                          f"not '{clusters}' level {level}; rebuild it or pass matching --clusters/--level.")
+    basis, domain = np.asarray(table["basis"]), np.asarray(table["domain"])
+    try:  # columns are domain ids 0..max: the sampler maps them onto the populated domains
+        P = BasisMatrix.from_rows(basis, domain, np.asarray(table["weight"]), int(domain.max()) + 1)
+    except ValueError as e:
+        raise DgamixError(f"{path}: {e}; rebuild it with `dgamix basis`.") from None
+    names = [None] * P.n
+    for b, nm in zip(basis.tolist(), table["name"].to_pylist()):
+        names[b] = nm
+    return P, names, meta
+
+
+def user_ids(ws: Workspace) -> pa.Array:
+    """The user's `id` of every doc, indexed by doc_id."""
+    docs, _ = manifest.read(ws.docs, "docs", columns=["doc_id", "id"])
+    return docs["id"].combine_chunks()

@@ -1,0 +1,201 @@
+"""Stage 2b: importance-sampling histograms and basis distributions over the domains (CRISP).
+
+A basis is a distribution over the k populated level-L domains (those holding corpus docs).
+Builders (DGA.md, "Stage 2"): `single` (the IS histogram), `group` (one per target group),
+`kmeans:N` (one per k-means group of the target embeddings), `levels` (the target histogram
+at each level <= L, lifted to L), plus an optional generic basis (natural or uniform).
+The pure functions here work on arrays; `build_basis` is the stage over manifests.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.errors import DgamixError
+
+
+@dataclass(frozen=True)
+class Domains:
+    """The populated level-L domains: ids (k,) sorted, corpus sizes (k,), ancestors (k, L)."""
+
+    ids: np.ndarray        # int64 (k,) domain ids at level L with >= 1 corpus doc
+    sizes: np.ndarray      # int64 (k,) corpus documents per domain
+    ancestors: np.ndarray  # int64 (k, L): column l-1 = the domain's ancestor at level l (last = itself)
+
+
+def histogram(assigned: np.ndarray, ids: np.ndarray, smoothing: float = 0.0) -> np.ndarray:
+    """Normalised counts of ``assigned`` domain ids over ``ids`` (k,); mass outside ``ids`` is dropped.
+
+    smoothing: additive count on every domain in ``ids`` (0 = the faithful IS histogram).
+    Returns zeros when nothing lands in ``ids`` and smoothing is 0.
+    """
+    pos = np.searchsorted(ids, assigned)
+    ok = (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == assigned)
+    counts = np.bincount(pos[ok], minlength=len(ids)).astype(np.float64) + smoothing
+    total = counts.sum()
+    return counts / total if total > 0 else counts
+
+
+def lift(coarse_ids: np.ndarray, coarse_hist: np.ndarray, ancestor: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Spread a histogram over coarse domains onto the k fine domains in proportion to corpus sizes.
+
+    coarse_ids (m,) sorted, coarse_hist (m,); ancestor (k,) the coarse ancestor of each fine
+    domain; sizes (k,) corpus docs per fine domain. Mass is conserved for every coarse domain
+    that has a populated descendant.
+    """
+    pos = np.searchsorted(coarse_ids, ancestor)
+    mass = coarse_hist[np.minimum(pos, len(coarse_ids) - 1)] * (coarse_ids[np.minimum(pos, len(coarse_ids) - 1)] == ancestor)
+    per_coarse = np.bincount(pos, weights=sizes.astype(np.float64), minlength=len(coarse_ids))
+    return mass * sizes / np.where(per_coarse[pos] > 0, per_coarse[pos], 1.0)
+
+
+def kmeans_groups(emb: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Labels (n_examples,) of spherical faiss k-means of the target embeddings into n groups."""
+    import faiss
+
+    if n > len(emb):
+        raise DgamixError(f"--by kmeans:{n} asks for more groups than the {len(emb)} target examples used "
+                          f"for reweighting; choose N <= {len(emb)}.")
+    km = faiss.Kmeans(emb.shape[1], n, niter=20, seed=seed, spherical=True, verbose=False)
+    km.train(np.ascontiguousarray(emb, dtype=np.float32))
+    return km.index.search(np.ascontiguousarray(emb, dtype=np.float32), 1)[1][:, 0]
+
+
+def build_rows(by: str, assigned: np.ndarray, level: int, dom: Domains, *, groups: np.ndarray | None = None,
+               emb: np.ndarray | None = None, generic: str = "none", smoothing: float = 0.0,
+               seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """The bases as (name, weights over dom.ids (k,)) pairs.
+
+    assigned: (n, >= level) int64 target domain ids per level (reweighting examples only).
+    """
+    fine = assigned[:, level - 1]
+    if by == "single":
+        rows = [("target", histogram(fine, dom.ids, smoothing))]
+    elif by == "group":
+        if groups is None or all(g is None for g in groups):
+            raise DgamixError("--by group needs a target made with --group-column; rebuild the target with "
+                              "`dgamix target FILE --group-column COL`.")
+        names = sorted({g for g in groups if g is not None})
+        rows = [(f"group:{g}", histogram(fine[groups == g], dom.ids, smoothing)) for g in names]
+    elif by.startswith("kmeans:"):
+        try:
+            n = int(by.split(":", 1)[1])
+        except ValueError:
+            raise DgamixError(f"--by {by}: N must be an integer, e.g. kmeans:8.") from None
+        if n < 1:
+            raise DgamixError(f"--by {by}: N must be >= 1.")
+        labels = kmeans_groups(emb, n, seed)
+        rows = [(f"kmeans:{j}", histogram(fine[labels == j], dom.ids, smoothing)) for j in range(n)]
+    elif by == "levels":
+        rows = []
+        for lv in range(1, level + 1):
+            coarse_ids = np.unique(dom.ancestors[:, lv - 1])
+            h = histogram(assigned[:, lv - 1], coarse_ids, smoothing)
+            rows.append((f"level:{lv}", lift(coarse_ids, h, dom.ancestors[:, lv - 1], dom.sizes)))
+    else:
+        raise DgamixError(f"--by {by} is unknown; use single, group, kmeans:N or levels.")
+    for name, w in rows:
+        if w.sum() <= 0:
+            raise DgamixError(f"basis '{name}': its target examples fall only in domains with no corpus "
+                              f"documents at level {level}; use a coarser --level, --smoothing > 0, or a "
+                              f"corpus closer to the target.")
+    if generic == "natural":
+        rows.append(("generic:natural", dom.sizes / dom.sizes.sum()))
+    elif generic == "uniform":
+        rows.append(("generic:uniform", np.full(len(dom.ids), 1.0 / len(dom.ids))))
+    elif generic != "none":
+        raise DgamixError(f"--generic {generic} is unknown; use natural, uniform or none.")
+    return [(name, w / w.sum()) for name, w in rows]
+
+
+def describe(rows: list[tuple[str, np.ndarray]], dom: Domains, fine: np.ndarray, pocket_min: int,
+             top: int = 5) -> list[dict]:
+    """Per basis: non-zero domains, entropy (nats), effective number of domains exp(H), top domains.
+
+    Also the fraction of the target examples that landed in domains holding fewer than
+    ``pocket_min`` corpus docs (or in none): the "narrow pocket" warning.
+    """
+    pos = np.searchsorted(dom.ids, fine)
+    found = (pos < len(dom.ids)) & (dom.ids[np.minimum(pos, len(dom.ids) - 1)] == fine)
+    small = ~found | (dom.sizes[np.minimum(pos, len(dom.ids) - 1)] < pocket_min)
+    out = []
+    for j, (name, w) in enumerate(rows):
+        nz = w[w > 0]
+        h = float(-(nz * np.log(nz)).sum())
+        order = np.argsort(-w, kind="stable")[:top]
+        out.append({"basis": j, "name": name, "nonzero_domains": int(len(nz)), "entropy": h,
+                    "effective_domains": float(np.exp(h)), "top_domains": dom.ids[order].tolist(),
+                    "top_weights": w[order].tolist(), "pocket_fraction": float(small.mean()) if len(fine) else 0.0})
+    return out
+
+
+def tree_domains(tree, level: int) -> Domains:
+    """The populated level-``level`` domains of a fitted Tree, with their ancestors at every level."""
+    if tree.size[level - 1] is None:
+        raise DgamixError("the clustering has no domain sizes; rerun `dgamix cluster --overwrite`.")
+    keep = tree.size[level - 1] > 0
+    ids = tree.domain[level - 1][keep]
+    anc = np.empty((len(ids), level), np.int64)
+    anc[:, level - 1] = ids
+    for lv in range(level - 1, 0, -1):  # walk the parent links up the tree
+        anc[:, lv - 1] = tree.parent[lv][tree.index_of(lv + 1, anc[:, lv])]
+    return Domains(ids=ids, sizes=tree.size[level - 1][keep].astype(np.int64), ancestors=anc)
+
+
+def _top_terms(ws, clusters: str, level: int) -> dict[int, list[str]]:
+    from pipeline import manifest
+
+    path = ws.domains(clusters)
+    if not path.exists():
+        return {}
+    t, _ = manifest.read(path)
+    if "top_terms" not in t.column_names:
+        return {}
+    lv = np.asarray(t["level"]) == level
+    return dict(zip(np.asarray(t["domain"])[lv].tolist(), [t["top_terms"][int(i)].as_py() for i in np.flatnonzero(lv)]))
+
+
+def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, *, generic: str = "none",
+                smoothing: float = 0.0, pocket_min: int = 5, seed: int = 0, overwrite: bool = False) -> dict:
+    """The basis stage: writes WS/bases/<name>.parquet (basis, name, domain, weight) and
+    WS/bases/<name>.summary.parquet; returns the summary rows and the path."""
+    import pyarrow as pa
+
+    from pipeline import manifest
+    from pipeline.target import load_target, load_tree, target_assignments
+
+    if smoothing < 0:
+        raise DgamixError(f"--smoothing {smoothing} must be >= 0.")
+    out = ws.basis(name)
+    if out.exists() and not overwrite:
+        raise DgamixError(f"basis '{name}' already exists ({out}); pass --overwrite or choose another --name.")
+    tree, tmeta = load_tree(ws, clusters)
+    if not 1 <= level <= tree.depth:
+        raise DgamixError(f"--level {level} is out of range: clustering '{clusters}' has levels 1..{tree.depth}.")
+    dom = tree_domains(tree, level)
+    assign = target_assignments(ws, target, clusters)
+    reweight = np.asarray(assign["split"].to_pylist()) == "reweight"
+    assigned = np.stack([np.asarray(assign[f"level_{i}"]) for i in range(1, level + 1)], 1)[reweight]
+    groups = np.asarray(assign["group"].to_pylist(), dtype=object)[reweight]
+    emb = None
+    if by.startswith("kmeans:"):
+        ex, _ = load_target(ws, target)
+        col = ex["embedding"].combine_chunks()
+        emb = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1).astype(np.float32)[reweight]
+    rows = build_rows(by, assigned, level, dom, groups=groups, emb=emb, generic=generic, smoothing=smoothing, seed=seed)
+    parts = [(j, nm, dom.ids[w > 0], w[w > 0]) for j, (nm, w) in enumerate(rows)]
+    table = pa.table({"basis": pa.array(np.concatenate([np.full(len(d), j) for j, _, d, _ in parts]), pa.int64()),
+                      "name": pa.array([nm for _, nm, d, _ in parts for _ in range(len(d))], pa.string()),
+                      "domain": pa.array(np.concatenate([d for *_, d, _ in parts]), pa.int64()),
+                      "weight": pa.array(np.concatenate([w for *_, w in parts]), pa.float64())})
+    params = {"clusters": clusters, "level": level, "target": target, "by": by, "generic": generic,
+              "smoothing": smoothing, "seed": seed, "names": [nm for nm, _ in rows]}
+    fp = manifest.fingerprint(params, tmeta.get("inputs"), tree.checksum())
+    summary = describe(rows, dom, assigned[:, level - 1], pocket_min)
+    terms = _top_terms(ws, clusters, level)
+    for s in summary:
+        s["top_terms"] = [", ".join(terms.get(d, [])[:4]) for d in s["top_domains"]]
+    manifest.write(out, table, "basis", params, fp)
+    manifest.write(out.with_name(f"{name}.summary.parquet"), pa.Table.from_pylist(summary), "basis-summary", params, fp)
+    return {"path": str(out), "bases": summary, "pocket_min": pocket_min}

@@ -1,0 +1,147 @@
+"""Stage 2a: embed a target set with the workspace's encoder and split it reweight / holdout.
+
+WS/targets/T/examples.parquet holds, per target example: example_id, id, group, split
+("reweight" | "holdout"), n_tokens, text (target sets are small, so their text is kept for
+the trainer) and embedding. Assignments of the examples under a clustering are computed on
+demand and cached in WS/targets/T/<clusters>/assignments.parquet.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import manifest
+from pipeline.corpus import CorpusSpec, load_corpus
+from pipeline.embed import EmbedConfig, count_tokens, embed_shard, load_encoder, model_fingerprint
+from pipeline.errors import DgamixError
+from pipeline.workspace import Workspace, lock
+
+SPLITS = ("reweight", "holdout")
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    text_column: str = "text"
+    id_column: str = "id"
+    group_column: str | None = None   # e.g. a task or subject column; kept as `group`
+    holdout: float = 0.2              # fraction of examples held out for evaluation only
+    seed: int = 0                     # seeds the reweight/holdout split
+
+
+def workspace_encoder(ws: Workspace) -> EmbedConfig:
+    """The encoder settings the corpus was embedded with, read from embeddings.parquet."""
+    meta = manifest.read_meta(ws.require(ws.embeddings, "dgamix embed CORPUS --workspace WS"), "embeddings")
+    p = meta["params"]
+    cfg = EmbedConfig(model=p["model"], max_seq_length=p["max_seq_length"], precision=p["precision"],
+                      dtype=p.get("dtype", "float32"), batch_size=p.get("batch_size", 64))
+    if p.get("model_fingerprint") not in (None, "fake") and model_fingerprint(cfg.model) != p["model_fingerprint"]:
+        raise DgamixError(f"the model '{cfg.model}' on this machine differs from the one that embedded "
+                          f"{ws.root} (weights changed); re-embed the corpus or restore the model.")
+    return cfg
+
+
+def holdout_split(n: int, frac: float, seed: int) -> np.ndarray:
+    """Split labels (n,) with round(frac * n) 'holdout' examples chosen by a seeded permutation."""
+    if not 0 <= frac < 1:
+        raise DgamixError(f"--holdout {frac} must be in [0, 1).")
+    n_hold = int(round(frac * n))
+    if n - n_hold < 1:
+        raise DgamixError(f"--holdout {frac} leaves no example for reweighting out of {n}; lower it.")
+    split = np.full(n, SPLITS[0], dtype=object)
+    split[np.random.default_rng(seed).permutation(n)[:n_hold]] = SPLITS[1]
+    return split
+
+
+def build_target(ws: Workspace, path: str, name: str, cfg: TargetConfig = TargetConfig(),
+                 overwrite: bool = False, encoder=None) -> dict:
+    """Embed target examples from ``path`` into WS/targets/<name>/examples.parquet; returns a summary."""
+    enc_cfg = workspace_encoder(ws)
+    keep = (cfg.group_column,) if cfg.group_column else ()
+    if cfg.group_column:
+        from pipeline.corpus import expand_inputs, read_table
+        for f in expand_inputs([path]):
+            cols = read_table(f).column_names
+            if cfg.group_column not in cols:
+                raise DgamixError(f"{f} has no group column '{cfg.group_column}' (columns: {cols}); "
+                                  f"pass --group-column NAME or leave it out.")
+    base, stats = load_corpus([path], CorpusSpec(cfg.text_column, cfg.id_column, keep))
+    out = ws.target_dir(name) / "examples.parquet"
+    params = {**asdict(cfg), "source": stats["files"], "encoder": asdict(enc_cfg)}
+    fp = manifest.fingerprint(stats["checksums"], params)
+    if out.exists() and not overwrite:
+        if manifest.read_meta(out).get("inputs") == fp:
+            return summarise(ws, name)
+        raise DgamixError(f"target '{name}' already exists in {ws.root} from other inputs; pass --overwrite "
+                          f"or choose another --name.")
+    with lock(ws, f"target-{name}"):
+        texts = stats["texts"].to_pylist()
+        model = encoder or load_encoder(enc_cfg)
+        n = len(texts)
+        emb = embed_shard(model, texts, np.arange(n), enc_cfg)
+        groups = base[cfg.group_column].cast(pa.string()) if cfg.group_column else pa.nulls(n, pa.string())
+        table = pa.table({"example_id": pa.array(np.arange(n), pa.int64()), "id": base["id"], "group": groups,
+                          "split": pa.array(holdout_split(n, cfg.holdout, cfg.seed).tolist(), pa.string()),
+                          "n_tokens": pa.array(count_tokens(model, texts), pa.int64()),
+                          "text": pa.array(texts, pa.large_string()), "embedding": emb["embedding"]})
+        manifest.write(out, table, "target", params, fp, extra={"skipped_empty": stats["skipped_empty"]})
+    return summarise(ws, name)
+
+
+def load_target(ws: Workspace, name: str) -> tuple[pa.Table, dict]:
+    """(examples table, metadata) of target ``name``; a clear error naming `dgamix target` when absent."""
+    path = ws.target_dir(name) / "examples.parquet"
+    if not path.exists():
+        have = sorted(p.name for p in (ws.root / "targets").glob("*")) if (ws.root / "targets").exists() else []
+        raise DgamixError(f"no target '{name}' in {ws.root} (have: {have or 'none'}); run "
+                          f"`dgamix target FILE --workspace {ws.root} --name {name}` first.")
+    return manifest.read(path, "target")
+
+
+def summarise(ws: Workspace, name: str) -> dict:
+    t, meta = load_target(ws, name)
+    split = t["split"].to_pylist()
+    groups = t["group"].drop_null()
+    return {"target": name, "examples": t.num_rows, "reweight": split.count("reweight"),
+            "holdout": split.count("holdout"), "groups": len(set(groups.to_pylist())),
+            "skipped_empty": meta.get("skipped_empty", 0), "path": str(ws.target_dir(name) / "examples.parquet")}
+
+
+def load_tree(ws: Workspace, clusters: str):
+    """(Tree, tree metadata) of clustering ``clusters``; a clear error listing what exists."""
+    from pipeline.kmeans import Tree
+
+    path = ws.tree(clusters)
+    if not path.exists():
+        root = ws.root / "clusters"
+        have = sorted(p.name for p in root.iterdir() if (p / "tree.parquet").exists()) if root.exists() else []
+        raise DgamixError(f"no clustering '{clusters}' in {ws.root} (have: {have or 'none'}); run "
+                          f"`dgamix cluster --workspace {ws.root} --levels ...` first.")
+    table, meta = manifest.read(path, "tree")
+    return Tree.from_table(table, tuple(meta["params"]["levels"])), meta
+
+
+def target_assignments(ws: Workspace, target: str, clusters: str) -> pa.Table:
+    """example_id, split, group, level_1..level_L of the target under ``clusters`` (cached).
+
+    The examples descend the same tree as the corpus. The cache in WS/targets/T/<clusters>/
+    is rebuilt when the tree or the target changed (fingerprints in its metadata).
+    """
+    examples, tmeta = load_target(ws, target)
+    tree, _ = load_tree(ws, clusters)
+    fp = manifest.fingerprint(tmeta.get("inputs"), tree.checksum())
+    path = ws.target_dir(target) / clusters / "assignments.parquet"
+    if path.exists() and manifest.read_meta(path).get("inputs") == fp:
+        return manifest.read(path, "target-assignments")[0]
+    emb = examples["embedding"].combine_chunks()
+    x = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(emb), -1).astype(np.float32)
+    if x.shape[1] != tree.dim:
+        raise DgamixError(f"target '{target}' has {x.shape[1]}-d embeddings but clustering '{clusters}' has "
+                          f"{tree.dim}-d centroids; embed the target with the workspace's model.")
+    labels, _ = tree.descend(x)
+    cols = {"example_id": examples["example_id"], "split": examples["split"], "group": examples["group"]}
+    cols.update({f"level_{i + 1}": pa.array(labels[:, i], pa.int64()) for i in range(labels.shape[1])})
+    table = pa.table(cols)
+    manifest.write(path, table, "target-assignments", {"target": target, "clusters": clusters}, fp)
+    return table

@@ -1,0 +1,94 @@
+"""Basis builders on small exact cases (the stage over real manifests is tested in test_stage2.py)."""
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.basis import Domains, build_rows, describe, histogram, lift
+from pipeline.errors import DgamixError
+
+# Two levels, branching 2 x 3: level-1 domains {0, 1}; level-2 ids parent*3 + child.
+# Domain 5 is empty in the corpus (absent from ids).
+DOM = Domains(ids=np.array([0, 1, 2, 3, 4]), sizes=np.array([10, 20, 30, 5, 15]),
+              ancestors=np.array([[0, 0], [0, 1], [0, 2], [1, 3], [1, 4]]))
+
+
+def test_single_equals_polars_histogram():
+    fine = np.array([0, 0, 2, 3, 3, 3, 4, 1, 0, 2])
+    assigned = np.stack([fine // 3, fine], 1)
+    [(name, w)] = build_rows("single", assigned, 2, DOM)
+    ref = pl.DataFrame({"d": fine}).group_by("d").len().with_columns(pl.col("len") / len(fine)).sort("d")
+    want = np.zeros(5)
+    want[ref["d"].to_numpy()] = ref["len"].to_numpy()
+    assert name == "target" and np.allclose(w, want, atol=1e-12)
+
+
+def test_mass_in_empty_domains_is_dropped_and_all_empty_is_an_error():
+    assert np.allclose(histogram(np.array([5, 5, 0]), DOM.ids), [1, 0, 0, 0, 0])
+    with pytest.raises(DgamixError, match="no corpus documents"):
+        build_rows("single", np.array([[1, 5], [1, 5]]), 2, DOM)
+
+
+def test_smoothing_is_additive_on_populated_domains():
+    w = histogram(np.array([0, 0]), DOM.ids, smoothing=1.0)
+    assert np.allclose(w, np.array([3, 1, 1, 1, 1]) / 7)
+
+
+def test_levels_at_level_one_equals_single_at_level_one():
+    dom1 = Domains(ids=np.array([0, 1]), sizes=np.array([60, 20]), ancestors=np.array([[0], [1]]))
+    assigned = np.array([[0], [0], [1]])
+    assert np.allclose(build_rows("levels", assigned, 1, dom1)[0][1], build_rows("single", assigned, 1, dom1)[0][1])
+
+
+def test_lift_spreads_by_corpus_size_and_conserves_mass():
+    w = lift(np.array([0, 1]), np.array([0.25, 0.75]), DOM.ancestors[:, 0], DOM.sizes)
+    assert np.allclose(w, [0.25 * 10 / 60, 0.25 * 20 / 60, 0.25 * 30 / 60, 0.75 * 5 / 20, 0.75 * 15 / 20])
+    assert np.isclose(w.sum(), 1.0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=40), st.floats(0, 3), st.sampled_from(["none", "natural", "uniform"]))
+def test_every_builder_is_on_the_simplex(fine, smoothing, generic):
+    fine = np.array(fine)
+    if not np.isin(fine, DOM.ids).any() and smoothing == 0:
+        return
+    assigned = np.stack([fine // 3, fine], 1)
+    groups = np.array(["a", "b"] * len(fine))[: len(fine)].astype(object)
+    for by in ("single", "levels", "group"):
+        try:
+            rows = build_rows(by, assigned, 2, DOM, groups=groups, generic=generic, smoothing=smoothing)
+        except DgamixError:
+            continue  # a group whose examples all fall into the empty domain
+        for _, w in rows:
+            assert w.shape == (5,) and (w >= 0).all() and abs(w.sum() - 1) < 1e-9
+
+
+def test_group_and_kmeans_builders():
+    fine = np.array([0, 0, 1, 3, 4, 4])
+    assigned = np.stack([fine // 3, fine], 1)
+    groups = np.array(["x", "x", "x", "y", "y", "y"], dtype=object)
+    rows = build_rows("group", assigned, 2, DOM, groups=groups, generic="natural")
+    assert [r[0] for r in rows] == ["group:x", "group:y", "generic:natural"]
+    assert np.allclose(rows[0][1], [2 / 3, 1 / 3, 0, 0, 0]) and np.allclose(rows[1][1], [0, 0, 0, 1 / 3, 2 / 3])
+    assert np.allclose(rows[2][1], DOM.sizes / DOM.sizes.sum())
+    emb = np.eye(6, 8, dtype=np.float32)[[0, 0, 0, 1, 1, 1]] + 0.01 * np.arange(6)[:, None]
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    rows = build_rows("kmeans:2", assigned, 2, DOM, emb=emb)
+    hists = sorted(tuple(np.round(w, 6)) for _, w in rows)
+    assert hists == sorted([tuple(np.round([2 / 3, 1 / 3, 0, 0, 0], 6)), tuple(np.round([0, 0, 0, 1 / 3, 2 / 3], 6))])
+    with pytest.raises(DgamixError, match="more groups"):
+        build_rows("kmeans:7", assigned, 2, DOM, emb=emb)
+    with pytest.raises(DgamixError, match="group-column"):
+        build_rows("group", assigned, 2, DOM, groups=np.array([None] * 6, dtype=object))
+    with pytest.raises(DgamixError, match="unknown"):
+        build_rows("bogus", assigned, 2, DOM)
+
+
+def test_describe_reports_entropy_and_narrow_pockets():
+    fine = np.array([0, 3, 3, 5])  # domain 3 has 5 docs (< 6), domain 5 none
+    rows = build_rows("single", np.stack([fine // 3, fine], 1), 2, DOM)
+    [d] = describe(rows, DOM, fine, pocket_min=6)
+    w = np.array([1, 2]) / 3
+    assert d["nonzero_domains"] == 2 and np.isclose(d["entropy"], -(w * np.log(w)).sum())
+    assert d["top_domains"][:2] == [3, 0] and np.isclose(d["pocket_fraction"], 3 / 4)
