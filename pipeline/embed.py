@@ -102,9 +102,19 @@ def embedding_array(emb: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])
 
 
-def embed_shard(model, texts: list[str], doc_ids: np.ndarray, cfg: EmbedConfig) -> pa.Table:
-    """Per-shard work: texts of ``doc_ids`` -> table (doc_id int64, embedding fixed_size_list)."""
-    emb = encode(model, texts, cfg)
+def embed_shard(model, texts: list[str], doc_ids: np.ndarray, cfg: EmbedConfig, tick=None,
+                chunk: int = 1024) -> pa.Table:
+    """Per-shard work: texts of ``doc_ids`` -> table (doc_id int64, embedding fixed_size_list).
+
+    Encodes ``chunk`` documents per call (length-sorted inside each) and reports each chunk
+    to ``tick(n)`` so the progress bar moves within a shard.
+    """
+    parts = []
+    for i in range(0, len(texts), chunk):
+        parts.append(encode(model, texts[i:i + chunk], cfg))
+        if tick is not None:
+            tick(len(parts[-1]))
+    emb = np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
     if not np.isfinite(emb).all():
         raise DgamixError(f"the encoder returned non-finite values for shard starting at doc_id {doc_ids[0]}; "
                           f"try --precision fp32.")
@@ -187,11 +197,11 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
                 shard_params = {"shard": s, "first_doc_id": int(ids[0]), "last_doc_id": int(ids[-1]), "rows": len(ids)}
                 if part.exists() and _part_is_complete(part, emb_fp, shard_params, overwrite):
                     skipped += 1
+                    tick(len(ids))
                 else:
-                    table = embed_shard(model, [texts[i] for i in ids], ids, cfg)
+                    table = embed_shard(model, [texts[i] for i in ids], ids, cfg, tick)
                     manifest.write(part, table, "embeddings-part", {**emb_params, **shard_params}, emb_fp)
                     done += 1
-                tick(len(ids))
                 rows.append({**shard_params, "path": str(part.relative_to(ws.root)),
                              "checksum": manifest.file_checksum(part)})
         for stale in sorted(ws.embeddings_dir.glob("part-*.parquet"))[len(shards):]:

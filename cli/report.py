@@ -1,0 +1,25 @@
+"""`dgamix report`: plots and report.md for a workspace's clusterings and runs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.common import WS_HELP, user_errors
+
+
+@user_errors
+def report(
+    workspace: Path = typer.Option(..., "--workspace", "-w", help=WS_HELP),
+    runs: Optional[list[str]] = typer.Option(None, "--runs", help="Runs to compare (repeat the option or separate by commas); default: every run."),
+):
+    """Write WS/report/: cluster-size plots, weight trajectories, loss curves of all runs on one figure, report.md."""
+    from mixing.report import write_report
+    from pipeline.workspace import Workspace
+
+    names = [r.strip() for item in runs or [] for r in item.split(",") if r.strip()]
+    path = write_report(Workspace(workspace), names or None)
+    print(f"report: {path}")
+    for png in sorted(path.parent.glob("*.png")):
+        print(f"plot  : {png}")
