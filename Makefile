@@ -24,8 +24,29 @@ venv: $(VENV)/.installed
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# Every stage on the embedded default data: the Wikipedia corpus, GSM8K as the target.
+# Each line is what a user would type; the report path is printed at the end.
+DG      := $(BIN)/dgamix
+TRAIN   := train --workspace $(WS) --clusters k16-16 --level 2 --target gsm8k --steps $(DEMO_STEPS) --seed 0 --overwrite --quiet
+DEMO_STEPS ?= 300
 demo: venv
-	$(BIN)/python -m cli.demo --workspace $(WS)
+	@start=$$(date +%s); \
+	step() { t=$$(date +%s); echo; echo "== dgamix $$*"; "$(DG)" "$$@" || exit 1; echo "   ($$(( $$(date +%s) - t )) s)"; }; \
+	step embed data/wiki_vital_en.parquet --workspace $(WS) --keep-columns topic --max-seq-length 128 && \
+	step cluster --workspace $(WS) --levels 16,16 && \
+	step cluster --workspace $(WS) --levels 8,8 && \
+	step target data/targets/gsm8k.parquet --workspace $(WS) --name gsm8k && \
+	step basis --workspace $(WS) --clusters k16-16 --level 2 --target gsm8k --by single --name is --overwrite && \
+	step basis --workspace $(WS) --clusters k16-16 --level 2 --target gsm8k --by kmeans:8 --generic natural --name b9 --overwrite && \
+	step $(TRAIN) --mixer uniform --name uniform && \
+	step $(TRAIN) --mixer is --basis is --name is && \
+	step $(TRAIN) --mixer dga --basis b9 --name dga && \
+	step $(TRAIN) --mixer dga-noema --basis b9 --name dga-noema && \
+	step schedule --workspace $(WS) --clusters k16-16 --level 2 --run dga --steps $(DEMO_STEPS) --batch-size 16 --name dga --overwrite && \
+	step report --workspace $(WS) && \
+	echo; echo "demo finished in $$(( $$(date +%s) - start )) s" && \
+	echo "manifests: $(WS)/ (docs.parquet, embeddings/, clusters/, targets/, bases/, runs/, schedules/)" && \
+	echo "report:    $(WS)/report/report.md (plots: $(WS)/report/*.png)"
 
 bench: venv
 	$(BIN)/python bench/run_all.py
