@@ -28,3 +28,35 @@ def encoder():
     from pipeline.embed import EmbedConfig, load_encoder
 
     return load_encoder(EmbedConfig())
+
+
+def run_cli(*args):
+    """Invoke the dgamix CLI in-process; returns the click Result."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def real_ws(tmp_path_factory):
+    """A small real workspace: 120 Wikipedia summaries embedded with MiniLM, clustered 3,2,
+    and 40 GSM8K + 40 recipe examples as targets (recipes with a group column)."""
+    import polars as pl
+
+    root = tmp_path_factory.mktemp("realws")
+    corpus = root / "corpus.parquet"
+    pl.read_parquet(DATA / "wiki_vital_en.parquet").sample(120, seed=3).write_parquet(corpus)
+    pl.read_parquet(DATA / "targets" / "gsm8k.parquet").head(40).write_parquet(root / "gsm8k.parquet")
+    rec = pl.read_parquet(DATA / "targets" / "wikibooks_recipes.parquet").head(40)
+    rec.with_columns(pl.when(pl.arange(0, 40) % 2 == 0).then(pl.lit("even")).otherwise(pl.lit("odd")).alias("half")
+                     ).write_parquet(root / "recipes.parquet")
+    ws = root / "ws"
+    for args in (("embed", corpus, "--workspace", ws, "--keep-columns", "topic", "--shard-size", 50, "-q"),
+                 ("cluster", "--workspace", ws, "--levels", "3,2", "--name", "k3x2", "-q"),
+                 ("target", root / "gsm8k.parquet", "--workspace", ws, "--name", "gsm8k"),
+                 ("target", root / "recipes.parquet", "--workspace", ws, "--name", "recipes", "--group-column", "half")):
+        r = run_cli(*args)
+        assert r.exit_code == 0, (args, r.output)
+    return ws

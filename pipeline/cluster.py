@@ -1,0 +1,248 @@
+"""The cluster stage: embeddings -> tree.parquet, assignments/part-*.parquet, domains.parquet.
+
+Files, all under ``WS/clusters/<name>/`` (name defaults to the levels, e.g. ``k64-64-64``):
+
+- tree.parquet: level, domain, parent (-1 at level 1), size (documents assigned), centroid.
+  Metadata: params (levels, seed, niter, max_points_per_centroid, dim), inputs (fingerprint of
+  the embeddings and the params), the per-level fit statistics, ``centroids_checksum`` and
+  ``state`` ("fitted" once the tree is fitted, "complete" once every document is assigned).
+- assignments/part-NNNNN.parquet: doc_id, level_1..level_L, one part per embeddings shard.
+- domains.parquet: see :mod:`pipeline.domains`.
+
+A rerun with the same parameters resumes (reuses the tree, skips complete parts); other
+parameters into an existing name are refused unless ``overwrite``. Another granularity under
+another name reuses the same embeddings and leaves the first clustering alone.
+"""
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pipeline import manifest
+from pipeline.assign import EmbeddingShards, assign_workspace, _part_complete
+from pipeline.domains import DomainStats, build_domains
+from pipeline.errors import DgamixError
+from pipeline.kmeans import INITS, FitConfig, Tree, fit_tree
+from pipeline.workspace import Workspace, lock
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def parse_levels(levels: str | Sequence[int]) -> tuple[int, ...]:
+    """'64,64,64' or [64, 64, 64] -> (64, 64, 64); every branching an integer >= 2."""
+    items = [s.strip() for s in levels.split(",")] if isinstance(levels, str) else list(levels)
+    if not items or any(i == "" for i in items):
+        raise DgamixError(f"--levels {levels!r} is empty or has an empty entry; give comma-separated branchings, "
+                          f"e.g. --levels 64,64,64.")
+    out = []
+    for item in items:
+        try:
+            if isinstance(item, float) and not item.is_integer():
+                raise ValueError
+            value = int(item)
+        except (TypeError, ValueError):
+            raise DgamixError(f"--levels {levels!r}: {item!r} is not an integer; give comma-separated integer "
+                              f"branchings, e.g. --levels 64,64,64.") from None
+        if value < 2:
+            raise DgamixError(f"--levels {levels!r}: a level of {value} does not split anything; every branching "
+                              f"must be >= 2 (e.g. --levels 64,64).")
+        out.append(value)
+    if math.prod(out) >= 1 << 62:
+        raise DgamixError(f"--levels {levels!r} asks for more than 2^62 leaves; use fewer or smaller levels.")
+    return tuple(out)
+
+
+def default_name(levels: Sequence[int]) -> str:
+    return "k" + "-".join(str(b) for b in levels)
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise DgamixError(f"--name {name!r} is not a valid clustering name; use letters, digits, '.', '_' and '-' "
+                          f"(e.g. --name k64-64).")
+    return name
+
+
+def load_tree(ws: Workspace, name: str, complete: bool = True) -> tuple[Tree, dict]:
+    """The tree of clustering ``name`` and its metadata (for later stages, e.g. the target set)."""
+    path = ws.tree(name)
+    if not path.exists():
+        have = ", ".join(c["name"] for c in list_clusterings(ws)) or "none"
+        raise DgamixError(f"{path} not found (clusterings in {ws.root}: {have}); run "
+                          f"`dgamix cluster --workspace {ws.root} --levels ... --name {name}` first.")
+    table, meta = manifest.read(path, "tree")
+    if complete and meta.get("state") != "complete":
+        raise DgamixError(f"{path} is not complete (the clustering was interrupted); rerun the same `dgamix cluster` "
+                          f"command to finish it.")
+    tree = Tree.from_table(table, tuple(meta["params"]["levels"]))
+    if tree.checksum() != meta.get("centroids_checksum"):
+        raise DgamixError(f"{path}: the centroids do not match their checksum (the file was modified); rerun "
+                          f"`dgamix cluster ... --name {name} --overwrite`.")
+    return tree, meta
+
+
+def list_clusterings(ws: Workspace) -> list[dict]:
+    """One dict per clustering in the workspace: name, levels, domains (per level), docs, state."""
+    out = []
+    root = ws.root / "clusters"
+    for folder in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []:
+        path = ws.tree(folder.name)
+        if not path.exists():
+            continue
+        try:
+            meta = manifest.read_meta(path, "tree")
+        except DgamixError:
+            out.append({"name": folder.name, "levels": "?", "domains": "?", "docs": None, "state": "unreadable"})
+            continue
+        out.append({"name": folder.name, "levels": ",".join(map(str, meta["params"]["levels"])),
+                    "domains": list(meta.get("domains_per_level", [])), "docs": meta.get("n_docs"),
+                    "state": meta.get("state")})
+    return out
+
+
+def _describe(params: dict) -> str:
+    return ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in params.items())
+
+
+def _existing_tree(ws: Workspace, name: str, params: dict, inputs: str, emb_fp: str, overwrite: bool
+                   ) -> tuple[Tree | None, dict | None]:
+    """The reusable tree of ``name`` (same inputs), or None after clearing the folder if allowed."""
+    folder, path = ws.clusters_dir(name), ws.tree(name)
+    if not path.exists():
+        return None, None
+    try:
+        meta = manifest.read_meta(path, "tree")
+    except DgamixError as e:
+        if not overwrite:
+            raise DgamixError(f"{e} (pass --overwrite to rebuild clusters/{name})") from None
+        shutil.rmtree(folder)
+        return None, None
+    if meta.get("inputs") == inputs:
+        return load_tree(ws, name, complete=False)
+    if not overwrite:
+        old = meta.get("params", {})
+        if {k: v for k, v in old.items() if k != "dim"} == {k: v for k, v in params.items() if k != "dim"}:
+            why = "from other embeddings (the corpus was re-embedded since)"
+        else:
+            why = f"with other parameters ({_describe(old)}; now {_describe(params)})"
+        raise DgamixError(f"{folder} was made {why}; pass --overwrite to replace it, or --name OTHER to keep both.")
+    shutil.rmtree(folder)
+    return None, None
+
+
+def _public_stats(stats: list[dict]) -> list[dict]:
+    """Per-level stats without timings (tree.parquet must be byte-identical for the same seed)."""
+    return [{k: v for k, v in s.items() if k != "seconds"} for s in stats]
+
+
+def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | None = None, seed: int = 0,
+                      niter: int = 20, max_points_per_centroid: int = 256, overwrite: bool = False,
+                      quiet: bool = False, sample_memory: int = 1 << 30, text_docs: int = 50_000,
+                      init: str = "kmeans++") -> dict:
+    """The cluster stage. Returns a summary dict (see the module doc for the files written)."""
+    levels = parse_levels(levels)
+    name = _check_name(name or default_name(levels))
+    for opt, value, low in (("--seed", seed, 0), ("--niter", niter, 1), ("--max-points-per-centroid", max_points_per_centroid, 1)):
+        if not isinstance(value, (int, np.integer)) or value < low:
+            raise DgamixError(f"{opt} {value!r} must be an integer >= {low}.")
+    if init not in INITS:
+        raise DgamixError(f"--init {init!r} is unknown; use one of {', '.join(INITS)}.")
+    source = EmbeddingShards(ws)
+    n = source.n
+    if math.prod(levels) > n:
+        raise DgamixError(f"--levels {','.join(map(str, levels))} asks for up to {math.prod(levels):,} leaf domains "
+                          f"but {ws.root} has only {n:,} embedded documents; use fewer or smaller levels (each leaf "
+                          f"needs documents), e.g. --levels {max(2, int(n ** 0.5) // 2)}.")
+    params = {"levels": list(levels), "seed": int(seed), "niter": int(niter),
+              "max_points_per_centroid": int(max_points_per_centroid), "init": init, "dim": source.dim}
+    inputs = manifest.fingerprint(source.fingerprint, params)
+    docs, docs_meta = manifest.read(ws.docs, "docs", columns=["doc_id", "n_tokens", "source", "row"])
+
+    with lock(ws, f"cluster-{name}"):
+        t0 = time.perf_counter()
+        tree, meta = _existing_tree(ws, name, params, inputs, source.fingerprint, overwrite)
+        reused = tree is not None
+        if tree is None:
+            tree, stats = fit_tree(source, FitConfig(levels, seed, niter, max_points_per_centroid, sample_memory, init), quiet)
+            meta = _write_tree(ws, name, tree, params, inputs, source.fingerprint, n, "fitted", _public_stats(stats))
+        else:
+            stats = meta.get("stats", [])
+        fit_seconds = time.perf_counter() - t0
+        tree_fp = manifest.fingerprint(inputs, tree.checksum())
+
+        t1 = time.perf_counter()
+        if reused and meta.get("state") == "complete" and _up_to_date(ws, name, source, tree_fp):
+            res = {"assigned": 0, "skipped": source.num_shards, "sizes": tree.size}
+        else:
+            doc_id = docs["doc_id"].to_numpy()
+            n_tokens = np.zeros(int(doc_id.max()) + 1, np.int64)
+            n_tokens[doc_id] = docs["n_tokens"].to_numpy()
+            collect = DomainStats(tree, n_tokens, seed, text_docs)
+            res = assign_workspace(ws, name, source, tree, tree_fp, collect, quiet)
+            sizes = res["sizes"]
+            for i, s in enumerate(sizes):
+                if int(s.sum()) != n:  # pragma: no cover - an internal invariant
+                    raise RuntimeError(f"level {i + 1} sizes sum to {int(s.sum())}, expected {n}")
+            tree.size = sizes
+            stats = _with_sizes(stats, tree, n)
+            domains = build_domains(tree, sizes, collect, docs, docs_meta.get("text_column", "text"), quiet)
+            # domains first, then the tree marked complete: a crash in between just redoes this part
+            manifest.write(ws.domains(name), domains, "domains", params, tree_fp)
+            meta = _write_tree(ws, name, tree, params, inputs, source.fingerprint, n, "complete", _public_stats(stats))
+        assign_seconds = time.perf_counter() - t1
+
+    per_level = [len(d) for d in tree.domain]
+    return {"workspace": str(ws.root), "clusters": name, "folder": str(ws.clusters_dir(name)),
+            "levels": ",".join(map(str, levels)), "docs": n,
+            "domains": " / ".join(f"{m:,}" for m in per_level),
+            "tree": "reused" if reused else "fitted",
+            "shards_assigned": res["assigned"], "shards_skipped": res["skipped"],
+            "fit_seconds": round(fit_seconds, 2), "assign_seconds": round(assign_seconds, 2),
+            "level_stats": stats}
+
+
+def _with_sizes(stats: list[dict], tree: Tree, n: int) -> list[dict]:
+    """Add corpus-side numbers per level: empty domains and imbalance of the document counts."""
+    out = []
+    for i, s in enumerate(stats):
+        size = tree.size[i].astype(np.float64)
+        out.append({**s, "empty_domains": int((size == 0).sum()),
+                    "corpus_imbalance": float(len(size) * (size ** 2).sum() / float(n) ** 2)})
+    return out
+
+
+def _write_tree(ws: Workspace, name: str, tree: Tree, params: dict, inputs: str, emb_fp: str, n: int, state: str,
+                stats: list[dict]) -> dict:
+    extra = {"state": state, "stats": stats, "centroids_checksum": tree.checksum(), "embeddings": emb_fp,
+             "n_docs": n, "domains_per_level": [len(d) for d in tree.domain]}
+    manifest.write(ws.tree(name), tree.to_table(), "tree", params, inputs, extra=extra)
+    return manifest.read_meta(ws.tree(name), "tree")
+
+
+def _up_to_date(ws: Workspace, name: str, source: EmbeddingShards, tree_fp: str) -> bool:
+    """True when domains.parquet and every assignment part were made from this tree."""
+    path = ws.domains(name)
+    if not path.exists():
+        return False
+    try:
+        if manifest.read_meta(path, "domains").get("inputs") != tree_fp:
+            return False
+    except DgamixError:
+        return False
+    for s in range(source.num_shards):
+        shard_params = {"shard": int(source.shard_ids[s]), "first_doc_id": int(source.first[s]),
+                        "last_doc_id": int(source.last[s]), "rows": int(source.rows[s])}
+        if not _part_complete(ws.assignment_part(name, int(source.shard_ids[s])), tree_fp, shard_params):
+            return False
+    return True
+
+
+def assignments_paths(ws: Workspace, name: str) -> list[Path]:
+    """The assignment parts of a clustering, in shard order."""
+    return sorted(ws.assignments_dir(name).glob("part-*.parquet"))

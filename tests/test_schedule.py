@@ -1,0 +1,80 @@
+"""Schedule export on the small real workspace: static mixtures and replay of a weight log."""
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from mixing.schedule import segments_from_log
+from pipeline import manifest
+from pipeline.workspace import Workspace
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_segments_from_log_hold_weights_until_the_next_logged_step():
+    segs = segments_from_log(np.array([0, 10, 25]), np.array([[1.0, 0], [0.5, 0.5], [0, 1.0]]), 30)
+    assert [(s.start, s.stop) for s in segs] == [(0, 10), (10, 25), (25, 30)]
+    assert segments_from_log(np.array([0, 10]), np.eye(2), 5)[0].stop == 5 and len(segments_from_log(np.array([0, 10]), np.eye(2), 5)) == 1
+
+
+def test_uniform_schedule_rows_and_ids(real_ws):
+    r = run_cli("schedule", "--workspace", real_ws, "--clusters", "k3x2", "--level", 2, "--mixer", "uniform",
+                "--steps", 25, "--batch-size", 8, "--name", "u")
+    assert r.exit_code == 0, r.output
+    s = pl.read_parquet(Workspace(real_ws).schedule("u"))
+    docs = pl.read_parquet(Workspace(real_ws).docs)
+    assert s.height == 200 and s.columns == ["step", "position", "doc_id", "domain", "id"]
+    assert s["step"].to_list() == [i // 8 for i in range(200)] and s["position"].to_list() == [i % 8 for i in range(200)]
+    kept = docs.filter(pl.col("dup_of").is_null())
+    assert s["doc_id"].is_in(kept["doc_id"].implode()).all()
+    joined = s.join(docs.select("doc_id", pl.col("id").alias("id_docs")), on="doc_id")
+    assert (joined["id"] == joined["id_docs"]).all()
+    # limited-data sampling: inside a domain no document repeats before the domain is exhausted
+    a = pl.read_parquet(Workspace(real_ws).assignments_dir("k3x2") / "*.parquet")
+    sizes = dict(a.group_by("level_2").len().iter_rows())
+    for dom, g in s.group_by("domain"):
+        ids = g.sort("step", "position")["doc_id"].to_list()
+        first = ids[: sizes[dom[0]]]
+        assert len(set(first)) == len(first)
+    r = run_cli("schedule", "--workspace", real_ws, "--clusters", "k3x2", "--level", 2, "--mixer", "uniform",
+                "--steps", 25, "--batch-size", 8, "--name", "u")
+    assert r.exit_code == 2 and "--overwrite" in r.output
+
+
+def test_replay_of_a_weight_log_follows_the_logged_weights(real_ws):
+    ws = Workspace(real_ws)
+    doms = sorted(pl.read_parquet(ws.tree("k3x2")).filter((pl.col("level") == 2) & (pl.col("size") > 0))["domain"].to_list())
+    d0, d1 = doms[0], doms[1]
+    # all mass on d0 for steps 0..9, then on d1
+    rows = [{"step": 0, "domain": d, "weight": float(d == d0)} for d in doms] + \
+           [{"step": 10, "domain": d, "weight": float(d == d1)} for d in doms]
+    manifest.write(ws.run_dir("fake") / "weights.parquet", pa.Table.from_pylist(rows), "weights",
+                   {"clusters": "k3x2", "level": 2, "mixer": "dga"})
+    r = run_cli("schedule", "--workspace", real_ws, "--clusters", "k3x2", "--level", 2, "--run", "fake",
+                "--steps", 20, "--batch-size", 4, "--name", "replay")
+    assert r.exit_code == 0, r.output
+    s = pl.read_parquet(ws.schedule("replay"))
+    assert set(s.filter(pl.col("step") < 10)["domain"]) == {d0} and set(s.filter(pl.col("step") >= 10)["domain"]) == {d1}
+    r = run_cli("schedule", "--workspace", real_ws, "--clusters", "k3x2", "--level", 1, "--run", "fake",
+                "--steps", 20, "--batch-size", 4, "--name", "replay1")
+    assert r.exit_code == 2 and "level 2" in r.output
+
+
+def test_basis_schedule_and_bad_inputs(real_ws):
+    r = run_cli("basis", "--workspace", real_ws, "--clusters", "k3x2", "--level", 2, "--target", "gsm8k",
+                "--by", "single", "--name", "is_sched")
+    assert r.exit_code == 0, r.output
+    r = run_cli("schedule", "--workspace", real_ws, "--clusters", "k3x2", "--level", 2, "--basis", "is_sched",
+                "--steps", 10, "--batch-size", 4, "--name", "b")
+    assert r.exit_code == 0, r.output
+    s = pl.read_parquet(Workspace(real_ws).schedule("b"))
+    support = pl.read_parquet(Workspace(real_ws).basis("is_sched"))["domain"].to_list()
+    assert s.height == 40 and s["domain"].is_in(support).all()
+    for args, msg in ((("--mixer", "uniform", "--basis", "is_sched"), "exactly one"),
+                      (("--mixer", "dga"), "static schedule"),
+                      (("--run", "nope"), "no run 'nope'"),
+                      (("--basis", "nope"), "no basis 'nope'")):
+        r = run_cli("schedule", "--workspace", real_ws, "--clusters", "k3x2", "--level", 2, *args,
+                    "--steps", 2, "--batch-size", 2, "--name", "x")
+        assert r.exit_code == 2 and msg in r.output, r.output
