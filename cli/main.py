@@ -5,7 +5,7 @@ import importlib
 
 import typer
 
-COMMANDS = ["embed", "cluster", "target", "basis", "schedule", "report"]  # in pipeline order
+COMMANDS = ["embed", "cluster", "target", "basis", "train", "schedule", "report"]  # in pipeline order
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn a large generic corpus into a data mixture that specialises a language model "

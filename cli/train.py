@@ -1,0 +1,81 @@
+"""`dgamix train`: train the reference LM on a mixture (uniform / natural / is / DGA / DoGE) (stage 3)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.common import WS_HELP, show, user_errors
+
+
+@user_errors
+def train(
+    workspace: Path = typer.Option(..., "--workspace", "-w", help=WS_HELP),
+    clusters: str = typer.Option(..., help="Clustering name (a folder of WS/clusters/, see `dgamix cluster --list`)."),
+    level: int = typer.Option(..., help="Tree level whose domains are mixed (1 = coarsest)."),
+    target: str = typer.Option(..., help="Target name (WS/targets/T): 'reweight' examples drive the alignments, "
+                                         "'holdout' examples give the target loss."),
+    mixer: str = typer.Option(..., help="uniform | natural (cluster sizes) | is (static importance sampling, needs "
+                                        "--basis) | dga | dga-noema (DGA without EMA) | doge."),
+    name: str = typer.Option(..., "--name", help="Run name: outputs go to WS/runs/NAME/."),
+    basis: Optional[str] = typer.Option(None, help="Basis name (WS/bases/B.parquet): dga/dga-noema/doge reweight its N "
+                                                   "bases (distribution reweighting); without it they reweight the "
+                                                   "domains. is: its basis named 'target' (else the first)."),
+    steps: int = typer.Option(300, min=1, help="Training steps (optimiser updates)."),
+    batch_size: int = typer.Option(16, min=1, help="Training sequences per step (one sequence = one document's "
+                                                   "first context+1 word pieces)."),
+    lr: float = typer.Option(3e-3, min=0.0, help="Peak learning rate (AdamW; linear warmup, then cosine decay to 10%)."),
+    warmup: int = typer.Option(20, min=0, help="Learning-rate warmup, in steps."),
+    reweight_every: int = typer.Option(25, min=1, help="Steps between DGA reweightings (T_r)."),
+    reweight_start: int = typer.Option(20, min=0, help="First step at which DGA may reweight (earlier steps keep the "
+                                                       "initial weights; the default skips the lr warmup)."),
+    eta: float = typer.Option(0.3, min=0.0, help="DGA step size (1 / alignment units; alignments are raw gradient dot "
+                                                 "products unless --normalise)."),
+    ema_beta: float = typer.Option(0.1, min=0.0, max=1.0, help="DGA EMA weight on the previous weights "
+                                                              "(0 = no EMA, 1 = frozen)."),
+    normalise: str = typer.Option("none", help="Alignment scale: none (raw dot) | cosine | mean_norm."),
+    align_batch_size: int = typer.Option(16, min=1, help="Sequences per basis/domain probe batch at each reweighting."),
+    target_batch_size: int = typer.Option(16, min=1, help="Target sequences per reweighting."),
+    tokens_per_domain: Optional[int] = typer.Option(None, min=1, help="Limited-data budget: each domain keeps a seeded "
+                                                                      "subset of its documents of at most this many "
+                                                                      "tokens (encoder word pieces); repeats count as "
+                                                                      "epochs."),
+    eval_every: int = typer.Option(25, min=1, help="Steps between evaluations of the target / general / train losses."),
+    eval_batches: int = typer.Option(2, min=1, help="Evaluation set size, in batches of 32 sequences, per split."),
+    checkpoint_every: int = typer.Option(100, min=0, help="Steps between checkpoints (0 = only at the end)."),
+    context: int = typer.Option(64, min=1, help="Word pieces per training sequence (model context)."),
+    vocab_size: int = typer.Option(4096, min=1, help="Word pieces kept in the model's vocabulary (the most frequent "
+                                                     "in the corpus; others become unk)."),
+    d_model: int = typer.Option(128, min=8, help="Model width."),
+    n_layer: int = typer.Option(4, min=1, help="Transformer blocks."),
+    seed: int = typer.Option(0, help="Seeds the model, the samplers and the target batches."),
+    device: str = typer.Option("cpu", help="Torch device: cpu or cuda."),
+    threads: int = typer.Option(0, min=0, help="Torch CPU threads (0 = torch's default); 1 is faster on a busy "
+                                               "machine whose other cores are taken."),
+    resume: bool = typer.Option(False, "--resume", help="Continue run NAME from its last checkpoint "
+                                                        "(same parameters required)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run NAME."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Train a small decoder-only LM on the mixture; writes WS/runs/NAME/{metrics,weights,repetitions}.parquet."""
+    from mixing.run import train_run
+    from mixing.trainer import TrainConfig
+    from pipeline.errors import DgamixError
+
+    try:
+        cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, reweight_every=reweight_every,
+                          reweight_start=reweight_start,
+                          eta=eta, ema_beta=ema_beta, normalise=normalise, align_batch_size=align_batch_size,
+                          target_batch_size=target_batch_size, eval_every=eval_every, eval_batches=eval_batches,
+                          checkpoint_every=checkpoint_every, tokens_per_domain=tokens_per_domain, seed=seed,
+                          device=device, threads=threads, context=context, vocab_size=vocab_size, d_model=d_model, n_layer=n_layer)
+    except ValueError as e:
+        raise DgamixError(f"invalid training option: {e}.") from None
+    if normalise not in ("none", "cosine", "mean_norm"):
+        raise DgamixError(f"--normalise {normalise!r}: choose none, cosine or mean_norm.")
+    if d_model % 4:
+        raise DgamixError(f"--d-model {d_model} must be a multiple of 4 (the number of attention heads).")
+    summary = train_run(workspace, clusters, level, target, mixer, basis, cfg, name, resume=resume,
+                        overwrite=overwrite, quiet=quiet)
+    show(summary)

@@ -1,0 +1,315 @@
+"""`dgamix train` glue: workspace manifests -> trainer inputs -> WS/runs/<name>/.
+
+What a run trains on.
+- Documents: every document of docs.parquet that the clustering assigned, minus duplicates
+  (dup_of set) and minus the "general" held-out slice.
+- General held-out slice: a fraction ``general_holdout`` of those documents (capped at the
+  evaluation set size, eval_batches x eval_batch_size), chosen with a FIXED seed (0), not the
+  run's seed, so that every run of a workspace is evaluated on the same documents. A domain
+  whose documents would all be held out keeps them for training instead.
+- The mixer's simplex: for dga / dga-noema / doge with --basis B, the N bases of B
+  (distribution reweighting, alpha = w @ P); without --basis, the k populated domains at
+  --level (domain reweighting, P = identity); uniform / natural: the k domains; is: the
+  domains, with the static weights of B's basis named "target" (else its first basis).
+  Basis mass on a domain with no trainable document is dropped and the basis renormalised.
+- Target: the "reweight" examples give the alignment target batches, the "holdout" examples
+  the "target" evaluation set (a fixed seeded subset of eval_batches x eval_batch_size).
+
+Outputs (pipeline.manifest, atomic): metrics.parquet (step, split, loss, tokens, seconds),
+weights.parquet (step, basis, domain, name, weight, alignment, grad_norm, target_norm, lr; the
+metadata holds eta, ema_beta, reweight_every, normalise, mixer, basis, clusters, level, target
+and init="uniform" so every update can be recomputed from the log), repetitions.parquet
+(domain, n_docs, draws, epochs) and checkpoint/state.pt.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+
+from mixing.dga import BasisMatrix, DGAConfig
+from mixing.inputs import check_level, load_basis, load_index
+from mixing.mixers import MIXER_NAMES, make_mixer
+from mixing.model import ModelConfig, TinyGPT
+from mixing.sampler import DomainIndex, MixtureSampler
+from mixing.tokens import Windows, corpus_windows, text_windows
+from mixing.trainer import CHECKPOINT, TrainConfig, TrainData, TrainResult, Trainer, load_checkpoint, train
+from pipeline import manifest
+from pipeline.errors import DgamixError
+from pipeline.workspace import Workspace, lock
+
+HOLDOUT_SEED = 0          # the general held-out slice is the same for every run of a workspace
+PROBE_SALT = 1_000_003    # probe sampler seed = seed + PROBE_SALT
+MAX_DOMAIN_PROBES = 1024  # domain reweighting costs k + 1 backward passes per reweighting
+ADAPTIVE = ("dga", "dga-noema", "doge")
+
+
+# --------------------------------------------------------------------------- inputs
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise DgamixError(f"--name {name!r} is not a valid run name; use letters, digits, '-' or '_'.")
+
+
+def load_target_examples(ws: Workspace, target: str) -> tuple[list[str], list[str], dict]:
+    """(reweight texts, holdout texts, metadata) of WS/targets/<target>/examples.parquet."""
+    path = ws.target_dir(target) / "examples.parquet"
+    if not path.exists():
+        root = ws.root / "targets"
+        have = sorted(p.name for p in root.iterdir() if (p / "examples.parquet").exists()) if root.exists() else []
+        raise DgamixError(f"no target '{target}' in {ws.root} (have: {have or 'none'}); run "
+                          f"`dgamix target FILE --workspace {ws.root} --name {target}` first.")
+    table, meta = manifest.read(path, "target", columns=["example_id", "split", "text"])
+    order = np.argsort(np.asarray(table["example_id"]), kind="stable")
+    split = np.asarray(table["split"].to_pylist(), dtype=object)[order]
+    text = np.asarray(table["text"].to_pylist(), dtype=object)[order]
+    return list(text[split == "reweight"]), list(text[split == "holdout"]), meta
+
+
+def general_holdout(index: DomainIndex, frac: float, cap: int) -> np.ndarray:
+    """Doc ids of the general held-out slice (sorted): round(frac * n) docs, at most ``cap``,
+    drawn with HOLDOUT_SEED; docs of a domain that would be emptied are given back."""
+    n = index.docs.size
+    n_hold = min(cap, int(round(frac * n))) if frac > 0 else 0
+    if n_hold == 0:
+        return np.zeros(0, dtype=np.int64)
+    ids = np.sort(index.docs)
+    held = np.sort(np.random.default_rng(HOLDOUT_SEED).permutation(ids)[:n_hold])
+    dom = np.repeat(index.domains, index.sizes)           # domain of each entry of index.docs
+    is_held = np.isin(index.docs, held)
+    left = np.bincount(np.repeat(np.arange(len(index)), index.sizes)[~is_held], minlength=len(index))
+    emptied = index.domains[left == 0]
+    if emptied.size:
+        held = np.setdiff1d(held, index.docs[np.isin(dom, emptied)])
+    return held
+
+
+def _restricted_basis(P: BasisMatrix, index: DomainIndex, names: list[str], basis: str) -> BasisMatrix:
+    """P with the mass on domains without trainable documents dropped, rows renormalised."""
+    k = max(P.k, index.k)
+    M = sp.csr_matrix(P.P, copy=True)
+    M.resize((P.n, k))
+    alive = np.zeros(k, dtype=bool)
+    alive[index.domains] = True
+    M = (M @ sp.diags(alive.astype(np.float64))).tocsr()
+    sums = np.asarray(M.sum(axis=1)).ravel()
+    dead = np.flatnonzero(sums <= 0)
+    if dead.size:
+        raise DgamixError(f"basis '{basis}': bases {[names[i] for i in dead[:5]]} put all their mass on domains "
+                          f"with no trainable documents; rebuild the basis or use another level.")
+    return BasisMatrix(sp.diags(1.0 / sums) @ M)
+
+
+def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_name: str,
+                 basis: str | None, config: TrainConfig, quiet: bool = True) -> dict:
+    """Everything a run needs, from the manifests; clear DgamixErrors for bad inputs."""
+    if mixer_name not in MIXER_NAMES:
+        raise DgamixError(f"unknown --mixer {mixer_name!r}; choose one of {'|'.join(MIXER_NAMES)}.")
+    ws.require(ws.docs, f"dgamix embed CORPUS --workspace {ws.root}")
+    check_level(ws, clusters, level)
+    if mixer_name == "is" and basis is None:
+        raise DgamixError("--mixer is needs --basis B: the importance-sampling histogram (its basis named "
+                          "'target', else its first basis); build one with `dgamix basis ... --by single`.")
+    if mixer_name in ("uniform", "natural") and basis is not None:
+        raise DgamixError(f"--mixer {mixer_name} does not use --basis (it mixes the domains at --level); "
+                          f"drop --basis {basis}.")
+    reweight_texts, holdout_texts, target_meta = load_target_examples(ws, target)
+    if mixer_name in ADAPTIVE and not reweight_texts:
+        raise DgamixError(f"target '{target}' has no 'reweight' examples to align with; rebuild it with "
+                          f"`dgamix target` and a --holdout below 1.")
+
+    docs, docs_meta = manifest.read(ws.docs, "docs", columns=["doc_id", "dup_of"])
+    dups = np.asarray(docs["doc_id"])[np.asarray(docs["dup_of"].is_valid())]
+    full = load_index(ws, clusters, level, exclude=dups)
+    if not len(full):
+        raise DgamixError(f"clustering '{clusters}' assigns no (non-duplicate) documents; rerun `dgamix cluster`.")
+    eval_size = config.eval_batches * config.eval_batch_size
+    held = general_holdout(full, config.general_holdout, eval_size)
+    keep = ~np.isin(full.docs, held)
+    dom = np.repeat(full.domains, full.sizes)
+    index = DomainIndex.from_arrays(full.docs[keep], dom[keep], k=full.k,
+                                    n_tokens=None if full.tokens is None else full.tokens[keep])
+
+    windows, vocab, tok, token_key = corpus_windows(ws, config.context, config.vocab_size, quiet=quiet)
+    if windows.tokens.shape[0] <= int(full.docs.max()):
+        raise DgamixError(f"assignments of '{clusters}' name doc_id {int(full.docs.max())} but docs.parquet has "
+                          f"{windows.tokens.shape[0]} documents; rerun `dgamix cluster` after `dgamix embed`.")
+    target_w = text_windows(tok, vocab, reweight_texts, config.context)
+    hold = np.random.default_rng(HOLDOUT_SEED).permutation(len(holdout_texts))[:eval_size]
+    target_eval = text_windows(tok, vocab, [holdout_texts[i] for i in np.sort(hold)], config.context)
+    general_eval = Windows(windows.tokens[held]) if held.size else Windows(np.zeros((0, config.context + 1), np.int32))
+
+    P, basis_meta, basis_names = None, None, None
+    if basis is not None:
+        P0, basis_names, basis_meta = load_basis(ws, basis, clusters, level)
+        P = _restricted_basis(P0, index, basis_names, basis)
+    tpd = config.tokens_per_domain
+    if tpd is not None and index.tokens is None:
+        raise DgamixError("--tokens-per-domain needs n_tokens in docs.parquet; re-embed the corpus.")
+    dcfg = DGAConfig(eta=config.eta, ema_beta=config.ema_beta, reweight_every=config.reweight_every,
+                     normalise=config.normalise)
+    seeds = dict(seed=config.seed, tokens_per_domain=tpd)
+    probe_seeds = dict(seed=config.seed + PROBE_SALT, tokens_per_domain=tpd)
+    if basis is not None and mixer_name in ADAPTIVE:  # distribution reweighting over N bases
+        kind, ids, names = "basis", np.arange(P.n), [str(n) for n in basis_names]
+        mixer = make_mixer(mixer_name, P.n, config=dcfg)
+        sampler, probe = MixtureSampler(index, P, **seeds), MixtureSampler(index, P, **probe_seeds)
+    else:  # domain-level mixtures over the k populated domains
+        kind, ids, names = "domain", index.domains.copy(), [str(d) for d in index.domains]
+        if mixer_name in ADAPTIVE and len(index) > MAX_DOMAIN_PROBES:
+            raise DgamixError(f"domain reweighting over {len(index):,} domains needs {len(index) + 1:,} backward "
+                              f"passes per reweighting; pass --basis B (distribution reweighting) or a coarser --level.")
+        init = None
+        if mixer_name == "natural":
+            init = index.sizes.astype(np.float64)
+        elif mixer_name == "is":
+            row = basis_names.index("target") if "target" in basis_names else 0
+            dense = np.asarray(P.P.getrow(row).todense()).ravel()
+            init = dense[index.domains]
+        mixer = make_mixer(mixer_name, len(index), init=init, config=dcfg)
+        sampler, probe = MixtureSampler(index, **seeds), MixtureSampler(index, **probe_seeds)
+
+    data = TrainData(windows, sampler, probe, target_w, {"target": target_eval, "general": general_eval},
+                     kind, ids, names)
+    params = {"clusters": clusters, "level": level, "target": target, "mixer": mixer_name, "basis": basis,
+              **{k: v for k, v in asdict(config).items() if k not in ("device", "threads")},
+              "corpus": docs_meta.get("inputs"), "tokens": token_key, "target_file": target_meta.get("inputs"),
+              "basis_file": None if basis_meta is None else basis_meta.get("inputs"),
+              "n_general_holdout": int(held.size)}
+    return {"data": data, "mixer": mixer, "vocab": vocab, "params": params, "held": held, "index": index}
+
+
+# --------------------------------------------------------------------------- outputs
+
+def metrics_table(result_metrics: list[dict]) -> pa.Table:
+    return pa.table({"step": pa.array([m["step"] for m in result_metrics], pa.int64()),
+                     "split": pa.array([m["split"] for m in result_metrics], pa.string()),
+                     "loss": pa.array([m["loss"] for m in result_metrics], pa.float64()),
+                     "tokens": pa.array([m["tokens"] for m in result_metrics], pa.int64()),
+                     "seconds": pa.array([m["seconds"] for m in result_metrics], pa.float64())})
+
+
+def weights_table(records: list[dict], kind: str, ids: np.ndarray, names: list[str]) -> pa.Table:
+    """Long format: one row per (logged step, entry)."""
+    n = len(ids)
+    cols: dict[str, list] = {c: [] for c in ("step", "weight", "alignment", "grad_norm", "target_norm", "lr")}
+    for r in records:
+        cols["step"].append(np.full(n, r["step"], np.int64))
+        cols["weight"].append(np.asarray(r["weights"], np.float64))
+        for c in ("alignment", "grad_norm"):
+            cols[c].append(np.full(n, np.nan) if r[c] is None else np.asarray(r[c], np.float64))
+        cols["target_norm"].append(np.full(n, np.nan if r["target_norm"] is None else r["target_norm"]))
+        cols["lr"].append(np.full(n, np.nan if r["lr"] is None else r["lr"]))
+    cat = {c: (np.concatenate(v) if v else np.zeros(0)) for c, v in cols.items()}
+    m = len(records)
+    ent = np.tile(np.asarray(ids, np.int64), m)
+    nulls = pa.nulls(n * m, pa.int64())
+
+    def nullable(x):
+        return pa.array(x, pa.float64(), mask=np.isnan(x))
+
+    return pa.table({"step": pa.array(cat["step"].astype(np.int64), pa.int64()),
+                     "basis": pa.array(ent, pa.int64()) if kind == "basis" else nulls,
+                     "domain": pa.array(ent, pa.int64()) if kind == "domain" else nulls,
+                     "name": pa.array(list(names) * m, pa.string()),
+                     "weight": pa.array(cat["weight"], pa.float64()),
+                     "alignment": nullable(cat["alignment"]), "grad_norm": nullable(cat["grad_norm"]),
+                     "target_norm": nullable(cat["target_norm"]), "lr": nullable(cat["lr"])})
+
+
+def repetitions_table(reps: dict) -> pa.Table:
+    return pa.table({k: pa.array(np.asarray(reps[k], np.int64), pa.int64())
+                     for k in ("domain", "n_docs", "draws", "epochs")})
+
+
+def write_outputs(ws: Workspace, name: str, metrics: list[dict], weights: list[dict], data: TrainData,
+                  params: dict, reps: dict | None = None) -> None:
+    d = ws.run_dir(name)
+    meta_params = {**params, "init": "uniform" if params["mixer"] in ADAPTIVE or params["mixer"] == "uniform"
+                   else params["mixer"], "kind": data.kind}
+    fp = manifest.fingerprint(params)
+    manifest.write(d / "metrics.parquet", metrics_table(metrics), "run-metrics", meta_params, fp)
+    manifest.write(d / "weights.parquet", weights_table(weights, data.kind, data.ids, data.names),
+                   "run-weights", meta_params, fp)
+    if reps is not None:
+        manifest.write(d / "repetitions.parquet", repetitions_table(reps), "run-repetitions", meta_params, fp)
+
+
+# --------------------------------------------------------------------------- the stage
+
+INPUT_KEYS = ("corpus", "tokens", "target_file", "basis_file", "n_general_holdout")
+
+
+def _compare(saved: dict, now: dict) -> None:
+    """Refuse to resume when a parameter or an input differs from the checkpoint's."""
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key) == now.get(key):
+            continue
+        if key in INPUT_KEYS:
+            raise DgamixError(f"cannot resume: input '{key}' changed since the checkpoint (the workspace's corpus, "
+                              f"target or basis was rebuilt); pass --overwrite to restart the run.")
+        flag = "--" + key.replace("_", "-")
+        raise DgamixError(f"cannot resume: parameter '{key}' differs (checkpoint: {saved.get(key)!r}, now: "
+                          f"{now.get(key)!r}); rerun with the same {flag} value, or pass --overwrite to restart.")
+
+
+def train_run(ws: Workspace | str | Path, clusters: str, level: int, target: str, mixer_name: str,
+              basis: str | None = None, config: TrainConfig | None = None, name: str = "run",
+              resume: bool = False, overwrite: bool = False, quiet: bool = False) -> dict:
+    """The train stage: trains a reference LM with ``mixer_name`` and writes WS/runs/<name>/.
+
+    Returns a summary (final losses per split, top weights, timings, paths).
+    """
+    import torch
+
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    config = config or TrainConfig()
+    _check_name(name)
+    if resume and overwrite:
+        raise DgamixError("--resume and --overwrite contradict each other; pass one.")
+    run_dir = ws.run_dir(name)
+    ckpt = run_dir / "checkpoint" / CHECKPOINT
+    exists = run_dir.exists() and any(run_dir.iterdir())
+    if exists and not (resume or overwrite):
+        raise DgamixError(f"run '{name}' already exists ({run_dir}); pass --resume to continue it, --overwrite "
+                          f"to replace it, or choose another --name.")
+    with lock(ws, f"train-{name}"):
+        inp = build_inputs(ws, clusters, level, target, mixer_name, basis, config, quiet)
+        data, mixer, params = inp["data"], inp["mixer"], inp["params"]
+        resuming = resume and ckpt.exists()
+        if resuming:
+            _compare(load_checkpoint(ckpt).get("params", {}), params)
+        elif overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
+        torch.manual_seed(config.seed)
+        model = TinyGPT(ModelConfig(inp["vocab"].size, config.d_model, config.n_layer, config.n_head,
+                                    config.context))
+
+        def snapshot(tr: Trainer) -> None:  # partial logs beside every checkpoint
+            write_outputs(ws, name, tr.metrics, tr.weights, data, params)
+
+        result: TrainResult = train(model, data, mixer, config, checkpoint_dir=run_dir / "checkpoint",
+                                    resume=resuming, params=params, quiet=quiet, on_checkpoint=snapshot)
+        write_outputs(ws, name, result.metrics, result.weights, data, params, result.repetitions)
+    return summarise(name, run_dir, result, data, params)
+
+
+def summarise(name: str, run_dir: Path, result: TrainResult, data: TrainData, params: dict) -> dict:
+    final = {m["split"]: m["loss"] for m in result.metrics if m["step"] == result.steps}
+    w = result.weights[-1]["weights"]
+    top = np.argsort(-w, kind="stable")[:5]
+    reps = result.repetitions
+    t = result.timings
+    return {"run": name, "mixer": params["mixer"], "steps": result.steps,
+            "resumed_from": result.resumed_from if result.resumed_from is not None else "-",
+            "params": f"{result.n_params:,}", "tokens": result.metrics[-1]["tokens"] if result.metrics else 0,
+            **{f"loss_{k}": round(v, 4) for k, v in final.items()},
+            "top_bases" if data.kind == "basis" else "top_domains": ", ".join(f"{data.names[i]}={w[i]:.3f}" for i in top),
+            "max_epochs": int(reps["epochs"].max()) if reps["epochs"].size else 0,
+            "seconds": round(t["seconds"], 1), "seconds_per_step": round(t["step_seconds"], 4),
+            "seconds_per_reweighting": round(t["align_seconds"], 4), "reweightings": t["n_reweightings"],
+            "path": str(run_dir)}

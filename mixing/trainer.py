@@ -1,0 +1,505 @@
+"""The reference trainer: a small LM trained on the mixture a Mixer chooses, step by step.
+
+One step s (0-based; "after s steps" = s optimiser updates done):
+
+1. every ``eval_every`` steps: losses of the fixed evaluation sets (split "target": the target's
+   holdout examples; "general": held-out generic documents never sampled for training) and the
+   mean training loss since the last evaluation (split "train");
+2. every ``checkpoint_every`` steps: an atomic checkpoint (everything needed to continue
+   exactly, see ``Trainer.state``);
+3. if s >= reweight_start and ``mixer.needs_alignment(s)``: one target batch from the target's
+   "reweight" examples and, for each entry j of the mixer (basis j, or domain j: domain
+   reweighting = identity basis), one batch drawn from P_j by a separate probe sampler (its
+   own seed and stream, so probes never consume the training stream); a_j = <grad l(x_j), grad l(y)> streamed by
+   ``gradient_alignments``; ``mixer.update(s, a, grad_norms, target_norm, lr)``;
+4. a training batch ``sampler.sample(batch_size, mixer.weights())`` -> windows -> AdamW step
+   (gradient clipping at ``grad_clip``), learning rate ``lr_at(s)``.
+
+After the last step: a final evaluation at step = steps and a final checkpoint.
+
+Learning rate: linear warmup over ``warmup`` steps to ``lr``, then cosine decay to
+``min_lr_ratio * lr`` at the last step; a pure function of the step, so it needs no state.
+
+Logs. ``metrics`` rows: step, split, loss (mean next-token cross-entropy in nats per token),
+tokens (training target tokens, i.e. non-pad predicted positions, seen before this step),
+seconds (wall clock of training so far, summed over resumes). ``weights`` records: at step 0,
+at every reweighting and at the end, the weights in force from that step on, with the raw
+alignments (and gradient norms, target norm, lr) the update used (None between updates).
+
+Failure. A NaN/inf loss or gradient norm raises ``DgamixError`` naming the step; nothing is
+written after the last good checkpoint, which stays on disk.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from mixing.alignment import gradient_alignments
+from mixing.model import lm_loss, lm_loss_sum
+from mixing.sampler import MixtureSampler
+from mixing.tokens import Windows
+from pipeline.errors import DgamixError
+
+CHECKPOINT = "state.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that shapes a run. Units: steps are optimiser updates; batch sizes are
+    sequences (one sequence = one document's first context + 1 pieces); tokens are word pieces.
+
+    Model: context (pieces per sequence), vocab_size (kept word pieces, + pad + unk), d_model,
+    n_layer, n_head. Optimiser: lr (peak), warmup (steps), min_lr_ratio (final lr / lr),
+    weight_decay (AdamW, on matrices only), grad_clip (max global L2 norm; 0 disables).
+    Mixing: reweight_every (T_r, steps), reweight_start (no reweighting before this step: at
+    initialisation every gradient points along the same unigram direction, so the alignments
+    are 10-100x larger than later and measure that, not relevance to the target; the default
+    skips the learning-rate warmup), eta, ema_beta (weight on the previous weights),
+    normalise (none|cosine|mean_norm, see mixing.dga), align_batch_size (sequences per basis /
+    domain probe), target_batch_size (target sequences per reweighting), tokens_per_domain
+    (limited-data budget per domain, in the docs manifest's n_tokens; None = all documents).
+    Evaluation: eval_every (steps), eval_batches x eval_batch_size = size of each fixed
+    evaluation set (target holdout, general held-out docs); general_holdout: fraction of the
+    generic documents held out for "general" (capped at the evaluation set size).
+    checkpoint_every (steps; 0 = only at the end), seed, device, threads (torch intra-op
+    threads; 0 = torch's default).
+
+    Defaults are sized for a laptop / 2-core CPU (see the project notes on timings): context 64
+    and V = 4,096 give a 1.3M-parameter model whose step (16 x 64 tokens) takes ~0.2-0.25 s on
+    one core, 4x less than context 128 with V = 8,192 (~0.9 s), so that four runs of a few
+    hundred steps fit in a few minutes.
+    """
+
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup: int = 20
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    reweight_every: int = 25
+    reweight_start: int = 20
+    eta: float = 0.3
+    ema_beta: float = 0.1
+    normalise: str = "none"
+    align_batch_size: int = 16
+    target_batch_size: int = 16
+    eval_every: int = 25
+    eval_batches: int = 2
+    eval_batch_size: int = 32
+    general_holdout: float = 0.02
+    checkpoint_every: int = 100
+    tokens_per_domain: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0
+    context: int = 64
+    vocab_size: int = 4096
+    d_model: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "reweight_every", "align_batch_size", "target_batch_size",
+                    "eval_every", "eval_batches", "eval_batch_size", "context", "vocab_size",
+                    "d_model", "n_layer", "n_head")
+        for k in positive:
+            if int(getattr(self, k)) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        for k in ("warmup", "checkpoint_every", "reweight_start"):
+            if int(getattr(self, k)) < 0:
+                raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0.0 <= self.general_holdout < 1.0:
+            raise ValueError(f"general_holdout must be in [0, 1), got {self.general_holdout}")
+        if self.normalise not in ("none", "cosine", "mean_norm"):
+            raise ValueError(f"normalise must be none|cosine|mean_norm, got {self.normalise!r}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"n_head ({self.n_head}) must divide d_model ({self.d_model})")
+        if self.tokens_per_domain is not None and self.tokens_per_domain < 1:
+            raise ValueError(f"tokens_per_domain must be >= 1, got {self.tokens_per_domain}")
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of step ``step``: linear warmup, then cosine to min_lr_ratio * lr."""
+        if self.warmup and step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        span = max(1, self.steps - self.warmup - 1)
+        progress = min(1.0, (step - self.warmup) / span)
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@dataclass
+class TrainData:
+    """What the trainer trains on.
+
+    windows: the corpus windows, row = doc_id. sampler: the training stream. probe: a second
+    sampler over the same index / basis (own seed) for alignment batches. target: windows of
+    the target's "reweight" examples (alignment target batches). eval_sets: split -> fixed
+    windows (evaluated in order). kind: "basis" or "domain" (what the mixer's entries are);
+    ids (n,) and names (n,) of the entries, for the weights log.
+    """
+
+    windows: Windows
+    sampler: MixtureSampler
+    probe: MixtureSampler
+    target: Windows
+    eval_sets: dict[str, Windows]
+    kind: str
+    ids: np.ndarray
+    names: list[str]
+
+
+@dataclass
+class TrainResult:
+    metrics: list[dict]
+    weights: list[dict]               # records: step, weights (n,), alignment (n,) | None, ...
+    repetitions: dict[str, np.ndarray]  # domain, n_docs, draws, epochs
+    timings: dict[str, float]
+    steps: int
+    resumed_from: int | None = None
+    n_params: int = 0
+
+
+class _Cycler:
+    """Seeded batches from a fixed set of rows: a fresh permutation per pass, no repeats within one."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        if n < 1:
+            raise ValueError("the target has no 'reweight' examples to align with")
+        self.n = n
+        self.rng = np.random.default_rng(seed)
+        self.perm = self.rng.permutation(n)
+        self.pos = 0
+
+    def next(self, size: int) -> np.ndarray:
+        out = []
+        while size > 0:
+            if self.pos == self.n:
+                self.perm, self.pos = self.rng.permutation(self.n), 0
+            take = min(size, self.n - self.pos)
+            out.append(self.perm[self.pos:self.pos + take])
+            self.pos += take
+            size -= take
+        return np.concatenate(out)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "perm": self.perm.copy(), "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.perm = np.asarray(state["perm"]).copy()
+        self.pos = int(state["pos"])
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (embeddings included), none on biases / norms."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": rest, "weight_decay": 0.0}],
+                             lr=config.lr, betas=(0.9, 0.95))
+
+
+def evaluate(model: torch.nn.Module, windows: Windows, batch_size: int, device: str = "cpu") -> float:
+    """Token-weighted mean next-token loss of every window of ``windows`` (NaN if none)."""
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for i in range(0, len(windows), batch_size):
+            s, c = lm_loss_sum(model, windows.batch(np.arange(i, min(len(windows), i + batch_size))).to(device))
+            total, count = total + s, count + c
+    finally:
+        model.train(was)
+    return total / count if count else float("nan")
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dict (our own file: numpy arrays inside, hence weights_only=False)."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a corrupt file
+        raise DgamixError(f"checkpoint {path} is unreadable ({str(e).splitlines()[0][:120]}); rerun with "
+                          f"--overwrite to start the run again.") from None
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class _Bar:
+    """rich progress bar: step, losses and the current top weights (silent when quiet)."""
+
+    def __init__(self, total: int, done: int, quiet: bool, names: list[str]) -> None:
+        self.names, self.bar = names, None
+        if quiet:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+            TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                            console=Console(file=sys.stderr))
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=total, completed=done, info="")
+        self.info = {"loss": "", "eval": "", "top": ""}
+
+    def update(self, advance: int = 0, **info: str) -> None:
+        if self.bar is None:
+            return
+        self.info.update(info)
+        self.bar.update(self.task, advance=advance, info="  ".join(v for v in self.info.values() if v))
+
+    def top(self, w: np.ndarray, k: int = 3) -> str:
+        o = np.argsort(-w, kind="stable")[:k]
+        return "w: " + " ".join(f"{str(self.names[i])[:14]}={w[i]:.2f}" for i in o)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class Trainer:
+    """Runs ``config.steps`` steps of ``model`` on ``data`` with ``mixer``; see the module doc."""
+
+    def __init__(self, model: torch.nn.Module, data: TrainData, mixer, config: TrainConfig, *,
+                 checkpoint_dir: str | Path | None = None, params: dict | None = None,
+                 loss_fn: Callable = lm_loss, quiet: bool = True,
+                 on_checkpoint: Callable[["Trainer"], None] | None = None) -> None:
+        if mixer.n != len(data.ids):
+            raise ValueError(f"the mixer has {mixer.n} entries, the data names {len(data.ids)}")
+        self.model, self.data, self.mixer, self.config = model.to(config.device), data, mixer, config
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.params = params or {}
+        self.loss_fn, self.quiet, self.on_checkpoint = loss_fn, quiet, on_checkpoint
+        self.opt = make_optimizer(self.model, config)
+        self.cycler = _Cycler(len(data.target), config.seed + 7919)
+        self.step = 0
+        self.metrics: list[dict] = []
+        self.weights: list[dict] = []
+        self.tokens = 0
+        self.elapsed = 0.0
+        self.train_sum, self.train_n = 0.0, 0
+        self.align_seconds, self.n_align = 0.0, 0
+        self.step_seconds, self.n_steps_timed = 0.0, 0
+        self.eval_seconds = 0.0
+        self.last_checkpoint: int | None = None
+        self.resumed_from: int | None = None
+
+    # ----- state
+    def state(self) -> dict:
+        """Everything needed to continue exactly from ``self.step``."""
+        return {"step": self.step, "params": self.params, "config": asdict(self.config),
+                "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "lr_schedule": {"lr": self.config.lr, "warmup": self.config.warmup,
+                                "min_lr_ratio": self.config.min_lr_ratio, "steps": self.config.steps},
+                "mixer": self.mixer.state_dict(), "sampler": self.data.sampler.state_dict(),
+                "probe": self.data.probe.state_dict(), "target": self.cycler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+                "metrics": list(self.metrics), "weights": list(self.weights), "tokens": self.tokens,
+                "elapsed": self.elapsed, "train_acc": (self.train_sum, self.train_n),
+                "timings": (self.align_seconds, self.n_align, self.step_seconds, self.n_steps_timed,
+                            self.eval_seconds)}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.mixer.load_state_dict(state["mixer"])
+        self.data.sampler.load_state_dict(state["sampler"])
+        self.data.probe.load_state_dict(state["probe"])
+        self.cycler.load_state_dict(state["target"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        self.step = int(state["step"])
+        self.metrics, self.weights = list(state["metrics"]), list(state["weights"])
+        self.tokens, self.elapsed = int(state["tokens"]), float(state["elapsed"])
+        self.train_sum, self.train_n = state["train_acc"]
+        (self.align_seconds, self.n_align, self.step_seconds, self.n_steps_timed,
+         self.eval_seconds) = state["timings"]
+        self.last_checkpoint = self.resumed_from = self.step
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoint_dir is None:
+            return
+        _atomic_save(self.state(), self.checkpoint_dir / CHECKPOINT)
+        self.last_checkpoint = self.step
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self)
+
+    # ----- pieces of a step
+    def _fail(self, what: str, step: int) -> DgamixError:
+        keep = (f"the last good checkpoint (step {self.last_checkpoint}) is kept in {self.checkpoint_dir}"
+                if self.last_checkpoint is not None and self.checkpoint_dir is not None else "no checkpoint was written")
+        return DgamixError(f"{what} at step {step}: training diverged; {keep}. Lower --lr (now {self.config.lr:g}) "
+                           f"or --eta and rerun with --overwrite.")
+
+    def _evaluate(self, step: int) -> None:
+        t0 = time.perf_counter()
+        cfg = self.config
+        row = {"step": step, "tokens": self.tokens}
+        losses = {}
+        if self.train_n:
+            losses["train"] = self.train_sum / self.train_n
+        for split, w in self.data.eval_sets.items():
+            if len(w):
+                losses[split] = evaluate(self.model, w, cfg.eval_batch_size, cfg.device)
+        self.train_sum, self.train_n = 0.0, 0
+        self.eval_seconds += time.perf_counter() - t0
+        seconds = self.elapsed + (time.perf_counter() - self._t_start)
+        for split, loss in losses.items():
+            self.metrics.append({**row, "split": split, "loss": float(loss), "seconds": seconds})
+        self._last_eval = losses
+
+    def _log_weights(self, step: int, align=None, lr: float | None = None) -> None:
+        rec = {"step": step, "weights": self.mixer.weights().copy(), "alignment": None,
+               "grad_norm": None, "target_norm": None, "lr": lr}
+        if align is not None:
+            rec.update(alignment=align.alignments.copy(), grad_norm=align.grad_norms.copy(),
+                       target_norm=align.target_norm)
+        self.weights.append(rec)
+
+    def _probe_batches(self):
+        n, dev = self.mixer.n, self.config.device
+        for j in range(n):
+            onehot = np.zeros(n)
+            onehot[j] = 1.0
+            docs, _ = self.data.probe.sample(self.config.align_batch_size, onehot)
+            yield self.data.windows.batch(docs).to(dev)
+
+    def _reweight(self, step: int, lr: float) -> None:
+        t0 = time.perf_counter()
+        dev = self.config.device
+        target = self.data.target.batch(self.cycler.next(self.config.target_batch_size)).to(dev)
+        align = gradient_alignments(self.model, self.loss_fn, target, self._probe_batches())
+        if not (np.isfinite(align.alignments).all() and math.isfinite(align.target_norm)):
+            raise self._fail("non-finite gradient alignment (NaN or inf)", step)
+        try:
+            self.mixer.update(step, align.alignments, grad_norms=align.grad_norms,
+                              target_norm=align.target_norm, lr=lr)
+        except ValueError as e:
+            raise self._fail(f"mixer update failed ({e})", step) from None
+        self._log_weights(step, align, lr)
+        self.align_seconds += time.perf_counter() - t0
+        self.n_align += 1
+
+    def _train_step(self, step: int, lr: float) -> float:
+        t0 = time.perf_counter()
+        cfg = self.config
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        docs, _ = self.data.sampler.sample(cfg.batch_size, self.mixer.weights())
+        batch = self.data.windows.batch(docs).to(cfg.device)
+        loss = self.loss_fn(self.model, batch)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise self._fail(f"non-finite training loss ({value})", step)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        else:
+            norm = float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in self.model.parameters()
+                                        if p.grad is not None)))
+        if not math.isfinite(norm):
+            raise self._fail(f"non-finite gradient norm ({norm})", step)
+        self.opt.step()
+        self.tokens += int((batch[:, 1:] != 0).sum())
+        self.train_sum += value
+        self.train_n += 1
+        self.step_seconds += time.perf_counter() - t0
+        self.n_steps_timed += 1
+        return value
+
+    # ----- the loop
+    def run(self) -> TrainResult:
+        cfg = self.config
+        self.model.train()
+        self._t_start = time.perf_counter()
+        self._last_eval: dict = {}
+        start = self.step
+        bar = _Bar(cfg.steps, start, self.quiet, self.data.names)
+        try:
+            for step in range(start, cfg.steps):
+                resumed_here = self.resumed_from is not None and step == start
+                if step % cfg.eval_every == 0 and not resumed_here:
+                    self._evaluate(step)
+                    bar.update(eval=" ".join(f"{k}={v:.3f}" for k, v in self._last_eval.items() if k != "train"))
+                if (cfg.checkpoint_every and step > 0 and step % cfg.checkpoint_every == 0
+                        and not resumed_here):
+                    self._sync_clock()
+                    self.save_checkpoint()
+                lr = cfg.lr_at(step)
+                if step >= cfg.reweight_start and self.mixer.needs_alignment(step):
+                    self._reweight(step, lr)
+                    bar.update(top=bar.top(self.mixer.weights()))
+                elif step == 0:
+                    self._log_weights(0, None, lr)
+                    bar.update(top=bar.top(self.mixer.weights()))
+                loss = self._train_step(step, lr)
+                self.step = step + 1
+                bar.update(advance=1, loss=f"loss={loss:.3f}")
+            if not (self.metrics and self.metrics[-1]["step"] == cfg.steps):
+                self._evaluate(cfg.steps)
+            if not (self.weights and self.weights[-1]["step"] == cfg.steps):
+                self._log_weights(cfg.steps, None, cfg.lr_at(cfg.steps - 1))
+            self._sync_clock()
+            if self.last_checkpoint != cfg.steps:
+                self.save_checkpoint()
+        finally:
+            bar.close()
+        s = self.data.sampler
+        reps = {"domain": s.index.domains.copy(), "n_docs": s.pool_sizes.copy(),
+                "draws": s.draws.copy(), "epochs": s.epochs.copy()}
+        timings = {"seconds": self.elapsed,
+                   "step_seconds": self.step_seconds / max(1, self.n_steps_timed),
+                   "align_seconds": self.align_seconds / max(1, self.n_align),
+                   "n_reweightings": self.n_align, "eval_seconds": self.eval_seconds}
+        return TrainResult(self.metrics, self.weights, reps, timings, cfg.steps, self.resumed_from,
+                           sum(p.numel() for p in self.model.parameters()))
+
+    def _sync_clock(self) -> None:
+        """Fold the wall clock since the (re)start into ``elapsed`` (kept across resumes)."""
+        now = time.perf_counter()
+        self.elapsed += now - self._t_start
+        self._t_start = now
+
+
+def train(model: torch.nn.Module, data: TrainData, mixer, config: TrainConfig, *,
+          checkpoint_dir: str | Path | None = None, resume: bool = False, params: dict | None = None,
+          loss_fn: Callable = lm_loss, quiet: bool = True,
+          on_checkpoint: Callable[[Trainer], None] | None = None) -> TrainResult:
+    """Train ``model`` for ``config.steps`` steps on ``data`` with ``mixer``; returns the logs.
+
+    With ``resume`` and a checkpoint in ``checkpoint_dir``, continue from it (the result equals
+    an uninterrupted run). ``params`` is stored in the checkpoint (run.py compares it on resume).
+    """
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    trainer = Trainer(model, data, mixer, config, checkpoint_dir=checkpoint_dir, params=params,
+                      loss_fn=loss_fn, quiet=quiet, on_checkpoint=on_checkpoint)
+    path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT
+    if resume and path is not None and path.exists():
+        trainer.load_state(load_checkpoint(path))
+    return trainer.run()

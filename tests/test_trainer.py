@@ -1,0 +1,327 @@
+"""The reference trainer: determinism, exact resume, weights on the simplex, DGA moves, identity
+basis = domain reweighting, held-out docs never trained on, NaN stops cleanly.
+
+A tiny real workspace (Wikipedia summaries from data/, a GSM8K target, hand-written tree,
+assignments and basis) and a tiny model (d_model 32, 1 layer, context 32) keep this fast.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+import torch
+
+from mixing.dga import BasisMatrix
+from mixing.mixers import make_mixer
+from mixing.model import ModelConfig, TinyGPT, lm_loss
+from mixing.run import PROBE_SALT, build_inputs, general_holdout, train_run
+from mixing.sampler import MixtureSampler
+from mixing.tokens import PAD, Vocab, Windows
+from mixing.trainer import CHECKPOINT, TrainConfig, load_checkpoint, train
+from pipeline import manifest
+from pipeline.errors import DgamixError
+from pipeline.workspace import Workspace
+from tests.conftest import DATA
+from tests.helpers import fake_workspace
+
+N_DOCS = 160
+TOPICS_PER_DOMAIN = 3  # level_2 domain = (topic index // 3) % 4 -> 4 domains; level_1 = level_2 // 2
+
+
+def tiny_config(**kw) -> TrainConfig:
+    base = dict(steps=20, batch_size=4, lr=3e-3, warmup=4, reweight_every=5, reweight_start=4, align_batch_size=4,
+                target_batch_size=4, eval_every=5, eval_batches=1, eval_batch_size=8, checkpoint_every=10,
+                general_holdout=0.05, context=32, vocab_size=512, d_model=32, n_layer=1, n_head=4, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def build_workspace(root: Path) -> Workspace:
+    """Real texts, hand-written clustering 'c' (levels 2,2), target 't', bases 'b' (level 2), 'b1' (level 1)."""
+    wiki = pl.read_parquet(DATA / "wiki_vital_en.parquet").sample(N_DOCS, seed=3)
+    texts = wiki["text"].to_list()
+    topics = sorted(set(wiki["topic"].to_list()))
+    dom2 = np.array([(topics.index(t) // TOPICS_PER_DOMAIN) % 4 for t in wiki["topic"].to_list()], np.int64)
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(N_DOCS, 8)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ws = fake_workspace(root, vecs, texts)
+    # the trainer needs the real encoder's tokenizer: record the packaged model as the encoder
+    table, meta = manifest.read(ws.embeddings, "embeddings")
+    manifest.write(ws.embeddings, table, "embeddings", {**meta["params"], "model": "all-MiniLM-L6-v2"},
+                   meta["inputs"], extra={"n_docs": N_DOCS})
+    # docs 5 and 6 are duplicates of 4: never trained on
+    docs, dmeta = manifest.read(ws.docs, "docs")
+    dup = np.full(N_DOCS, None, dtype=object)
+    dup[[5, 6]] = 4
+    docs = docs.set_column(docs.column_names.index("dup_of"), "dup_of", pa.array(dup.tolist(), pa.int64()))
+    manifest.write(ws.docs, docs, "docs", dmeta["params"], dmeta["inputs"], extra={"text_column": "text"})
+    # clustering 'c': branching 2,2
+    sizes2 = np.bincount(dom2, minlength=4)
+    rows = [(1, d, -1, int(sizes2[2 * d:2 * d + 2].sum())) for d in range(2)] + \
+           [(2, d, d // 2, int(sizes2[d])) for d in range(4)]
+    tree = pa.table({"level": pa.array([r[0] for r in rows], pa.int64()),
+                     "domain": pa.array([r[1] for r in rows], pa.int64()),
+                     "parent": pa.array([r[2] for r in rows], pa.int64()),
+                     "size": pa.array([r[3] for r in rows], pa.int64()),
+                     "centroid": pa.array([[0.0] * 8] * len(rows), pa.list_(pa.float32(), 8))})
+    manifest.write(ws.tree("c"), tree, "tree", {"levels": [2, 2], "seed": 0}, "fp-c")
+    parts = pa.table({"doc_id": pa.array(np.arange(N_DOCS), pa.int64()),
+                      "level_1": pa.array(dom2 // 2, pa.int64()), "level_2": pa.array(dom2, pa.int64())})
+    manifest.write(ws.assignment_part("c", 0), parts, "assignments-part", {"levels": [2, 2]}, "fp-c")
+    # target 't': 40 GSM8K problems, 30 reweight + 10 holdout
+    gsm = pl.read_parquet(DATA / "targets" / "gsm8k.parquet").head(40)
+    n = gsm.height
+    ex = pa.table({"example_id": pa.array(np.arange(n), pa.int64()), "id": gsm["id"].cast(pl.Utf8).to_list(),
+                   "group": pa.nulls(n, pa.string()), "split": ["reweight"] * 30 + ["holdout"] * 10,
+                   "n_tokens": pa.array(np.full(n, 100), pa.int64()), "text": gsm["text"].to_list(),
+                   "embedding": pa.array([[0.0] * 8] * n, pa.list_(pa.float32(), 8))})
+    manifest.write(ws.target_dir("t") / "examples.parquet", ex, "target", {"holdout": 0.25}, "fp-t")
+    # basis 'b' at level 2: 3 bases, one named "target"
+    b = [(0, "target", 0, 0.7), (0, "target", 1, 0.3), (1, "generic", 0, 0.25), (1, "generic", 1, 0.25),
+         (1, "generic", 2, 0.25), (1, "generic", 3, 0.25), (2, "pocket", 3, 1.0)]
+    table = pa.table({"basis": pa.array([r[0] for r in b], pa.int64()), "name": [r[1] for r in b],
+                      "domain": pa.array([r[2] for r in b], pa.int64()), "weight": [r[3] for r in b]})
+    manifest.write(ws.basis("b"), table, "basis", {"clusters": "c", "level": 2, "target": "t"}, "fp-b")
+    t1 = pa.table({"basis": pa.array([0, 0], pa.int64()), "name": ["target", "target"],
+                   "domain": pa.array([0, 1], pa.int64()), "weight": [0.5, 0.5]})
+    manifest.write(ws.basis("b1"), t1, "basis", {"clusters": "c", "level": 1, "target": "t"}, "fp-b1")
+    return ws
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP spin-waits
+    that made a 1 ms step take 100+ ms when another process holds the second core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_ws(tmp_path_factory) -> Workspace:
+    return build_workspace(tmp_path_factory.mktemp("trainws") / "ws")
+
+
+def _run(ws, mixer="dga", basis="b", cfg=None, level=2, **kw):
+    cfg = cfg or tiny_config()
+    inp = build_inputs(ws, "c", level, "t", mixer, basis, cfg)
+    torch.manual_seed(cfg.seed)
+    model = TinyGPT(ModelConfig(inp["vocab"].size, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.context))
+    return train(model, inp["data"], inp["mixer"], cfg, **kw), inp
+
+
+def _losses(result):
+    return [(m["step"], m["split"], m["loss"], m["tokens"]) for m in result.metrics]
+
+
+# --------------------------------------------------------------------------- units
+
+def test_model_loss_ignores_padding_and_is_near_log_vocab_at_init():
+    torch.manual_seed(0)
+    model = TinyGPT(ModelConfig(vocab=50, d_model=16, n_layer=1, n_head=2, context=8))
+    x = torch.randint(1, 50, (3, 9))
+    padded = torch.cat([x, torch.zeros(3, 4, dtype=torch.long)], 1)[:, :9]
+    assert abs(float(lm_loss(model, x).detach()) - np.log(50)) < 0.3
+    y = x.clone()
+    y[:, 6:] = PAD  # the loss on the real prefix only
+    assert torch.allclose(lm_loss(model, y), lm_loss(model, x[:, :6]), atol=1e-6)
+    assert padded.shape == x.shape
+    with pytest.raises(ValueError):
+        model(torch.randint(1, 50, (1, 9 + 1)))
+
+
+def test_vocab_keeps_most_frequent_pieces_and_windows_trim():
+    v = Vocab.build([[5, 5, 7, 9], [7, 5, 3]], size=2, encoder_vocab=12)
+    assert v.pieces.tolist() == [5, 7] and v.size == 4
+    w = v.map([[5, 7, 9, 5, 5], [3]], 4)
+    assert w.tolist() == [[2, 3, 1, 2], [1, 0, 0, 0]]
+    win = Windows(np.array([[2, 3, 0, 0, 0], [2, 0, 0, 0, 0]], np.int32))
+    assert win.batch(np.array([0, 1])).shape == (2, 2) and win.lengths().tolist() == [2, 1]
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = TrainConfig(steps=100, lr=1.0, warmup=10, min_lr_ratio=0.1)
+    assert cfg.lr_at(0) == pytest.approx(0.1) and cfg.lr_at(9) == pytest.approx(1.0)
+    assert cfg.lr_at(10) == pytest.approx(1.0) and cfg.lr_at(99) == pytest.approx(0.1)
+    assert all(cfg.lr_at(s) >= cfg.lr_at(s + 1) for s in range(10, 99))
+
+
+# --------------------------------------------------------------------------- training
+
+def test_same_seed_same_losses_exactly(tiny_ws):
+    a, _ = _run(tiny_ws)
+    b, _ = _run(tiny_ws)
+    assert _losses(a) == _losses(b)
+    last = [m for m in a.metrics if m["step"] == 20]
+    assert {m["split"] for m in last} == {"train", "target", "general"}
+    assert all(np.isfinite(m["loss"]) for m in a.metrics)
+    assert np.array_equal(a.weights[-1]["weights"], b.weights[-1]["weights"])
+
+
+def test_resume_from_checkpoint_equals_uninterrupted(tiny_ws, tmp_path):
+    full, _ = _run(tiny_ws, checkpoint_dir=tmp_path / "full")
+
+    class Crash(Exception):
+        pass
+
+    def crash(tr):
+        if tr.step == 10:
+            raise Crash
+
+    with pytest.raises(Crash):
+        _run(tiny_ws, checkpoint_dir=tmp_path / "cut", on_checkpoint=crash)
+    assert load_checkpoint(tmp_path / "cut" / CHECKPOINT)["step"] == 10
+    resumed, _ = _run(tiny_ws, checkpoint_dir=tmp_path / "cut", resume=True)
+    assert resumed.resumed_from == 10
+    a, b = _losses(full), _losses(resumed)
+    assert [x[:2] + x[3:] for x in a] == [x[:2] + x[3:] for x in b]
+    np.testing.assert_allclose([x[2] for x in a], [x[2] for x in b], rtol=0, atol=1e-6)
+    for wa, wb in zip(full.weights, resumed.weights, strict=True):
+        assert wa["step"] == wb["step"]
+        np.testing.assert_allclose(wa["weights"], wb["weights"], atol=1e-9)
+    np.testing.assert_array_equal(full.repetitions["draws"], resumed.repetitions["draws"])
+
+
+def test_identity_basis_equals_domain_reweighting(tiny_ws):
+    cfg = tiny_config(steps=12, checkpoint_every=0)
+    dom, inp = _run(tiny_ws, basis=None, cfg=cfg)
+    assert inp["data"].kind == "domain"
+    inp2 = build_inputs(tiny_ws, "c", 2, "t", "dga", None, cfg)
+    index = inp2["index"]
+    assert index.domains.tolist() == [0, 1, 2, 3]
+    eye = BasisMatrix.identity(4)
+    data = dataclasses.replace(inp2["data"], kind="basis",
+                               sampler=MixtureSampler(index, eye, seed=cfg.seed),
+                               probe=MixtureSampler(index, eye, seed=cfg.seed + PROBE_SALT))
+    torch.manual_seed(cfg.seed)
+    model = TinyGPT(ModelConfig(inp2["vocab"].size, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.context))
+    basis = train(model, data, make_mixer("dga", 4, config=inp2["mixer"].config), cfg)
+    assert _losses(dom) == _losses(basis)
+    for wa, wb in zip(dom.weights, basis.weights, strict=True):
+        np.testing.assert_allclose(wa["weights"], wb["weights"], rtol=0, atol=1e-12)
+        if wa["alignment"] is not None:
+            np.testing.assert_allclose(wa["alignment"], wb["alignment"], rtol=1e-12)
+
+
+def test_general_holdout_and_duplicates_never_sampled(tiny_ws, monkeypatch):
+    cfg = tiny_config(steps=10, checkpoint_every=0)
+    inp = build_inputs(tiny_ws, "c", 2, "t", "dga", "b", cfg)
+    held = inp["held"]
+    assert held.size == 8  # 5% of 158 = 8, capped at eval size 8
+    assert not np.isin([5, 6], inp["index"].docs).any() and np.isin(held, inp["index"].docs).sum() == 0
+    seen = []
+    orig = MixtureSampler.sample
+
+    def spy(self, n, w):
+        docs, doms = orig(self, n, w)
+        seen.append(docs.copy())
+        return docs, doms
+
+    monkeypatch.setattr(MixtureSampler, "sample", spy)
+    torch.manual_seed(0)
+    model = TinyGPT(ModelConfig(inp["vocab"].size, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.context))
+    train(model, inp["data"], inp["mixer"], cfg)
+    drawn = np.concatenate(seen)
+    assert drawn.size >= 10 * cfg.batch_size
+    assert not np.isin(drawn, held).any()
+    assert not np.isin(drawn, [5, 6]).any()
+    # the general eval set is exactly the held-out docs
+    np.testing.assert_array_equal(inp["data"].eval_sets["general"].tokens, inp["data"].windows.tokens[held])
+    # same slice for any run seed: runs are compared on the same documents
+    other = build_inputs(tiny_ws, "c", 2, "t", "uniform", None, tiny_config(seed=5))
+    np.testing.assert_array_equal(other["held"], held)
+
+
+def test_general_holdout_never_empties_a_domain():
+    from mixing.sampler import DomainIndex
+
+    idx = DomainIndex.from_arrays(np.arange(101), np.r_[np.zeros(100, np.int64), 1])
+    held = general_holdout(idx, 0.99, 1000)
+    assert 100 not in held and held.size > 0
+
+
+def test_nan_loss_stops_with_error_and_keeps_last_checkpoint(tiny_ws, tmp_path):
+    calls = {"n": 0}
+
+    def bad_loss(model, batch):  # uniform mixer: exactly one loss call per training step
+        loss = lm_loss(model, batch)
+        calls["n"] += 1
+        return loss * float("nan") if calls["n"] > 15 else loss
+
+    with pytest.raises(DgamixError, match="step 15") as e:
+        _run(tiny_ws, mixer="uniform", basis=None, checkpoint_dir=tmp_path, loss_fn=bad_loss)
+    assert "step 10" in str(e.value)
+    assert load_checkpoint(tmp_path / CHECKPOINT)["step"] == 10
+
+
+# --------------------------------------------------------------------------- the stage
+
+def test_train_run_writes_manifests_on_simplex_and_dga_moves(tiny_ws):
+    cfg = tiny_config(eta=3.0)
+    summary = train_run(tiny_ws, "c", 2, "t", "dga", "b", cfg, name="dga-run", quiet=True)
+    d = tiny_ws.run_dir("dga-run")
+    w, meta = manifest.read(d / "weights.parquet", "run-weights")
+    p = meta["params"]
+    assert (p["eta"], p["ema_beta"], p["reweight_every"], p["mixer"], p["basis"], p["clusters"], p["level"],
+            p["target"]) == (3.0, 0.1, 5, "dga", "b", "c", 2, "t")
+    df = pl.from_arrow(w)
+    assert sorted(df["step"].unique().to_list()) == [0, 5, 10, 15, 20]
+    sums = df.group_by("step").agg(pl.col("weight").sum(), pl.col("weight").min().alias("min"))
+    assert np.allclose(sums["weight"].to_numpy(), 1.0, atol=1e-9) and (sums["min"].to_numpy() >= 0).all()
+    assert df.filter(pl.col("step") == 20)["alignment"].null_count() == 3
+    assert df.filter(pl.col("step") == 0)["alignment"].null_count() == 3  # no update before reweight_start
+    np.testing.assert_allclose(df.filter(pl.col("step") == 0)["weight"].to_numpy(), 1 / 3)
+    assert df.filter(pl.col("step") == 5)["alignment"].null_count() == 0
+    last = df.filter(pl.col("step") == 20).sort("basis")["weight"].to_numpy()
+    assert np.abs(last - 1 / 3).max() > 1e-3  # moved away from the uniform start
+    assert df["name"].to_list()[:3] == ["target", "generic", "pocket"]
+    # recompute the step-5 update from the log and the metadata
+    from mixing.dga import ema, mirror_step
+    w0 = df.filter(pl.col("step") == 0).sort("basis")
+    w5 = df.filter(pl.col("step") == 5).sort("basis")
+    lw = np.log(w0["weight"].to_numpy())
+    expect = np.exp(ema(lw, mirror_step(lw, w5["alignment"].to_numpy(), p["eta"]), p["ema_beta"]))
+    np.testing.assert_allclose(w5["weight"].to_numpy(), expect, rtol=1e-9)
+    m = pl.read_parquet(d / "metrics.parquet")
+    assert set(m["split"].unique()) == {"train", "target", "general"}
+    assert m["tokens"].is_sorted() and m["seconds"].is_sorted()
+    r = pl.read_parquet(d / "repetitions.parquet")
+    assert r.columns == ["domain", "n_docs", "draws", "epochs"] and r["draws"].sum() == 20 * 4
+    assert summary["steps"] == 20 and "loss_target" in summary
+
+
+def test_train_run_static_mixers_and_is(tiny_ws):
+    cfg = tiny_config(steps=6, checkpoint_every=0, eval_every=3)
+    for mixer, basis in (("natural", None), ("is", "b")):
+        train_run(tiny_ws, "c", 2, "t", mixer, basis, cfg, name=f"s-{mixer}", quiet=True)
+        df = pl.read_parquet(tiny_ws.run_dir(f"s-{mixer}") / "weights.parquet")
+        assert sorted(df["step"].unique().to_list()) == [0, 6] and df["domain"].null_count() == 0
+        w = df.filter(pl.col("step") == 0).sort("domain")["weight"].to_numpy()
+        if mixer == "is":
+            np.testing.assert_allclose(w, [0.7, 0.3, 0, 0])
+        reps = pl.read_parquet(tiny_ws.run_dir(f"s-{mixer}") / "repetitions.parquet")
+        if mixer == "is":
+            assert reps.filter(pl.col("domain") >= 2)["draws"].sum() == 0
+
+
+def test_train_run_refuses_and_resumes(tiny_ws):
+    cfg = tiny_config(steps=6, checkpoint_every=0, eval_every=3)
+    train_run(tiny_ws, "c", 2, "t", "uniform", None, cfg, name="again", quiet=True)
+    with pytest.raises(DgamixError, match="already exists"):
+        train_run(tiny_ws, "c", 2, "t", "uniform", None, cfg, name="again", quiet=True)
+    with pytest.raises(DgamixError, match="'steps' differs"):
+        train_run(tiny_ws, "c", 2, "t", "uniform", None, tiny_config(steps=8, checkpoint_every=0, eval_every=3),
+                  name="again", resume=True, quiet=True)
+    s = train_run(tiny_ws, "c", 2, "t", "uniform", None, cfg, name="again", resume=True, quiet=True)
+    assert s["resumed_from"] == 6
+    train_run(tiny_ws, "c", 2, "t", "uniform", None, cfg, name="again", overwrite=True, quiet=True)
+    with pytest.raises(DgamixError, match="level 1, not 'c' level 2"):
+        train_run(tiny_ws, "c", 2, "t", "dga", "b1", cfg, name="x", quiet=True)
+    with pytest.raises(DgamixError, match="needs --basis"):
+        train_run(tiny_ws, "c", 2, "t", "is", None, cfg, name="x", quiet=True)
