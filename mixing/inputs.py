@@ -23,7 +23,10 @@ def clustering_levels(ws: Workspace, clusters: str) -> int:
         have = sorted(p.name for p in root.iterdir() if (p / "tree.parquet").exists()) if root.exists() else []
         raise DgamixError(f"no clustering '{clusters}' in {ws.root} (have: {have or 'none'}); run "
                           f"`dgamix cluster --workspace {ws.root} --levels ...` first or pick one with --clusters.")
-    return len(manifest.read_meta(tree)["params"]["levels"])
+    levels = manifest.read_meta(tree, "tree")["params"].get("levels")
+    if not levels:
+        raise DgamixError(f"{tree} records no levels; rebuild it with `dgamix cluster --overwrite`.")
+    return len(levels)
 
 
 def check_level(ws: Workspace, clusters: str, level: int) -> None:
