@@ -74,3 +74,16 @@ def test_sigkill_train_after_checkpoint_then_resume_equals_uninterrupted(real_ws
     wa = pl.read_parquet(run_dir / "weights.parquet").sort("step", "domain")
     wb = pl.read_parquet(real_ws / "runs" / "straight" / "weights.parquet").sort("step", "domain")
     assert np.allclose(wa["weight"].to_numpy(), wb["weight"].to_numpy(), atol=1e-9)
+
+
+def test_second_writer_of_a_stage_fails_fast_and_changes_nothing(tmp_path):
+    from pipeline.workspace import Workspace, lock
+
+    corpus = tmp_path / "c.parquet"
+    pl.DataFrame({"text": ["a first document about rivers", "a second one about stars"]}).write_parquet(corpus)
+    ws = Workspace(tmp_path / "ws")
+    with lock(ws, "embed"):  # another process is embedding into this workspace
+        r = run_cli("embed", corpus, "--workspace", ws.root, "-q")
+    assert r.exit_code == 2 and "another dgamix process" in r.output, r.output
+    assert not ws.docs.exists()
+    assert run_cli("embed", corpus, "--workspace", ws.root, "-q").exit_code == 0  # released
