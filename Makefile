@@ -32,7 +32,7 @@ DEMO_STEPS ?= 300
 demo: venv
 	@start=$$(date +%s); \
 	step() { t=$$(date +%s); echo; echo "== dgamix $$*"; "$(DG)" "$$@" || exit 1; echo "   ($$(( $$(date +%s) - t )) s)"; }; \
-	step embed data/wiki_vital_en.parquet --workspace $(WS) --keep-columns topic --max-seq-length 128 && \
+	step embed data/wiki_vital_en.parquet --workspace $(WS) --keep-columns topic --max-seq-length 128 --precision int8 && \
 	step cluster --workspace $(WS) --levels 16,16 && \
 	step cluster --workspace $(WS) --levels 8,8 && \
 	step target data/targets/gsm8k.parquet --workspace $(WS) --name gsm8k && \

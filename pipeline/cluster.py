@@ -177,6 +177,7 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
         tree_fp = manifest.fingerprint(inputs, tree.checksum())
 
         t1 = time.perf_counter()
+        assign_seconds = domains_seconds = 0.0
         if reused and meta.get("state") == "complete" and _up_to_date(ws, name, source, tree_fp):
             res = {"assigned": 0, "skipped": source.num_shards, "sizes": tree.size}
         else:
@@ -191,11 +192,12 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
                     raise RuntimeError(f"level {i + 1} sizes sum to {int(s.sum())}, expected {n}")
             tree.size = sizes
             stats = _with_sizes(stats, tree, n)
+            assign_seconds = time.perf_counter() - t1
             domains = build_domains(tree, sizes, collect, docs, docs_meta.get("text_column", "text"), quiet)
             # domains first, then the tree marked complete: a crash in between just redoes this part
             manifest.write(ws.domains(name), domains, "domains", params, tree_fp)
             meta = _write_tree(ws, name, tree, params, inputs, source.fingerprint, n, "complete", _public_stats(stats))
-        assign_seconds = time.perf_counter() - t1
+            domains_seconds = time.perf_counter() - t1 - assign_seconds
 
     per_level = [len(d) for d in tree.domain]
     return {"workspace": str(ws.root), "clusters": name, "folder": str(ws.clusters_dir(name)),
@@ -204,6 +206,7 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
             "tree": "reused" if reused else "fitted",
             "shards_assigned": res["assigned"], "shards_skipped": res["skipped"],
             "fit_seconds": round(fit_seconds, 2), "assign_seconds": round(assign_seconds, 2),
+            "domains_seconds": round(domains_seconds, 2),
             "level_stats": stats}
 
 

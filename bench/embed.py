@@ -1,0 +1,218 @@
+"""Benchmark of stage 1a: embedding throughput and quality at each precision vs plain sentence-transformers.
+
+Every ratio compares against the plain peer measured in the same process, on the same texts:
+  plain        SentenceTransformer.encode(texts, batch_size=64, normalize_embeddings=True), fp32;
+  dgamix-*     pipeline.embed.encode at fp32 / bf16 / int8 (tokenised once, global length
+               bucketing under a token budget, intra-op threads = cores; int8 = ONNX Runtime
+               per-channel dynamic quantisation, exported once and cached).
+Methods run interleaved, best of --repeat (other processes share these cores); cosine is to the
+plain fp32 vectors (mean and min over documents); peak RSS is the largest resident set seen while
+each method ran (sampled every 10 ms), and ru_maxrss for the whole process. plain gets all texts
+in one call, as dgamix does: it sorts them by length per call, so on few texts its batches of 64
+pad a lot (at 128 texts it ran ~30% slower than at 512, which would flatter the ratios; hence 384
+texts at least by default). Two corpora: a sample of the default corpus (data/wiki_vital_en.parquet)
+and a length-mixed sample (WordNet glosses or GSM8K questions, wiki summaries, and 3 concatenated
+summaries that hit --max-seq-length). The goal line: >= 3x plain at mean cosine >= 0.99, min >= 0.95.
+
+    python bench/embed.py [--quick]      # table on stdout, JSON in bench/results/embed.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import polars as pl  # noqa: E402
+
+from pipeline.embed import EmbedConfig, bf16_is_fast, encode, load_encoder  # noqa: E402
+from pipeline.onnx_int8 import cores, onnxruntime_available  # noqa: E402
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Largest resident set (MiB) seen while the block runs, sampled by a thread."""
+
+    def __init__(self, every: float = 0.01):
+        self.every, self.peak, self._stop = every, 0.0, threading.Event()
+
+    @staticmethod
+    def now() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * PAGE / 2**20
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.now())
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self.peak = self.now()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.now())
+
+
+def corpora(n: int, seed: int) -> dict[str, list[str]]:
+    rng = np.random.default_rng(seed)
+    wiki = pl.read_parquet(ROOT / "data" / "wiki_vital_en.parquet")["text"].to_list()
+    pick = rng.permutation(len(wiki))
+    out = {"wiki": [wiki[i] for i in pick[:n]]}
+    glosses = ROOT.parent / "shared" / "data" / "wordnet_glosses.parquet"
+    if glosses.exists():
+        col = pl.read_parquet(glosses)
+        short_all = col[next(c for c in ("text", "gloss", "definition") if c in col.columns)].to_list()
+        short_name = "wordnet glosses"
+    else:
+        short_all = pl.read_parquet(ROOT / "data" / "targets" / "gsm8k.parquet")["question"].to_list()
+        short_name = "gsm8k questions"
+    k = n // 3
+    short = [short_all[i] for i in rng.choice(len(short_all), k, replace=False)]
+    mid = [wiki[i] for i in pick[n:n + k]]
+    rest = pick[n + k:]
+    long = [" ".join(wiki[j] for j in rest[3 * i:3 * i + 3]) for i in range(n - 2 * k)]
+    mixed = short + mid + long
+    out["mixed"] = [mixed[i] for i in rng.permutation(len(mixed))]
+    out["_short_source"] = short_name
+    return out
+
+
+def bench_corpus(model, texts: list[str], args, methods: list[str]) -> dict:
+    seq = args.max_seq_length
+    model.max_seq_length = seq
+    lengths = np.asarray([len(x) for x in model.tokenizer(texts, truncation=True, max_length=seq)["input_ids"]])
+    bf16_n = min(len(texts), args.bf16_docs)
+    bf16_idx = np.linspace(0, len(texts) - 1, bf16_n).round().astype(int)
+
+    def run(m: str, sub=None):
+        xs = texts if sub is None else [texts[i] for i in sub]
+        if m == "plain":
+            return np.asarray(model.encode(xs, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
+                                           show_progress_bar=False), np.float32)
+        if m == "plain-bs16":
+            return np.asarray(model.encode(xs, batch_size=16, normalize_embeddings=True, convert_to_numpy=True,
+                                           show_progress_bar=False), np.float32)
+        return encode(model, xs, EmbedConfig(max_seq_length=seq, precision=m.split("-")[1]))
+
+    res: dict[str, dict] = {m: {"seconds": float("inf")} for m in methods}
+    # setup + warm-up (int8: export or cache load, timed separately)
+    for m in methods:
+        t = time.perf_counter()
+        run(m, np.arange(min(8, len(texts))))
+        res[m]["setup_s"] = round(time.perf_counter() - t, 2)
+    embs: dict[str, np.ndarray] = {}
+    for rep in range(args.repeat):  # interleaved, so a burst of load from elsewhere hits all methods
+        for m in methods:
+            if m == "dgamix-bf16" and rep > 0 and not args.bf16_units:
+                continue  # several times slower than fp32 without bf16 units: once is enough
+            sub = bf16_idx if m == "dgamix-bf16" else None
+            with PeakRSS() as rss:
+                t = time.perf_counter()
+                embs[m] = run(m, sub)
+                dt = time.perf_counter() - t
+            n = len(texts) if sub is None else len(sub)
+            if dt < res[m]["seconds"]:
+                res[m].update(seconds=dt, docs=n, docs_per_s=n / dt)
+            res[m]["peak_rss_mib"] = round(max(res[m].get("peak_rss_mib", 0.0), rss.peak), 1)
+    ref = embs["plain"]
+    for m in methods:
+        e = embs[m]
+        r = ref if m != "dgamix-bf16" else ref[bf16_idx]
+        c = (e * r).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(r, axis=1))
+        res[m].update(docs_per_s=round(res[m]["docs_per_s"], 2), seconds=round(res[m]["seconds"], 3),
+                      ratio_to_plain=round(res[m]["docs_per_s"] / res["plain"]["docs_per_s"], 3),
+                      cos_mean=round(float(c.mean()), 5), cos_min=round(float(c.min()), 5))
+    return {"docs": len(texts), "tokens_mean": round(float(lengths.mean()), 1),
+            "tokens_p10_p50_p90": [int(x) for x in np.percentile(lengths, [10, 50, 90])],
+            "truncated_frac": round(float((lengths >= seq).mean()), 3), "methods": res}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="384 documents per corpus, 2 repetitions (about 3 minutes on 2 cores) instead of 1536 x 3")
+    ap.add_argument("--docs", type=int, default=None, help="documents per corpus (default 384 quick, 1536 full)")
+    ap.add_argument("--repeat", type=int, default=None, help="interleaved repetitions, the best of each method kept")
+    ap.add_argument("--max-seq-length", type=int, default=256)
+    ap.add_argument("--bf16-docs", type=int, default=None,
+                    help="bf16 runs on an evenly spread subset (it is slow on CPUs without bf16 units)")
+    ap.add_argument("--precisions", default="fp32,bf16,int8")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "embed.json")
+    args = ap.parse_args()
+    args.docs = args.docs or (384 if args.quick else 1536)
+    args.repeat = args.repeat or (2 if args.quick else 3)
+    args.bf16_units = bf16_is_fast("cpu")
+    if args.bf16_docs is None:
+        args.bf16_docs = args.docs if args.bf16_units else (24 if args.quick else 64)
+
+    t0 = time.perf_counter()
+    load0 = os.getloadavg()
+    model = load_encoder(EmbedConfig(max_seq_length=args.max_seq_length))
+    methods = ["plain", "plain-bs16"]
+    skipped = {}
+    for p in args.precisions.split(","):
+        if p == "int8" and not onnxruntime_available():
+            skipped["dgamix-int8"] = "onnxruntime / onnx not installed"
+            continue
+        methods.append(f"dgamix-{p}")
+    data = corpora(args.docs, args.seed)
+    short_source = data.pop("_short_source")
+    results = {name: bench_corpus(model, texts, args, methods) for name, texts in data.items()}
+
+    import onnxruntime
+    import sentence_transformers
+    import torch
+    out = {"machine": {"python": platform.python_version(), "cpu_cores": cores(), "torch": torch.__version__,
+                       "torch_threads": torch.get_num_threads(), "onnxruntime": onnxruntime.__version__,
+                       "sentence_transformers": sentence_transformers.__version__,
+                       "bf16_units": bf16_is_fast("cpu"), "loadavg_before": [round(x, 2) for x in load0],
+                       "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+           "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+           "mixed_short_source": short_source, "skipped": skipped, "corpora": results,
+           "ru_maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+           "seconds": round(time.perf_counter() - t0, 1)}
+
+    print(f"embed bench  model=all-MiniLM-L6-v2 max_seq_length={args.max_seq_length} cores={cores()} "
+          f"load={load0[0]:.2f}->{os.getloadavg()[0]:.2f}")
+    for name, r in results.items():
+        print(f"\n{name}: {r['docs']} docs, tokens mean {r['tokens_mean']} (p10/p50/p90 {r['tokens_p10_p50_p90']}), "
+              f"{r['truncated_frac']:.0%} truncated")
+        print(f"  {'method':<13}{'docs':>6}{'docs/s':>9}{'x plain':>9}{'cos mean':>10}{'cos min':>9}{'peak RSS':>10}{'setup s':>9}")
+        for m, v in r["methods"].items():
+            print(f"  {m:<13}{v['docs']:>6}{v['docs_per_s']:>9.1f}{v['ratio_to_plain']:>9.2f}{v['cos_mean']:>10.4f}"
+                  f"{v['cos_min']:>9.4f}{v['peak_rss_mib']:>8.0f}Mi{v['setup_s']:>9.1f}")
+    for name, r in results.items():
+        ok = {m: v for m, v in r["methods"].items() if m.startswith("dgamix") and v["cos_mean"] >= 0.99
+              and v["cos_min"] >= 0.95}
+        best = max(ok, key=lambda m: ok[m]["ratio_to_plain"]) if ok else None
+        r["goal"] = {"best": best, "ratio": ok[best]["ratio_to_plain"] if best else None,
+                     "met": bool(best and ok[best]["ratio_to_plain"] >= 3.0)}
+        print(f"goal {name}: best within cosine bounds {best} at {r['goal']['ratio']}x plain -> "
+              f"{'met' if r['goal']['met'] else 'NOT met'} (>= 3x)")
+    print(f"\nprocess peak RSS {out['ru_maxrss_mib']:.0f} MiB; {out['seconds']:.0f} s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Encoder precisions (fp32 / bf16 / int8 / auto) on the real packaged MiniLM model and real text.
+
+The int8 export goes to a per-session temporary cache (DGAMIX_CACHE), so it runs once per test
+session (about 10 s on 2 cores) and the cache test can watch it being reused.
+"""
+import os
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from pipeline import manifest
+from pipeline.embed import EmbedConfig, buckets, embed_corpus, encode, load_encoder
+from pipeline.errors import DgamixError
+from pipeline.onnx_int8 import onnxruntime_available
+from pipeline.workspace import Workspace
+from tests.conftest import DATA
+
+needs_ort = pytest.mark.skipif(not onnxruntime_available(), reason="int8 needs `pip install onnxruntime onnx`")
+
+
+@pytest.fixture(scope="module")
+def int8_cache(tmp_path_factory):
+    old = os.environ.get("DGAMIX_CACHE")
+    os.environ["DGAMIX_CACHE"] = str(tmp_path_factory.mktemp("dgamix-cache"))
+    yield os.environ["DGAMIX_CACHE"]
+    if old is None:
+        os.environ.pop("DGAMIX_CACHE", None)
+    else:
+        os.environ["DGAMIX_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def texts30():
+    """30 real Wikipedia summaries of mixed length (seeded sample)."""
+    return pl.read_parquet(DATA / "wiki_vital_en.parquet").sample(30, seed=7)["text"].to_list()
+
+
+@pytest.fixture(scope="module")
+def fp32_ref(encoder, texts30):
+    ref = encoder.encode(texts30, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+    return np.asarray(ref, np.float32)
+
+
+def cos(a, b):
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_buckets_sort_by_length_and_respect_budget():
+    lengths = np.array([5, 200, 17, 200, 3, 64, 64, 1])
+    bs = buckets(lengths, batch_size=3, token_budget=256)
+    flat = np.concatenate(bs)
+    assert sorted(flat.tolist()) == list(range(8))
+    assert (np.diff(lengths[flat]) <= 0).all()  # longest first
+    assert all(len(b) <= 3 and len(b) * lengths[b].max() <= 256 or len(b) == 1 for b in bs)
+    assert [len(b) for b in buckets(lengths, 64, None)] == [8]
+
+
+@pytest.mark.slow
+def test_fp32_path_keeps_input_order_and_matches_sentence_transformers(encoder, texts30, fp32_ref):
+    got = encode(encoder, texts30, EmbedConfig())
+    assert got.shape == fp32_ref.shape and got.dtype == np.float32
+    assert cos(got, fp32_ref).min() >= 0.9999  # row i is text i: bucketing restored the order
+    rev = encode(encoder, texts30[9::-1], EmbedConfig())
+    assert np.abs(rev[::-1] - got[:10]).max() < 1e-4
+    ticks = []
+    encode(encoder, texts30[:7], EmbedConfig(), tick=ticks.append)
+    assert sum(ticks) == 7
+
+
+@needs_ort
+@pytest.mark.slow
+def test_int8_close_to_fp32_and_export_is_cached(int8_cache, encoder, texts30, fp32_ref, monkeypatch):
+    from pipeline import onnx_int8
+
+    got = encode(encoder, texts30, EmbedConfig(precision="int8"))
+    c = cos(got, fp32_ref)
+    assert c.mean() >= 0.99 and c.min() >= 0.95, (c.mean(), c.min())
+    first = encoder._dgamix_state["int8"]
+    assert first.exported and first.recipe and (onnx_int8.cache_root() / "onnx").is_dir()
+    assert np.abs(np.linalg.norm(got, axis=1) - 1).max() < 1e-4
+
+    # a second load (a new model object, as in a new process) reads the cache: no export
+    import torch
+
+    def no_export(*a, **k):
+        raise AssertionError("re-exported although the cache holds the model")
+
+    monkeypatch.setattr(torch.onnx, "export", no_export)
+    again = load_encoder(EmbedConfig(precision="int8"))
+    got2 = encode(again, texts30, EmbedConfig(precision="int8"))
+    assert not again._dgamix_state["int8"].exported
+    assert again._dgamix_state["int8"].path == first.path
+    assert np.abs(got2 - got).max() < 1e-5
+    # dynamic quantisation scales activations per batch, so other batch mates move a vector a little
+    assert cos(encode(again, texts30[:10], EmbedConfig(precision="int8")), got[:10]).min() >= 0.99
+
+
+@pytest.mark.slow
+def test_bf16_close_to_fp32(encoder, texts30, fp32_ref):
+    got = encode(encoder, texts30[:6], EmbedConfig(precision="bf16"))  # slow on CPUs without bf16 units
+    c = cos(got, fp32_ref[:6])
+    assert c.mean() >= 0.99 and c.min() >= 0.95, (c.mean(), c.min())
+
+
+@needs_ort
+@pytest.mark.slow
+def test_manifest_records_precision_cosine_and_fingerprint(int8_cache, tmp_path, texts30):
+    src = tmp_path / "c.parquet"
+    pl.DataFrame({"text": texts30[:20]}).write_parquet(src)
+    ws = Workspace(tmp_path / "ws")
+    out = embed_corpus(ws, [str(src)], cfg=EmbedConfig(precision="int8", shard_size=12), quiet=True)
+    assert out["precision"] == "int8" and out["embedded"] == 20
+    p = manifest.read_meta(ws.embeddings, "embeddings")["params"]
+    assert p["precision"] == "int8" and p["precision_requested"] == "int8"
+    assert p["precision_cosine_mean"] >= 0.99 and p["precision_sample"] == 20
+    assert p["int8_recipe"] and len(p["model_fingerprint"]) == 16
+    part = manifest.read_meta(ws.embedding_part(1), "embeddings-part")["params"]
+    assert part["precision"] == "int8" and part["precision_cosine_min"] == p["precision_cosine_min"]
+    again = embed_corpus(ws, [str(src)], cfg=EmbedConfig(precision="int8", shard_size=12), quiet=True)
+    assert again["shards_skipped"] == 2
+
+    ws2 = Workspace(tmp_path / "ws2")
+    src = tmp_path / "c10.parquet"
+    pl.DataFrame({"text": texts30[:10]}).write_parquet(src)
+    out = embed_corpus(ws2, [str(src)], cfg=EmbedConfig(precision="auto", shard_size=16), quiet=True)
+    meta = manifest.read_meta(ws2.embeddings, "embeddings")
+    assert meta["params"]["precision_requested"] == "auto" and meta["params"]["precision"] == out["precision"]
+    assert out["precision"] in ("fp32", "int8", "bf16")
+    choice = meta["precision_choice"]
+    assert set(choice["docs_per_s"]) >= {"fp32"} and choice["cosine"]["fp32"] == [1.0, 1.0]
+    if out["precision"] != "fp32":
+        assert meta["params"]["precision_cosine_mean"] >= 0.99
+    # a rerun reuses the recorded decision instead of measuring again
+    assert embed_corpus(ws2, [str(src)], cfg=EmbedConfig(precision="auto", shard_size=16),
+                        quiet=True)["precision"] == out["precision"]
+
+
+def test_unknown_precision_is_a_user_error(tmp_path, encoder):
+    with pytest.raises(DgamixError, match="--precision fp16"):
+        encode(encoder, ["some text"], EmbedConfig(precision="fp16"))
+    with pytest.raises(DgamixError, match="--precision int4"):
+        load_encoder(EmbedConfig(precision="int4"))
+    src = tmp_path / "c.parquet"
+    pl.DataFrame({"text": ["one document here", "another one"]}).write_parquet(src)
+    r = CliRunner().invoke(app, ["embed", str(src), "--workspace", str(tmp_path / "ws"), "--precision", "fp8", "-q"])
+    assert r.exit_code == 2 and r.output.startswith("error: ") and "fp8" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "ws" / "docs.parquet").exists()
+
+
+def test_missing_onnxruntime_names_the_install(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_ort(name, *a, **k):
+        if name == "onnxruntime" or name.startswith("onnxruntime."):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_ort)
+    with pytest.raises(DgamixError, match="pip install onnxruntime"):
+        load_encoder(EmbedConfig(precision="int8"))
