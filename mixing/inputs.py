@@ -19,8 +19,7 @@ def clustering_levels(ws: Workspace, clusters: str) -> int:
     """Number of levels of clustering ``clusters``; a clear error when it does not exist."""
     tree = ws.tree(clusters)
     if not tree.exists():
-        root = ws.root / "clusters"
-        have = sorted(p.name for p in root.iterdir() if (p / "tree.parquet").exists()) if root.exists() else []
+        have = ws.clusterings()
         raise DgamixError(f"no clustering '{clusters}' in {ws.root} (have: {have or 'none'}); run "
                           f"`dgamix cluster --workspace {ws.root} --levels ...` first or pick one with --clusters.")
     levels = manifest.read_meta(tree, "tree")["params"].get("levels")

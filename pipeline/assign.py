@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from pipeline import manifest
 from pipeline.errors import DgamixError
-from pipeline.kmeans import Tree
+from pipeline.kmeans import Tree, numpy_blas_single_thread
 from pipeline.progress import progress_bar
 from pipeline.workspace import Workspace
 
@@ -108,7 +108,8 @@ def assign_vectors(x: np.ndarray, tree: Tree) -> np.ndarray:
     if x.ndim != 2 or x.shape[1] != tree.dim:
         raise DgamixError(f"cannot assign vectors of shape {x.shape} with a tree of {tree.dim}-d centroids; embed "
                           f"them with the model that embedded the corpus.")
-    return tree.descend(x)[0]
+    with numpy_blas_single_thread():
+        return tree.descend(x)[0]
 
 
 def level_columns(depth: int) -> list[str]:
@@ -165,7 +166,7 @@ def assign_workspace(ws: Workspace, name: str, source: EmbeddingShards, tree: Tr
     depth = tree.depth
     sizes = [np.zeros(len(d), np.int64) for d in tree.domain]
     done = skipped = 0
-    with progress_bar("assign", source.n, quiet, unit="docs") as tick:
+    with progress_bar("assign", source.n, quiet, unit="docs") as tick, numpy_blas_single_thread():
         for s in range(source.num_shards):
             part = ws.assignment_part(name, int(source.shard_ids[s]))
             shard_params = {"shard": int(source.shard_ids[s]), "first_doc_id": int(source.first[s]),

@@ -22,7 +22,9 @@ node, chosen by seeded random priorities), in groups of nodes whose samples fit
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -32,6 +34,39 @@ import pyarrow as pa
 
 from pipeline.errors import DgamixError
 from pipeline.progress import progress_bar
+
+# FAISS's OpenMP threads sleep when idle instead of spinning (read when FAISS loads its libgomp,
+# which happens on first use, after this). Spinning threads fight numpy's BLAS threads and any
+# other process for the cores: on a shared 2-core machine a 3,125 x 32 node took 7x longer.
+# A user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+# --------------------------------------------------------------------------- threads
+@contextlib.contextmanager
+def numpy_blas_single_thread():
+    """Run numpy's BLAS on one thread inside the block (FAISS's own threads are untouched).
+
+    The tree works with many small matrix products (a node's few centroids, a k-means++
+    step); a multi-threaded BLAS spends more on waking threads than on the product, 10-20x
+    more on a busy machine. Big nodes get their parallelism from FAISS (OpenMP). Needs
+    threadpoolctl (a scikit-learn dependency); without it this does nothing.
+    """
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        yield
+        return
+    libs = [lib for lib in ThreadpoolController().lib_controllers
+            if lib.user_api == "blas" and "numpy" in str(lib.filepath)]
+    before = [lib.num_threads for lib in libs]
+    for lib in libs:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(libs, before):
+            lib.set_num_threads(n)
 
 
 # --------------------------------------------------------------------------- sources
@@ -209,12 +244,14 @@ def kmeans_pp(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     n = len(x)
     trials = 2 + int(np.log(k))
     sq = np.einsum("nd,nd->n", x, x)
+    gram = x @ x.T if n <= 2048 else None  # small nodes: one product instead of one per step
+    dots = (lambda idx: gram[:, idx]) if gram is not None else (lambda idx: x @ x[idx].T)
     chosen = [int(rng.integers(n))]
-    d2 = np.maximum(sq + sq[chosen[0]] - 2 * (x @ x[chosen[0]]), 0)
+    d2 = np.maximum(sq + sq[chosen[0]] - 2 * dots(chosen[0]), 0)
     for _ in range(1, k):
         cum = np.cumsum(d2, dtype=np.float64)
         cand = np.minimum(np.searchsorted(cum, rng.random(trials) * cum[-1]), n - 1)
-        dc = np.minimum(np.maximum(sq[:, None] + sq[cand][None, :] - 2 * (x @ x[cand].T), 0), d2[:, None])
+        dc = np.minimum(np.maximum(sq[:, None] + sq[cand][None, :] - 2 * dots(cand), 0), d2[:, None])
         best = int(np.argmin(dc.sum(axis=0)))
         chosen.append(int(cand[best]))
         d2 = dc[:, best]
@@ -234,7 +271,8 @@ def fit_node(x: np.ndarray, k: int, seed: int, niter: int = 20, mppc: int = 256,
     (``init="random"``). k' = min(k, n), minus centroids that end with no point of ``x``
     (FAISS splits clusters that become empty during the iterations; those still empty at the
     end are dropped and counted). k' == 1 is the normalised mean. Pure: same inputs, same
-    outputs.
+    outputs. Callers running many nodes should hold :func:`numpy_blas_single_thread` (as
+    :func:`fit_tree` does) or set OPENBLAS_NUM_THREADS=1 in a worker.
     stats: n, k (requested), centroids (k'), objective (FAISS's final sum of similarities),
     similarity (sum of each point's similarity to its final centroid), imbalance (FAISS's
     imbalance factor of the final assignment), splits (empty clusters FAISS split), dropped.
@@ -351,6 +389,11 @@ def fit_tree(source: VectorSource, cfg: FitConfig, quiet: bool = True) -> tuple[
 
     Sizes of the last level are left None (the assignment pass counts them).
     """
+    with numpy_blas_single_thread():
+        return _fit_tree(source, cfg, quiet)
+
+
+def _fit_tree(source: VectorSource, cfg: FitConfig, quiet: bool) -> tuple[Tree, list[dict]]:
     levels = tuple(int(b) for b in cfg.levels)
     n, d = source.n, source.dim
     mppc = int(cfg.max_points_per_centroid)

@@ -72,21 +72,9 @@ def write(path: str | Path, table: pa.Table, kind: str, params: dict | None = No
     kind: what the file is ("docs", "embeddings-part", "tree", ...), checked on read.
     params: the parameters that made it. inputs: fingerprint of its inputs.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    old = table.schema.metadata or {}
-    table = table.replace_schema_metadata({**old, META_KEY: _meta_bytes(kind, params, inputs, extra)})
-    tmp = atomic_path(path)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        _commit(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise _write_error(path, e) from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    with writer(path, table.schema, kind, params, inputs, extra) as w:
+        w.write_table(table)
+    return Path(path)
 
 
 @contextlib.contextmanager

@@ -114,8 +114,7 @@ def load_tree(ws: Workspace, clusters: str):
 
     path = ws.tree(clusters)
     if not path.exists():
-        root = ws.root / "clusters"
-        have = sorted(p.name for p in root.iterdir() if (p / "tree.parquet").exists()) if root.exists() else []
+        have = ws.clusterings()
         raise DgamixError(f"no clustering '{clusters}' in {ws.root} (have: {have or 'none'}); run "
                           f"`dgamix cluster --workspace {ws.root} --levels ...` first.")
     table, meta = manifest.read(path, "tree")

@@ -67,6 +67,11 @@ class Workspace:
     def schedule(self, name: str) -> Path:
         return self.root / "schedules" / f"{name}.parquet"
 
+    def clusterings(self) -> list[str]:
+        """Names of the clusterings that have a tree."""
+        root = self.root / "clusters"
+        return sorted(p.name for p in root.iterdir() if (p / "tree.parquet").exists()) if root.exists() else []
+
     def require(self, path: Path, how: str) -> Path:
         """``path`` if it exists, else a DgamixError that says which command builds it."""
         if not path.exists():
