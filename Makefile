@@ -27,7 +27,7 @@ test: venv
 # Every stage on the embedded default data: the Wikipedia corpus, GSM8K as the target.
 # Each line is what a user would type; the report path is printed at the end.
 DG      := $(BIN)/dgamix
-TRAIN   := train --workspace $(WS) --clusters k16-16 --level 2 --target gsm8k --steps $(DEMO_STEPS) --seed 0 --overwrite --quiet
+TRAIN   = train --workspace $(WS) --clusters k16-16 --level 2 --target gsm8k --steps $(DEMO_STEPS) --seed 0 --overwrite --quiet
 DEMO_STEPS ?= 300
 demo: venv
 	@start=$$(date +%s); \
