@@ -109,7 +109,7 @@ def export_schedule(ws, clusters: str, level: int, steps: int, batch_size: int, 
         if not path.exists():
             raise DgamixError(f"no run '{run}' with weights in {ws.root} ({path} missing); run `dgamix train "
                               f"--name {run}` first.")
-        table, meta = manifest.read(path, "weights")
+        table, meta = manifest.read(path, "run-weights")
         p = meta["params"]
         if (p.get("clusters"), p.get("level")) != (clusters, level):
             raise DgamixError(f"run '{run}' trained on clustering '{p.get('clusters')}' level {p.get('level')}, not "

@@ -25,5 +25,11 @@ def test_report_shows_runs_side_by_side(real_ws):
     for png in ("losses.png", "weights-rep-dga.png", "clusters-k3x2.png"):
         assert (out / png).stat().st_size > 5000, png
         assert f"]({png})" in md
+    # an external trainer's view of the DGA run: its weight trajectory replayed step by step
+    r = run_cli("schedule", "--workspace", real_ws, "--clusters", "k3x2", "--level", 2, "--run", "rep-dga",
+                "--steps", 10, "--batch-size", 4, "--name", "rep-dga")
+    assert r.exit_code == 0, r.output
+    import polars as pl
+    assert pl.read_parquet(real_ws / "schedules" / "rep-dga.parquet").height == 40
     r = run_cli("report", "--workspace", real_ws, "--runs", "nope")
     assert r.exit_code == 2 and "no metrics" in r.output

@@ -49,7 +49,7 @@ def test_replay_of_a_weight_log_follows_the_logged_weights(real_ws):
     # all mass on d0 for steps 0..9, then on d1
     rows = [{"step": 0, "domain": d, "weight": float(d == d0)} for d in doms] + \
            [{"step": 10, "domain": d, "weight": float(d == d1)} for d in doms]
-    manifest.write(ws.run_dir("fake") / "weights.parquet", pa.Table.from_pylist(rows), "weights",
+    manifest.write(ws.run_dir("fake") / "weights.parquet", pa.Table.from_pylist(rows), "run-weights",
                    {"clusters": "k3x2", "level": 2, "mixer": "dga"})
     r = run_cli("schedule", "--workspace", real_ws, "--clusters", "k3x2", "--level", 2, "--run", "fake",
                 "--steps", 20, "--batch-size", 4, "--name", "replay")
