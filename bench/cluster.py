@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.kmeans import ArraySource, FitConfig, Tree, fit_tree  # noqa: E402
+from pipeline.kmeans import ArraySource, FitConfig, Tree, fit_tree, numpy_blas_single_thread  # noqa: E402
 
 
 class Mixture:
@@ -64,6 +64,16 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def hwm_mib() -> float:
+    """Peak RSS of this process image (VmHWM; unlike ru_maxrss it does not inherit the parent's
+    peak through fork + exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return rss_mib()
+
+
 def current_rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
@@ -71,22 +81,22 @@ def current_rss_mib() -> float:
 
 def _stream_worker(tree_path: str, levels: tuple[int, ...], dim: int, components: int, seed: int, n: int,
                    chunk: int, out) -> None:
-    import pyarrow.parquet as pq
-
-    tree = Tree.from_table(pq.read_table(tree_path), levels)
+    tree = Tree.read(tree_path, levels)
     mix = Mixture(dim, components, seed + 7)
-    before = current_rss_mib()
+    before, peak_load = current_rss_mib(), hwm_mib()
     counts = np.zeros(len(tree.domain[-1]), np.int64)
     t_assign = 0.0
     t0 = time.perf_counter()
     for i in range(math.ceil(n / chunk)):
         x = mix.chunk(i, min(chunk, n - i * chunk))
         t = time.perf_counter()
-        leaf = tree.descend(x)[0][:, -1]
+        with numpy_blas_single_thread():  # as the assignment stage runs it
+            leaf = tree.descend(x)[0][:, -1]
         t_assign += time.perf_counter() - t
         counts += np.bincount(tree.index_of(len(levels), leaf), minlength=len(counts))
     out.put({"vectors": n, "chunk": chunk, "rss_after_tree_load_mib": round(before, 1),
-             "peak_rss_mib": round(rss_mib(), 1), "wall_seconds": round(time.perf_counter() - t0, 1),
+             "peak_rss_mib_tree_load": round(peak_load, 1), "peak_rss_mib": round(hwm_mib(), 1),
+             "rss_at_end_mib": round(current_rss_mib(), 1), "wall_seconds": round(time.perf_counter() - t0, 1),
              "assign_seconds": round(t_assign, 1), "assign_docs_per_s": round(n / t_assign),
              "leaves_hit": int((counts > 0).sum())})
 
@@ -139,7 +149,8 @@ def main() -> None:
     # assignment: tree descent vs exact flat search over all leaves, on the same vectors
     q = x[:args.assign_n]
     t = time.perf_counter()
-    labels, sims = tree.descend(q)
+    with numpy_blas_single_thread():  # as the assignment stage runs it
+        labels, sims = tree.descend(q)
     tree_s = time.perf_counter() - t
     index = faiss.IndexFlatIP(args.dim)
     index.add(leaves)
@@ -178,7 +189,8 @@ def main() -> None:
             p.join()
         s = res["stream"]
         print(f"stream: {s['vectors']:,} vectors assigned at {s['assign_docs_per_s']:,} docs/s; peak RSS "
-              f"{s['peak_rss_mib']:,} MiB (after loading the tree: {s['rss_after_tree_load_mib']:,} MiB)", flush=True)
+              f"{s['peak_rss_mib']:,} MiB (loading the tree peaked at {s['peak_rss_mib_tree_load']:,} MiB, "
+              f"{s['rss_after_tree_load_mib']:,} MiB once loaded, {s['rss_at_end_mib']:,} MiB at the end)", flush=True)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,6 @@ import math
 import re
 import shutil
 import time
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -76,11 +75,11 @@ def load_tree(ws: Workspace, name: str, complete: bool = True) -> tuple[Tree, di
         have = ", ".join(c["name"] for c in list_clusterings(ws)) or "none"
         raise DgamixError(f"{path} not found (clusterings in {ws.root}: {have}); run "
                           f"`dgamix cluster --workspace {ws.root} --levels ... --name {name}` first.")
-    table, meta = manifest.read(path, "tree")
+    meta = manifest.read_meta(path, "tree")
     if complete and meta.get("state") != "complete":
         raise DgamixError(f"{path} is not complete (the clustering was interrupted); rerun the same `dgamix cluster` "
                           f"command to finish it.")
-    tree = Tree.from_table(table, tuple(meta["params"]["levels"]))
+    tree = Tree.read(path, tuple(meta["params"]["levels"]))
     if tree.checksum() != meta.get("centroids_checksum"):
         raise DgamixError(f"{path}: the centroids do not match their checksum (the file was modified); rerun "
                           f"`dgamix cluster ... --name {name} --overwrite`.")
@@ -110,7 +109,7 @@ def _describe(params: dict) -> str:
     return ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in params.items())
 
 
-def _existing_tree(ws: Workspace, name: str, params: dict, inputs: str, emb_fp: str, overwrite: bool
+def _existing_tree(ws: Workspace, name: str, params: dict, inputs: str, overwrite: bool
                    ) -> tuple[Tree | None, dict | None]:
     """The reusable tree of ``name`` (same inputs), or None after clearing the folder if allowed."""
     folder, path = ws.clusters_dir(name), ws.tree(name)
@@ -166,7 +165,7 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
 
     with lock(ws, f"cluster-{name}"):
         t0 = time.perf_counter()
-        tree, meta = _existing_tree(ws, name, params, inputs, source.fingerprint, overwrite)
+        tree, meta = _existing_tree(ws, name, params, inputs, overwrite)
         reused = tree is not None
         if tree is None:
             tree, stats = fit_tree(source, FitConfig(levels, seed, niter, max_points_per_centroid, sample_memory, init), quiet)
@@ -244,8 +243,3 @@ def _up_to_date(ws: Workspace, name: str, source: EmbeddingShards, tree_fp: str)
         if not _part_complete(ws.assignment_part(name, int(source.shard_ids[s])), tree_fp, shard_params):
             return False
     return True
-
-
-def assignments_paths(ws: Workspace, name: str) -> list[Path]:
-    """The assignment parts of a clustering, in shard order."""
-    return sorted(ws.assignments_dir(name).glob("part-*.parquet"))

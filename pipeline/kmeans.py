@@ -203,21 +203,50 @@ class Tree:
                          "centroid": pa.FixedSizeListArray.from_arrays(flat, self.dim)})
 
     @classmethod
-    def from_table(cls, table: pa.Table, levels: tuple[int, ...]) -> "Tree":
+    def read(cls, path, levels: tuple[int, ...]) -> "Tree":
+        """Load tree.parquet streaming the centroid column into one array (peak memory about
+        twice the centroids, not four times as reading the whole table at once)."""
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(path, pre_buffer=False)
+            table = pf.read(columns=["level", "domain", "parent", "size"])
+            dim = pf.schema_arrow.field("centroid").type.list_size
+            cent = np.empty((table.num_rows, dim), np.float32)
+            i = 0
+            for batch in pf.iter_batches(batch_size=16_384, columns=["centroid"]):
+                v = batch.column(0).flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+                cent[i:i + len(v)] = v
+                i += len(v)
+        except (KeyError, pa.ArrowException, OSError) as e:
+            raise DgamixError(f"{path} is corrupt or not a dgamix tree ({e}); rerun `dgamix cluster` with "
+                              f"--overwrite.") from None
+        return cls.from_table(table, levels, cent)
+
+    @classmethod
+    def from_table(cls, table: pa.Table, levels: tuple[int, ...], centroids: np.ndarray | None = None) -> "Tree":
+        """A tree from tree.parquet's table (``centroids``: the centroid column already as (n, d))."""
+        if centroids is None:
+            dim = table.schema.field("centroid").type.list_size
+            values = table["centroid"].combine_chunks().flatten()
+            centroids = values.to_numpy(zero_copy_only=False).reshape(-1, dim)
         level = table["level"].to_numpy()
-        dim = table.schema.field("centroid").type.list_size
-        cent = table["centroid"].combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-        size_col = table["size"].combine_chunks()
-        size = size_col.fill_null(-1).to_numpy()
+        cent = np.asarray(centroids, dtype=np.float32)
+        if np.any(np.diff(level) < 0):  # written sorted by level; sort anything else
+            order = np.argsort(level, kind="stable")
+            table, cent, level = table.take(order), cent[order], level[order]
+        # each level is a view of its rows of the one centroid array (no copies)
+        size = table["size"].combine_chunks().fill_null(-1).to_numpy()
         dom_all, par_all = table["domain"].to_numpy(), table["parent"].to_numpy()
+        bounds = np.searchsorted(level, np.arange(1, len(levels) + 2))
         tree = cls(tuple(levels), [], [], [], [])
-        for lv in range(1, len(levels) + 1):
-            m = level == lv
-            tree.domain.append(dom_all[m].astype(np.int64))
-            tree.parent.append(par_all[m].astype(np.int64))
-            tree.centroids.append(np.ascontiguousarray(cent[m], dtype=np.float32))
-            s = size[m]
-            tree.size.append(None if (s < 0).any() else s.astype(np.int64))
+        for lv in range(len(levels)):
+            a, b = bounds[lv], bounds[lv + 1]
+            tree.domain.append(dom_all[a:b].astype(np.int64, copy=False))
+            tree.parent.append(par_all[a:b].astype(np.int64, copy=False))
+            tree.centroids.append(cent[a:b])
+            s = size[a:b]
+            tree.size.append(None if (s < 0).any() else s.astype(np.int64, copy=False))
         return tree
 
     def checksum(self) -> str:
