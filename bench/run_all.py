@@ -91,8 +91,11 @@ def main() -> None:
             rc = "timeout"
         runs[script.stem] = {"command": " ".join(["python", *cmd[1:]]), "returncode": rc,
                              "seconds": round(time.perf_counter() - t, 1)}
-        res = BENCH / "results" / f"{script.stem}.json"
-        if res.exists() and res.stat().st_mtime >= start:  # only what this run wrote
+        # only what this run wrote; some scripts keep quick results apart from full ones
+        fresh = [r for r in (BENCH / "results" / f"{script.stem}{s}.json" for s in ("", "-quick"))
+                 if r.exists() and r.stat().st_mtime >= start]
+        res = fresh[-1] if fresh else BENCH / "results" / f"{script.stem}.json"
+        if fresh:
             results[script.stem] = json.loads(res.read_text())
         else:
             runs[script.stem]["note"] = f"no fresh {res.relative_to(ROOT)}"
