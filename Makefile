@@ -3,16 +3,17 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 WS      ?= demo-ws
-EXTRAS  ?= dev
+EXTRAS  ?= dev,ray
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: venv test demo bench clean contract
 
-# The stamp is rebuilt when pyproject.toml changes. torch is pinned first: a CPU wheel of
-# 2.13.0 is on these machines, while an unpinned torch pulls gigabytes of CUDA packages.
-$(VENV)/.installed: pyproject.toml
+# The stamp is rebuilt when pyproject.toml (or the extras here) change. torch is pinned first: a
+# CPU wheel of 2.13.0 is on these machines, while an unpinned torch pulls gigabytes of CUDA packages.
+# The `ray` extra (ray[data]) lets the tests run --engine ray on a local 2-CPU Ray instance.
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0

@@ -48,7 +48,7 @@ def machine() -> dict:
         pass
     versions = {}
     for dist in ("numpy", "torch", "faiss-cpu", "faiss-gpu", "onnxruntime", "onnx", "sentence-transformers",
-                 "transformers", "polars", "pyarrow"):
+                 "transformers", "polars", "pyarrow", "ray"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from cli.common import WS_HELP, show, user_errors
+from cli.common import (ENGINE_HELP, GPUS_HELP, NUM_WORKERS_HELP, RAY_ADDRESS_HELP, WS_HELP, engine_config, show,
+                        user_errors)
 
 _COLUMNS = [("level", "level", "{}"), ("k", "branching", "{}"), ("nodes", "nodes", "{:,}"),
             ("domains", "domains", "{:,}"), ("reduced", "reduced_nodes", "{:,}"), ("sample", "sample_points", "{:,}"),
@@ -41,7 +42,12 @@ def cluster(
                                                  "(bounds memory; does not change the result)."),
     init: str = typer.Option("kmeans++", help="Initial centroids of every node: kmeans++ (greedy D^2 seeding) or random "
                                               "(FAISS's default); FAISS runs the iterations either way."),
-    engine: str = typer.Option("local", help="local (in-process)."),
+    engine: str = typer.Option("local", help=ENGINE_HELP + " With ray the nodes of each level are also fitted as Ray tasks."),
+    ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_ADDRESS_HELP),
+    num_workers: Optional[int] = typer.Option(None, help=NUM_WORKERS_HELP),
+    gpus_per_worker: float = typer.Option(0.0, help=GPUS_HELP),
+    device: str = typer.Option("cpu", help="Where the assignment pass descends the tree: cpu (numpy) or cuda (torch; "
+                                           "the fit always runs on the CPU)."),
     overwrite: bool = typer.Option(False, help="Replace a clustering of the same name made with other parameters or "
                                                "other embeddings."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -67,12 +73,11 @@ def cluster(
         return
     if levels is None:
         raise DgamixError("--levels is required (e.g. --levels 64,64,64), or pass --list.")
-    if engine != "local":
-        raise DgamixError(f"--engine {engine} is not available in this version; use --engine local.")
+    eng = engine_config(engine, ray_address, num_workers, gpus_per_worker, device)
     if sample_memory < 1:
         raise DgamixError(f"--sample-memory {sample_memory} must be at least 1 (MiB).")
     summary = cluster_workspace(ws, levels, name, seed, niter, max_points_per_centroid, overwrite, quiet,
-                                sample_memory=sample_memory << 20, init=init)
+                                sample_memory=sample_memory << 20, init=init, engine=eng, device=device)
     stats = summary.pop("level_stats")
     show(summary)
     print()

@@ -35,6 +35,37 @@ def user_errors(fn):
     return wrapper
 
 
+ENGINE_HELP = ("Where the shard work runs: local (this process) or ray (a Ray Data actor pool, one model / tree "
+               "per actor; needs `pip install -e '.\\[ray]'`). The files written are the same.")
+RAY_ADDRESS_HELP = ("--engine ray: the cluster to use (auto: the one `ray start --head` started; HOST:6379; "
+                    "ray://HOST:10001). Default: start a local Ray instance for this command.")
+NUM_WORKERS_HELP = "--engine ray: actors in the pool (default: one per CPU of the cluster, or per GPU share)."
+GPUS_HELP = "--engine ray: GPUs reserved per actor (e.g. 1, or 0.5 to share a GPU); use with --device cuda."
+
+
+def engine_config(engine: str, ray_address: str | None, num_workers: int | None, gpus_per_worker: float,
+                  device: str):
+    """The EngineConfig of the --engine options, validated (Ray installed, GPUs for --device cuda)."""
+    from pipeline.engine import EngineConfig
+
+    cfg = EngineConfig(engine, ray_address or None, num_workers, gpus_per_worker).check()
+    if cfg.is_ray and device.startswith("cuda") and not gpus_per_worker:
+        raise DgamixError("--device cuda with --engine ray needs --gpus-per-worker (e.g. 1): a Ray actor sees "
+                          "no GPU unless it reserves one.")
+    return cfg
+
+
+def require_device(device: str) -> None:
+    """A CUDA device is visible to this process when --device cuda[:N] asks for one (other torch
+    devices, e.g. mps, are left to torch)."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DgamixError(f"--device {device}: torch sees no CUDA device here (torch.cuda.is_available() is "
+                              f"False); use --device cpu, or install a CUDA build of torch.")
+
+
 def split_csv(value: str | None) -> tuple[str, ...]:
     """'a,b' -> ('a', 'b'); None or '' -> ()."""
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()

@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from cli.common import WS_HELP, show, split_csv, user_errors
+from cli.common import (ENGINE_HELP, GPUS_HELP, NUM_WORKERS_HELP, RAY_ADDRESS_HELP, WS_HELP, engine_config,
+                        require_device, show, split_csv, user_errors)
 
 
 @user_errors
@@ -24,12 +25,17 @@ def embed(
     shard_size: int = typer.Option(10_000, min=1, help="Documents per embeddings part file (the unit of resume)."),
     precision: str = typer.Option("fp32", help="Encoder arithmetic: fp32 (torch); bf16 (torch autocast; fast only on GPUs and CPUs "
                                   "with bf16 units); int8 (ONNX Runtime, dynamic per-channel quantisation, CPU; needs "
-                                  "`pip install onnxruntime onnx`, exported once and cached); auto (the fastest that keeps "
+                                  "`pip install onnxruntime onnx`, exported once and cached); fp16 (torch autocast "
+                                  "float16, --device cuda only); auto (the fastest that keeps "
                                   "mean cosine >= 0.99 to fp32 on a sample of the corpus). The choice and its cosine are "
                                   "recorded in embeddings.parquet."),
     dtype: str = typer.Option("float32", help="Storage dtype of the vectors: float32 or float16."),
-    device: str = typer.Option("cpu", help="Torch device for the encoder: cpu or cuda."),
-    engine: str = typer.Option("local", help="local (in-process)."),
+    device: str = typer.Option("cpu", help="Torch device for the encoder: cpu or cuda (with --precision fp16: "
+                               "autocast float16, the fast choice on GPUs)."),
+    engine: str = typer.Option("local", help=ENGINE_HELP),
+    ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_ADDRESS_HELP),
+    num_workers: Optional[int] = typer.Option(None, help=NUM_WORKERS_HELP),
+    gpus_per_worker: float = typer.Option(0.0, help=GPUS_HELP),
     overwrite: bool = typer.Option(False, help="Rebuild when the workspace holds a different corpus or parameters."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
@@ -37,13 +43,12 @@ def embed(
     from pipeline.corpus import CorpusSpec
     from pipeline.dedup import DedupConfig
     from pipeline.embed import EmbedConfig, embed_corpus
-    from pipeline.errors import DgamixError
     from pipeline.workspace import Workspace
 
-    if engine != "local":
-        raise DgamixError(f"--engine {engine} is not available in this version; use --engine local.")
+    eng = engine_config(engine, ray_address, num_workers, gpus_per_worker, device)
+    require_device(device)  # the driver loads the model on it too (token counts, precision check)
     spec = CorpusSpec(text_column, id_column, split_csv(keep_columns))
     cfg = EmbedConfig(model, max_seq_length, batch_size, shard_size, precision, dtype, device)
     summary = embed_corpus(Workspace(workspace), [str(c) for c in corpus], spec, cfg,
-                           DedupConfig(threshold=dedup_threshold) if dedup else None, overwrite, quiet)
+                           DedupConfig(threshold=dedup_threshold) if dedup else None, overwrite, quiet, eng)
     show(summary)

@@ -10,21 +10,17 @@ import pyarrow as pa
 
 from mixing.dga import BasisMatrix
 from mixing.sampler import DomainIndex
-from pipeline import manifest
+from pipeline import manifest, validate
 from pipeline.errors import DgamixError
 from pipeline.workspace import Workspace
 
 
 def clustering_levels(ws: Workspace, clusters: str) -> int:
-    """Number of levels of clustering ``clusters``; a clear error when it does not exist."""
-    tree = ws.tree(clusters)
-    if not tree.exists():
-        have = ws.clusterings()
-        raise DgamixError(f"no clustering '{clusters}' in {ws.root} (have: {have or 'none'}); run "
-                          f"`dgamix cluster --workspace {ws.root} --levels ...` first or pick one with --clusters.")
-    levels = manifest.read_meta(tree, "tree")["params"].get("levels")
+    """Number of levels of clustering ``clusters``; a clear error when it does not exist, is
+    incomplete or was built from other embeddings than the workspace's (pipeline.validate)."""
+    levels = validate.clustering(ws, clusters)["params"].get("levels")
     if not levels:
-        raise DgamixError(f"{tree} records no levels; rebuild it with `dgamix cluster --overwrite`.")
+        raise DgamixError(f"{ws.tree(clusters)} records no levels; rebuild it with `dgamix cluster --overwrite`.")
     return len(levels)
 
 
@@ -37,6 +33,7 @@ def check_level(ws: Workspace, clusters: str, level: int) -> None:
 def load_index(ws: Workspace, clusters: str, level: int, exclude: np.ndarray | None = None) -> DomainIndex:
     """domain -> doc ids at ``level`` (token counts from docs.parquet), minus ``exclude`` doc ids."""
     check_level(ws, clusters, level)
+    tmeta = validate.clustering(ws, clusters, assignments=True)
     import polars as pl
 
     try:
@@ -44,6 +41,10 @@ def load_index(ws: Workspace, clusters: str, level: int, exclude: np.ndarray | N
     except Exception as e:  # noqa: BLE001 - polars raises several types for missing/corrupt parts
         raise DgamixError(f"cannot read assignments of '{clusters}' ({str(e).splitlines()[0][:160]}); rerun "
                           f"`dgamix cluster --workspace {ws.root} --name {clusters}`.") from None
+    if tmeta.get("n_docs") is not None and a.height != tmeta["n_docs"]:
+        raise DgamixError(f"{ws.assignments_dir(clusters)} holds {a.height:,} assignments but clusters/{clusters} "
+                          f"has {tmeta['n_docs']:,} documents (parts missing or extra); rerun "
+                          f"`{validate.cluster_command(ws, clusters, tmeta['params'], overwrite=False)}`.")
     docs, _ = manifest.read(ws.docs, "docs", columns=["doc_id", "n_tokens"])
     tokens = np.asarray(docs["n_tokens"])
     ids, dom = a["doc_id"].to_numpy(), a[f"level_{level}"].to_numpy()
@@ -59,10 +60,7 @@ def load_basis(ws: Workspace, name: str, clusters: str, level: int) -> tuple[Bas
     Refuses a basis built for another clustering or level: its domain ids would mean other domains.
     """
     path = ws.basis(name)
-    if not path.exists():
-        have = sorted(p.stem for p in (ws.root / "bases").glob("*.parquet")) if (ws.root / "bases").exists() else []
-        raise DgamixError(f"no basis '{name}' in {ws.root} (have: {have or 'none'}); build it with "
-                          f"`dgamix basis --workspace {ws.root} ... --name {name}`.")
+    validate.basis(ws, name)  # exists; built from the current clustering and target
     table, meta = manifest.read(path, "basis", columns=["basis", "domain", "weight", "name"])
     p = meta["params"]
     if (p.get("clusters"), p.get("level")) != (clusters, level):

@@ -38,7 +38,7 @@ from mixing.model import ModelConfig, TinyGPT
 from mixing.sampler import DomainIndex, MixtureSampler
 from mixing.tokens import Windows, corpus_windows, text_windows
 from mixing.trainer import CHECKPOINT, TrainConfig, TrainData, TrainResult, Trainer, load_checkpoint, train
-from pipeline import manifest
+from pipeline import manifest, validate
 from pipeline.errors import DgamixError
 from pipeline.workspace import Workspace, lock
 
@@ -57,13 +57,8 @@ def _check_name(name: str) -> None:
 
 def load_target_examples(ws: Workspace, target: str) -> tuple[list[str], list[str], dict]:
     """(reweight texts, holdout texts, metadata) of WS/targets/<target>/examples.parquet."""
-    path = ws.target_dir(target) / "examples.parquet"
-    if not path.exists():
-        root = ws.root / "targets"
-        have = sorted(p.name for p in root.iterdir() if (p / "examples.parquet").exists()) if root.exists() else []
-        raise DgamixError(f"no target '{target}' in {ws.root} (have: {have or 'none'}); run "
-                          f"`dgamix target FILE --workspace {ws.root} --name {target}` first.")
-    table, meta = manifest.read(path, "target", columns=["example_id", "split", "text"])
+    validate.target(ws, target)  # exists; embedded like the corpus is now
+    table, meta = manifest.read(validate.target_path(ws, target), "target", columns=["example_id", "split", "text"])
     order = np.argsort(np.asarray(table["example_id"]), kind="stable")
     split = np.asarray(table["split"].to_pylist(), dtype=object)[order]
     text = np.asarray(table["text"].to_pylist(), dtype=object)[order]
@@ -179,6 +174,7 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
               **{k: v for k, v in asdict(config).items() if k not in ("device", "threads")},
               "corpus": docs_meta.get("inputs"), "tokens": token_key, "target_file": target_meta.get("inputs"),
               "basis_file": None if basis_meta is None else basis_meta.get("inputs"),
+              "clusters_file": validate.tree_fingerprint(validate.clustering(ws, clusters)),
               "n_general_holdout": int(held.size)}
     return {"data": data, "mixer": mixer, "vocab": vocab, "params": params, "held": held, "index": index}
 
@@ -232,16 +228,22 @@ def write_outputs(ws: Workspace, name: str, metrics: list[dict], weights: list[d
     meta_params = {**params, "init": "uniform" if params["mixer"] in ADAPTIVE or params["mixer"] == "uniform"
                    else params["mixer"], "kind": data.kind}
     fp = manifest.fingerprint(params)
-    manifest.write(d / "metrics.parquet", metrics_table(metrics), "run-metrics", meta_params, fp)
+    built = {f"clusters/{params['clusters']}": params.get("clusters_file"),
+             f"targets/{params['target']}": params.get("target_file")}
+    if params.get("basis"):
+        built[f"bases/{params['basis']}"] = params.get("basis_file")
+    extra = {"built_from": {k: v for k, v in built.items() if v is not None}}
+    manifest.write(d / "metrics.parquet", metrics_table(metrics), "run-metrics", meta_params, fp, extra=extra)
     manifest.write(d / "weights.parquet", weights_table(weights, data.kind, data.ids, data.names),
-                   "run-weights", meta_params, fp)
+                   "run-weights", meta_params, fp, extra=extra)
     if reps is not None:
-        manifest.write(d / "repetitions.parquet", repetitions_table(reps), "run-repetitions", meta_params, fp)
+        manifest.write(d / "repetitions.parquet", repetitions_table(reps), "run-repetitions", meta_params, fp,
+                       extra=extra)
 
 
 # --------------------------------------------------------------------------- the stage
 
-INPUT_KEYS = ("corpus", "tokens", "target_file", "basis_file", "n_general_holdout")
+INPUT_KEYS = ("corpus", "tokens", "target_file", "basis_file", "clusters_file", "n_general_holdout")
 
 
 def _compare(saved: dict, now: dict) -> None:
@@ -251,7 +253,7 @@ def _compare(saved: dict, now: dict) -> None:
             continue
         if key in INPUT_KEYS:
             raise DgamixError(f"cannot resume: input '{key}' changed since the checkpoint (the workspace's corpus, "
-                              f"target or basis was rebuilt); pass --overwrite to restart the run.")
+                              f"clustering, target or basis was rebuilt); pass --overwrite to restart the run.")
         flag = "--" + key.replace("_", "-")
         raise DgamixError(f"cannot resume: parameter '{key}' differs (checkpoint: {saved.get(key)!r}, now: "
                           f"{now.get(key)!r}); rerun with the same {flag} value, or pass --overwrite to restart.")

@@ -83,7 +83,7 @@ def export_schedule(ws, clusters: str, level: int, steps: int, batch_size: int, 
     import polars as pl
 
     from mixing import inputs
-    from pipeline import manifest
+    from pipeline import manifest, validate
     from pipeline.errors import DgamixError
     from pipeline.workspace import lock
 
@@ -110,6 +110,7 @@ def export_schedule(ws, clusters: str, level: int, steps: int, batch_size: int, 
             raise DgamixError(f"no run '{run}' with weights in {ws.root} ({path} missing); run `dgamix train "
                               f"--name {run}` first.")
         table, meta = manifest.read(path, "run-weights")
+        validate.run(ws, run, meta, only=("clusters/", "bases/"))  # its domain ids still mean these domains
         p = meta["params"]
         if (p.get("clusters"), p.get("level")) != (clusters, level):
             raise DgamixError(f"run '{run}' trained on clustering '{p.get('clusters')}' level {p.get('level')}, not "

@@ -1,13 +1,16 @@
 """Stage 1c: assign every embedded document to a domain at every level by descending the tree.
 
-`assign_shard` is the per-shard work (embeddings shard in -> assignments shard out), a plain
-function that the local loop here and a Ray actor pool can both run; `assign_vectors` does the
-same for any vectors (the target set uses it). `assign_workspace` streams the workspace's
-embedding shards and writes ``clusters/<name>/assignments/part-NNNNN.parquet`` atomically,
-skipping parts already complete (same tree, same shard bounds), so a rerun resumes.
+`assign_shard` is the per-shard work (embeddings shard in -> assignments shard out);
+`assign_vectors` does the same for any vectors (the target set uses it). `assign_workspace`
+streams the workspace's embedding shards and writes ``clusters/<name>/assignments/part-NNNNN.parquet``
+atomically, skipping parts already complete (same tree, same shard bounds), so a rerun resumes;
+the parts to do run through :class:`ShardAssigner` on the local loop or a Ray actor pool
+(:mod:`pipeline.engine`), descending with numpy or, on ``--device cuda``, torch.
 """
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import manifest
+from pipeline import manifest, validate
+from pipeline.engine import LOCAL, EngineConfig, map_shards, session
 from pipeline.errors import DgamixError
 from pipeline.kmeans import Tree, numpy_blas_single_thread
 from pipeline.progress import progress_bar
@@ -42,6 +46,7 @@ class EmbeddingShards:
             raise DgamixError(f"{ws.embeddings} not found: {ws.root} has no embeddings; run "
                               f"`dgamix embed CORPUS --workspace {ws.root}` first.")
         self.ws = ws
+        validate.embeddings(ws)  # schema, columns and built from the current docs.parquet
         table, meta = manifest.read(ws.embeddings, "embeddings")
         manifest.require_columns(table.column_names, ["shard", "first_doc_id", "last_doc_id", "rows", "path"],
                                  str(ws.embeddings), "rerun `dgamix embed` with --overwrite.")
@@ -155,23 +160,82 @@ def _part_complete(part: Path, tree_fp: str, shard_params: dict) -> bool:
     return meta.get("inputs") == tree_fp and all(meta["params"].get(k) == v for k, v in shard_params.items())
 
 
+@dataclass
+class ShardAssigner:
+    """The assignment pass's shard work for :func:`pipeline.engine.map_shards`.
+
+    Called once per worker it returns ``work(job, tick)``: read embeddings shard ``job["shard"]``,
+    descend the tree (numpy, or torch on ``device`` cuda), write the part atomically and return
+    {doc_ids, labels, sims} (small: the driver counts sizes and domain statistics from them).
+    Locally it uses the driver's ``tree``; a Ray actor reads tree.parquet once and checks its checksum.
+    """
+
+    source: EmbeddingShards
+    inputs: str                    # the tree fingerprint, recorded in every part
+    tree_path: str
+    levels: tuple
+    checksum: str                  # Tree.checksum() of the fitted tree
+    device: str = "cpu"            # cpu: numpy; another torch device (cuda[:N]): torch (pipeline/assign_torch.py)
+    tree: Tree | None = None       # the driver's tree (local engine)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "tree": None}
+
+    def __call__(self):
+        tree = self.tree
+        if tree is None:
+            tree = Tree.read(self.tree_path, tuple(self.levels))
+            if tree.checksum() != self.checksum:
+                raise DgamixError(f"{self.tree_path} read on a Ray worker differs from the driver's tree; the "
+                                  f"workspace must be on storage every node sees at the same path.")
+        if self.device != "cpu":
+            from pipeline.assign_torch import TorchTree
+
+            descend = TorchTree(tree, self.device).descend
+        else:
+            descend = tree.descend
+
+        def work(job: dict, tick=None) -> dict:
+            doc_ids, x = self.source.read(job["shard"])
+            with numpy_blas_single_thread():
+                labels, sims = descend(x)
+            manifest.write(job["part"], labels_table(doc_ids, labels), "assignments-part", job["params"], self.inputs)
+            return {"doc_ids": doc_ids, "labels": labels, "sims": sims}
+
+        return work
+
+
 def assign_workspace(ws: Workspace, name: str, source: EmbeddingShards, tree: Tree, tree_fp: str,
                      observe: Callable[[np.ndarray, np.ndarray, np.ndarray], None] | None = None,
-                     quiet: bool = False) -> dict:
+                     quiet: bool = False, engine: EngineConfig = LOCAL, device: str = "cpu") -> dict:
     """Write every assignment part (skipping complete ones); count documents per domain.
 
-    ``observe(doc_ids, labels, sims)`` sees every shard (domain statistics). Returns
+    ``observe(doc_ids, labels, sims)`` sees every shard in shard order (domain statistics). The
+    parts still to do run on ``engine`` (:mod:`pipeline.engine`), descending on ``device``. Returns
     {"sizes": [per-level int64 arrays aligned with tree.domain], "assigned": n, "skipped": n}.
     """
     depth = tree.depth
     sizes = [np.zeros(len(d), np.int64) for d in tree.domain]
+    plan, jobs = [], []
+    for s in range(source.num_shards):
+        part = ws.assignment_part(name, int(source.shard_ids[s]))
+        shard_params = {"shard": int(source.shard_ids[s]), "first_doc_id": int(source.first[s]),
+                        "last_doc_id": int(source.last[s]), "rows": int(source.rows[s])}
+        complete = _part_complete(part, tree_fp, shard_params)
+        plan.append((s, part, complete))
+        if not complete:  # absolute paths: a Ray actor may run in another folder (or on another node)
+            jobs.append({"shard": s, "part": str(part.absolute()), "params": {"levels": list(tree.levels), **shard_params}})
+    src = source
+    if engine.is_ray:
+        src = copy.copy(source)
+        src.paths = [p.absolute() for p in source.paths]
+    work = ShardAssigner(src, tree_fp, str(ws.tree(name).absolute()), tuple(tree.levels), tree.checksum(), device,
+                         None if engine.is_ray else tree)
     done = skipped = 0
-    with progress_bar("assign", source.n, quiet, unit="docs") as tick, numpy_blas_single_thread():
-        for s in range(source.num_shards):
-            part = ws.assignment_part(name, int(source.shard_ids[s]))
-            shard_params = {"shard": int(source.shard_ids[s]), "first_doc_id": int(source.first[s]),
-                            "last_doc_id": int(source.last[s]), "rows": int(source.rows[s])}
-            if _part_complete(part, tree_fp, shard_params):
+    with progress_bar("assign", source.n, quiet, unit="docs") as tick, numpy_blas_single_thread(), session(engine):
+        results = map_shards(work, jobs, engine)
+        for s, part, complete in plan:
+            if complete:
                 table, _ = manifest.read(part, "assignments-part")
                 doc_ids = table["doc_id"].to_numpy().astype(np.int64)
                 labels = np.stack([table[c].to_numpy() for c in level_columns(depth)], axis=1).astype(np.int64)
@@ -184,16 +248,16 @@ def assign_workspace(ws: Workspace, name: str, source: EmbeddingShards, tree: Tr
                     sims = similarities(x, labels, tree)
                 skipped += 1
             else:
-                doc_ids, x = source.read(s)
-                labels, sims = tree.descend(x)
-                manifest.write(part, labels_table(doc_ids, labels), "assignments-part",
-                               {"levels": list(tree.levels), **shard_params}, tree_fp)
+                r = next(results)
+                doc_ids, labels, sims = r["doc_ids"], r["labels"], r["sims"]
                 done += 1
             for i in range(depth):
                 sizes[i] += np.bincount(tree.index_of(i + 1, labels[:, i]), minlength=len(sizes[i]))
             if observe:
                 observe(doc_ids, labels, sims)
             tick(len(doc_ids))
+        for _ in results:  # nothing is left; this lets a Ray run finish its dataset cleanly
+            pass
     known = {ws.assignment_part(name, int(s)).name for s in source.shard_ids}
     for stale in ws.assignments_dir(name).glob("part-*.parquet"):
         if stale.name not in known:

@@ -162,7 +162,7 @@ def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, 
     WS/bases/<name>.summary.parquet; returns the summary rows and the path."""
     import pyarrow as pa
 
-    from pipeline import manifest
+    from pipeline import manifest, validate
     from pipeline.target import load_target, load_tree, target_assignments
 
     if smoothing < 0:
@@ -196,6 +196,9 @@ def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, 
     terms = _top_terms(ws, clusters, level)
     for s in summary:
         s["top_terms"] = [", ".join(terms.get(d, [])[:4]) for d in s["top_domains"]]
-    manifest.write(out, table, "basis", params, fp)
-    manifest.write(out.with_name(f"{name}.summary.parquet"), pa.Table.from_pylist(summary), "basis-summary", params, fp)
+    built = {f"clusters/{clusters}": validate.tree_fingerprint(tmeta),
+             f"targets/{target}": validate.target(ws, target).get("inputs")}
+    manifest.write(out, table, "basis", params, fp, extra={"built_from": built})
+    manifest.write(out.with_name(f"{name}.summary.parquet"), pa.Table.from_pylist(summary), "basis-summary", params, fp,
+                   extra={"built_from": built})
     return {"path": str(out), "bases": summary, "pocket_min": pocket_min}

@@ -26,6 +26,7 @@ import numpy as np
 from pipeline import manifest
 from pipeline.assign import EmbeddingShards, assign_workspace, _part_complete
 from pipeline.domains import DomainStats, build_domains
+from pipeline.engine import LOCAL, EngineConfig, session
 from pipeline.errors import DgamixError
 from pipeline.kmeans import INITS, FitConfig, Tree, fit_tree
 from pipeline.workspace import Workspace, lock
@@ -143,8 +144,16 @@ def _public_stats(stats: list[dict]) -> list[dict]:
 def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | None = None, seed: int = 0,
                       niter: int = 20, max_points_per_centroid: int = 256, overwrite: bool = False,
                       quiet: bool = False, sample_memory: int = 1 << 30, text_docs: int = 50_000,
-                      init: str = "kmeans++") -> dict:
-    """The cluster stage. Returns a summary dict (see the module doc for the files written)."""
+                      init: str = "kmeans++", engine: EngineConfig = LOCAL, device: str = "cpu") -> dict:
+    """The cluster stage. Returns a summary dict (see the module doc for the files written).
+
+    ``engine``: with Ray, the nodes of each level below the first are fitted as Ray tasks and
+    the assignment parts are written by an actor pool; the files are the same as locally.
+    ``device``: cpu, or cuda[:N] to descend the tree with torch on a GPU in the assignment pass
+    (the fit always runs on the CPU, so the tree does not depend on the device).
+    """
+    engine.check()
+    _check_device(device, engine)
     levels = parse_levels(levels)
     name = _check_name(name or default_name(levels))
     for opt, value, low in (("--seed", seed, 0), ("--niter", niter, 1), ("--max-points-per-centroid", max_points_per_centroid, 1)):
@@ -163,12 +172,13 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
     inputs = manifest.fingerprint(source.fingerprint, params)
     docs, docs_meta = manifest.read(ws.docs, "docs", columns=["doc_id", "n_tokens", "source", "row"])
 
-    with lock(ws, f"cluster-{name}"):
+    with lock(ws, f"cluster-{name}"), session(engine):
         t0 = time.perf_counter()
         tree, meta = _existing_tree(ws, name, params, inputs, overwrite)
         reused = tree is not None
         if tree is None:
-            tree, stats = fit_tree(source, FitConfig(levels, seed, niter, max_points_per_centroid, sample_memory, init), quiet)
+            tree, stats = fit_tree(source, FitConfig(levels, seed, niter, max_points_per_centroid, sample_memory, init), quiet,
+                                   engine)
             meta = _write_tree(ws, name, tree, params, inputs, source.fingerprint, n, "fitted", _public_stats(stats))
         else:
             stats = meta.get("stats", [])
@@ -184,7 +194,7 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
             n_tokens = np.zeros(int(doc_id.max()) + 1, np.int64)
             n_tokens[doc_id] = docs["n_tokens"].to_numpy()
             collect = DomainStats(tree, n_tokens, seed, text_docs)
-            res = assign_workspace(ws, name, source, tree, tree_fp, collect, quiet)
+            res = assign_workspace(ws, name, source, tree, tree_fp, collect, quiet, engine, device)
             sizes = res["sizes"]
             for i, s in enumerate(sizes):
                 if int(s.sum()) != n:  # pragma: no cover - an internal invariant
@@ -203,10 +213,20 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
             "levels": ",".join(map(str, levels)), "docs": n,
             "domains": " / ".join(f"{m:,}" for m in per_level),
             "tree": "reused" if reused else "fitted",
-            "shards_assigned": res["assigned"], "shards_skipped": res["skipped"],
+            "shards_assigned": res["assigned"], "shards_skipped": res["skipped"], "engine": engine.name,
             "fit_seconds": round(fit_seconds, 2), "assign_seconds": round(assign_seconds, 2),
             "domains_seconds": round(domains_seconds, 2),
             "level_stats": stats}
+
+
+def _check_device(device: str, engine: EngineConfig) -> None:
+    """Locally, --device cuda[:N] needs a visible CUDA device (on Ray the actors reserve GPUs)."""
+    if device.startswith("cuda") and not engine.is_ray:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DgamixError(f"--device {device}: torch sees no CUDA device here (torch.cuda.is_available() is "
+                              f"False); use --device cpu, or install a CUDA build of torch.")
 
 
 def _with_sizes(stats: list[dict], tree: Tree, n: int) -> list[dict]:

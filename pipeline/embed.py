@@ -27,6 +27,7 @@ import pyarrow as pa
 from pipeline import manifest
 from pipeline.corpus import CorpusSpec, load_corpus
 from pipeline.dedup import DedupConfig, near_duplicates
+from pipeline.engine import LOCAL, EngineConfig, map_shards, session, threads_per_worker
 from pipeline.errors import DgamixError
 from pipeline.progress import progress_bar
 from pipeline.workspace import Workspace, lock
@@ -35,7 +36,8 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
 
-PRECISIONS = ("fp32", "bf16", "int8", "auto")
+PRECISIONS = ("fp32", "bf16", "int8", "fp16", "auto")
+CONCRETE = ("fp32", "bf16", "int8", "fp16")  # what auto resolves to (fp16: CUDA only)
 MIN_MEAN_COSINE = 0.99      # a precision other than fp32 must keep this mean cosine to fp32 ...
 MIN_MIN_COSINE = 0.95       # ... and this worst-document cosine (on the validation sample)
 VALIDATION_DOCS = 64        # documents in the validation sample (spread evenly over the corpus)
@@ -79,9 +81,12 @@ class PrecisionReport:
                 "precision_cosine_min": round(self.cosine_min, 5), "precision_sample": self.sample}
 
 
-def check_precision(precision: str) -> None:
+def check_precision(precision: str, device: str = "cpu") -> None:
     if precision not in PRECISIONS:
         raise DgamixError(f"--precision {precision} is not supported; use one of {', '.join(PRECISIONS)}.")
+    if precision == "fp16" and not device.startswith("cuda"):
+        raise DgamixError(f"--precision fp16 runs on CUDA only (torch autocast float16); use --device cuda, or "
+                          f"--precision fp32/bf16/int8 on {device}.")
 
 
 def model_path(name: str) -> str:
@@ -120,7 +125,7 @@ def load_encoder(cfg: EmbedConfig):
     For --precision int8 the ONNX Runtime session is attached to it on first use (the export is
     cached on disk, see pipeline/onnx_int8.py); a missing onnxruntime is reported here already.
     """
-    check_precision(cfg.precision)
+    check_precision(cfg.precision, cfg.device)
     if cfg.precision == "int8":
         from pipeline.onnx_int8 import require_onnxruntime
 
@@ -217,7 +222,8 @@ def _torch_runner(model, cfg: EmbedConfig, precision: str):
     kind = dev.split(":")[0]
 
     def run(batch: dict[str, np.ndarray]) -> np.ndarray:
-        ctx = torch.autocast(kind, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+        half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        ctx = torch.autocast(kind, dtype=half) if half is not None else contextlib.nullcontext()
         with torch.inference_mode(), ctx:
             out = model.forward({k: torch.from_numpy(v).to(dev) for k, v in batch.items()})["sentence_embedding"]
         return out.float().cpu().numpy()
@@ -227,13 +233,19 @@ def _torch_runner(model, cfg: EmbedConfig, precision: str):
 
 def _run_features(run, feats: dict[str, np.ndarray], lengths: np.ndarray, left: bool, cfg: EmbedConfig,
                   tick=None, dim: int | None = None) -> np.ndarray:
-    """Embed tokenised documents batch by batch; rows come back in input order, L2-normalised."""
+    """Embed tokenised documents batch by batch; rows come back in input order, L2-normalised.
+    A runner with a ``map(batch, keys)`` method (int8) runs several batches at once."""
     on_cpu = cfg.device.startswith("cpu")
     out = None
-    for idx in buckets(lengths, cfg.batch_size, TOKENS_PER_BATCH if on_cpu else None):
+    order = buckets(lengths, cfg.batch_size, TOKENS_PER_BATCH if on_cpu else None)
+
+    def batch(idx: np.ndarray) -> dict[str, np.ndarray]:
         width = int(lengths[idx[0]])  # longest of the batch (sorted longest first)
         cols = slice(-width, None) if left else slice(0, width)
-        emb = run({k: v[idx, cols] for k, v in feats.items()})
+        return {k: v[idx, cols] for k, v in feats.items()}
+
+    embs = run.map(batch, order) if hasattr(run, "map") else (run(batch(idx)) for idx in order)
+    for idx, emb in zip(order, embs):
         if out is None:
             out = np.empty((len(lengths), emb.shape[1]), np.float32)
         out[idx] = emb
@@ -273,7 +285,7 @@ def _int8(model, cfg: EmbedConfig, sample_texts: list[str]):
         c = _cosines(ref[0], _run_features(enc, feats, lengths, left, cfg))
         return float(c.mean()), float(c.min())
 
-    st["int8"] = load_int8(model, _fingerprint_of(model, cfg), score if sample else None)
+    st["int8"] = load_int8(model, _fingerprint_of(model, cfg), score if sample else None, threads=st.get("threads"))
     return st["int8"]
 
 
@@ -299,7 +311,7 @@ def encode(model, texts: list[str], cfg: EmbedConfig, tick=None) -> np.ndarray:
     """
     from pipeline.onnx_int8 import cores
 
-    check_precision(cfg.precision)
+    check_precision(cfg.precision, cfg.device)
     dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") \
         else model.get_sentence_embedding_dimension()
     if not texts:
@@ -307,7 +319,7 @@ def encode(model, texts: list[str], cfg: EmbedConfig, tick=None) -> np.ndarray:
     precision = resolve_precision(model, cfg, texts).precision if cfg.precision == "auto" else cfg.precision
     run = _runner(model, cfg, precision, texts)
     feats, lengths, left = tokenize(model, texts)
-    with _torch_threads(cores()):
+    with _torch_threads(_state(model).get("threads") or cores()):
         return _run_features(run, feats, lengths, left, cfg, tick, dim)
 
 
@@ -349,6 +361,8 @@ def resolve_precision(model, cfg: EmbedConfig, texts: list[str]) -> PrecisionRep
         rep.skipped["int8"] = "onnxruntime / onnx not installed"
     else:
         cands.append("int8")
+    if cfg.device.startswith("cuda"):
+        cands.append("fp16")
     if bf16_is_fast(cfg.device):
         cands.append("bf16")
     else:
@@ -443,16 +457,64 @@ def _refuse_or_clear(ws: Workspace, path: Path, want: str, what: str, overwrite:
     return False
 
 
+def set_threads(model, threads: int | None) -> None:
+    """Cap the intra-op threads of ``model``'s encoder (torch and int8) at ``threads`` (None: the
+    cores this process may use). A Ray actor sets its share of the node's cores."""
+    _state(model)["threads"] = threads
+
+
+@dataclass
+class ShardEmbedder:
+    """The embed stage's shard work for :func:`pipeline.engine.map_shards`.
+
+    Called once per worker it returns ``work(job, tick)``, which embeds the job's texts with
+    :func:`embed_shard` and writes the part atomically. Locally it reuses the driver's ``model``;
+    a Ray actor loads its own (not pickled) and checks that it has the driver's weights.
+    """
+
+    cfg: EmbedConfig                # with the precision already resolved
+    inputs: str                     # the embeddings fingerprint, recorded in every part
+    params: dict                    # the embeddings params; int8_recipe / model_fingerprint are checked
+    threads: int | None = None      # intra-op threads of a worker (None: all cores it may use)
+    model: object = None            # the driver's encoder (local engine)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "model": None}
+
+    def __call__(self):
+        model = self.model
+        if model is None:
+            model = load_encoder(self.cfg)
+            if model_fingerprint(self.cfg.model) != self.params["model_fingerprint"]:
+                raise DgamixError(f"the model '{self.cfg.model}' on this Ray node has other weights than on the "
+                                  f"driver; install the same model on every node (or pass --model with a path on "
+                                  f"shared storage).")
+            set_threads(model, self.threads)
+
+        def work(job: dict, tick=None) -> dict:
+            table = embed_shard(model, job["texts"], job["doc_ids"], self.cfg, tick)
+            want = self.params.get("int8_recipe")
+            if want and _state(model)["int8"].recipe != want:
+                raise DgamixError(f"the int8 export on this node uses recipe {_state(model)['int8'].recipe}, the run "
+                                  f"uses {want}; copy the driver's int8 cache (pipeline/onnx_int8.py) to every node.")
+            manifest.write(job["part"], table, "embeddings-part", job["params"], self.inputs)
+            return {"rows": table.num_rows, "checksum": manifest.file_checksum(job["part"])}
+
+        return work
+
+
 def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec(),
                  cfg: EmbedConfig = EmbedConfig(), dedup: DedupConfig | None = DedupConfig(),
-                 overwrite: bool = False, quiet: bool = False) -> dict:
+                 overwrite: bool = False, quiet: bool = False, engine: EngineConfig = LOCAL) -> dict:
     """The embed stage. Returns a summary dict (docs, duplicates, empty, shards embedded/skipped, precision).
 
     The precision actually used (auto resolved), its cosine to fp32 on a validation sample of
     the corpus and the model fingerprint are recorded in the embeddings manifests' params; a
-    rerun (resume) reuses the recorded choice instead of measuring again.
+    rerun (resume) reuses the recorded choice instead of measuring again. The shards still to
+    do run on ``engine`` (see :mod:`pipeline.engine`); the files do not depend on it.
     """
-    check_precision(cfg.precision)
+    check_precision(cfg.precision, cfg.device)
+    engine.check()
     if cfg.shard_size < 1 or cfg.batch_size < 1 or cfg.max_seq_length < 1:
         raise DgamixError("--shard-size, --batch-size and --max-seq-length must be positive integers.")
     with lock(ws, "embed"):
@@ -492,30 +554,37 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
         _refuse_or_clear(ws, ws.embeddings, emb_fp, "embeddings", overwrite)
 
         shards = [kept[i:i + cfg.shard_size] for i in range(0, len(kept), cfg.shard_size)]
-        rows, done, skipped = [], 0, 0
+        rows, jobs, skipped = [], [], 0
         with progress_bar("embed", len(kept), quiet, unit="docs") as tick:
             for s, ids in enumerate(shards):
                 part = ws.embedding_part(s)
                 shard_params = {"shard": s, "first_doc_id": int(ids[0]), "last_doc_id": int(ids[-1]), "rows": len(ids)}
+                rows.append({**shard_params, "path": str(part.relative_to(ws.root))})
                 if part.exists() and _part_is_complete(part, emb_fp, shard_params, overwrite):
                     skipped += 1
                     tick(len(ids))
-                else:
-                    table = embed_shard(model, [texts[i] for i in ids], ids, run_cfg, tick)
-                    manifest.write(part, table, "embeddings-part", {**emb_params, **shard_params}, emb_fp)
-                    done += 1
-                rows.append({**shard_params, "path": str(part.relative_to(ws.root)),
-                             "checksum": manifest.file_checksum(part)})
+                else:  # absolute paths: a Ray actor may run in another folder (or on another node)
+                    jobs.append({"part": str(part.absolute()), "texts": [texts[i] for i in ids], "doc_ids": ids,
+                                 "params": {**emb_params, **shard_params}})
+            work = ShardEmbedder(run_cfg, emb_fp, emb_params, threads_per_worker(engine) if engine.is_ray else None,
+                                 None if engine.is_ray else model)
+            with session(engine):
+                for k, res in enumerate(map_shards(work, jobs, engine, tick, weight=lambda job: len(job["doc_ids"]))):
+                    rows[jobs[k]["params"]["shard"]]["checksum"] = res["checksum"]  # read by the worker, not here
+        done = len(jobs)
+        for row in rows:
+            if "checksum" not in row:  # a part kept from an earlier run
+                row["checksum"] = manifest.file_checksum(ws.root / row["path"])
         for stale in sorted(ws.embeddings_dir.glob("part-*.parquet"))[len(shards):]:
             stale.unlink()  # left by an earlier, larger corpus under --overwrite
-        extra = {"n_docs": int(len(kept))}
+        extra = {"n_docs": int(len(kept)), "built_from": {"docs": docs_fp}}
         if rep.docs_per_s or rep.skipped:
             extra["precision_choice"] = {"docs_per_s": rep.docs_per_s, "cosine": rep.cosines, "skipped": rep.skipped}
         manifest.write(ws.embeddings, pa.Table.from_pylist(rows), "embeddings", emb_params, emb_fp, extra=extra)
         n_dup = int(docs.num_rows - len(kept))
         return {"workspace": str(ws.root), "docs": docs.num_rows, "embedded": int(len(kept)), "duplicates": n_dup,
                 "skipped_empty": int(manifest.read_meta(ws.docs).get("skipped_empty", 0)),
-                "shards": len(shards), "shards_embedded": done, "shards_skipped": skipped,
+                "shards": len(shards), "shards_embedded": done, "shards_skipped": skipped, "engine": engine.name,
                 "precision": rep.precision, "precision_cosine_mean": round(rep.cosine_mean, 4)}
 
 
@@ -544,7 +613,7 @@ def _recorded_precision(ws: Workspace, cfg: EmbedConfig, model_fp: str) -> Preci
             continue
         same = (p.get("precision_requested") == cfg.precision and p.get("model_fingerprint") == model_fp
                 and p.get("max_seq_length") == cfg.max_seq_length and p.get("batch_size") == cfg.batch_size)
-        if same and p.get("precision") in PRECISIONS[:3] and "precision_cosine_mean" in p:
+        if same and p.get("precision") in CONCRETE and "precision_cosine_mean" in p:
             return PrecisionReport(cfg.precision, p["precision"], p["precision_cosine_mean"], p["precision_cosine_min"],
                                    p.get("precision_sample", 0), p.get("int8_recipe"))
     return None

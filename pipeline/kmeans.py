@@ -413,16 +413,22 @@ def _label_pass(source: VectorSource, tree: Tree, labels: np.ndarray, level: int
             tick(b - a)
 
 
-def fit_tree(source: VectorSource, cfg: FitConfig, quiet: bool = True) -> tuple[Tree, list[dict]]:
+def fit_tree(source: VectorSource, cfg: FitConfig, quiet: bool = True, engine=None) -> tuple[Tree, list[dict]]:
     """Fit the tree top-down over ``source``. Returns (tree with sizes of levels < L, per-level stats).
 
-    Sizes of the last level are left None (the assignment pass counts them).
+    Sizes of the last level are left None (the assignment pass counts them). ``engine``
+    (:class:`pipeline.engine.EngineConfig`, default local): with Ray, the nodes of each level
+    below the first are fitted as Ray tasks (same samples, same seeds: the same tree).
     """
+    from pipeline.engine import LOCAL
+
     with numpy_blas_single_thread():
-        return _fit_tree(source, cfg, quiet)
+        return _fit_tree(source, cfg, quiet, engine or LOCAL)
 
 
-def _fit_tree(source: VectorSource, cfg: FitConfig, quiet: bool) -> tuple[Tree, list[dict]]:
+def _fit_tree(source: VectorSource, cfg: FitConfig, quiet: bool, engine) -> tuple[Tree, list[dict]]:
+    from pipeline.engine import LOCAL, map_tasks
+
     levels = tuple(int(b) for b in cfg.levels)
     n, d = source.n, source.dim
     mppc = int(cfg.max_points_per_centroid)
@@ -456,16 +462,18 @@ def _fit_tree(source: VectorSource, cfg: FitConfig, quiet: bool) -> tuple[Tree, 
             for g0, g1 in groups:
                 gpos = pos[bounds[g0]:bounds[g1]]
                 xs = gather(source, gpos, read_all=(level == 1))
+                calls = ((xs[bounds[i] - bounds[g0]:bounds[i + 1] - bounds[g0]], min(b, int(counts[i])),
+                          node_seed(cfg.seed, level, int(parents[i])), cfg.niter, mppc, cfg.init)
+                         for i in range(g0, g1) if counts[i] > 0)
+                fits = map_tasks(fit_node, calls, engine if level > 1 else LOCAL)  # independent nodes
                 for i in range(g0, g1):
                     p = int(parents[i])
-                    a, c = bounds[i] - bounds[g0], bounds[i + 1] - bounds[g0]
                     if counts[i] == 0:  # no document reached this node: it stays a single child
                         cent = parent_cent[i:i + 1].copy()
                         st = {"n": 0, "k": 1, "centroids": 1, "objective": 0.0, "similarity": 0.0,
                               "imbalance": 1.0, "splits": 0, "dropped": 0}
                     else:
-                        cent, st = fit_node(xs[a:c], min(b, int(counts[i])), node_seed(cfg.seed, level, p),
-                                            cfg.niter, mppc, cfg.init)
+                        cent, st = next(fits)
                     doms.append(p * b + np.arange(len(cent), dtype=np.int64) if level > 1
                                 else np.arange(len(cent), dtype=np.int64))
                     pars.append(np.full(len(cent), p if level > 1 else -1, np.int64))

@@ -9,6 +9,7 @@ turns every low-level failure into a :class:`DgamixError` that names the file an
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -42,9 +43,36 @@ def file_checksum(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def atomic_path(path: str | Path) -> Path:
-    """A temporary sibling of ``path``: same folder (so rename is atomic), hidden, unique."""
+    """A temporary sibling of ``path``: same folder (so rename is atomic), hidden, unique, and
+    named after the writing process (``.NAME.PID.RANDOM.tmp``) so orphans can be recognised."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def sweep_orphans(path: str | Path) -> int:
+    """Delete temporaries of ``path`` left by a killed writer (its process is gone); returns how many.
+
+    A SIGKILL between "write the temporary" and "rename it" leaves ``.NAME.PID.RANDOM.tmp``
+    behind; the next write of NAME removes it. Temporaries of a live process are left alone.
+    """
+    path = Path(path)
+    n = 0
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp") if path.parent.is_dir() else []:
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def _meta_bytes(kind: str, params: dict | None, inputs: str | None, extra: dict | None) -> bytes:
@@ -86,10 +114,11 @@ def writer(path: str | Path, schema: pa.Schema, kind: str, params: dict | None =
     block completes, so an interrupted stream leaves no file that looks complete.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     schema = schema.with_metadata({**(schema.metadata or {}), META_KEY: _meta_bytes(kind, params, inputs, extra)})
     tmp = atomic_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sweep_orphans(path)
         with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
             yield w
         _commit(tmp, path)
@@ -119,8 +148,49 @@ def _check(meta: dict, path: Path, kind: str | None) -> dict:
     return meta
 
 
+_TYPES = {"int": (pa.types.is_integer, "integers"), "float": (pa.types.is_floating, "floats"),
+          "str": (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), "text"),
+          "vector": (pa.types.is_fixed_size_list, "fixed-size float vectors")}
+
+# The columns each kind of manifest must have, with their types. read_meta (so also read)
+# checks them from the footer alone, before any stage starts work on a file.
+COLUMNS: dict[str, dict[str, str]] = {
+    "docs": {"doc_id": "int", "id": "str", "source": "str", "row": "int", "n_tokens": "int", "dup_of": "int"},
+    "embeddings": {"shard": "int", "first_doc_id": "int", "last_doc_id": "int", "rows": "int", "path": "str"},
+    "embeddings-part": {"doc_id": "int", "embedding": "vector"},
+    "tree": {"level": "int", "domain": "int", "parent": "int", "size": "int", "centroid": "vector"},
+    "assignments-part": {"doc_id": "int", "level_1": "int"},
+    "domains": {"level": "int", "domain": "int", "n_docs": "int"},
+    "target": {"example_id": "int", "split": "str", "text": "str", "embedding": "vector"},
+    "target-assignments": {"example_id": "int", "split": "str", "level_1": "int"},
+    "basis": {"basis": "int", "name": "str", "domain": "int", "weight": "float"},
+    "run-metrics": {"step": "int", "split": "str", "loss": "float"},
+    "run-weights": {"step": "int", "weight": "float"},
+    "schedule": {"step": "int", "position": "int", "doc_id": "int", "domain": "int"},
+}
+
+
+def _check_columns(schema: pa.Schema, path: Path, kind: str) -> None:
+    want = dict(COLUMNS.get(kind, {}))
+    want.update({n: "int" for n in schema.names if n.startswith("level_") and kind in ("assignments-part",
+                                                                                       "target-assignments")})
+    for col, typ in want.items():
+        if col not in schema.names:
+            raise DgamixError(f"{path} lacks column '{col}' (has {schema.names}), so it is not a complete "
+                              f"'{kind}' manifest; rebuild it with the dgamix stage that writes it (--overwrite).")
+        ok, what = _TYPES[typ]
+        if not ok(schema.field(col).type):
+            raise DgamixError(f"{path}: column '{col}' is {schema.field(col).type}, expected {what}; the file was "
+                              f"not written by this dgamix: rebuild it with the stage that writes it (--overwrite).")
+
+
 def read_meta(path: str | Path, kind: str | None = None) -> dict:
-    """The dgamix metadata of a manifest, reading only the footer."""
+    """The dgamix metadata of a manifest, reading only the footer.
+
+    Checks, before any work is done on the file: that it is Parquet, carries dgamix metadata of
+    this schema version and of ``kind``, and (for a known kind) has the columns and types
+    :data:`COLUMNS` lists.
+    """
     path = Path(path)
     if not path.exists():
         raise DgamixError(f"{path} does not exist; run the stage that writes it first.")
@@ -129,7 +199,10 @@ def read_meta(path: str | Path, kind: str | None = None) -> dict:
     except (pa.ArrowException, OSError) as e:
         raise DgamixError(f"{path} is corrupt or not Parquet ({e}); delete it and rerun the stage "
                           f"that writes it.") from e
-    return _check(_meta_of(schema, path), path, kind)
+    meta = _check(_meta_of(schema, path), path, kind)
+    if kind is not None:
+        _check_columns(schema, path, kind)
+    return meta
 
 
 def read(path: str | Path, kind: str | None = None, columns: list[str] | None = None) -> tuple[pa.Table, dict]:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
-from pipeline import manifest
+from pipeline import manifest, validate
 from pipeline.corpus import CorpusSpec, load_corpus
 from pipeline.embed import EmbedConfig, count_tokens, embed_shard, load_encoder, model_fingerprint
 from pipeline.errors import DgamixError
@@ -85,18 +85,17 @@ def build_target(ws: Workspace, path: str, name: str, cfg: TargetConfig = Target
                           "split": pa.array(holdout_split(n, cfg.holdout, cfg.seed).tolist(), pa.string()),
                           "n_tokens": pa.array(count_tokens(model, texts), pa.int64()),
                           "text": pa.array(texts, pa.large_string()), "embedding": emb["embedding"]})
-        manifest.write(out, table, "target", params, fp, extra={"skipped_empty": stats["skipped_empty"]})
+        built = {"encoder": validate.encoder_fingerprint(manifest.read_meta(ws.embeddings, "embeddings")["params"])}
+        manifest.write(out, table, "target", params, fp, extra={"skipped_empty": stats["skipped_empty"],
+                                                                 "built_from": built})
     return summarise(ws, name)
 
 
 def load_target(ws: Workspace, name: str) -> tuple[pa.Table, dict]:
-    """(examples table, metadata) of target ``name``; a clear error naming `dgamix target` when absent."""
-    path = ws.target_dir(name) / "examples.parquet"
-    if not path.exists():
-        have = sorted(p.name for p in (ws.root / "targets").glob("*")) if (ws.root / "targets").exists() else []
-        raise DgamixError(f"no target '{name}' in {ws.root} (have: {have or 'none'}); run "
-                          f"`dgamix target FILE --workspace {ws.root} --name {name}` first.")
-    return manifest.read(path, "target")
+    """(examples table, metadata) of target ``name``; a clear error naming `dgamix target` when
+    absent or embedded with other settings than the corpus is now (pipeline.validate)."""
+    validate.target(ws, name)
+    return manifest.read(validate.target_path(ws, name), "target")
 
 
 def summarise(ws: Workspace, name: str) -> dict:
@@ -112,12 +111,8 @@ def load_tree(ws: Workspace, clusters: str):
     """(Tree, tree metadata) of clustering ``clusters``; a clear error listing what exists."""
     from pipeline.kmeans import Tree
 
-    path = ws.tree(clusters)
-    if not path.exists():
-        have = ws.clusterings()
-        raise DgamixError(f"no clustering '{clusters}' in {ws.root} (have: {have or 'none'}); run "
-                          f"`dgamix cluster --workspace {ws.root} --levels ...` first.")
-    table, meta = manifest.read(path, "tree")
+    validate.clustering(ws, clusters)  # exists, complete, built from the current embeddings
+    table, meta = manifest.read(ws.tree(clusters), "tree")
     return Tree.from_table(table, tuple(meta["params"]["levels"])), meta
 
 

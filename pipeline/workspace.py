@@ -86,9 +86,13 @@ def lock(ws: Workspace, stage: str):
     A second dgamix process writing the same stage fails at once with a clear message instead
     of interleaving shards. The lock is an flock, so a killed process releases it.
     """
-    ws.root.mkdir(parents=True, exist_ok=True)
     path = ws.root / f".lock-{stage}"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        ws.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise DgamixError(f"cannot write to the workspace {ws.root} (creating {path}: {e.strerror or e}); check "
+                          f"write permission and free disk space there. Nothing was changed.") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

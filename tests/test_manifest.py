@@ -63,3 +63,18 @@ def test_failed_write_leaves_previous_file_and_no_temp(tmp_path, monkeypatch):
 def test_fingerprint_is_stable_and_sensitive():
     assert manifest.fingerprint({"a": 1, "b": 2}) == manifest.fingerprint({"b": 2, "a": 1})
     assert manifest.fingerprint({"a": 1}) != manifest.fingerprint({"a": 2})
+
+
+def test_temporaries_of_a_killed_writer_are_swept_by_the_next_write(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f".m.parquet.{int(dead.stdout)}.0badc0de.tmp"  # left by a SIGKILLed writer
+    live = tmp_path / f".m.parquet.{os.getppid()}.0badc0de.tmp"       # a writer that is still running
+    other = tmp_path / f".n.parquet.{int(dead.stdout)}.0badc0de.tmp"  # another file's temporary
+    for f in (orphan, live, other):
+        f.write_bytes(b"PAR1 half")
+    manifest.write(tmp_path / "m.parquet", pa.table({"a": [1]}), "thing")
+    assert not orphan.exists() and live.exists() and other.exists()
+    assert manifest.read(tmp_path / "m.parquet", "thing")[0].num_rows == 1
