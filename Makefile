@@ -28,21 +28,24 @@ test: venv
 # Every stage on the embedded default data: the Wikipedia corpus, GSM8K as the target.
 # Each line is what a user would type; the report path is printed at the end.
 DG      := $(BIN)/dgamix
-TRAIN   = train --workspace $(WS) --clusters k16-16 --level 2 --target gsm8k --steps $(DEMO_STEPS) --seed 0 --overwrite --quiet
+TRAIN   = train --workspace $(WS) --clusters k16-16 --level 2 --target gsm8k --steps $(DEMO_STEPS) --seed 0 --threads 1 --overwrite --quiet
 DEMO_STEPS ?= 300
 demo: venv
 	@start=$$(date +%s); \
 	step() { t=$$(date +%s); echo; echo "== dgamix $$*"; "$(DG)" "$$@" || exit 1; echo "   ($$(( $$(date +%s) - t )) s)"; }; \
+	pair() { t=$$(date +%s); mkdir -p $(WS)/demo-logs; echo; echo "== dgamix $$1"; echo "== dgamix $$2"; \
+	  echo "   (both at once, one CPU thread each: two small runs use two cores better than one run does)"; \
+	  "$(DG)" $$1 > $(WS)/demo-logs/a.log 2>&1 & a=$$!; "$(DG)" $$2 > $(WS)/demo-logs/b.log 2>&1 & b=$$!; \
+	  wait $$a; ra=$$?; wait $$b; rb=$$?; cat $(WS)/demo-logs/a.log $(WS)/demo-logs/b.log; \
+	  [ $$ra -eq 0 ] && [ $$rb -eq 0 ] || exit 1; echo "   ($$(( $$(date +%s) - t )) s)"; }; \
 	step embed data/wiki_vital_en.parquet --workspace $(WS) --keep-columns topic --max-seq-length 128 --precision int8 && \
 	step cluster --workspace $(WS) --levels 16,16 && \
 	step cluster --workspace $(WS) --levels 8,8 && \
 	step target data/targets/gsm8k.parquet --workspace $(WS) --name gsm8k && \
 	step basis --workspace $(WS) --clusters k16-16 --level 2 --target gsm8k --by single --name is --overwrite && \
 	step basis --workspace $(WS) --clusters k16-16 --level 2 --target gsm8k --by kmeans:8 --generic natural --name b9 --overwrite && \
-	step $(TRAIN) --mixer uniform --name uniform && \
-	step $(TRAIN) --mixer is --basis is --name is && \
-	step $(TRAIN) --mixer dga --basis b9 --name dga && \
-	step $(TRAIN) --mixer dga-noema --basis b9 --name dga-noema && \
+	pair "$(TRAIN) --mixer uniform --name uniform" "$(TRAIN) --mixer is --basis is --name is" && \
+	pair "$(TRAIN) --mixer dga --basis b9 --name dga" "$(TRAIN) --mixer dga-noema --basis b9 --name dga-noema" && \
 	step schedule --workspace $(WS) --clusters k16-16 --level 2 --run dga --steps $(DEMO_STEPS) --batch-size 16 --name dga --overwrite && \
 	step report --workspace $(WS) && \
 	echo; echo "demo finished in $$(( $$(date +%s) - start )) s" && \

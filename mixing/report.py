@@ -92,10 +92,17 @@ def losses_plot(runs: dict[str, pl.DataFrame], out: Path) -> Path:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, split, title in zip(axes, ("target", "general"), ("specialised loss (target holdout)", "general loss (corpus holdout)")):
+        late = []  # losses after the first tenth of training: the runs differ there, not at step 0
         for run, m in runs.items():
             s = m.filter(pl.col("split") == split).sort("step")
             if s.height:
                 ax.plot(s["step"], s["loss"], marker=".", label=run)
+                late += s.filter(pl.col("step") >= 0.1 * s["step"].max())["loss"].to_list()
+        if len(late) > 1:  # zoom on the end of training; the initial plunge is cut off
+            lo, hi = min(late), max(late)
+            pad = 0.05 * (hi - lo) + 1e-3
+            ax.set_ylim(lo - pad, hi + pad)
+            title += " (y zoomed after 10% of steps)"
         ax.set_title(title)
         ax.set_xlabel("training step")
         ax.set_ylabel("cross-entropy (nats/token)")
