@@ -15,25 +15,32 @@ from pipeline.errors import DgamixError
 from pipeline.workspace import Workspace
 
 
-def clustering_levels(ws: Workspace, clusters: str) -> int:
-    """Number of levels of clustering ``clusters``; a clear error when it does not exist, is
-    incomplete or was built from other embeddings than the workspace's (pipeline.validate)."""
-    levels = validate.clustering(ws, clusters)["params"].get("levels")
+def _n_levels(ws: Workspace, clusters: str, meta: dict) -> int:
+    levels = meta["params"].get("levels")
     if not levels:
         raise DgamixError(f"{ws.tree(clusters)} records no levels; rebuild it with `dgamix cluster --overwrite`.")
     return len(levels)
 
 
-def check_level(ws: Workspace, clusters: str, level: int) -> None:
-    n = clustering_levels(ws, clusters)
+def clustering_levels(ws: Workspace, clusters: str) -> int:
+    """Number of levels of clustering ``clusters``; a clear error when it does not exist, is
+    incomplete or was built from other embeddings than the workspace's (pipeline.validate)."""
+    return _n_levels(ws, clusters, validate.clustering(ws, clusters))
+
+
+def check_level(ws: Workspace, clusters: str, level: int, assignments: bool = False) -> dict:
+    """Validates clustering ``clusters`` (with its assignment parts when ``assignments``) and that
+    ``level`` is one of its levels; returns the tree's metadata."""
+    meta = validate.clustering(ws, clusters, assignments=assignments)
+    n = _n_levels(ws, clusters, meta)
     if not 1 <= level <= n:
         raise DgamixError(f"--level {level} is out of range: clustering '{clusters}' has levels 1..{n}.")
+    return meta
 
 
 def load_index(ws: Workspace, clusters: str, level: int, exclude: np.ndarray | None = None) -> DomainIndex:
     """domain -> doc ids at ``level`` (token counts from docs.parquet), minus ``exclude`` doc ids."""
-    check_level(ws, clusters, level)
-    tmeta = validate.clustering(ws, clusters, assignments=True)
+    tmeta = check_level(ws, clusters, level, assignments=True)  # one validation of the tree and its parts
     import polars as pl
 
     try:
