@@ -23,12 +23,13 @@ def embed(
     max_seq_length: int = typer.Option(256, min=1, help="Word pieces per document seen by the encoder; longer documents are truncated."),
     batch_size: int = typer.Option(64, min=1, help="Documents per forward pass."),
     shard_size: int = typer.Option(10_000, min=1, help="Documents per embeddings part file (the unit of resume)."),
-    precision: str = typer.Option("fp32", help="Encoder arithmetic: fp32 (torch); bf16 (torch autocast; fast only on GPUs and CPUs "
+    precision: str = typer.Option("auto", help="Encoder arithmetic: fp32 (torch); bf16 (torch autocast; fast only on GPUs and CPUs "
                                   "with bf16 units); int8 (ONNX Runtime, dynamic per-channel quantisation, CPU; needs "
                                   "`pip install onnxruntime onnx`, exported once and cached); fp16 (torch autocast "
                                   "float16, --device cuda only); auto (the fastest that keeps "
-                                  "mean cosine >= 0.99 to fp32 on a sample of the corpus). The choice and its cosine are "
-                                  "recorded in embeddings.parquet."),
+                                  "mean cosine >= 0.99 to fp32 on a sample of the corpus, measured once per workspace; "
+                                  "fp32 for corpora under 2,000 documents). The choice and its cosine are "
+                                  "recorded in embeddings.parquet; pass fp32 for byte-identical reruns on other machines."),
     dtype: str = typer.Option("float32", help="Storage dtype of the vectors: float32 or float16."),
     device: str = typer.Option("cpu", help="Torch device for the encoder: cpu or cuda (with --precision fp16: "
                                "autocast float16, the fast choice on GPUs)."),

@@ -44,6 +44,8 @@ VALIDATION_DOCS = 64        # documents in the validation sample (spread evenly 
 TOKENS_PER_BATCH = 1024     # CPU: padded tokens per forward pass (activations stay in cache); measured
                             # best between 512 and 2048 for MiniLM on 2 cores, 16k is ~1.6x slower
 AUTO_MARGIN = 1.1           # auto leaves fp32 only for a precision at least this much faster
+AUTO_MIN_DOCS = 2000        # embed stage: below this, auto keeps fp32 without measuring (the one-off
+                            # int8 export, 7-40 s, and the ~6 s measurement cost more than int8 saves)
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,12 @@ class PrecisionReport:
         """The deterministic part, for manifest params."""
         return {"precision_requested": self.requested, "precision_cosine_mean": round(self.cosine_mean, 5),
                 "precision_cosine_min": round(self.cosine_min, 5), "precision_sample": self.sample}
+
+    def choice(self) -> dict | None:
+        """auto: what the choice was made from (measured docs/s, cosines, why others were skipped)."""
+        if not (self.docs_per_s or self.skipped):
+            return None
+        return {"docs_per_s": self.docs_per_s, "cosine": self.cosines, "skipped": self.skipped}
 
 
 def check_precision(precision: str, device: str = "cpu") -> None:
@@ -234,10 +242,11 @@ def _torch_runner(model, cfg: EmbedConfig, precision: str):
 def _run_features(run, feats: dict[str, np.ndarray], lengths: np.ndarray, left: bool, cfg: EmbedConfig,
                   tick=None, dim: int | None = None) -> np.ndarray:
     """Embed tokenised documents batch by batch; rows come back in input order, L2-normalised.
-    A runner with a ``map(batch, keys)`` method (int8) runs several batches at once."""
+    A runner with a ``map(batch, keys)`` method (int8) runs several batches at once; one with a
+    ``tokens_per_batch`` attribute sets its own CPU token budget."""
     on_cpu = cfg.device.startswith("cpu")
     out = None
-    order = buckets(lengths, cfg.batch_size, TOKENS_PER_BATCH if on_cpu else None)
+    order = buckets(lengths, cfg.batch_size, getattr(run, "tokens_per_batch", TOKENS_PER_BATCH) if on_cpu else None)
 
     def batch(idx: np.ndarray) -> dict[str, np.ndarray]:
         width = int(lengths[idx[0]])  # longest of the batch (sorted longest first)
@@ -338,6 +347,14 @@ def measure_precision(model, cfg: EmbedConfig, texts: list[str], precision: str)
     if precision == "int8":
         rep.recipe = _int8(model, cfg, sample).recipe
     return rep
+
+
+def _auto_small_corpus(cfg: EmbedConfig, n_docs: int) -> PrecisionReport | None:
+    """``auto`` on fewer than AUTO_MIN_DOCS documents: fp32, not measured (None otherwise)."""
+    if cfg.precision != "auto" or n_docs >= AUTO_MIN_DOCS:
+        return None
+    return PrecisionReport("auto", "fp32", skipped={"all": f"{n_docs} documents < {AUTO_MIN_DOCS}: fp32 without "
+                                                           f"measuring (a faster precision would not repay its set-up)"})
 
 
 def resolve_precision(model, cfg: EmbedConfig, texts: list[str]) -> PrecisionReport:
@@ -538,7 +555,7 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
                            extra={"skipped_empty": stats["skipped_empty"], "text_column": spec.text_column})
 
         kept = np.asarray(docs["doc_id"])[np.asarray(docs["dup_of"].is_null())]
-        rep = _recorded_precision(ws, cfg, model_fp)
+        rep = _auto_small_corpus(cfg, len(kept)) or _recorded_precision(ws, cfg, model_fp)
         if rep is None:
             sample = [texts[i] for i in _spread(kept.tolist(), VALIDATION_DOCS)]
             rep = measure_precision(model, cfg, sample, cfg.precision)
@@ -551,6 +568,8 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
         emb_params.pop("device")  # the device does not change the vectors beyond float tolerance
         emb_fp = manifest.fingerprint(docs_fp, emb_params)  # of what makes the vectors, not of measurements
         emb_params.update(rep.params())
+        if rep.choice():  # in every part too, so a resumed run records the same choice (not fingerprinted)
+            emb_params["precision_choice"] = rep.choice()
         _refuse_or_clear(ws, ws.embeddings, emb_fp, "embeddings", overwrite)
 
         shards = [kept[i:i + cfg.shard_size] for i in range(0, len(kept), cfg.shard_size)]
@@ -578,8 +597,6 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
         for stale in sorted(ws.embeddings_dir.glob("part-*.parquet"))[len(shards):]:
             stale.unlink()  # left by an earlier, larger corpus under --overwrite
         extra = {"n_docs": int(len(kept)), "built_from": {"docs": docs_fp}}
-        if rep.docs_per_s or rep.skipped:
-            extra["precision_choice"] = {"docs_per_s": rep.docs_per_s, "cosine": rep.cosines, "skipped": rep.skipped}
         manifest.write(ws.embeddings, pa.Table.from_pylist(rows), "embeddings", emb_params, emb_fp, extra=extra)
         n_dup = int(docs.num_rows - len(kept))
         return {"workspace": str(ws.root), "docs": docs.num_rows, "embedded": int(len(kept)), "duplicates": n_dup,
@@ -614,6 +631,8 @@ def _recorded_precision(ws: Workspace, cfg: EmbedConfig, model_fp: str) -> Preci
         same = (p.get("precision_requested") == cfg.precision and p.get("model_fingerprint") == model_fp
                 and p.get("max_seq_length") == cfg.max_seq_length and p.get("batch_size") == cfg.batch_size)
         if same and p.get("precision") in CONCRETE and "precision_cosine_mean" in p:
+            choice = p.get("precision_choice") or {}
             return PrecisionReport(cfg.precision, p["precision"], p["precision_cosine_mean"], p["precision_cosine_min"],
-                                   p.get("precision_sample", 0), p.get("int8_recipe"))
+                                   p.get("precision_sample", 0), p.get("int8_recipe"), choice.get("docs_per_s", {}),
+                                   choice.get("cosine", {}), choice.get("skipped", {}))
     return None
