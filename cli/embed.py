@@ -28,7 +28,7 @@ def embed(
                                   "`pip install onnxruntime onnx`, exported once and cached); fp16 (torch autocast "
                                   "float16, --device cuda only); auto (the fastest that keeps "
                                   "mean cosine >= 0.99 to fp32 on a sample of the corpus, measured once per workspace; "
-                                  "fp32 for corpora under 2,000 documents). The choice and its cosine are "
+                                  "fp32 for corpora under 2,000 documents after de-duplication). The choice and its cosine are "
                                   "recorded in embeddings.parquet; pass fp32 for byte-identical reruns on other machines."),
     dtype: str = typer.Option("float32", help="Storage dtype of the vectors: float32 or float16."),
     device: str = typer.Option("cpu", help="Torch device for the encoder: cpu or cuda (with --precision fp16: "

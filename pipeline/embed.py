@@ -271,7 +271,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
 
 
-def _int8(model, cfg: EmbedConfig, sample_texts: list[str]):
+def int8_encoder(model, cfg: EmbedConfig, sample_texts: list[str]):
     """The int8 ONNX Runtime encoder of ``model`` (exported on first use, then from the disk cache).
 
     At export, the quantisation recipe is picked by cosine to fp32 on ``sample_texts``."""
@@ -300,7 +300,7 @@ def _int8(model, cfg: EmbedConfig, sample_texts: list[str]):
 
 def _runner(model, cfg: EmbedConfig, precision: str, texts: list[str]):
     if precision == "int8":
-        return _int8(model, cfg, texts)
+        return int8_encoder(model, cfg, texts)
     return _torch_runner(model, cfg, precision)
 
 
@@ -345,7 +345,7 @@ def measure_precision(model, cfg: EmbedConfig, texts: list[str], precision: str)
         c = _cosines(ref, encode(model, sample, replace(cfg, precision=precision)))
         rep.cosine_mean, rep.cosine_min = float(c.mean()), float(c.min())
     if precision == "int8":
-        rep.recipe = _int8(model, cfg, sample).recipe
+        rep.recipe = int8_encoder(model, cfg, sample).recipe
     return rep
 
 
@@ -390,16 +390,18 @@ def resolve_precision(model, cfg: EmbedConfig, texts: list[str]) -> PrecisionRep
         for p in cands:
             try:
                 run = _runner(model, cfg, p, sample)  # int8: export / cache load happens here, untimed
-            except DgamixError as e:
-                rep.skipped[p] = str(e)
+                warm = np.argsort(lengths)[: min(8, len(lengths))]
+                _run_features(run, {k: v[warm] for k, v in feats.items()}, lengths[warm], left, cfg)
+                best, emb = float("inf"), None
+                for _ in range(2):  # best of two: other processes share these cores
+                    t = time.perf_counter()
+                    emb = _run_features(run, feats, lengths, left, cfg)
+                    best = min(best, time.perf_counter() - t)
+            except Exception as e:  # noqa: BLE001 - a candidate that fails is left out; fp32 must work
+                if p == "fp32":
+                    raise
+                rep.skipped[p] = str(e) if isinstance(e, DgamixError) else f"{type(e).__name__}: {str(e)[:200]}"
                 continue
-            warm = np.argsort(lengths)[: min(8, len(lengths))]
-            _run_features(run, {k: v[warm] for k, v in feats.items()}, lengths[warm], left, cfg)
-            best, emb = float("inf"), None
-            for _ in range(2):  # best of two: other processes share these cores
-                t = time.perf_counter()
-                emb = _run_features(run, feats, lengths, left, cfg)
-                best = min(best, time.perf_counter() - t)
             if ref is None:
                 ref = emb
             c = _cosines(ref, emb)
@@ -555,10 +557,17 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
                            extra={"skipped_empty": stats["skipped_empty"], "text_column": spec.text_column})
 
         kept = np.asarray(docs["doc_id"])[np.asarray(docs["dup_of"].is_null())]
-        rep = _auto_small_corpus(cfg, len(kept)) or _recorded_precision(ws, cfg, model_fp)
+        sample = [texts[i] for i in _spread(kept.tolist(), VALIDATION_DOCS)]
+        rep = _recorded_precision(ws, cfg, model_fp) or _auto_small_corpus(cfg, len(kept))
         if rep is None:
-            sample = [texts[i] for i in _spread(kept.tolist(), VALIDATION_DOCS)]
             rep = measure_precision(model, cfg, sample, cfg.precision)
+        elif rep.precision == "int8":  # recorded: is this dgamix's int8 export the one that made the parts?
+            now = int8_encoder(model, cfg, sample).recipe
+            if rep.recipe != now and not overwrite:
+                raise DgamixError(f"{ws.embeddings_dir} was embedded with int8 export {rep.recipe}, this dgamix "
+                                  f"exports {now} (other vectors): pass --overwrite to re-embed, or use another "
+                                  f"--workspace.")
+            rep.recipe = now
         run_cfg = replace(cfg, precision=rep.precision)
         emb_params = {**asdict(run_cfg), "model_fingerprint": model_fp,
                       "dim": model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension")
@@ -618,18 +627,22 @@ def _part_is_complete(part: Path, emb_fp: str, shard_params: dict, overwrite: bo
 
 
 def _recorded_precision(ws: Workspace, cfg: EmbedConfig, model_fp: str) -> PrecisionReport | None:
-    """The precision choice recorded by an earlier run on this workspace with the same request,
-    model and sequence length (embeddings.parquet, else the first part), so a rerun does not
-    measure again and a resumed ``auto`` run cannot choose differently half-way."""
-    for path in (ws.embeddings, ws.embedding_part(0)):
+    """The precision choice recorded by an earlier run on this workspace with the same request
+    (any, for auto), model and sequence length (embeddings.parquet, else any finished part: Ray
+    finishes parts out of order), so a rerun does not measure again and a resumed ``auto`` run
+    cannot choose differently half-way."""
+    for path in (ws.embeddings, *sorted(ws.embeddings_dir.glob("part-*.parquet"))):
         if not path.exists():
             continue
         try:
             p = manifest.read_meta(path)["params"]
         except (DgamixError, KeyError):
             continue
-        same = (p.get("precision_requested") == cfg.precision and p.get("model_fingerprint") == model_fp
-                and p.get("max_seq_length") == cfg.max_seq_length and p.get("batch_size") == cfg.batch_size)
+        # auto keeps whatever precision the workspace was embedded at, so a rerun or resume of a
+        # workspace made with an explicit precision (or the older fp32 default) does not switch
+        same = (p.get("precision_requested") == cfg.precision or cfg.precision == "auto") and (
+            p.get("model_fingerprint") == model_fp and p.get("max_seq_length") == cfg.max_seq_length
+            and p.get("batch_size") == cfg.batch_size)
         if same and p.get("precision") in CONCRETE and "precision_cosine_mean" in p:
             choice = p.get("precision_choice") or {}
             return PrecisionReport(cfg.precision, p["precision"], p["precision_cosine_mean"], p["precision_cosine_min"],

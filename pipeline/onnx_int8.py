@@ -173,7 +173,9 @@ def _encoder(path: Path, recipe: str, threads: int, exported: bool, meta: dict) 
 
 def _open(folder: Path, threads: int, exported: bool) -> Int8Encoder:
     meta = json.loads((folder / "meta.json").read_text())
-    return _encoder(folder / "model.int8.onnx", meta["recipe"], threads, exported, meta)
+    # the version is part of the recipe name recorded in manifests: v1 and v2 exports give other vectors
+    recipe = f"{meta.get('export_version', 'v1')}/{meta['recipe']}"
+    return _encoder(folder / "model.int8.onnx", recipe, threads, exported, meta)
 
 
 def load_int8(model, model_fp: str, score: Callable[[Int8Encoder], tuple[float, float]] | None = None,
@@ -349,6 +351,11 @@ def _export(model, folder: Path, score, threads: int) -> Int8Encoder:
     except OSError as e:
         raise DgamixError(f"could not write the int8 model cache under {folder.parent}: {e.strerror or e}; "
                           f"set DGAMIX_CACHE to a writable folder.") from e
+    except DgamixError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch.onnx / the optimiser / quantize_dynamic on an unusual model
+        raise DgamixError(f"the int8 export of this model failed ({type(e).__name__}: {str(e)[:200]}); use "
+                          f"--precision fp32 (or auto, which then leaves int8 out).") from e
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return _open(folder, threads, exported=True)

@@ -86,6 +86,8 @@ def test_int8_close_to_fp32_and_export_is_cached(int8_cache, encoder, texts50, f
     # the fused graph keeps SkipLayerNormalization unfused (its CPU kernel is slower than Add + LayerNorm)
     meta = json.loads((first.path.parent / "meta.json").read_text())
     assert meta["export_version"] == onnx_int8.EXPORT_VERSION and "SkipLayerNormalization" not in meta["fused_ops"]
+    assert meta["fused_ops"].get("Attention") == 6  # the optimiser did run (6 layers)
+    assert first.recipe == f"{onnx_int8.EXPORT_VERSION}/{meta['recipe']}"
 
     # a second load (a new model object, as in a new process) reads the cache: no export
     import torch
@@ -144,6 +146,24 @@ def test_manifest_records_precision_cosine_and_fingerprint(int8_cache, tmp_path,
     assert part["precision"] == "int8" and part["precision_cosine_min"] == p["precision_cosine_min"]
     again = embed_corpus(ws, [str(src)], cfg=EmbedConfig(precision="int8", shard_size=12), quiet=True)
     assert again["shards_skipped"] == 2
+    # auto on a workspace embedded at an explicit precision keeps it (no switch, nothing redone)
+    assert embed_corpus(ws, [str(src)], cfg=EmbedConfig(precision="auto", shard_size=12),
+                        quiet=True)["shards_skipped"] == 2
+    # another int8 export (an older or newer dgamix) makes other vectors: embed and target refuse to mix
+    import types
+
+    import pipeline.embed
+    import pipeline.target
+
+    assert p["int8_recipe"].startswith("v2/")
+    other = types.SimpleNamespace(recipe="v9/other")
+    monkeypatch.setattr(pipeline.embed, "int8_encoder", lambda *a: other)
+    with pytest.raises(DgamixError, match="int8 export v2/.*this dgamix exports v9/other.*--overwrite"):
+        embed_corpus(ws, [str(src)], cfg=EmbedConfig(precision="int8", shard_size=12), quiet=True)
+    monkeypatch.setattr(pipeline.target, "int8_encoder", lambda *a: other)
+    with pytest.raises(DgamixError, match="int8 export v2/.*re-embed the corpus"):
+        pipeline.target.build_target(ws, str(src), "t")
+    monkeypatch.undo()
 
     ws2 = Workspace(tmp_path / "ws2")
     src = tmp_path / "c10.parquet"
@@ -155,11 +175,9 @@ def test_manifest_records_precision_cosine_and_fingerprint(int8_cache, tmp_path,
     choice = meta["params"]["precision_choice"]
     assert choice["docs_per_s"] == {} and "10 documents" in choice["skipped"]["all"]
 
-    import pipeline.embed
-
     monkeypatch.setattr(pipeline.embed, "AUTO_MIN_DOCS", 0)  # measured, as on a large corpus
     ws2 = Workspace(tmp_path / "ws3")
-    out = embed_corpus(ws2, [str(src)], cfg=EmbedConfig(precision="auto", shard_size=16), quiet=True)
+    out = embed_corpus(ws2, [str(src)], cfg=EmbedConfig(precision="auto", shard_size=5), quiet=True)
     meta = manifest.read_meta(ws2.embeddings, "embeddings")
     assert meta["params"]["precision_requested"] == "auto" and meta["params"]["precision"] == out["precision"]
     assert out["precision"] in ("fp32", "int8", "bf16")
@@ -169,13 +187,29 @@ def test_manifest_records_precision_cosine_and_fingerprint(int8_cache, tmp_path,
         assert meta["params"]["precision_cosine_mean"] >= 0.99
     # a rerun reuses the recorded decision instead of measuring again; so does a run resumed from
     # its parts (killed before embeddings.parquet), and it records the same measurements
+    # (part 0 missing too: Ray finishes parts out of order)
     monkeypatch.setattr(pipeline.embed, "resolve_precision", None)  # measuring again would fail
-    assert embed_corpus(ws2, [str(src)], cfg=EmbedConfig(precision="auto", shard_size=16),
+    assert embed_corpus(ws2, [str(src)], cfg=EmbedConfig(precision="auto", shard_size=5),
                         quiet=True)["precision"] == out["precision"]
     ws2.embeddings.unlink()
-    again = embed_corpus(ws2, [str(src)], cfg=EmbedConfig(precision="auto", shard_size=16), quiet=True)
-    assert again["precision"] == out["precision"] and again["shards_skipped"] == 1
+    ws2.embedding_part(0).unlink()
+    again = embed_corpus(ws2, [str(src)], cfg=EmbedConfig(precision="auto", shard_size=5), quiet=True)
+    assert again["precision"] == out["precision"] and again["shards_skipped"] == 1 and again["shards"] == 2
     assert manifest.read_meta(ws2.embeddings, "embeddings")["params"]["precision_choice"] == choice
+
+
+@needs_ort
+def test_auto_leaves_out_a_candidate_that_fails(encoder, texts50, monkeypatch):
+    """A failing int8 export or run (an unusual model) is recorded as skipped; auto falls back to fp32."""
+    import pipeline.embed
+
+    def broken(*a):
+        raise RuntimeError("quantize_dynamic: unsupported node")
+
+    monkeypatch.setattr(pipeline.embed, "int8_encoder", broken)
+    rep = pipeline.embed.resolve_precision(encoder, EmbedConfig(precision="auto", batch_size=7), texts50[:6])
+    assert rep.precision == "fp32" and "int8" not in rep.docs_per_s
+    assert rep.skipped["int8"] == "RuntimeError: quantize_dynamic: unsupported node"
 
 
 def test_unknown_precision_is_a_user_error(tmp_path, encoder):
