@@ -298,6 +298,17 @@ def int8_encoder(model, cfg: EmbedConfig, sample_texts: list[str]):
     return st["int8"]
 
 
+def check_int8_export(model, cfg: EmbedConfig, want: str | None, sample: list[str], where: str, fix: str) -> str:
+    """This dgamix's int8 export recipe of ``model`` (see :func:`int8_encoder`); a DgamixError that
+    names ``where`` and ``fix`` when ``want``, the recipe recorded with existing vectors, is another
+    export (an older or newer dgamix, or another node's cache: its vectors differ)."""
+    have = int8_encoder(model, cfg, sample).recipe
+    if want and have != want:
+        raise DgamixError(f"{where} was embedded with int8 export {want}, this dgamix exports {have} (other "
+                          f"vectors): {fix}")
+    return have
+
+
 def _runner(model, cfg: EmbedConfig, precision: str, texts: list[str]):
     if precision == "int8":
         return int8_encoder(model, cfg, texts)
@@ -509,13 +520,12 @@ class ShardEmbedder:
                                   f"driver; install the same model on every node (or pass --model with a path on "
                                   f"shared storage).")
             set_threads(model, self.threads)
+            if self.cfg.precision == "int8":  # before any shard: the driver checked its own export
+                check_int8_export(model, self.cfg, self.params.get("int8_recipe"), [], "the driver's workspace",
+                                  "copy the driver's int8 cache (pipeline/onnx_int8.py) to every Ray node.")
 
         def work(job: dict, tick=None) -> dict:
             table = embed_shard(model, job["texts"], job["doc_ids"], self.cfg, tick)
-            want = self.params.get("int8_recipe")
-            if want and _state(model)["int8"].recipe != want:
-                raise DgamixError(f"the int8 export on this node uses recipe {_state(model)['int8'].recipe}, the run "
-                                  f"uses {want}; copy the driver's int8 cache (pipeline/onnx_int8.py) to every node.")
             manifest.write(job["part"], table, "embeddings-part", job["params"], self.inputs)
             return {"rows": table.num_rows, "checksum": manifest.file_checksum(job["part"])}
 
@@ -562,12 +572,9 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
         if rep is None:
             rep = measure_precision(model, cfg, sample, cfg.precision)
         elif rep.precision == "int8":  # recorded: is this dgamix's int8 export the one that made the parts?
-            now = int8_encoder(model, cfg, sample).recipe
-            if rep.recipe != now and not overwrite:
-                raise DgamixError(f"{ws.embeddings_dir} was embedded with int8 export {rep.recipe}, this dgamix "
-                                  f"exports {now} (other vectors): pass --overwrite to re-embed, or use another "
-                                  f"--workspace.")
-            rep.recipe = now
+            rep.recipe = check_int8_export(model, cfg, None if overwrite else rep.recipe, sample,
+                                           str(ws.embeddings_dir), "pass --overwrite to re-embed, or use another "
+                                           "--workspace.")
         run_cfg = replace(cfg, precision=rep.precision)
         emb_params = {**asdict(run_cfg), "model_fingerprint": model_fp,
                       "dim": model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension")

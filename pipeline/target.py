@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from pipeline import manifest, validate
 from pipeline.corpus import CorpusSpec, load_corpus
-from pipeline.embed import EmbedConfig, count_tokens, embed_shard, int8_encoder, load_encoder, model_fingerprint
+from pipeline.embed import EmbedConfig, check_int8_export, count_tokens, embed_shard, load_encoder, model_fingerprint
 from pipeline.errors import DgamixError
 from pipeline.workspace import Workspace, lock
 
@@ -40,17 +40,6 @@ def workspace_encoder(ws: Workspace) -> EmbedConfig:
         raise DgamixError(f"the model '{cfg.model}' on this machine differs from the one that embedded "
                           f"{ws.root} (weights changed); re-embed the corpus or restore the model.")
     return cfg
-
-
-def check_int8_export(ws: Workspace, model, cfg: EmbedConfig, texts: list[str]) -> None:
-    """The int8 export here must be the one that embedded the corpus (target and corpus vectors are
-    compared); an older or newer dgamix exports other quantised weights."""
-    want = manifest.read_meta(ws.embeddings, "embeddings")["params"].get("int8_recipe")
-    have = int8_encoder(model, cfg, texts).recipe
-    if want and have != want:
-        raise DgamixError(f"{ws.embeddings} was embedded with int8 export {want}, this dgamix exports {have}: "
-                          f"re-embed the corpus (`dgamix embed ... --workspace {ws.root} --overwrite`), then rerun "
-                          f"`dgamix target`.")
 
 
 def holdout_split(n: int, frac: float, seed: int) -> np.ndarray:
@@ -89,8 +78,11 @@ def build_target(ws: Workspace, path: str, name: str, cfg: TargetConfig = Target
     with lock(ws, f"target-{name}"):
         texts = stats["texts"].to_pylist()
         model = encoder or load_encoder(enc_cfg)
-        if enc_cfg.precision == "int8":
-            check_int8_export(ws, model, enc_cfg, texts)
+        emb_params = manifest.read_meta(ws.embeddings, "embeddings")["params"]
+        if enc_cfg.precision == "int8":  # target and corpus vectors are compared: the same export
+            check_int8_export(model, enc_cfg, emb_params.get("int8_recipe"), texts, str(ws.embeddings),
+                              f"re-embed the corpus (`dgamix embed ... --workspace {ws.root} --overwrite`), then "
+                              f"rerun `dgamix target`.")
         n = len(texts)
         emb = embed_shard(model, texts, np.arange(n), enc_cfg)
         groups = base[cfg.group_column].cast(pa.string()) if cfg.group_column else pa.nulls(n, pa.string())
@@ -98,7 +90,7 @@ def build_target(ws: Workspace, path: str, name: str, cfg: TargetConfig = Target
                           "split": pa.array(holdout_split(n, cfg.holdout, cfg.seed).tolist(), pa.string()),
                           "n_tokens": pa.array(count_tokens(model, texts), pa.int64()),
                           "text": pa.array(texts, pa.large_string()), "embedding": emb["embedding"]})
-        built = {"encoder": validate.encoder_fingerprint(manifest.read_meta(ws.embeddings, "embeddings")["params"])}
+        built = {"encoder": validate.encoder_fingerprint(emb_params)}
         manifest.write(out, table, "target", params, fp, extra={"skipped_empty": stats["skipped_empty"],
                                                                  "built_from": built})
     return summarise(ws, name)

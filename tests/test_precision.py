@@ -160,7 +160,6 @@ def test_manifest_records_precision_cosine_and_fingerprint(int8_cache, tmp_path,
     monkeypatch.setattr(pipeline.embed, "int8_encoder", lambda *a: other)
     with pytest.raises(DgamixError, match="int8 export v2/.*this dgamix exports v9/other.*--overwrite"):
         embed_corpus(ws, [str(src)], cfg=EmbedConfig(precision="int8", shard_size=12), quiet=True)
-    monkeypatch.setattr(pipeline.target, "int8_encoder", lambda *a: other)
     with pytest.raises(DgamixError, match="int8 export v2/.*re-embed the corpus"):
         pipeline.target.build_target(ws, str(src), "t")
     monkeypatch.undo()
