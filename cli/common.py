@@ -55,17 +55,6 @@ def engine_config(engine: str, ray_address: str | None, num_workers: int | None,
     return cfg
 
 
-def require_device(device: str) -> None:
-    """A CUDA device is visible to this process when --device cuda[:N] asks for one (other torch
-    devices, e.g. mps, are left to torch)."""
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise DgamixError(f"--device {device}: torch sees no CUDA device here (torch.cuda.is_available() is "
-                              f"False); use --device cpu, or install a CUDA build of torch.")
-
-
 def split_csv(value: str | None) -> tuple[str, ...]:
     """'a,b' -> ('a', 'b'); None or '' -> ()."""
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()

@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from cli.common import (ENGINE_HELP, GPUS_HELP, NUM_WORKERS_HELP, RAY_ADDRESS_HELP, WS_HELP, engine_config,
-                        require_device, show, split_csv, user_errors)
+from cli.common import (ENGINE_HELP, GPUS_HELP, NUM_WORKERS_HELP, RAY_ADDRESS_HELP, WS_HELP, engine_config, show,
+                        split_csv, user_errors)
 
 
 @user_errors
@@ -44,6 +44,7 @@ def embed(
     from pipeline.corpus import CorpusSpec
     from pipeline.dedup import DedupConfig
     from pipeline.embed import EmbedConfig, embed_corpus
+    from pipeline.engine import require_device
     from pipeline.workspace import Workspace
 
     eng = engine_config(engine, ray_address, num_workers, gpus_per_worker, device)

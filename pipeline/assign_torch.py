@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.engine import require_device
 from pipeline.errors import DgamixError
 from pipeline.kmeans import Tree
 
@@ -24,9 +25,7 @@ class TorchTree:
     def __init__(self, tree: Tree, device: str = "cuda"):
         import torch
 
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise DgamixError(f"--device {device}: torch sees no CUDA device here (torch.cuda.is_available() is "
-                              f"False); use --device cpu, or install a CUDA build of torch.")
+        require_device(device)
         self.tree, self.device = tree, torch.device(device)
         self.domain = [torch.from_numpy(np.ascontiguousarray(d)).to(self.device) for d in tree.domain]
         self.centroids = []   # per level; from level 2 on with one extra zero row (the padding target)

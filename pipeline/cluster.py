@@ -26,7 +26,7 @@ import numpy as np
 from pipeline import manifest
 from pipeline.assign import EmbeddingShards, assign_workspace, _part_complete
 from pipeline.domains import DomainStats, build_domains
-from pipeline.engine import LOCAL, EngineConfig, session
+from pipeline.engine import LOCAL, EngineConfig, require_device, session
 from pipeline.errors import DgamixError
 from pipeline.kmeans import INITS, FitConfig, Tree, fit_tree
 from pipeline.workspace import Workspace, lock
@@ -153,7 +153,8 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
     (the fit always runs on the CPU, so the tree does not depend on the device).
     """
     engine.check()
-    _check_device(device, engine)
+    if not engine.is_ray:  # on Ray the actors reserve GPUs and check there
+        require_device(device)
     levels = parse_levels(levels)
     name = _check_name(name or default_name(levels))
     for opt, value, low in (("--seed", seed, 0), ("--niter", niter, 1), ("--max-points-per-centroid", max_points_per_centroid, 1)):
@@ -217,16 +218,6 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
             "fit_seconds": round(fit_seconds, 2), "assign_seconds": round(assign_seconds, 2),
             "domains_seconds": round(domains_seconds, 2),
             "level_stats": stats}
-
-
-def _check_device(device: str, engine: EngineConfig) -> None:
-    """Locally, --device cuda[:N] needs a visible CUDA device (on Ray the actors reserve GPUs)."""
-    if device.startswith("cuda") and not engine.is_ray:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise DgamixError(f"--device {device}: torch sees no CUDA device here (torch.cuda.is_available() is "
-                              f"False); use --device cpu, or install a CUDA build of torch.")
 
 
 def _with_sizes(stats: list[dict], tree: Tree, n: int) -> list[dict]:

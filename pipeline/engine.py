@@ -34,6 +34,17 @@ ENGINES = ("local", "ray")
 INSTALL_HINT = "pip install -e '.[ray]'"
 
 
+def require_device(device: str) -> None:
+    """A CUDA device is visible to this process when ``device`` is cuda[:N] (other torch devices,
+    e.g. mps, are left to torch)."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DgamixError(f"--device {device}: torch sees no CUDA device here (torch.cuda.is_available() is "
+                              f"False); use --device cpu, or install a CUDA build of torch.")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How shard work is scheduled. Does not change any result (manifests are the same)."""
