@@ -174,7 +174,8 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
               **{k: v for k, v in asdict(config).items() if k not in ("device", "threads")},
               "corpus": docs_meta.get("inputs"), "tokens": token_key, "target_file": target_meta.get("inputs"),
               "basis_file": None if basis_meta is None else basis_meta.get("inputs"),
-              "clusters_file": validate.tree_fingerprint(validate.clustering(ws, clusters)),
+              # load_index validated the clustering above; only its fingerprint is needed here
+              "clusters_file": validate.tree_fingerprint(manifest.read_meta(ws.tree(clusters), "tree")),
               "n_general_holdout": int(held.size)}
     return {"data": data, "mixer": mixer, "vocab": vocab, "params": params, "held": held, "index": index}
 

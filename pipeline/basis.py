@@ -197,7 +197,8 @@ def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, 
     for s in summary:
         s["top_terms"] = [", ".join(terms.get(d, [])[:4]) for d in s["top_domains"]]
     built = {f"clusters/{clusters}": validate.tree_fingerprint(tmeta),
-             f"targets/{target}": validate.target(ws, target).get("inputs")}
+             # target_assignments validated the target above; only its fingerprint is needed here
+             f"targets/{target}": manifest.read_meta(validate.target_path(ws, target), "target").get("inputs")}
     manifest.write(out, table, "basis", params, fp, extra={"built_from": built})
     manifest.write(out.with_name(f"{name}.summary.parquet"), pa.Table.from_pylist(summary), "basis-summary", params, fp,
                    extra={"built_from": built})
