@@ -126,12 +126,12 @@ def prepare(args, log: list[str]) -> dict:
 
 # --------------------------------------------------------------------------- runs
 
-def config_of(args, seed: int):
+def config_of(args, seed: int, mixer: str):
     from mixing.trainer import TrainConfig
 
     return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                        reweight_every=args.reweight_every, reweight_start=args.reweight_start, eta=args.eta,
-                       ema_beta=args.ema_beta, normalise=args.normalise, align_batch_size=args.align_batch_size,
+                       ema_beta=args.ema_beta if mixer == "dga" else None, normalise=args.normalise, align_batch_size=args.align_batch_size,
                        target_batch_size=args.target_batch_size, eval_every=args.eval_every,
                        eval_batches=args.eval_batches, checkpoint_every=0,
                        tokens_per_domain=args.tokens_per_domain or None, seed=seed, threads=args.threads)
@@ -146,7 +146,7 @@ def cli_line(args, prep: dict, mixer: str, seed: int, name: str) -> str:
              f"--eval-every {args.eval_every} --eval-batches {args.eval_batches} --checkpoint-every 0"]
     if mixer.startswith("dga"):
         parts.append(f"--reweight-every {args.reweight_every} --reweight-start {args.reweight_start} "
-                     f"--eta {args.eta} --ema-beta {args.ema_beta} --normalise {args.normalise} "
+                     f"--eta {args.eta}{f' --ema-beta {args.ema_beta}' if mixer == 'dga' else ''} --normalise {args.normalise} "
                      f"--align-batch-size {args.align_batch_size} --target-batch-size {args.target_batch_size}")
     parts.append(f"--seed {seed} --threads {args.threads} --overwrite --quiet --name {name}")
     return " ".join(p for p in parts if p)
@@ -163,7 +163,7 @@ def run_one(job: tuple) -> dict:
     basis = {"is": prep["is_basis"], "dga": prep["dga_basis"], "dga-noema": prep["dga_basis"]}.get(mixer)
     t0 = time.perf_counter()
     summary = train_run(args.workspace, prep["clusters"], args.level, args.target, mixer, basis,
-                        config_of(args, seed), name, overwrite=True, quiet=True)
+                        config_of(args, seed, mixer), name, overwrite=True, quiet=True)
     seconds = time.perf_counter() - t0
     run = args.workspace / "runs" / name
     m = pl.read_parquet(run / "metrics.parquet")

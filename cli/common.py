@@ -18,12 +18,32 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 WS_HELP = "Workspace folder: every stage reads and writes Parquet manifests here."
 
 
+# Options that name an artefact of the workspace, and the kind of artefact; `--name` names what the
+# command itself writes. They are checked before the command does anything.
+NAME_OPTIONS = {"clusters": "clustering", "target": "target", "basis": "basis", "run": "run", "runs": "run"}
+WRITES = {"cluster": "clustering", "target": "target", "basis": "basis", "train": "run", "schedule": "schedule"}
+
+
+def check_name_options(command: str, options: dict) -> None:
+    """Every name-valued option of ``command`` obeys the workspace's one name rule (one-line error)."""
+    from pipeline.workspace import check_name
+
+    kinds = {**NAME_OPTIONS, "name": WRITES.get(command)}
+    for key, value in options.items():
+        if kinds.get(key) and value is not None:
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                check_name(v, kinds[key], f"--{key}")
+
+
 def user_errors(fn):
-    """Turn a DgamixError (or bad numeric input) into `error: ...` on stderr and exit code 2."""
+    """Turn a DgamixError (or bad numeric input) into `error: ...` on stderr and exit code 2.
+
+    Name-valued options are checked first, so a bad name never reaches a stage."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            check_name_options(fn.__name__, kwargs)
             return fn(*args, **kwargs)
         except DgamixError as e:
             print(f"error: {e}", file=sys.stderr)

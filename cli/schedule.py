@@ -14,12 +14,18 @@ def schedule(
     workspace: Path = typer.Option(..., "--workspace", "-w", help=WS_HELP),
     clusters: str = typer.Option(..., help="Clustering name."),
     level: int = typer.Option(..., help="Tree level whose domains are sampled."),
-    mixer: Optional[str] = typer.Option(None, help="Static mixture: uniform (over domains) | natural (cluster sizes)."),
-    basis: Optional[str] = typer.Option(None, help="Static mixture of a basis (uniform over its bases; one basis = importance sampling)."),
-    run: Optional[str] = typer.Option(None, help="Replay the weight trajectory of a `dgamix train` run step by step."),
+    mixer: Optional[str] = typer.Option(None, help="Static mixture, as in `dgamix train`: uniform (over the domains) | "
+                                                   "natural (cluster sizes) | is (importance sampling, needs --basis)."),
+    basis: Optional[str] = typer.Option(None, help="--mixer is: the basis whose histogram named 'target' (else its first) "
+                                                   "is sampled, as `dgamix train --mixer is --basis B` does; --basis B "
+                                                   "alone implies --mixer is."),
+    run: Optional[str] = typer.Option(None, help="Replay the weight trajectory of a `dgamix train` run step by step, on "
+                                                 "the run's own documents (its general held-out slice left out, its "
+                                                 "--tokens-per-domain budget kept)."),
     steps: int = typer.Option(..., help="Training steps to schedule."),
     batch_size: int = typer.Option(..., help="Documents (sequences) per step."),
-    seed: int = typer.Option(0, help="Sampling seed."),
+    seed: Optional[int] = typer.Option(None, help="Sampling seed (it also picks each domain's --tokens-per-domain "
+                                                  "subset) [default: the run's seed with --run, else 0]."),
     limited: bool = typer.Option(True, "--limited/--with-replacement", help="Draw documents without replacement inside a domain (new epoch when exhausted)."),
     name: str = typer.Option(..., help="Schedule name (WS/schedules/NAME.parquet)."),
     overwrite: bool = typer.Option(False, help="Replace an existing schedule of this name."),

@@ -32,8 +32,9 @@ def train(
                                                        "initial weights; the default skips the lr warmup)."),
     eta: float = typer.Option(0.3, min=0.0, help="DGA step size (1 / alignment units; alignments are raw gradient dot "
                                                  "products unless --normalise)."),
-    ema_beta: float = typer.Option(0.1, min=0.0, max=1.0, help="DGA EMA weight on the previous weights "
-                                                              "(0 = no EMA, 1 = frozen)."),
+    ema_beta: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="--mixer dga: EMA weight on the previous "
+                                                                       "weights (0 = no EMA, 1 = frozen) [default: 0.1]; "
+                                                                       "dga-noema runs with 0, the other mixers have no EMA."),
     normalise: str = typer.Option("none", help="Alignment scale: none (raw dot) | cosine | mean_norm."),
     align_batch_size: int = typer.Option(16, min=1, help="Sequences per basis/domain probe batch at each reweighting."),
     target_batch_size: int = typer.Option(16, min=1, help="Target sequences per reweighting."),

@@ -5,14 +5,19 @@ manifest module and turns low-level errors into DgamixErrors that name the comma
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
+import scipy.sparse as sp
 
 from mixing.dga import BasisMatrix
 from mixing.sampler import DomainIndex
 from pipeline import manifest, validate
 from pipeline.errors import DgamixError
 from pipeline.workspace import Workspace
+
+HOLDOUT_SEED = 0  # the general held-out slice is the same for every run of a workspace
 
 
 def _n_levels(ws: Workspace, clusters: str, meta: dict) -> int:
@@ -88,3 +93,74 @@ def user_ids(ws: Workspace) -> pa.Array:
     """The user's `id` of every doc, indexed by doc_id."""
     docs, _ = manifest.read(ws.docs, "docs", columns=["doc_id", "id"])
     return docs["id"].combine_chunks()
+
+
+# --------------------------------------------------------------------------- a run's training pool
+
+def general_holdout(index: DomainIndex, frac: float, cap: int) -> np.ndarray:
+    """Doc ids of the general held-out slice (sorted): round(frac * n) docs, at most ``cap``,
+    drawn with HOLDOUT_SEED; docs of a domain that would be emptied are given back."""
+    n = index.docs.size
+    n_hold = min(cap, int(round(frac * n))) if frac > 0 else 0
+    if n_hold == 0:
+        return np.zeros(0, dtype=np.int64)
+    ids = np.sort(index.docs)
+    held = np.sort(np.random.default_rng(HOLDOUT_SEED).permutation(ids)[:n_hold])
+    dom = np.repeat(index.domains, index.sizes)           # domain of each entry of index.docs
+    is_held = np.isin(index.docs, held)
+    left = np.bincount(np.repeat(np.arange(len(index)), index.sizes)[~is_held], minlength=len(index))
+    emptied = index.domains[left == 0]
+    if emptied.size:
+        held = np.setdiff1d(held, index.docs[np.isin(dom, emptied)])
+    return held
+
+
+def restricted_basis(P: BasisMatrix, index: DomainIndex, names: list[str], basis: str) -> BasisMatrix:
+    """P with the mass on domains without trainable documents dropped, rows renormalised."""
+    k = max(P.k, index.k)
+    M = sp.csr_matrix(P.P, copy=True)
+    M.resize((P.n, k))
+    alive = np.zeros(k, dtype=bool)
+    alive[index.domains] = True
+    M = (M @ sp.diags(alive.astype(np.float64))).tocsr()
+    sums = np.asarray(M.sum(axis=1)).ravel()
+    dead = np.flatnonzero(sums <= 0)
+    if dead.size:
+        raise DgamixError(f"basis '{basis}': bases {[names[i] for i in dead[:5]]} put all their mass on domains "
+                          f"with no trainable documents; rebuild the basis or use another level.")
+    return BasisMatrix(sp.diags(1.0 / sums) @ M)
+
+
+def is_weights(P: BasisMatrix, names: list[str], index: DomainIndex) -> np.ndarray:
+    """The static importance-sampling mixture of a basis, over index.domains (float64 (k,)): its
+    basis named 'target', else its first. What `--mixer is --basis B` means in train and schedule."""
+    row = names.index("target") if "target" in names else 0
+    return np.asarray(P.P.getrow(row).todense()).ravel()[index.domains]
+
+
+@dataclass(frozen=True)
+class Pool:
+    """What a run trains on: ``index`` = ``full`` minus the general held-out doc ids ``held``."""
+
+    full: DomainIndex     # every assigned, non-duplicate document at the level
+    held: np.ndarray      # doc ids of the general held-out slice (sorted), never trained on
+    index: DomainIndex    # the trainable documents
+    docs_meta: dict       # docs.parquet's metadata
+
+
+def training_pool(ws: Workspace, clusters: str, level: int, holdout_fraction: float, eval_size: int) -> Pool:
+    """The documents a run trains on: the clustering's assigned documents at ``level`` minus
+    near-duplicates (dup_of set) and minus the general held-out slice (``general_holdout`` of
+    ``holdout_fraction`` capped at ``eval_size`` docs). `dgamix train` and `dgamix schedule --run`
+    both use it, so a schedule replays a run on the run's own documents."""
+    docs, docs_meta = manifest.read(ws.docs, "docs", columns=["doc_id", "dup_of"])
+    dups = np.asarray(docs["doc_id"])[np.asarray(docs["dup_of"].is_valid())]
+    full = load_index(ws, clusters, level, exclude=dups)
+    if not len(full):
+        raise DgamixError(f"clustering '{clusters}' assigns no (non-duplicate) documents; rerun `dgamix cluster`.")
+    held = general_holdout(full, holdout_fraction, eval_size)
+    keep = ~np.isin(full.docs, held)
+    dom = np.repeat(full.domains, full.sizes)
+    index = DomainIndex.from_arrays(full.docs[keep], dom[keep], k=full.k,
+                                    n_tokens=None if full.tokens is None else full.tokens[keep])
+    return Pool(full, held, index, docs_meta)

@@ -13,7 +13,7 @@ import polars as pl
 
 from pipeline import manifest
 from pipeline.errors import DgamixError
-from pipeline.workspace import Workspace
+from pipeline.workspace import Workspace, valid_name
 
 TOP = 8  # weight trajectories show the top entries by peak weight, the rest as "other"
 
@@ -118,11 +118,10 @@ def write_report(ws: Workspace, runs: list[str] | None = None) -> Path:
     """Writes WS/report/*.png and WS/report/report.md; returns the markdown path."""
     out = ws.root / "report"
     out.mkdir(parents=True, exist_ok=True)
-    clusters = sorted(p.name for p in (ws.root / "clusters").glob("*") if (p / "tree.parquet").exists()) \
-        if (ws.root / "clusters").exists() else []
+    clusters = ws.clusterings()
     if runs is None:
-        runs = sorted(p.name for p in (ws.root / "runs").glob("*") if (p / "metrics.parquet").exists()) \
-            if (ws.root / "runs").exists() else []
+        runs = sorted(p.name for p in (ws.root / "runs").glob("*")
+                      if valid_name(p.name) and (p / "metrics.parquet").exists()) if (ws.root / "runs").exists() else []
     if not clusters and not runs:
         raise DgamixError(f"nothing to report in {ws.root}: no clusterings or runs yet; run the stages first.")
     md = [f"# dgamix report: {ws.root}", ""]

@@ -24,25 +24,23 @@ and init="uniform" so every update can be recomputed from the log), repetitions.
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import scipy.sparse as sp
 
-from mixing.dga import BasisMatrix, DGAConfig
-from mixing.inputs import check_level, load_basis, load_index
+from mixing.dga import DGAConfig
+from mixing.inputs import HOLDOUT_SEED, check_level, is_weights, load_basis, restricted_basis, training_pool
 from mixing.mixers import MIXER_NAMES, make_mixer
 from mixing.model import ModelConfig, TinyGPT
-from mixing.sampler import DomainIndex, MixtureSampler
+from mixing.sampler import MixtureSampler
 from mixing.tokens import Windows, corpus_windows, text_windows
 from mixing.trainer import CHECKPOINT, TrainConfig, TrainData, TrainResult, Trainer, load_checkpoint, train
 from pipeline import manifest, validate
 from pipeline.errors import DgamixError
-from pipeline.workspace import Workspace, lock
+from pipeline.workspace import Workspace, check_name, lock
 
-HOLDOUT_SEED = 0          # the general held-out slice is the same for every run of a workspace
 PROBE_SALT = 1_000_003    # probe sampler seed = seed + PROBE_SALT
 MAX_DOMAIN_PROBES = 1024  # domain reweighting costs k + 1 backward passes per reweighting
 ADAPTIVE = ("dga", "dga-noema", "doge")
@@ -50,9 +48,23 @@ ADAPTIVE = ("dga", "dga-noema", "doge")
 
 # --------------------------------------------------------------------------- inputs
 
-def _check_name(name: str) -> None:
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise DgamixError(f"--name {name!r} is not a valid run name; use letters, digits, '-' or '_'.")
+def resolve_ema_beta(mixer_name: str, config: TrainConfig) -> TrainConfig:
+    """``config`` with the EMA weight the mixer really uses, so the run records what it ran with.
+
+    dga: the given ema_beta (default DGAConfig's 0.1); dga-noema: 0 (another value is an error, not
+    silently replaced); doge and the static mixers have no EMA: None (a given value is an error).
+    """
+    beta = config.ema_beta
+    if mixer_name == "dga":
+        return replace(config, ema_beta=DGAConfig().ema_beta if beta is None else beta)
+    if mixer_name == "dga-noema":
+        if beta not in (None, 0.0):
+            raise DgamixError(f"--mixer dga-noema is DGA with --ema-beta 0; drop --ema-beta {beta} or use "
+                              f"--mixer dga --ema-beta {beta}.")
+        return replace(config, ema_beta=0.0)
+    if beta is not None:
+        raise DgamixError(f"--mixer {mixer_name} has no EMA; drop --ema-beta {beta} (it applies to --mixer dga).")
+    return config
 
 
 def load_target_examples(ws: Workspace, target: str) -> tuple[list[str], list[str], dict]:
@@ -65,45 +77,12 @@ def load_target_examples(ws: Workspace, target: str) -> tuple[list[str], list[st
     return list(text[split == "reweight"]), list(text[split == "holdout"]), meta
 
 
-def general_holdout(index: DomainIndex, frac: float, cap: int) -> np.ndarray:
-    """Doc ids of the general held-out slice (sorted): round(frac * n) docs, at most ``cap``,
-    drawn with HOLDOUT_SEED; docs of a domain that would be emptied are given back."""
-    n = index.docs.size
-    n_hold = min(cap, int(round(frac * n))) if frac > 0 else 0
-    if n_hold == 0:
-        return np.zeros(0, dtype=np.int64)
-    ids = np.sort(index.docs)
-    held = np.sort(np.random.default_rng(HOLDOUT_SEED).permutation(ids)[:n_hold])
-    dom = np.repeat(index.domains, index.sizes)           # domain of each entry of index.docs
-    is_held = np.isin(index.docs, held)
-    left = np.bincount(np.repeat(np.arange(len(index)), index.sizes)[~is_held], minlength=len(index))
-    emptied = index.domains[left == 0]
-    if emptied.size:
-        held = np.setdiff1d(held, index.docs[np.isin(dom, emptied)])
-    return held
-
-
-def _restricted_basis(P: BasisMatrix, index: DomainIndex, names: list[str], basis: str) -> BasisMatrix:
-    """P with the mass on domains without trainable documents dropped, rows renormalised."""
-    k = max(P.k, index.k)
-    M = sp.csr_matrix(P.P, copy=True)
-    M.resize((P.n, k))
-    alive = np.zeros(k, dtype=bool)
-    alive[index.domains] = True
-    M = (M @ sp.diags(alive.astype(np.float64))).tocsr()
-    sums = np.asarray(M.sum(axis=1)).ravel()
-    dead = np.flatnonzero(sums <= 0)
-    if dead.size:
-        raise DgamixError(f"basis '{basis}': bases {[names[i] for i in dead[:5]]} put all their mass on domains "
-                          f"with no trainable documents; rebuild the basis or use another level.")
-    return BasisMatrix(sp.diags(1.0 / sums) @ M)
-
-
 def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_name: str,
                  basis: str | None, config: TrainConfig, quiet: bool = True) -> dict:
     """Everything a run needs, from the manifests; clear DgamixErrors for bad inputs."""
     if mixer_name not in MIXER_NAMES:
         raise DgamixError(f"unknown --mixer {mixer_name!r}; choose one of {'|'.join(MIXER_NAMES)}.")
+    config = resolve_ema_beta(mixer_name, config)
     ws.require(ws.docs, f"dgamix embed CORPUS --workspace {ws.root}")
     check_level(ws, clusters, level)
     if mixer_name == "is" and basis is None:
@@ -117,17 +96,9 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
         raise DgamixError(f"target '{target}' has no 'reweight' examples to align with; rebuild it with "
                           f"`dgamix target` and a --holdout below 1.")
 
-    docs, docs_meta = manifest.read(ws.docs, "docs", columns=["doc_id", "dup_of"])
-    dups = np.asarray(docs["doc_id"])[np.asarray(docs["dup_of"].is_valid())]
-    full = load_index(ws, clusters, level, exclude=dups)
-    if not len(full):
-        raise DgamixError(f"clustering '{clusters}' assigns no (non-duplicate) documents; rerun `dgamix cluster`.")
     eval_size = config.eval_batches * config.eval_batch_size
-    held = general_holdout(full, config.general_holdout, eval_size)
-    keep = ~np.isin(full.docs, held)
-    dom = np.repeat(full.domains, full.sizes)
-    index = DomainIndex.from_arrays(full.docs[keep], dom[keep], k=full.k,
-                                    n_tokens=None if full.tokens is None else full.tokens[keep])
+    pool = training_pool(ws, clusters, level, config.general_holdout, eval_size)
+    full, held, index, docs_meta = pool.full, pool.held, pool.index, pool.docs_meta
 
     windows, vocab, tok, token_key = corpus_windows(ws, config.context, config.vocab_size, quiet=quiet)
     if windows.tokens.shape[0] <= int(full.docs.max()):
@@ -141,11 +112,11 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
     P, basis_meta, basis_names = None, None, None
     if basis is not None:
         P0, basis_names, basis_meta = load_basis(ws, basis, clusters, level)
-        P = _restricted_basis(P0, index, basis_names, basis)
+        P = restricted_basis(P0, index, basis_names, basis)
     tpd = config.tokens_per_domain
     if tpd is not None and index.tokens is None:
         raise DgamixError("--tokens-per-domain needs n_tokens in docs.parquet; re-embed the corpus.")
-    dcfg = DGAConfig(eta=config.eta, ema_beta=config.ema_beta, reweight_every=config.reweight_every,
+    dcfg = DGAConfig(eta=config.eta, ema_beta=config.ema_beta or 0.0, reweight_every=config.reweight_every,
                      normalise=config.normalise)
     seeds = dict(seed=config.seed, tokens_per_domain=tpd)
     probe_seeds = dict(seed=config.seed + PROBE_SALT, tokens_per_domain=tpd)
@@ -162,9 +133,7 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
         if mixer_name == "natural":
             init = index.sizes.astype(np.float64)
         elif mixer_name == "is":
-            row = basis_names.index("target") if "target" in basis_names else 0
-            dense = np.asarray(P.P.getrow(row).todense()).ravel()
-            init = dense[index.domains]
+            init = is_weights(P, basis_names, index)
         mixer = make_mixer(mixer_name, len(index), init=init, config=dcfg)
         sampler, probe = MixtureSampler(index, **seeds), MixtureSampler(index, **probe_seeds)
 
@@ -271,7 +240,7 @@ def train_run(ws: Workspace | str | Path, clusters: str, level: int, target: str
 
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     config = config or TrainConfig()
-    _check_name(name)
+    check_name(name, "run", "--name")
     if resume and overwrite:
         raise DgamixError("--resume and --overwrite contradict each other; pass one.")
     run_dir = ws.run_dir(name)

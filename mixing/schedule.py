@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from mixing.sampler import MixtureSampler
 
+STATIC_MIXERS = ("uniform", "natural", "is")
 SCHEMA = pa.schema([("step", pa.int64()), ("position", pa.int32()), ("doc_id", pa.int64()),
                     ("domain", pa.int64()), ("id", pa.string())])
 
@@ -74,11 +75,17 @@ def static_weights(mixer: str, index) -> np.ndarray:
 
 def export_schedule(ws, clusters: str, level: int, steps: int, batch_size: int, name: str, *,
                     mixer: str | None = None, basis: str | None = None, run: str | None = None,
-                    seed: int = 0, limited: bool = True, overwrite: bool = False) -> dict:
+                    seed: int | None = None, limited: bool = True, overwrite: bool = False) -> dict:
     """The schedule stage: writes WS/schedules/<name>.parquet; returns a summary.
 
-    Exactly one of mixer (uniform|natural), basis (static, uniform over its N bases; a single
-    basis is importance sampling) or run (replays WS/runs/<run>/weights.parquet) is given.
+    The mixture means what the same options mean to `dgamix train`:
+    - ``mixer`` uniform | natural: static, over the populated domains at ``level``;
+    - ``mixer`` is (or ``basis`` alone) with ``basis`` B: static importance sampling, B's basis
+      named 'target', else its first;
+    - ``run``: replays WS/runs/<run>/weights.parquet on the run's own pool: its general held-out
+      documents are left out, its ``tokens_per_domain`` budget applies, and ``seed`` defaults to the
+      run's seed (which picks each domain's budgeted subset).
+    Near-duplicates are never scheduled. ``seed`` defaults to 0 for static mixtures.
     """
     import polars as pl
 
@@ -87,23 +94,36 @@ def export_schedule(ws, clusters: str, level: int, steps: int, batch_size: int, 
     from pipeline.errors import DgamixError
     from pipeline.workspace import lock
 
-    if sum(x is not None for x in (mixer, basis, run)) != 1:
-        raise DgamixError("give exactly one of --mixer uniform|natural, --basis B or --run RUN.")
+    if run is not None and (mixer is not None or basis is not None):
+        raise DgamixError("--run replays a run's own mixture; drop --mixer/--basis, or drop --run.")
+    if run is None and mixer is None:
+        if basis is None:
+            raise DgamixError("give one of --mixer uniform|natural, --mixer is --basis B (or --basis B) or --run RUN.")
+        mixer = "is"
+    if mixer is not None and mixer not in STATIC_MIXERS:
+        raise DgamixError(f"--mixer {mixer}: a static schedule takes {'|'.join(STATIC_MIXERS)}; for dga pass "
+                          f"--run RUN (the weights a `dgamix train` run learned).")
+    if mixer == "is" and basis is None:
+        raise DgamixError("--mixer is needs --basis B: the importance-sampling histogram (its basis named "
+                          "'target', else its first basis); build one with `dgamix basis ... --by single`.")
+    if mixer in ("uniform", "natural") and basis is not None:
+        raise DgamixError(f"--mixer {mixer} does not use --basis (it mixes the domains at --level); "
+                          f"drop --basis {basis}, or pass --mixer is.")
     if steps < 1 or batch_size < 1:
         raise DgamixError("--steps and --batch-size must be positive integers.")
     out = ws.schedule(name)
     if out.exists() and not overwrite:
         raise DgamixError(f"schedule '{name}' already exists ({out}); pass --overwrite or another --name.")
-    index = inputs.load_index(ws, clusters, level)
-    P = None
-    if mixer is not None:
-        if mixer not in ("uniform", "natural"):
-            raise DgamixError(f"--mixer {mixer}: a static schedule takes uniform or natural; for is/dga "
-                              f"pass --basis B or --run RUN.")
-        segments = [Segment(0, steps, static_weights(mixer, index))]
-    elif basis is not None:
-        P, _, _ = inputs.load_basis(ws, basis, clusters, level)
-        segments = [Segment(0, steps, np.full(P.n, 1.0 / P.n))]
+    P, tokens_per_domain = None, None
+    if run is None:
+        index = inputs.training_pool(ws, clusters, level, 0.0, 0).index  # no run, no held-out slice
+        if mixer == "is":
+            P0, names, _ = inputs.load_basis(ws, basis, clusters, level)
+            w = inputs.is_weights(inputs.restricted_basis(P0, index, names, basis), names, index)
+        else:
+            w = static_weights(mixer, index)
+        segments = [Segment(0, steps, w)]
+        seed = 0 if seed is None else seed
     else:
         path = ws.run_dir(run) / "weights.parquet"
         if not path.exists():
@@ -115,21 +135,31 @@ def export_schedule(ws, clusters: str, level: int, steps: int, batch_size: int, 
         if (p.get("clusters"), p.get("level")) != (clusters, level):
             raise DgamixError(f"run '{run}' trained on clustering '{p.get('clusters')}' level {p.get('level')}, not "
                               f"'{clusters}' level {level}; pass matching --clusters/--level.")
+        # the run's own pool (a weight log written by hand may lack these: then all documents)
+        eval_size = int(p.get("eval_batches", 0)) * int(p.get("eval_batch_size", 0))
+        index = inputs.training_pool(ws, clusters, level, float(p.get("general_holdout", 0.0)), eval_size).index
+        tokens_per_domain = p.get("tokens_per_domain")
+        seed = int(p.get("seed", 0)) if seed is None else seed
         df = pl.from_arrow(table)
         key = "basis" if "basis" in df.columns and df["basis"].null_count() < df.height else "domain"
         if key == "basis" and p.get("basis"):
-            P, _, _ = inputs.load_basis(ws, p["basis"], clusters, level)
+            P0, names, _ = inputs.load_basis(ws, p["basis"], clusters, level)
+            P = inputs.restricted_basis(P0, index, names, p["basis"])
         wide = df.pivot(on=key, index="step", values="weight", aggregate_function="first").sort("step").fill_null(0.0)
         cols = sorted((c for c in wide.columns if c != "step"), key=int)
         w = wide.select(cols).to_numpy()
         if key == "domain":  # align the logged domains with the index's populated domains
             full = np.zeros((len(w), len(index)))
-            full[:, index.positions(np.array(cols, dtype=np.int64))] = w
+            pos = index.positions(np.array(cols, dtype=np.int64))
+            full[:, pos[pos >= 0]] = w[:, pos >= 0]
             w = full
         segments = segments_from_log(wide["step"].to_numpy(), w, steps)
-    sampler = MixtureSampler(index, P, seed=seed, limited=limited)
+    try:
+        sampler = MixtureSampler(index, P, seed=seed, limited=limited, tokens_per_domain=tokens_per_domain)
+    except ValueError as e:
+        raise DgamixError(f"run '{run}': {e}; re-embed the corpus or retrain the run.") from None
     params = {"clusters": clusters, "level": level, "mixer": mixer, "basis": basis, "run": run, "steps": steps,
-              "batch_size": batch_size, "seed": seed, "limited": limited}
+              "batch_size": batch_size, "seed": seed, "limited": limited, "tokens_per_domain": tokens_per_domain}
     fp = manifest.fingerprint(params, manifest.read_meta(ws.tree(clusters)).get("inputs"))
     with lock(ws, f"schedule-{name}"), manifest.writer(out, SCHEMA, "schedule", params, fp) as w:
         for batch in schedule_batches(sampler, segments, batch_size, inputs.user_ids(ws)):

@@ -62,7 +62,8 @@ class TrainConfig:
     Mixing: reweight_every (T_r, steps), reweight_start (no reweighting before this step: at
     initialisation every gradient points along the same unigram direction, so the alignments
     are 10-100x larger than later and measure that, not relevance to the target; the default
-    skips the learning-rate warmup), eta, ema_beta (weight on the previous weights),
+    skips the learning-rate warmup), eta, ema_beta (weight on the previous weights; None = the
+    mixer's own: 0.1 for dga, 0 for dga-noema, none for the others),
     normalise (none|cosine|mean_norm, see mixing.dga), align_batch_size (sequences per basis /
     domain probe), target_batch_size (target sequences per reweighting), tokens_per_domain
     (limited-data budget per domain, in the docs manifest's n_tokens; None = all documents).
@@ -88,7 +89,7 @@ class TrainConfig:
     reweight_every: int = 25
     reweight_start: int = 20
     eta: float = 0.3
-    ema_beta: float = 0.1
+    ema_beta: float | None = None
     normalise: str = "none"
     align_batch_size: int = 16
     target_batch_size: int = 16
@@ -121,6 +122,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.ema_beta is not None and not 0.0 <= self.ema_beta <= 1.0:
+            raise ValueError(f"ema_beta must be in [0, 1], got {self.ema_beta}")
         if not 0.0 <= self.general_holdout < 1.0:
             raise ValueError(f"general_holdout must be in [0, 1), got {self.general_holdout}")
         if self.normalise not in ("none", "cosine", "mean_norm"):

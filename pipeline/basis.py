@@ -200,6 +200,6 @@ def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, 
              # target_assignments validated the target above; only its fingerprint is needed here
              f"targets/{target}": manifest.read_meta(validate.target_path(ws, target), "target").get("inputs")}
     manifest.write(out, table, "basis", params, fp, extra={"built_from": built})
-    manifest.write(out.with_name(f"{name}.summary.parquet"), pa.Table.from_pylist(summary), "basis-summary", params, fp,
+    manifest.write(ws.basis_summary(name), pa.Table.from_pylist(summary), "basis-summary", params, fp,
                    extra={"built_from": built})
     return {"path": str(out), "bases": summary, "pocket_min": pocket_min}

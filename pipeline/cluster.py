@@ -16,7 +16,6 @@ another name reuses the same embeddings and leaves the first clustering alone.
 from __future__ import annotations
 
 import math
-import re
 import shutil
 import time
 from typing import Sequence
@@ -29,10 +28,7 @@ from pipeline.domains import DomainStats, build_domains
 from pipeline.engine import LOCAL, EngineConfig, require_device, session
 from pipeline.errors import DgamixError
 from pipeline.kmeans import INITS, FitConfig, Tree, fit_tree
-from pipeline.workspace import Workspace, lock
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
+from pipeline.workspace import Workspace, check_name, lock
 
 def parse_levels(levels: str | Sequence[int]) -> tuple[int, ...]:
     """'64,64,64' or [64, 64, 64] -> (64, 64, 64); every branching an integer >= 2."""
@@ -62,13 +58,6 @@ def default_name(levels: Sequence[int]) -> str:
     return "k" + "-".join(str(b) for b in levels)
 
 
-def _check_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise DgamixError(f"--name {name!r} is not a valid clustering name; use letters, digits, '.', '_' and '-' "
-                          f"(e.g. --name k64-64).")
-    return name
-
-
 def load_tree(ws: Workspace, name: str, complete: bool = True) -> tuple[Tree, dict]:
     """The tree of clustering ``name`` and its metadata (for later stages, e.g. the target set)."""
     path = ws.tree(name)
@@ -90,17 +79,14 @@ def load_tree(ws: Workspace, name: str, complete: bool = True) -> tuple[Tree, di
 def list_clusterings(ws: Workspace) -> list[dict]:
     """One dict per clustering in the workspace: name, levels, domains (per level), docs, state."""
     out = []
-    root = ws.root / "clusters"
-    for folder in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []:
-        path = ws.tree(folder.name)
-        if not path.exists():
-            continue
+    for name in ws.clusterings():
+        path = ws.tree(name)
         try:
             meta = manifest.read_meta(path, "tree")
         except DgamixError:
-            out.append({"name": folder.name, "levels": "?", "domains": "?", "docs": None, "state": "unreadable"})
+            out.append({"name": name, "levels": "?", "domains": "?", "docs": None, "state": "unreadable"})
             continue
-        out.append({"name": folder.name, "levels": ",".join(map(str, meta["params"]["levels"])),
+        out.append({"name": name, "levels": ",".join(map(str, meta["params"]["levels"])),
                     "domains": list(meta.get("domains_per_level", [])), "docs": meta.get("n_docs"),
                     "state": meta.get("state")})
     return out
@@ -156,7 +142,7 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
     if not engine.is_ray:  # on Ray the actors reserve GPUs and check there
         require_device(device)
     levels = parse_levels(levels)
-    name = _check_name(name or default_name(levels))
+    name = check_name(name or default_name(levels), "clustering", "--name")
     for opt, value, low in (("--seed", seed, 0), ("--niter", niter, 1), ("--max-points-per-centroid", max_points_per_centroid, 1)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise DgamixError(f"{opt} {value!r} must be an integer >= {low}.")

@@ -199,16 +199,31 @@ def test_manifest_records_precision_cosine_and_fingerprint(int8_cache, tmp_path,
 
 @needs_ort
 def test_auto_leaves_out_a_candidate_that_fails(encoder, texts50, monkeypatch):
-    """A failing int8 export or run (an unusual model) is recorded as skipped; auto falls back to fp32."""
+    """A failing int8 export or bf16 run (an unusual model) is recorded as skipped; auto falls back to fp32.
+
+    bf16 is made a candidate and made to fail on every machine, so the outcome does not depend on
+    whether this CPU has bf16 units (where a working bf16 would rightly win)."""
     import pipeline.embed
+    import pipeline.onnx_int8
 
     def broken(*a):
         raise RuntimeError("quantize_dynamic: unsupported node")
 
+    real_runner = pipeline.embed._runner
+
+    def runner(model, cfg, precision, sample):
+        if precision == "bf16":
+            raise RuntimeError("autocast: no kernel")
+        return real_runner(model, cfg, precision, sample)
+
     monkeypatch.setattr(pipeline.embed, "int8_encoder", broken)
+    monkeypatch.setattr(pipeline.embed, "bf16_is_fast", lambda device: True)
+    monkeypatch.setattr(pipeline.embed, "_runner", runner)
+    monkeypatch.setattr(pipeline.onnx_int8, "onnxruntime_available", lambda: True)
     rep = pipeline.embed.resolve_precision(encoder, EmbedConfig(precision="auto", batch_size=7), texts50[:6])
-    assert rep.precision == "fp32" and "int8" not in rep.docs_per_s
-    assert rep.skipped["int8"] == "RuntimeError: quantize_dynamic: unsupported node"
+    assert rep.precision == "fp32" and set(rep.docs_per_s) == {"fp32"}
+    assert rep.skipped == {"int8": "RuntimeError: quantize_dynamic: unsupported node",
+                           "bf16": "RuntimeError: autocast: no kernel"}
 
 
 def test_unknown_precision_is_a_user_error(tmp_path, encoder):

@@ -71,10 +71,71 @@ def test_basis_schedule_and_bad_inputs(real_ws):
     s = pl.read_parquet(Workspace(real_ws).schedule("b"))
     support = pl.read_parquet(Workspace(real_ws).basis("is_sched"))["domain"].to_list()
     assert s.height == 40 and s["domain"].is_in(support).all()
-    for args, msg in ((("--mixer", "uniform", "--basis", "is_sched"), "exactly one"),
+    for args, msg in ((("--mixer", "uniform", "--basis", "is_sched"), "does not use --basis"),
+                      (("--mixer", "is"), "--mixer is needs --basis"),
+                      (("--run", "r", "--basis", "is_sched"), "drop --mixer/--basis"),
+                      ((), "give one of"),
                       (("--mixer", "dga"), "static schedule"),
                       (("--run", "nope"), "no run 'nope'"),
                       (("--basis", "nope"), "no basis 'nope'")):
         r = run_cli("schedule", "--workspace", real_ws, "--clusters", "k3x2", "--level", 2, *args,
                     "--steps", 2, "--batch-size", 2, "--name", "x")
         assert r.exit_code == 2 and msg in r.output, r.output
+
+
+
+def test_basis_means_importance_sampling_as_in_train(real_ws):
+    """`schedule --basis B` draws B's 'target' histogram, as `train --mixer is --basis B` does, not a
+    blend of all of B's bases (here half of the mass would be the generic uniform basis)."""
+    from mixing import inputs
+
+    ws = Workspace(real_ws)
+    r = run_cli("basis", "--workspace", real_ws, "--clusters", "k3x2", "--level", 2, "--target", "gsm8k",
+                "--by", "single", "--generic", "uniform", "--name", "is_gen")
+    assert r.exit_code == 0, r.output
+    common = ("--workspace", real_ws, "--clusters", "k3x2", "--level", 2, "--steps", 500, "--batch-size", 8,
+              "--with-replacement")
+    assert run_cli("schedule", *common, "--basis", "is_gen", "--name", "isb").exit_code == 0
+    assert run_cli("schedule", *common, "--mixer", "is", "--basis", "is_gen", "--name", "isb2").exit_code == 0
+    s = pl.read_parquet(ws.schedule("isb"))
+    assert s.equals(pl.read_parquet(ws.schedule("isb2")))  # --basis B alone is --mixer is --basis B
+    index = inputs.training_pool(ws, "k3x2", 2, 0.0, 0).index
+    P, names, _ = inputs.load_basis(ws, "is_gen", "k3x2", 2)
+    assert names == ["target", "generic:uniform"]
+    want = inputs.is_weights(P, names, index)
+    want = want / want.sum()
+    blend = 0.5 * want + 0.5 / len(index)  # what --basis meant before: uniform over B's two bases
+    assert np.abs(blend - want).max() > 0.05  # the two meanings are far apart on this workspace
+    counts = s.group_by("domain").len()
+    got = np.zeros(len(index))
+    got[index.positions(counts["domain"].to_numpy())] = counts["len"].to_numpy()
+    assert np.abs(got / got.sum() - want).max() < 0.03  # 4,000 draws: a few standard errors
+
+
+def test_run_replay_draws_only_the_runs_own_pool(real_ws, tmp_path):
+    """`schedule --run` uses the run's --tokens-per-domain budget (same seeded subsets) and leaves out
+    its general held-out documents: per domain the schedule exhausts exactly the run's pool."""
+    from mixing import inputs
+
+    ws = Workspace(real_ws)
+    r = run_cli("train", "--workspace", real_ws, "--clusters", "k3x2", "--level", 2, "--target", "gsm8k",
+                "--mixer", "uniform", "--steps", 4, "--batch-size", 4, "--tokens-per-domain", 400, "--context", 16,
+                "--vocab-size", 256, "--d-model", 16, "--n-layer", 1, "--eval-every", 4, "--eval-batches", 1,
+                "--checkpoint-every", 0, "--seed", 7, "--threads", 1, "--quiet", "--name", "budget")
+    assert r.exit_code == 0, r.output
+    reps = pl.read_parquet(ws.run_dir("budget") / "repetitions.parquet")
+    r = run_cli("schedule", "--workspace", real_ws, "--clusters", "k3x2", "--level", 2, "--run", "budget",
+                "--steps", 100, "--batch-size", 8, "--name", "budget")
+    assert r.exit_code == 0, r.output
+    s = pl.read_parquet(ws.schedule("budget"))
+    assert manifest.read_meta(ws.schedule("budget"))["params"]["seed"] == 7  # the run's seed by default
+    distinct = dict(s.group_by("domain").agg(pl.col("doc_id").n_unique()).iter_rows())
+    pool = dict(reps.select("domain", "n_docs").iter_rows())
+    assert distinct == {d: n for d, n in pool.items() if d in distinct} and len(distinct) == len(pool)
+    n_all = pl.read_parquet(ws.assignments_dir("k3x2") / "*.parquet").height
+    assert sum(pool.values()) < n_all - 1  # the budget left documents out: a real restriction
+    meta = manifest.read_meta(ws.run_dir("budget") / "metrics.parquet")["params"]
+    full = inputs.training_pool(ws, "k3x2", 2, 0.0, 0).index
+    held = inputs.general_holdout(full, meta["general_holdout"], meta["eval_batches"] * meta["eval_batch_size"])
+    assert held.size == meta["n_general_holdout"] > 0
+    assert not s["doc_id"].is_in(held.tolist()).any()

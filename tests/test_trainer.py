@@ -18,7 +18,8 @@ import torch
 from mixing.dga import BasisMatrix
 from mixing.mixers import make_mixer
 from mixing.model import ModelConfig, TinyGPT, lm_loss
-from mixing.run import PROBE_SALT, build_inputs, general_holdout, train_run
+from mixing.inputs import general_holdout
+from mixing.run import PROBE_SALT, build_inputs, train_run
 from mixing.sampler import MixtureSampler
 from mixing.tokens import PAD, Vocab, Windows
 from mixing.trainer import CHECKPOINT, TrainConfig, load_checkpoint, train
