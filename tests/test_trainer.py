@@ -326,3 +326,32 @@ def test_train_run_refuses_and_resumes(tiny_ws):
         train_run(tiny_ws, "c", 2, "t", "dga", "b1", cfg, name="x", quiet=True)
     with pytest.raises(DgamixError, match="needs --basis"):
         train_run(tiny_ws, "c", 2, "t", "is", None, cfg, name="x", quiet=True)
+
+
+def test_recorded_ema_beta_is_the_one_the_run_used(tiny_ws):
+    """dga-noema records ema_beta 0 (it ran with 0): the logged update is recomputed from the recorded
+    value. A --ema-beta that a mixer would ignore is refused instead; doge records none."""
+    from mixing.dga import ema, mirror_step
+
+    train_run(tiny_ws, "c", 2, "t", "dga-noema", "b", tiny_config(eta=3.0, steps=10, checkpoint_every=0),
+              name="noema", quiet=True)
+    w, meta = manifest.read(tiny_ws.run_dir("noema") / "weights.parquet", "run-weights")
+    p = meta["params"]
+    assert p["mixer"] == "dga-noema" and p["ema_beta"] == 0.0
+    df = pl.from_arrow(w)
+    lw = np.log(df.filter(pl.col("step") == 0).sort("basis")["weight"].to_numpy())
+    w5 = df.filter(pl.col("step") == 5).sort("basis")
+    expect = np.exp(ema(lw, mirror_step(lw, w5["alignment"].to_numpy(), p["eta"]), p["ema_beta"]))
+    np.testing.assert_allclose(w5["weight"].to_numpy(), expect, rtol=1e-9)
+    assert np.abs(expect - np.exp(ema(lw, mirror_step(lw, w5["alignment"].to_numpy(), 3.0), 0.1))).max() > 1e-6
+
+    for mixer, basis in (("dga-noema", "b"), ("doge", "b"), ("uniform", None), ("is", "b")):
+        with pytest.raises(DgamixError, match="--ema-beta 0.3") as e:
+            train_run(tiny_ws, "c", 2, "t", mixer, basis, tiny_config(ema_beta=0.3), name=f"x-{mixer}", quiet=True)
+        assert len(str(e.value).splitlines()) == 1
+        assert not tiny_ws.run_dir(f"x-{mixer}").exists() or not any(tiny_ws.run_dir(f"x-{mixer}").iterdir())
+    train_run(tiny_ws, "c", 2, "t", "dga-noema", "b", tiny_config(ema_beta=0.0, steps=5), name="noema0", quiet=True)
+    train_run(tiny_ws, "c", 2, "t", "doge", "b", tiny_config(steps=5), name="doge", quiet=True)
+    assert manifest.read_meta(tiny_ws.run_dir("doge") / "weights.parquet")["params"]["ema_beta"] is None
+    train_run(tiny_ws, "c", 2, "t", "dga", "b", tiny_config(steps=5), name="dga-default", quiet=True)
+    assert manifest.read_meta(tiny_ws.run_dir("dga-default") / "weights.parquet")["params"]["ema_beta"] == 0.1
