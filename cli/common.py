@@ -31,7 +31,7 @@ def check_name_options(command: str, options: dict) -> None:
     kinds = {**NAME_OPTIONS, "name": WRITES.get(command)}
     for key, value in options.items():
         if kinds.get(key) and value is not None:
-            for v in value if isinstance(value, (list, tuple)) else [value]:
+            for v in split_names(value) if isinstance(value, list) else [value]:
                 check_name(v, kinds[key], f"--{key}")
 
 
@@ -78,6 +78,11 @@ def engine_config(engine: str, ray_address: str | None, num_workers: int | None,
 def split_csv(value: str | None) -> tuple[str, ...]:
     """'a,b' -> ('a', 'b'); None or '' -> ()."""
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+def split_names(values: list[str]) -> list[str]:
+    """A repeatable option that also takes commas (--runs a,b --runs c) -> ['a', 'b', 'c']."""
+    return [v for item in values for v in split_csv(item)]
 
 
 def show(summary: dict) -> None:

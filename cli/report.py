@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import WS_HELP, user_errors
+from cli.common import WS_HELP, split_names, user_errors
 
 
 @user_errors
@@ -18,8 +18,7 @@ def report(
     from mixing.report import write_report
     from pipeline.workspace import Workspace
 
-    names = [r.strip() for item in runs or [] for r in item.split(",") if r.strip()]
-    path = write_report(Workspace(workspace), names or None)
+    path = write_report(Workspace(workspace), split_names(runs or []) or None)
     print(f"report: {path}")
     for png in sorted(path.parent.glob("*.png")):
         print(f"plot  : {png}")

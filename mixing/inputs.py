@@ -131,6 +131,16 @@ def restricted_basis(P: BasisMatrix, index: DomainIndex, names: list[str], basis
     return BasisMatrix(sp.diags(1.0 / sums) @ M)
 
 
+def check_mixer_basis(mixer: str, basis: str | None) -> None:
+    """--mixer is needs --basis; uniform and natural take none (`dgamix train` and `schedule` alike)."""
+    if mixer == "is" and basis is None:
+        raise DgamixError("--mixer is needs --basis B: the importance-sampling histogram (its basis named "
+                          "'target', else its first basis); build one with `dgamix basis ... --by single`.")
+    if mixer in ("uniform", "natural") and basis is not None:
+        raise DgamixError(f"--mixer {mixer} does not use --basis (it mixes the domains at --level); "
+                          f"drop --basis {basis}, or pass --mixer is.")
+
+
 def is_weights(P: BasisMatrix, names: list[str], index: DomainIndex) -> np.ndarray:
     """The static importance-sampling mixture of a basis, over index.domains (float64 (k,)): its
     basis named 'target', else its first. What `--mixer is --basis B` means in train and schedule."""

@@ -116,17 +116,17 @@ def losses_plot(runs: dict[str, pl.DataFrame], out: Path) -> Path:
 
 def write_report(ws: Workspace, runs: list[str] | None = None) -> Path:
     """Writes WS/report/*.png and WS/report/report.md; returns the markdown path."""
-    out = ws.root / "report"
-    out.mkdir(parents=True, exist_ok=True)
     clusters = ws.clusterings()
     if runs is None:
         runs = sorted(p.name for p in (ws.root / "runs").glob("*")
                       if valid_name(p.name) and (p / "metrics.parquet").exists()) if (ws.root / "runs").exists() else []
     if not clusters and not runs:
         raise DgamixError(f"nothing to report in {ws.root}: no clusterings or runs yet; run the stages first.")
+    loaded = {r: _run(ws, r) for r in runs}  # every run readable before anything is written
+    out = ws.root / "report"
+    out.mkdir(parents=True, exist_ok=True)
     md = [f"# dgamix report: {ws.root}", ""]
     if runs:
-        loaded = {r: _run(ws, r) for r in runs}
         md += ["## Runs", "", "![losses](losses.png)", "",
                "| run | mixer | steps | final target loss | final general loss | best target loss |",
                "|---|---|---|---|---|---|"]

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from mixing.dga import DGAConfig
-from mixing.inputs import HOLDOUT_SEED, check_level, is_weights, load_basis, restricted_basis, training_pool
+from mixing.inputs import HOLDOUT_SEED, check_level, check_mixer_basis, is_weights, load_basis, restricted_basis, training_pool
 from mixing.mixers import MIXER_NAMES, make_mixer
 from mixing.model import ModelConfig, TinyGPT
 from mixing.sampler import MixtureSampler
@@ -85,12 +85,7 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
     config = resolve_ema_beta(mixer_name, config)
     ws.require(ws.docs, f"dgamix embed CORPUS --workspace {ws.root}")
     check_level(ws, clusters, level)
-    if mixer_name == "is" and basis is None:
-        raise DgamixError("--mixer is needs --basis B: the importance-sampling histogram (its basis named "
-                          "'target', else its first basis); build one with `dgamix basis ... --by single`.")
-    if mixer_name in ("uniform", "natural") and basis is not None:
-        raise DgamixError(f"--mixer {mixer_name} does not use --basis (it mixes the domains at --level); "
-                          f"drop --basis {basis}.")
+    check_mixer_basis(mixer_name, basis)
     reweight_texts, holdout_texts, target_meta = load_target_examples(ws, target)
     if mixer_name in ADAPTIVE and not reweight_texts:
         raise DgamixError(f"target '{target}' has no 'reweight' examples to align with; rebuild it with "

@@ -103,12 +103,7 @@ def export_schedule(ws, clusters: str, level: int, steps: int, batch_size: int, 
     if mixer is not None and mixer not in STATIC_MIXERS:
         raise DgamixError(f"--mixer {mixer}: a static schedule takes {'|'.join(STATIC_MIXERS)}; for dga pass "
                           f"--run RUN (the weights a `dgamix train` run learned).")
-    if mixer == "is" and basis is None:
-        raise DgamixError("--mixer is needs --basis B: the importance-sampling histogram (its basis named "
-                          "'target', else its first basis); build one with `dgamix basis ... --by single`.")
-    if mixer in ("uniform", "natural") and basis is not None:
-        raise DgamixError(f"--mixer {mixer} does not use --basis (it mixes the domains at --level); "
-                          f"drop --basis {basis}, or pass --mixer is.")
+    inputs.check_mixer_basis(mixer, basis)
     if steps < 1 or batch_size < 1:
         raise DgamixError("--steps and --batch-size must be positive integers.")
     out = ws.schedule(name)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from pipeline.errors import DgamixError
 from pipeline.workspace import Workspace, check_name, valid_name
+from cli.common import split_names
 from tests.conftest import run_cli
 
 HOSTILE = ["../../evil", "../evil", "..", ".", "/tmp/dgamix-evil", "a/b", "a\\b", "..\\..\\evil", ".hidden",
@@ -106,6 +107,8 @@ def test_no_name_of_any_command_changes_a_file_inside_or_outside_the_workspace(r
     for what, argv in _commands(Path(real_ws)).items():
         option = what.split()[1]
         for name in HOSTILE:
+            if what == "report --runs" and all(valid_name(v) for v in split_names([name])):
+                continue  # --runs takes "a,b" and strips blanks: '' means every run, 'evil\n' is run 'evil'
             r = run_cli(*argv(name))
             lines = r.output.strip().splitlines()
             assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {option} "), (what, name,
