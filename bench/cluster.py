@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the dgamix command sets it: idle FAISS threads sleep
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -148,7 +148,6 @@ def write_report(ws: Workspace, runs: list[str] | None = None) -> Path:
             cluster_sizes_plot(ws, c, out / f"clusters-{c}.png")
             md += [f"### {c}", "", f"![cluster sizes of {c}](clusters-{c}.png)", ""]
     path = out / "report.md"
-    tmp = manifest.atomic_path(path)
-    tmp.write_text("\n".join(md) + "\n")
-    tmp.replace(path)
+    with manifest.atomic_file(path) as tmp:
+        tmp.write_text("\n".join(md) + "\n")
     return path

@@ -252,9 +252,10 @@ def train_run(ws: Workspace | str | Path, clusters: str, level: int, target: str
             _compare(load_checkpoint(ckpt).get("params", {}), params)
         elif overwrite and run_dir.exists():
             shutil.rmtree(run_dir)
-        torch.manual_seed(config.seed)
-        model = TinyGPT(ModelConfig(inp["vocab"].size, config.d_model, config.n_layer, config.n_head,
-                                    config.context))
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation, the caller's RNG left as it was
+            torch.manual_seed(config.seed)
+            model = TinyGPT(ModelConfig(inp["vocab"].size, config.d_model, config.n_layer, config.n_head,
+                                        config.context))
 
         def snapshot(tr: Trainer) -> None:  # partial logs beside every checkpoint
             write_outputs(ws, name, tr.metrics, tr.weights, data, params)

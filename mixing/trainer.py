@@ -32,7 +32,6 @@ written after the last good checkpoint, which stays on disk.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -46,6 +45,8 @@ from mixing.alignment import gradient_alignments
 from mixing.model import lm_loss, lm_loss_sum
 from mixing.sampler import MixtureSampler
 from mixing.tokens import Windows
+from pipeline import manifest
+from pipeline.runtime import torch_threads
 from pipeline.errors import DgamixError
 
 CHECKPOINT = "state.pt"
@@ -239,15 +240,8 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with manifest.atomic_file(path) as tmp:
         torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class _Bar:
@@ -319,7 +313,7 @@ class Trainer:
                                 "min_lr_ratio": self.config.min_lr_ratio, "steps": self.config.steps},
                 "mixer": self.mixer.state_dict(), "sampler": self.data.sampler.state_dict(),
                 "probe": self.data.probe.state_dict(), "target": self.cycler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+                "torch_rng": torch.get_rng_state(),
                 "metrics": list(self.metrics), "weights": list(self.weights), "tokens": self.tokens,
                 "elapsed": self.elapsed, "train_acc": (self.train_sum, self.train_n),
                 "timings": (self.align_seconds, self.n_align, self.step_seconds, self.n_steps_timed,
@@ -332,8 +326,7 @@ class Trainer:
         self.data.sampler.load_state_dict(state["sampler"])
         self.data.probe.load_state_dict(state["probe"])
         self.cycler.load_state_dict(state["target"])
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["numpy_rng"])
+        torch.set_rng_state(state["torch_rng"])  # numpy's global RNG is never used: every sampler has its own
         self.step = int(state["step"])
         self.metrics, self.weights = list(state["metrics"]), list(state["weights"])
         self.tokens, self.elapsed = int(state["tokens"]), float(state["elapsed"])
@@ -497,12 +490,13 @@ def train(model: torch.nn.Module, data: TrainData, mixer, config: TrainConfig, *
     With ``resume`` and a checkpoint in ``checkpoint_dir``, continue from it (the result equals
     an uninterrupted run). ``params`` is stored in the checkpoint (run.py compares it on resume).
     """
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    trainer = Trainer(model, data, mixer, config, checkpoint_dir=checkpoint_dir, params=params,
-                      loss_fn=loss_fn, quiet=quiet, on_checkpoint=on_checkpoint)
-    path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT
-    if resume and path is not None and path.exists():
-        trainer.load_state(load_checkpoint(path))
-    return trainer.run()
+    # torch's thread count and RNG are process-wide: set for this run, restored when it returns
+    devices = [torch.device(config.device).index or 0] if config.device.startswith("cuda") else []
+    with torch_threads(config.threads or torch.get_num_threads()), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.seed)
+        trainer = Trainer(model, data, mixer, config, checkpoint_dir=checkpoint_dir, params=params,
+                          loss_fn=loss_fn, quiet=quiet, on_checkpoint=on_checkpoint)
+        path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT
+        if resume and path is not None and path.exists():
+            trainer.load_state(load_checkpoint(path))
+        return trainer.run()

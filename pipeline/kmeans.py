@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -35,11 +34,6 @@ import pyarrow as pa
 from pipeline.errors import DgamixError
 from pipeline.progress import progress_bar
 
-# FAISS's OpenMP threads sleep when idle instead of spinning (read when FAISS loads its libgomp,
-# which happens on first use, after this). Spinning threads fight numpy's BLAS threads and any
-# other process for the cores: on a shared 2-core machine a 3,125 x 32 node took 7x longer.
-# A user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 # --------------------------------------------------------------------------- threads

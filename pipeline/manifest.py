@@ -106,21 +106,16 @@ def write(path: str | Path, table: pa.Table, kind: str, params: dict | None = No
 
 
 @contextlib.contextmanager
-def writer(path: str | Path, schema: pa.Schema, kind: str, params: dict | None = None,
-           inputs: str | None = None, extra: dict | None = None):
-    """Stream record batches into ``path`` with bounded memory; atomic like :func:`write`.
-
-    Yields a ``pyarrow.parquet.ParquetWriter``; the file appears under its name only when the
-    block completes, so an interrupted stream leaves no file that looks complete.
-    """
+def atomic_file(path: str | Path):
+    """Yield a temporary sibling of ``path`` to write; on success it is fsynced and renamed to
+    ``path``, on any failure removed. Temporaries of killed writers of ``path`` are swept first.
+    The one atomic writer: manifests, checkpoints and report.md all go through it."""
     path = Path(path)
-    schema = schema.with_metadata({**(schema.metadata or {}), META_KEY: _meta_bytes(kind, params, inputs, extra)})
     tmp = atomic_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         sweep_orphans(path)
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
-            yield w
+        yield tmp
         _commit(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -128,6 +123,19 @@ def writer(path: str | Path, schema: pa.Schema, kind: str, params: dict | None =
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def writer(path: str | Path, schema: pa.Schema, kind: str, params: dict | None = None,
+           inputs: str | None = None, extra: dict | None = None):
+    """Stream record batches into ``path`` with bounded memory; atomic like :func:`write`.
+
+    Yields a ``pyarrow.parquet.ParquetWriter``; the file appears under its name only when the
+    block completes, so an interrupted stream leaves no file that looks complete.
+    """
+    schema = schema.with_metadata({**(schema.metadata or {}), META_KEY: _meta_bytes(kind, params, inputs, extra)})
+    with atomic_file(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as w:
+        yield w
 
 
 def _meta_of(schema: pa.Schema, path: Path) -> dict:

@@ -355,3 +355,34 @@ def test_recorded_ema_beta_is_the_one_the_run_used(tiny_ws):
     assert manifest.read_meta(tiny_ws.run_dir("doge") / "weights.parquet")["params"]["ema_beta"] is None
     train_run(tiny_ws, "c", 2, "t", "dga", "b", tiny_config(steps=5), name="dga-default", quiet=True)
     assert manifest.read_meta(tiny_ws.run_dir("dga-default") / "weights.parquet")["params"]["ema_beta"] == 0.1
+
+
+def test_training_leaves_the_process_settings_as_they_were(tiny_ws):
+    """A library call changes no process-wide state: torch's threads and RNG, numpy's global RNG
+    and the environment are as they were (the run itself is still seeded: same losses twice)."""
+    import os
+
+    torch.set_num_threads(2)
+    np.random.seed(123)
+    before = (torch.get_num_threads(), torch.get_rng_state().clone(), np.random.get_state()[1].copy(), dict(os.environ))
+    a = train_run(tiny_ws, "c", 2, "t", "uniform", None, tiny_config(steps=3, threads=1), name="side-a", quiet=True)
+    after = (torch.get_num_threads(), torch.get_rng_state(), np.random.get_state()[1], dict(os.environ))
+    assert after[0] == before[0] and torch.equal(after[1], before[1])
+    torch_own = {"TORCHINDUCTOR_CACHE_DIR"}  # torch sets it itself on a lazy import of its compiler
+    assert np.array_equal(after[2], before[2])
+    assert {k: v for k, v in after[3].items() if k not in torch_own} == {k: v for k, v in before[3].items()
+                                                                          if k not in torch_own}
+    b = train_run(tiny_ws, "c", 2, "t", "uniform", None, tiny_config(steps=3, threads=1), name="side-b", quiet=True)
+    assert a["loss_target"] == b["loss_target"] and a["loss_train"] == b["loss_train"]
+
+
+def test_importing_the_library_sets_no_environment():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; before = dict(os.environ); import pipeline.kmeans, pipeline.embed, mixing.run; "
+            "print(sorted(set(os.environ.items()) ^ set(before.items())))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "HF_HUB_OFFLINE")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[]"
