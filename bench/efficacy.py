@@ -128,11 +128,13 @@ def prepare(args, log: list[str]) -> dict:
 # --------------------------------------------------------------------------- runs
 
 def config_of(args, seed: int, mixer: str):
+    from mixing.dga import DGAConfig
     from mixing.trainer import TrainConfig
 
-    return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                       reweight_every=args.reweight_every, reweight_start=args.reweight_start, eta=args.eta,
-                       ema_beta=args.ema_beta if mixer == "dga" else None, normalise=args.normalise, align_batch_size=args.align_batch_size,
+    dga = DGAConfig(eta=args.eta, ema_beta=args.ema_beta if mixer == "dga" else None,
+                    reweight_every=args.reweight_every, reweight_start=args.reweight_start, normalise=args.normalise)
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, dga=dga,
+                       align_batch_size=args.align_batch_size,
                        target_batch_size=args.target_batch_size, eval_every=args.eval_every,
                        eval_batches=args.eval_batches, checkpoint_every=0,
                        tokens_per_domain=args.tokens_per_domain or None, seed=seed, threads=args.threads)

@@ -142,14 +142,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     import polars as pl
 
     from mixing.run import train_run
+    from mixing.dga import DGAConfig
     from mixing.trainer import TrainConfig
 
     levels = [int(x) for x in args.levels.split(",")]
     leaves = pl.read_parquet(args.workspace / "clusters" / clusters / "domains.parquet").filter(
         pl.col("level") == len(levels)).height
     n_bases = pl.read_parquet(args.workspace / "bases" / f"{basis}.parquet")["basis"].n_unique()
-    cfg = dict(steps=args.steps, batch_size=args.batch_size, reweight_every=args.reweight_every,
-               reweight_start=args.reweight_start, align_batch_size=args.align_batch_size,
+    cfg = dict(steps=args.steps, batch_size=args.batch_size,
+               dga=DGAConfig(reweight_every=args.reweight_every, reweight_start=args.reweight_start),
+               align_batch_size=args.align_batch_size,
                target_batch_size=args.target_batch_size, eval_every=args.steps, checkpoint_every=0,
                seed=args.seed, threads=args.threads)
     out = {}

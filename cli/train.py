@@ -60,23 +60,21 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Train a small decoder-only LM on the mixture; writes WS/runs/NAME/{metrics,weights,repetitions}.parquet."""
+    from mixing.dga import DGAConfig
     from mixing.run import train_run
     from mixing.trainer import TrainConfig
     from pipeline.errors import DgamixError
 
-    try:
-        cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, reweight_every=reweight_every,
-                          reweight_start=reweight_start,
-                          eta=eta, ema_beta=ema_beta, normalise=normalise, align_batch_size=align_batch_size,
-                          target_batch_size=target_batch_size, eval_every=eval_every, eval_batches=eval_batches,
-                          checkpoint_every=checkpoint_every, tokens_per_domain=tokens_per_domain, seed=seed,
-                          device=device, threads=threads, context=context, vocab_size=vocab_size, d_model=d_model, n_layer=n_layer)
+    try:  # DGA's settings go into their one config; the trainer's into TrainConfig, which holds it
+        dga = DGAConfig(eta=eta, ema_beta=ema_beta, reweight_every=reweight_every, reweight_start=reweight_start,
+                        normalise=normalise)
+        cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, dga=dga,
+                          align_batch_size=align_batch_size, target_batch_size=target_batch_size,
+                          eval_every=eval_every, eval_batches=eval_batches, checkpoint_every=checkpoint_every,
+                          tokens_per_domain=tokens_per_domain, seed=seed, device=device, threads=threads,
+                          context=context, vocab_size=vocab_size, d_model=d_model, n_layer=n_layer)
     except ValueError as e:
         raise DgamixError(f"invalid training option: {e}.") from None
-    if normalise not in ("none", "cosine", "mean_norm"):
-        raise DgamixError(f"--normalise {normalise!r}: choose none, cosine or mean_norm.")
-    if d_model % 4:
-        raise DgamixError(f"--d-model {d_model} must be a multiple of 4 (the number of attention heads).")
     summary = train_run(workspace, clusters, level, target, mixer, basis, cfg, name, resume=resume,
                         overwrite=overwrite, quiet=quiet)
     show(summary)

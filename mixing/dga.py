@@ -16,7 +16,7 @@ reweighting): DGA learns w over the N bases and the sampler draws domains from a
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -26,21 +26,29 @@ from scipy.special import logsumexp
 Normalise = Literal["none", "cosine", "mean_norm"]
 
 
+DEFAULT_EMA_BETA = 0.1  # dga's EMA weight when DGAConfig.ema_beta is None
+
+
 @dataclass
 class DGAConfig:
-    """Hyper-parameters of DGA (defaults from DGA.md).
+    """DGA's settings: the one object from `dgamix train`'s options (or a user's code) to the update.
 
     eta: step size of the exponentiated-gradient step (units: 1 / alignment units).
-    ema_beta: EMA weight on the PREVIOUS weights; 0 = pure mirror descent, 1 = frozen.
+    ema_beta: EMA weight on the PREVIOUS weights; 0 = pure mirror descent, 1 = frozen; None = the
+        mixer's own (DEFAULT_EMA_BETA for dga, 0 for dga-noema; doge has no EMA).
     reweight_every: T_r, the number of training steps between updates.
+    reweight_start: no update before this step (at initialisation every gradient points along the
+        same unigram direction, so the alignments are 10-100x larger than later and measure that,
+        not relevance to the target; the default skips the trainer's learning-rate warmup).
     floor: eps in w <- (1 - eps) w + eps / n, applied after each update (0 disables).
     normalise: how raw dot products are rescaled before the step, see ``normalise_alignments``.
     eta_schedule: "constant", or "lr" for eta_t = eta * lr_t / lr_0 (lr_0 = lr of the first update).
     """
 
     eta: float = 0.3
-    ema_beta: float = 0.1
-    reweight_every: int = 50
+    ema_beta: float | None = None
+    reweight_every: int = 25
+    reweight_start: int = 20
     floor: float = 0.0
     normalise: Normalise = "none"
     eta_schedule: Literal["constant", "lr"] = "constant"
@@ -48,16 +56,22 @@ class DGAConfig:
     def __post_init__(self) -> None:
         if not (np.isfinite(self.eta) and self.eta >= 0):
             raise ValueError(f"eta must be finite and >= 0, got {self.eta}")
-        if not 0.0 <= self.ema_beta <= 1.0:
+        if self.ema_beta is not None and not 0.0 <= self.ema_beta <= 1.0:
             raise ValueError(f"ema_beta must be in [0, 1], got {self.ema_beta}")
         if int(self.reweight_every) < 1:
             raise ValueError(f"reweight_every must be >= 1, got {self.reweight_every}")
+        if int(self.reweight_start) < 0:
+            raise ValueError(f"reweight_start must be >= 0, got {self.reweight_start}")
         if not 0.0 <= self.floor <= 1.0:
             raise ValueError(f"floor must be in [0, 1], got {self.floor}")
         if self.normalise not in ("none", "cosine", "mean_norm"):
             raise ValueError(f"normalise must be none|cosine|mean_norm, got {self.normalise!r}")
         if self.eta_schedule not in ("constant", "lr"):
             raise ValueError(f"eta_schedule must be constant|lr, got {self.eta_schedule!r}")
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` is a reweighting step: from reweight_start on, every reweight_every steps."""
+        return step >= self.reweight_start and step % self.reweight_every == 0
 
 
 # --------------------------------------------------------------------------- pure maths
@@ -153,7 +167,8 @@ class DGA:
             raise ValueError(f"n must be >= 1, got {n}")
         self.n = int(n)
         self.name = name
-        self.config = config or DGAConfig()
+        config = config or DGAConfig()
+        self.config = replace(config, ema_beta=DEFAULT_EMA_BETA) if config.ema_beta is None else config
         self.log_w = apply_floor(log_init_weights(self.n, init_weights), self.config.floor)
         self.lr0: float | None = None
         self.n_updates = 0
@@ -165,8 +180,8 @@ class DGA:
         return w / w.sum()
 
     def needs_alignment(self, step: int) -> bool:
-        """True on reweighting steps (step % reweight_every == 0)."""
-        return step % self.config.reweight_every == 0
+        """True on reweighting steps (``DGAConfig.due``)."""
+        return self.config.due(step)
 
     def step_size(self, lr: float | None) -> float:
         """eta for this update: constant, or eta * lr / lr_0 with eta_schedule="lr"."""

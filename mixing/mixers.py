@@ -72,7 +72,8 @@ class Static:
 class DoGE:
     """DoGE-style weights: w_t proportional to w_0 * exp(eta * sum_{s<=t} a_s) (log space).
 
-    Uses eta, reweight_every and normalise of the DGAConfig (no EMA, no floor, constant eta).
+    Uses eta, reweight_every, reweight_start and normalise of the DGAConfig (no EMA, no floor,
+    constant eta).
     ``weights()`` drives sampling during the run; ``average_weights()`` (the mean of the
     weights produced by the updates; w_0 before any update) is what DoGE exports.
     """
@@ -98,7 +99,7 @@ class DoGE:
         return self.sum_w / self.n_updates
 
     def needs_alignment(self, step: int) -> bool:
-        return step % self.config.reweight_every == 0
+        return self.config.due(step)
 
     def update(self, step: int, alignments: np.ndarray, grad_norms: np.ndarray | None = None,
                target_norm: float | None = None, **info) -> np.ndarray:
@@ -138,7 +139,8 @@ def make_mixer(name: str, n: int, *, init: np.ndarray | None = None,
 
     uniform: 1/n (init ignored). natural: init = cluster sizes (required). is: init = the
     static importance-sampling weights (required). dga / dga-noema / doge: init = starting
-    weights (uniform when None); dga-noema is DGA with ema_beta = 0.
+    weights (uniform when None); dga-noema is DGA with ema_beta = 0 (config.ema_beta None or 0);
+    doge has no EMA (config.ema_beta None). A setting the mixer would not use is an error.
     """
     if name not in MIXER_NAMES:
         raise ValueError(f"unknown mixer {name!r}; valid: {'|'.join(MIXER_NAMES)}")
@@ -155,5 +157,9 @@ def make_mixer(name: str, n: int, *, init: np.ndarray | None = None,
     if name == "dga":
         return DGA(n, config, init, name="dga")
     if name == "dga-noema":
+        if config.ema_beta not in (None, 0.0):
+            raise ValueError(f"dga-noema is dga with ema_beta = 0; got ema_beta = {config.ema_beta}")
         return DGA(n, replace(config, ema_beta=0.0), init, name="dga-noema")
+    if config.ema_beta is not None:
+        raise ValueError(f"doge has no EMA; got ema_beta = {config.ema_beta}")
     return DoGE(n, config, init, name="doge")

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from mixing.dga import DGAConfig
+from mixing.dga import DEFAULT_EMA_BETA
 from mixing.inputs import HOLDOUT_SEED, check_level, check_mixer_basis, is_weights, load_basis, restricted_basis, training_pool
 from mixing.mixers import MIXER_NAMES, make_mixer
 from mixing.model import ModelConfig, TinyGPT
@@ -51,20 +51,26 @@ ADAPTIVE = ("dga", "dga-noema", "doge")
 def resolve_ema_beta(mixer_name: str, config: TrainConfig) -> TrainConfig:
     """``config`` with the EMA weight the mixer really uses, so the run records what it ran with.
 
-    dga: the given ema_beta (default DGAConfig's 0.1); dga-noema: 0 (another value is an error, not
+    dga: the given ema_beta (default DEFAULT_EMA_BETA); dga-noema: 0 (another value is an error, not
     silently replaced); doge and the static mixers have no EMA: None (a given value is an error).
     """
-    beta = config.ema_beta
+    beta = config.dga.ema_beta
     if mixer_name == "dga":
-        return replace(config, ema_beta=DGAConfig().ema_beta if beta is None else beta)
-    if mixer_name == "dga-noema":
+        beta = DEFAULT_EMA_BETA if beta is None else beta
+    elif mixer_name == "dga-noema":
         if beta not in (None, 0.0):
             raise DgamixError(f"--mixer dga-noema is DGA with --ema-beta 0; drop --ema-beta {beta} or use "
                               f"--mixer dga --ema-beta {beta}.")
-        return replace(config, ema_beta=0.0)
-    if beta is not None:
+        beta = 0.0
+    elif beta is not None:
         raise DgamixError(f"--mixer {mixer_name} has no EMA; drop --ema-beta {beta} (it applies to --mixer dga).")
-    return config
+    return replace(config, dga=replace(config.dga, ema_beta=beta))
+
+
+def recorded_params(config: TrainConfig) -> dict:
+    """The run's settings as one flat dict (DGA's beside the trainer's), without device and threads."""
+    flat = {k: v for k, v in asdict(config).items() if k not in ("device", "threads", "dga")}
+    return {**flat, **asdict(config.dga)}
 
 
 def load_target_examples(ws: Workspace, target: str) -> tuple[list[str], list[str], dict]:
@@ -111,13 +117,11 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
     tpd = config.tokens_per_domain
     if tpd is not None and index.tokens is None:
         raise DgamixError("--tokens-per-domain needs n_tokens in docs.parquet; re-embed the corpus.")
-    dcfg = DGAConfig(eta=config.eta, ema_beta=config.ema_beta or 0.0, reweight_every=config.reweight_every,
-                     normalise=config.normalise)
     seeds = dict(seed=config.seed, tokens_per_domain=tpd)
     probe_seeds = dict(seed=config.seed + PROBE_SALT, tokens_per_domain=tpd)
     if basis is not None and mixer_name in ADAPTIVE:  # distribution reweighting over N bases
         kind, ids, names = "basis", np.arange(P.n), [str(n) for n in basis_names]
-        mixer = make_mixer(mixer_name, P.n, config=dcfg)
+        mixer = make_mixer(mixer_name, P.n, config=config.dga)
         sampler, probe = MixtureSampler(index, P, **seeds), MixtureSampler(index, P, **probe_seeds)
     else:  # domain-level mixtures over the k populated domains
         kind, ids, names = "domain", index.domains.copy(), [str(d) for d in index.domains]
@@ -129,13 +133,13 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
             init = index.sizes.astype(np.float64)
         elif mixer_name == "is":
             init = is_weights(P, basis_names, index)
-        mixer = make_mixer(mixer_name, len(index), init=init, config=dcfg)
+        mixer = make_mixer(mixer_name, len(index), init=init, config=config.dga)
         sampler, probe = MixtureSampler(index, **seeds), MixtureSampler(index, **probe_seeds)
 
     data = TrainData(windows, sampler, probe, target_w, {"target": target_eval, "general": general_eval},
                      kind, ids, names)
     params = {"clusters": clusters, "level": level, "target": target, "mixer": mixer_name, "basis": basis,
-              **{k: v for k, v in asdict(config).items() if k not in ("device", "threads")},
+              **recorded_params(config),
               "corpus": docs_meta.get("inputs"), "tokens": token_key, "target_file": target_meta.get("inputs"),
               "basis_file": None if basis_meta is None else basis_meta.get("inputs"),
               # load_index validated the clustering above; only its fingerprint is needed here

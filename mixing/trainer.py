@@ -7,8 +7,8 @@ One step s (0-based; "after s steps" = s optimiser updates done):
    mean training loss since the last evaluation (split "train");
 2. every ``checkpoint_every`` steps: an atomic checkpoint (everything needed to continue
    exactly, see ``Trainer.state``);
-3. if s >= reweight_start and ``mixer.needs_alignment(s)``: one target batch from the target's
-   "reweight" examples and, for each entry j of the mixer (basis j, or domain j: domain
+3. if ``mixer.needs_alignment(s)`` (for DGA: from reweight_start on, every reweight_every steps):
+   one target batch from the target's "reweight" examples and, for each entry j of the mixer (basis j, or domain j: domain
    reweighting = identity basis), one batch drawn from P_j by a separate probe sampler (its
    own seed and stream, so probes never consume the training stream); a_j = <grad l(x_j), grad l(y)> streamed by
    ``gradient_alignments``; ``mixer.update(s, a, grad_norms, target_norm, lr)``;
@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from mixing.alignment import gradient_alignments
+from mixing.dga import DGAConfig
 from mixing.model import lm_loss, lm_loss_sum
 from mixing.sampler import MixtureSampler
 from mixing.tokens import Windows
@@ -60,12 +61,8 @@ class TrainConfig:
     Model: context (pieces per sequence), vocab_size (kept word pieces, + pad + unk), d_model,
     n_layer, n_head. Optimiser: lr (peak), warmup (steps), min_lr_ratio (final lr / lr),
     weight_decay (AdamW, on matrices only), grad_clip (max global L2 norm; 0 disables).
-    Mixing: reweight_every (T_r, steps), reweight_start (no reweighting before this step: at
-    initialisation every gradient points along the same unigram direction, so the alignments
-    are 10-100x larger than later and measure that, not relevance to the target; the default
-    skips the learning-rate warmup), eta, ema_beta (weight on the previous weights; None = the
-    mixer's own: 0.1 for dga, 0 for dga-noema, none for the others),
-    normalise (none|cosine|mean_norm, see mixing.dga), align_batch_size (sequences per basis /
+    Mixing: dga (the DGAConfig: eta, ema_beta, reweight_every, reweight_start, normalise, ...;
+    the mixer decides when it reweights), align_batch_size (sequences per basis /
     domain probe), target_batch_size (target sequences per reweighting), tokens_per_domain
     (limited-data budget per domain, in the docs manifest's n_tokens; None = all documents).
     Evaluation: eval_every (steps), eval_batches x eval_batch_size = size of each fixed
@@ -87,11 +84,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    reweight_every: int = 25
-    reweight_start: int = 20
-    eta: float = 0.3
-    ema_beta: float | None = None
-    normalise: str = "none"
+    dga: DGAConfig = field(default_factory=DGAConfig)
     align_batch_size: int = 16
     target_batch_size: int = 16
     eval_every: int = 25
@@ -110,25 +103,21 @@ class TrainConfig:
     n_head: int = 4
 
     def __post_init__(self) -> None:
-        positive = ("steps", "batch_size", "reweight_every", "align_batch_size", "target_batch_size",
+        positive = ("steps", "batch_size", "align_batch_size", "target_batch_size",
                     "eval_every", "eval_batches", "eval_batch_size", "context", "vocab_size",
                     "d_model", "n_layer", "n_head")
         for k in positive:
             if int(getattr(self, k)) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
-        for k in ("warmup", "checkpoint_every", "reweight_start"):
+        for k in ("warmup", "checkpoint_every"):
             if int(getattr(self, k)) < 0:
                 raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.ema_beta is not None and not 0.0 <= self.ema_beta <= 1.0:
-            raise ValueError(f"ema_beta must be in [0, 1], got {self.ema_beta}")
         if not 0.0 <= self.general_holdout < 1.0:
             raise ValueError(f"general_holdout must be in [0, 1), got {self.general_holdout}")
-        if self.normalise not in ("none", "cosine", "mean_norm"):
-            raise ValueError(f"normalise must be none|cosine|mean_norm, got {self.normalise!r}")
         if self.d_model % self.n_head:
             raise ValueError(f"n_head ({self.n_head}) must divide d_model ({self.d_model})")
         if self.tokens_per_domain is not None and self.tokens_per_domain < 1:
@@ -446,7 +435,7 @@ class Trainer:
                     self._sync_clock()
                     self.save_checkpoint()
                 lr = cfg.lr_at(step)
-                if step >= cfg.reweight_start and self.mixer.needs_alignment(step):
+                if self.mixer.needs_alignment(step):
                     self._reweight(step, lr)
                     bar.update(top=bar.top(self.mixer.weights()))
                 elif step == 0:

@@ -114,9 +114,11 @@ def test_floor_keeps_weights_above_eps_over_n():
     np.testing.assert_allclose(w[1:], 0.04 / 8, rtol=1e-9)
 
 
-def test_needs_alignment_every_period():
-    dga = DGA(3, DGAConfig(reweight_every=50))
+def test_needs_alignment_every_period_from_the_start_step():
+    dga = DGA(3, DGAConfig(reweight_every=50, reweight_start=0))
     assert [s for s in range(201) if dga.needs_alignment(s)] == [0, 50, 100, 150, 200]
+    late = DGA(3, DGAConfig(reweight_every=25, reweight_start=20))
+    assert [s for s in range(101) if late.needs_alignment(s)] == [25, 50, 75, 100]
 
 
 def test_lr_schedule_scales_eta():
@@ -288,8 +290,12 @@ def test_make_mixer_names_and_behaviour():
     np.testing.assert_allclose(nat.weights(), [0.1, 0.3, 0.6])
     assert not nat.needs_alignment(0)
     np.testing.assert_allclose(nat.update(0, np.ones(3)), [0.1, 0.3, 0.6])
-    assert make_mixer("dga-noema", 3, config=DGAConfig(ema_beta=0.3)).config.ema_beta == 0.0
+    assert make_mixer("dga-noema", 3, config=DGAConfig()).config.ema_beta == 0.0
     assert make_mixer("dga", 3).config.ema_beta == 0.1
+    with pytest.raises(ValueError, match="dga-noema is dga with ema_beta = 0"):  # refused, not replaced
+        make_mixer("dga-noema", 3, config=DGAConfig(ema_beta=0.3))
+    with pytest.raises(ValueError, match="doge has no EMA"):
+        make_mixer("doge", 3, config=DGAConfig(ema_beta=0.3))
     for name in MIXER_NAMES:
         m = make_mixer(name, 3, init=sizes)
         assert isinstance(m, Mixer) and m.name == name and m.n == 3

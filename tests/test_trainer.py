@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from mixing.dga import BasisMatrix
+from mixing.dga import BasisMatrix, DGAConfig
 from mixing.mixers import make_mixer
 from mixing.model import ModelConfig, TinyGPT, lm_loss
 from mixing.inputs import general_holdout
@@ -33,12 +33,16 @@ N_DOCS = 160
 TOPICS_PER_DOMAIN = 3  # level_2 domain = (topic index // 3) % 4 -> 4 domains; level_1 = level_2 // 2
 
 
+DGA_KEYS = ("eta", "ema_beta", "reweight_every", "reweight_start", "floor", "normalise", "eta_schedule")
+
+
 def tiny_config(**kw) -> TrainConfig:
     base = dict(steps=20, batch_size=4, lr=3e-3, warmup=4, reweight_every=5, reweight_start=4, align_batch_size=4,
                 target_batch_size=4, eval_every=5, eval_batches=1, eval_batch_size=8, checkpoint_every=10,
                 general_holdout=0.05, context=32, vocab_size=512, d_model=32, n_layer=1, n_head=4, seed=0)
     base.update(kw)
-    return TrainConfig(**base)
+    dga = {k: base.pop(k) for k in list(base) if k in DGA_KEYS}
+    return TrainConfig(**base, dga=DGAConfig(**dga))
 
 
 def build_workspace(root: Path) -> Workspace:
