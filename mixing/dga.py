@@ -85,8 +85,11 @@ def mirror_step(log_w: np.ndarray, a: np.ndarray, eta: float) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     live = log_w > -np.inf             # a zero weight stays zero (and is not inf - inf)
     z = np.full_like(log_w, -np.inf)
-    with np.errstate(over="ignore"):
-        z[live] = log_w[live] + eta * (a[live] - a[live].max())  # overflow only gives -inf
+    if eta:  # eta = 0 is no step: 0 * (a spread past float64's range = -inf) would be NaN
+        with np.errstate(over="ignore"):
+            z[live] = log_w[live] + eta * (a[live] - a[live].max())  # overflow only gives -inf
+    else:
+        z[live] = log_w[live]
     return z - logsumexp(z)
 
 

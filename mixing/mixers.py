@@ -74,8 +74,9 @@ class DoGE:
 
     Uses eta, reweight_every, reweight_start and normalise of the DGAConfig (no EMA, no floor,
     constant eta).
-    ``weights()`` drives sampling during the run; ``average_weights()`` (the mean of the
-    weights produced by the updates; w_0 before any update) is what DoGE exports.
+    ``weights()`` drives sampling during the run (and is what `dgamix train` logs);
+    ``average_weights()`` (the mean of the weights produced by the updates; w_0 before any
+    update) is DoGE's final mixture, available from Python.
     """
 
     def __init__(self, n: int, config: DGAConfig | None = None,

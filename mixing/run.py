@@ -118,7 +118,8 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
     if tpd is not None and index.tokens is None:
         raise DgamixError("--tokens-per-domain needs n_tokens in docs.parquet; re-embed the corpus.")
     seeds = dict(seed=config.seed, tokens_per_domain=tpd)
-    probe_seeds = dict(seed=config.seed + PROBE_SALT, tokens_per_domain=tpd)
+    # probes: their own order, but the training sampler's documents (same budgeted subsets)
+    probe_seeds = dict(seed=config.seed + PROBE_SALT, tokens_per_domain=tpd, pool_seed=config.seed)
     if basis is not None and mixer_name in ADAPTIVE:  # distribution reweighting over N bases
         kind, ids, names = "basis", np.arange(P.n), [str(n) for n in basis_names]
         mixer = make_mixer(mixer_name, P.n, config=config.dga)

@@ -209,13 +209,15 @@ class MixtureSampler:
     0..k-1) or None (w directly over ``domain_ids``, default ``index.domains``).
     limited: documents without replacement inside a domain, new epoch when exhausted;
     otherwise uniform with replacement. tokens_per_domain: restrict each domain to a seeded
-    subset of its documents whose tokens sum to at most this budget (at least one document).
+    subset of its documents whose tokens sum to at most this budget (at least one document),
+    chosen by ``pool_seed`` (default ``seed``): two samplers with one pool_seed and different
+    seeds (training and alignment probes) draw the same documents in different orders.
     Exposed counters (per dense domain, aligned with index.domains): draws, epochs.
     """
 
     def __init__(self, index: DomainIndex, basis: BasisMatrix | None = None, *, seed: int = 0,
                  limited: bool = True, tokens_per_domain: int | None = None,
-                 domain_ids: np.ndarray | None = None) -> None:
+                 domain_ids: np.ndarray | None = None, pool_seed: int | None = None) -> None:
         if not len(index):
             raise ValueError("the domain index is empty: no documents to sample")
         if basis is not None and domain_ids is not None:
@@ -226,6 +228,7 @@ class MixtureSampler:
         self.labels = labels                       # domain id of each entry of alpha
         self._label_pos = index.positions(labels)  # dense position of each, -1 if empty
         self._seed_key = _mix64(np.array([self.seed % 2 ** 64], dtype=_U64))[0]
+        self.pool_seed = self.seed if pool_seed is None else int(pool_seed)
         self.tokens_per_domain = tokens_per_domain
         self.pool_offsets, self.pool = self._make_pool(tokens_per_domain)
         self.pool_sizes = np.diff(self.pool_offsets)
@@ -238,11 +241,13 @@ class MixtureSampler:
         self._mixture_key: bytes | None = None
 
     # ----- construction helpers
-    def _keys(self, dense: np.ndarray, epoch: np.ndarray | int) -> np.ndarray:
-        """uint64 key naming the order of (domain, epoch): depends on seed, domain id, epoch."""
+    def _keys(self, dense: np.ndarray, epoch: np.ndarray | int, seed: int | None = None) -> np.ndarray:
+        """uint64 key naming the order of (domain, epoch): depends on seed (default the sampler's),
+        domain id, epoch."""
+        key = self._seed_key if seed is None else _mix64(np.array([seed % 2 ** 64], dtype=_U64))[0]
         dom = self.index.domains[dense].astype(_U64)
         ep = np.asarray(epoch).astype(_U64)
-        return _mix64(_mix64(self._seed_key ^ _mix64(dom)) ^ ep)
+        return _mix64(_mix64(key ^ _mix64(dom)) ^ ep)
 
     def _make_pool(self, budget: int | None) -> tuple[np.ndarray, np.ndarray]:
         """(offsets (K+1,), docs) of every domain's sampling pool: all docs, or a token budget."""
@@ -254,7 +259,7 @@ class MixtureSampler:
         if budget < 1:
             raise ValueError(f"tokens_per_domain must be >= 1, got {budget}")
         starts, seg, pos = _segments(idx.sizes)
-        order = _shuffled_segments(seg, pos, self._keys(np.arange(len(idx)), _SALT_POOL))
+        order = _shuffled_segments(seg, pos, self._keys(np.arange(len(idx)), _SALT_POOL, self.pool_seed))
         tok = idx.tokens[order]
         cum = np.cumsum(tok)
         within = cum - (cum[starts] - tok[starts])[seg]   # tokens so far inside the domain
@@ -374,21 +379,22 @@ class MixtureSampler:
 
     @property
     def epochs(self) -> np.ndarray:
-        """Completed passes over each domain's pool (K,): repetitions start at 1."""
+        """Completed passes over each domain's pool (K,): 1 = every document drawn once, 2 = the
+        pool drawn a second time through (a domain repeats once this exceeds 1)."""
         return self.draws // self.pool_sizes
 
     # ----- state
     def state_dict(self) -> dict:
         """Plain state: draw counts, generator state and what they apply to."""
-        return {"seed": self.seed, "limited": self.limited,
+        return {"seed": self.seed, "pool_seed": self.pool_seed, "limited": self.limited,
                 "tokens_per_domain": self.tokens_per_domain, "domains": self.index.domains.copy(),
                 "pool_sizes": self.pool_sizes.copy(), "draws": self.draws.copy(),
                 "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume from ``state_dict``: the continued stream equals an uninterrupted one."""
-        for key in ("seed", "limited", "tokens_per_domain"):
-            if state[key] != getattr(self, key):
+        for key in ("seed", "pool_seed", "limited", "tokens_per_domain"):
+            if state.get(key, state["seed"] if key == "pool_seed" else None) != getattr(self, key):
                 raise ValueError(f"sampler state has {key}={state[key]!r}, this sampler "
                                  f"{getattr(self, key)!r}")
         if not (np.array_equal(state["domains"], self.index.domains)

@@ -12,7 +12,8 @@ Domain ids are flattened paths: a child of the level-(l-1) domain p has id ``p *
 level-l ids lie in [0, b_1 * ... * b_l), and the ancestor of a level-L id at level l is
 ``id // (b_{l+1} * ... * b_L)``. A node with fewer members than b_l gets as many centroids as
 it has members (one member: a single child); centroids left without any sample point after
-FAISS's own empty-cluster splitting are dropped, so their ids are simply absent.
+FAISS's own empty-cluster splitting are dropped and the node's remaining children renumbered
+0, 1, ..., so a node with dropped centroids lacks its highest child ids.
 
 Memory: the embeddings are never loaded at once. The fit streams over the shards of a
 :class:`VectorSource`: once per level to descend every document one level (keeping one int64

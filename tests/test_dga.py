@@ -306,3 +306,11 @@ def test_make_mixer_names_and_behaviour():
         make_mixer("natural", 3)
     with pytest.raises(ValueError, match="non-negative"):
         Static(np.array([1.0, -1.0]), "is")
+
+
+def test_eta_zero_is_no_step_even_for_alignments_past_float64s_range():
+    log_w = np.log(np.array([0.2, 0.3, 0.5]))
+    out = mirror_step(log_w, np.array([1.7e308, -1.7e308, 0.0]), 0.0)  # a - max overflows to -inf
+    np.testing.assert_allclose(np.exp(out), [0.2, 0.3, 0.5])
+    dga = DGA(3, DGAConfig(eta=0.0, ema_beta=0.0, reweight_start=0))
+    assert np.isfinite(dga.update(0, np.array([1.7e308, -1.7e308, 0.0]))).all()

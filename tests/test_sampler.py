@@ -228,3 +228,19 @@ def test_dataset_reads_weights_every_step():
     loader = torch.utils.data.DataLoader(SamplerDataset(MixtureSampler(idx), mixer, 4, steps=2),
                                          batch_size=None)
     assert [b.shape for b in loader] == [torch.Size([4])] * 2
+
+
+def test_probe_sampler_shares_the_training_pool_under_a_token_budget():
+    """Alignment probes must measure the documents training uses: with pool_seed the budgeted
+    subsets are the training sampler's, while the order (seed) differs."""
+    rng = np.random.default_rng(0)
+    docs = np.arange(400)
+    index = DomainIndex.from_arrays(docs, docs % 8, n_tokens=rng.integers(20, 200, 400))
+    train = MixtureSampler(index, seed=5, tokens_per_domain=300)
+    probe = MixtureSampler(index, seed=5 + 1_000_003, tokens_per_domain=300, pool_seed=5)
+    other = MixtureSampler(index, seed=5 + 1_000_003, tokens_per_domain=300)
+    assert np.array_equal(np.sort(train.pool), np.sort(probe.pool))
+    assert not np.array_equal(np.sort(train.pool), np.sort(other.pool))  # what probes drew from before
+    w = np.full(8, 1 / 8)
+    assert not np.array_equal(train.sample(64, w)[0], probe.sample(64, w)[0])  # own order
+    assert set(probe.sample(400, w)[0]) <= set(train.pool.tolist())
