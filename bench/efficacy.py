@@ -1,4 +1,4 @@
-"""Efficacy of DGA in the limited-data regime (issue 6, item 5; not a test).
+"""Efficacy of DGA in the limited-data regime (not a test).
 
 The paper's limited-data experiment (Fan, Grangier & Ablin 2024, Sec. 5) at CPU scale on the
 default data: the generic corpus (data/wiki_vital_en.parquet) is clustered into k domains, and
@@ -59,7 +59,7 @@ FINDINGS = """\
 Measured 2026-11-23 on 2 shared CPU cores (python bench/efficacy.py --jobs 2; 3 seeds, 300 steps x 16,
 gsm8k on k16-16 level 2, 1,000 tokens per domain; bench/results/efficacy.json):
 - Under the cap, uniform is best on the target (5.534 +- 0.029) and on general text; IS repeats its
-  domains ~64 epochs and ends at 5.556 +- 0.035; DGA with the DGA.md defaults (raw dots, eta 0.3)
+  domains ~64 epochs and ends at 5.556 +- 0.035; DGA with the paper's defaults (raw dots, eta 0.3)
   is worst (5.626 +- 0.032, paired vs IS +0.070 +- 0.065), DGA without EMA likewise (5.648).
 - Why: the first reweighting (step 25, just after warm-up) sees gradients ~10x larger than later
   (probe gradient norm ~7 vs ~0.7), raw alignments of 30-47 against 0.1-0.5 afterwards, so

@@ -13,7 +13,7 @@ in one call, as dgamix does: it sorts them by length per call, so on few texts i
 pad a lot (at 128 texts it ran ~30% slower than at 512, which would flatter the ratios; hence 384
 texts at least by default). Two corpora: a sample of the default corpus (data/wiki_vital_en.parquet)
 and a length-mixed sample (WordNet glosses or GSM8K questions, wiki summaries, and 3 concatenated
-summaries that hit --max-seq-length). The goal line (issue 8): >= 3x plain at mean cosine >= 0.99,
+summaries that hit --max-seq-length). The goal line: >= 3x plain at mean cosine >= 0.99,
 min >= 0.95, at max_seq_length 128 (the default here; `dgamix embed` defaults to 256).
 
     python bench/embed.py [--quick] [--max-seq-length 256]   # table on stdout, JSON in bench/results/

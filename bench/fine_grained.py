@@ -1,4 +1,4 @@
-"""Distribution reweighting at fine granularity (issue 6, item 6; not a test).
+"""Distribution reweighting at fine granularity (not a test).
 
 DGA over >= 4,096 domains with N <= 16 bases: WordNet glosses (../shared/data, 117,659 real
 definitions; by default a seeded 40,000-row sample so that embedding fits in minutes on two
@@ -10,7 +10,7 @@ What it measures, in one process:
     training steps) are wrapped with counters, so the cost per reweighting is *counted*, not
     assumed: it must be N + 1 (one per basis + one for the target), not k + 1 = 4,097;
   * overhead: a plain uniform run and the DGA run, same seed and steps, back to back. The
-    measured overhead (alignment seconds / training-step seconds) is compared with DGA.md's
+    measured overhead (alignment seconds / training-step seconds) is compared with docs/method.md's
     formula (N * B_dom + B_spe) / (T_r * B), with T_r taken as steps / reweightings actually done.
 
     python bench/fine_grained.py            # ~10 min to build the workspace once, then ~3 min

@@ -1,4 +1,4 @@
-"""Dynamic Gradient Alignment (DGA.md, stage 3): mirror-descent weights with an EMA, in log space.
+"""Dynamic Gradient Alignment (docs/method.md, stage 3): mirror-descent weights with an EMA, in log space.
 
 Every ``reweight_every`` steps the trainer measures alignments a_j = <g_j, g_spe> (see
 ``alignment.py``) and calls ``DGA.update``:

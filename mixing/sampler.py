@@ -6,7 +6,7 @@ replacement in a pseudo-random order; when they run out the domain starts a new 
 fresh order, and the sampler counts draws and epochs (repetitions) per domain.
 
 Determinism and state. The order of domain c in epoch e is a pure function of (seed, c, e):
-documents sorted by a splitmix64 hash of (seed, c, e, position). The brief suggested
+documents sorted by a splitmix64 hash of (seed, c, e, position). The obvious alternative,
 np.random.default_rng([seed, c, e]).permutation, which gives the same statelessness but costs
 ~50 us per domain per epoch (12 s for one pass over 262,144 domains); the hash builds the
 orders of any set of domains in one vectorised sort. The state is therefore just the draw

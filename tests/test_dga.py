@@ -1,4 +1,4 @@
-"""DGA maths (DGA.md stage 3), the mixers and the basis matrix."""
+"""DGA maths (docs/method.md, stage 3), the mixers and the basis matrix."""
 import pickle
 
 import numpy as np
