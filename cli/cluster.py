@@ -74,8 +74,8 @@ def cluster(
     if levels is None:
         raise DgamixError("--levels is required (e.g. --levels 64,64,64), or pass --list.")
     eng = engine_config(engine, ray_address, num_workers, gpus_per_worker, device)
-    if sample_memory < 1:
-        raise DgamixError(f"--sample-memory {sample_memory} must be at least 1 (MiB).")
+    if not 1 <= sample_memory <= 1 << 40:
+        raise DgamixError(f"--sample-memory {sample_memory} must be between 1 and 2^40 (MiB).")
     summary = cluster_workspace(ws, levels, name, seed, niter, max_points_per_centroid, overwrite, quiet,
                                 sample_memory=sample_memory << 20, init=init, engine=eng, device=device)
     stats = summary.pop("level_stats")

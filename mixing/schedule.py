@@ -16,6 +16,8 @@ import pyarrow as pa
 from mixing.sampler import MixtureSampler
 
 STATIC_MIXERS = ("uniform", "natural", "is")
+MAX_ROWS = 10 ** 10          # steps x batch size: ~100 GB of Parquet, days of writing; beyond is a typo
+MAX_BATCH = 2 ** 31 - 1      # `position` is int32
 SCHEMA = pa.schema([("step", pa.int64()), ("position", pa.int32()), ("doc_id", pa.int64()),
                     ("domain", pa.int64()), ("id", pa.string())])
 
@@ -106,6 +108,9 @@ def export_schedule(ws, clusters: str, level: int, steps: int, batch_size: int, 
     inputs.check_mixer_basis(mixer, basis)
     if steps < 1 or batch_size < 1:
         raise DgamixError("--steps and --batch-size must be positive integers.")
+    if batch_size > MAX_BATCH or steps * batch_size > MAX_ROWS:
+        raise DgamixError(f"--steps {steps:,} x --batch-size {batch_size:,} is more than a schedule holds (at most "
+                          f"{MAX_ROWS:,} rows, batches of at most {MAX_BATCH:,}); schedule fewer steps.")
     out = ws.schedule(name)
     if out.exists() and not overwrite:
         raise DgamixError(f"schedule '{name}' already exists ({out}); pass --overwrite or another --name.")

@@ -8,6 +8,7 @@ The pure functions here work on arrays; `build_basis` is the stage over manifest
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,8 +34,11 @@ def histogram(assigned: np.ndarray, ids: np.ndarray, smoothing: float = 0.0) -> 
     pos = np.searchsorted(ids, assigned)
     ok = (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == assigned)
     counts = np.bincount(pos[ok], minlength=len(ids)).astype(np.float64) + smoothing
-    total = counts.sum()
-    return counts / total if total > 0 else counts
+    top = counts.max(initial=0.0)
+    if top <= 0:
+        return counts
+    counts = counts / top  # first: a huge --smoothing (1e308) would make the sum overflow to inf
+    return counts / counts.sum()
 
 
 def lift(coarse_ids: np.ndarray, coarse_hist: np.ndarray, ancestor: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -156,6 +160,31 @@ def _top_terms(ws, clusters: str, level: int) -> dict[int, list[str]]:
     return dict(zip(np.asarray(t["domain"])[lv].tolist(), [t["top_terms"][int(i)].as_py() for i in np.flatnonzero(lv)]))
 
 
+MAX_SEED = 2 ** 31 - 1  # faiss takes a C int
+
+
+def check_options(by: str, generic: str, smoothing: float, pocket_min: int, seed: int) -> None:
+    """The basis options, checked before anything is read or written (one-line errors)."""
+    if by not in ("single", "group", "levels") and not by.startswith("kmeans:"):
+        raise DgamixError(f"--by {by} is unknown; use single, group, kmeans:N or levels.")
+    if by.startswith("kmeans:"):
+        try:
+            n = int(by.split(":", 1)[1])
+        except ValueError:
+            raise DgamixError(f"--by {by}: N must be an integer, e.g. kmeans:8.") from None
+        if n < 1:
+            raise DgamixError(f"--by {by}: N must be >= 1.")
+    if generic not in ("natural", "uniform", "none"):
+        raise DgamixError(f"--generic {generic} is unknown; use natural, uniform or none.")
+    if not (isinstance(smoothing, (int, float)) and math.isfinite(smoothing) and smoothing >= 0):
+        raise DgamixError(f"--smoothing {smoothing} must be a finite number >= 0 (e.g. 0, or 1 to add one "
+                          f"count per domain).")
+    if pocket_min < 0:
+        raise DgamixError(f"--pocket-min {pocket_min} must be >= 0 (corpus documents).")
+    if not 0 <= seed <= MAX_SEED:
+        raise DgamixError(f"--seed {seed} must be in [0, {MAX_SEED}].")
+
+
 def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, *, generic: str = "none",
                 smoothing: float = 0.0, pocket_min: int = 5, seed: int = 0, overwrite: bool = False) -> dict:
     """The basis stage: writes WS/bases/<name>.parquet (basis, name, domain, weight) and
@@ -165,8 +194,7 @@ def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, 
     from pipeline import manifest, validate
     from pipeline.target import load_target, load_tree, target_assignments
 
-    if smoothing < 0:
-        raise DgamixError(f"--smoothing {smoothing} must be >= 0.")
+    check_options(by, generic, smoothing, pocket_min, seed)
     out = ws.basis(name)
     if out.exists() and not overwrite:
         raise DgamixError(f"basis '{name}' already exists ({out}); pass --overwrite or choose another --name.")
@@ -174,6 +202,10 @@ def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, 
     if not 1 <= level <= tree.depth:
         raise DgamixError(f"--level {level} is out of range: clustering '{clusters}' has levels 1..{tree.depth}.")
     dom = tree_domains(tree, level)
+    if by == "group":  # before the target's assignments are computed (and cached)
+        ex, _ = load_target(ws, target)
+        if ex["group"].null_count == ex.num_rows:
+            build_rows(by, np.zeros((0, level), np.int64), level, dom, groups=None)  # its one-line error
     assign = target_assignments(ws, target, clusters)
     reweight = np.asarray(assign["split"].to_pylist()) == "reweight"
     assigned = np.stack([np.asarray(assign[f"level_{i}"]) for i in range(1, level + 1)], 1)[reweight]

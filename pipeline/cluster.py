@@ -143,9 +143,13 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
         require_device(device)
     levels = parse_levels(levels)
     name = check_name(name or default_name(levels), "clustering", "--name")
-    for opt, value, low in (("--seed", seed, 0), ("--niter", niter, 1), ("--max-points-per-centroid", max_points_per_centroid, 1)):
+    c_int = 2 ** 31 - 1  # FAISS takes --niter and --max-points-per-centroid as C ints
+    for opt, value, low, high in (("--seed", seed, 0, None), ("--niter", niter, 1, c_int),
+                                  ("--max-points-per-centroid", max_points_per_centroid, 1, c_int)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise DgamixError(f"{opt} {value!r} must be an integer >= {low}.")
+        if high is not None and value > high:
+            raise DgamixError(f"{opt} {value!r} must be at most {high:,}.")
     if init not in INITS:
         raise DgamixError(f"--init {init!r} is unknown; use one of {', '.join(INITS)}.")
     source = EmbeddingShards(ws)

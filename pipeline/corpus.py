@@ -6,6 +6,7 @@ Text is never copied into the workspace: docs.parquet records (source, row) and
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,14 +50,30 @@ def expand_inputs(paths: list[str | Path]) -> list[Path]:
     return [p.resolve() for p in out]
 
 
-def _read_text_file(path: Path) -> str:
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+# docs.parquet's own columns: an input column of one of these names cannot be carried along
+RESERVED_COLUMNS = ("doc_id", "id", "source", "row", "n_chars", "n_tokens", "dup_of")
+
+
+def _decode(path: Path, raw: bytes, bom: bool = False) -> str:
+    """``raw`` as UTF-8 text (``bom``: a leading UTF-8 byte-order mark is dropped); a one-line
+    DgamixError naming the file otherwise (UTF-16 is recognised by its byte-order mark)."""
+    if raw.startswith(UTF16_BOMS):
+        raise DgamixError(f"{path}: is UTF-16 (it starts with a UTF-16 byte-order mark), not UTF-8; re-encode it "
+                          f"as UTF-8 (e.g. `iconv -f utf-16 -t utf-8`) and rerun.")
     try:
-        return path.read_bytes().decode("utf-8")
+        return raw.decode("utf-8-sig" if bom else "utf-8")
     except UnicodeDecodeError as e:
         raise DgamixError(f"{path}: not valid UTF-8 (byte {e.start}); re-encode it as UTF-8 "
                           f"(e.g. `iconv -f latin1 -t utf-8`) and rerun.") from None
+
+
+def _read_text_file(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
     except OSError as e:
         raise DgamixError(f"{path}: cannot read ({e.strerror}); check the path and its permissions.") from None
+    return _decode(path, raw)
 
 
 def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
@@ -71,87 +88,210 @@ def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
     except DgamixError:
         raise
     except (pa.ArrowException, OSError, ValueError) as e:
-        raise DgamixError(f"{path}: cannot read as {suffix[1:]} ({str(e).splitlines()[0]}); check the file "
-                          f"is complete and in that format.") from None
+        if suffix == ".parquet":
+            _check_unique_names(path)
+        raise DgamixError(f"{path}: cannot read as {suffix[1:]} ({(str(e).splitlines() or [type(e).__name__])[0]}); "
+                          f"check the file is complete and in that format.") from None
+
+
+def _check_unique_names(path: Path) -> None:
+    """A one-line error when the Parquet file ``path`` has several columns of one name (Arrow cannot read those)."""
+    try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowException, OSError, ValueError):
+        return
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise DgamixError(f"{path} has several columns named {dup[0]!r}; give every column its own name "
+                          f"(e.g. rewrite the file with renamed columns).")
+
+
+_JSON_KINDS = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number", type(None): "null"}
+
+
+def _json_kind(value) -> str:
+    """'a string', 'an object', 'null', ... (the JSON type of a parsed value, with its article)."""
+    return _JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def _jsonl_column(path: Path, key: str, values: list, lines: list[int]) -> pa.Array:
+    """One JSON Lines field as an Arrow array; a one-line DgamixError naming the field and the
+    line when its values do not make one column (mixed types, huge integers, lone surrogates)."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowException, OverflowError, ValueError, TypeError) as e:
+        first: dict[str, int] = {}
+        for v, line in zip(values, lines):
+            if v is not None:
+                first.setdefault(_json_kind(v), line)
+        if len(first) > 1:
+            (k1, l1), (k2, l2) = sorted(first.items(), key=lambda kv: kv[1])[:2]
+            why = f"line {l1} has {k1}, line {l2} {k2}"
+        elif isinstance(e, OverflowError):
+            why = "an integer does not fit in 64 bits; write it as a string"
+        elif isinstance(e, UnicodeError):
+            why = "a string holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)"
+        else:
+            why = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise DgamixError(f"{path}: field {key!r} cannot be one column ({why}); give it the same JSON type on "
+                          f"every line (e.g. all strings).") from None
 
 
 def _read_jsonl(path: Path) -> pa.Table:
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DgamixError(f"{path}: not valid UTF-8 (byte {e.start}); re-encode it as UTF-8 and rerun.") from None
-    rows = []
-    for i, line in enumerate(text.splitlines()):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DgamixError(f"{path}: line {i + 1} is not JSON ({e.msg}); fix or remove it.") from None
-    if not rows:
+    """JSON Lines: one JSON object per line (lines end in \\n or \\r\\n; a UTF-8 byte-order mark is
+    allowed). Characters such as U+2028 or \\x85 inside a line are part of it, not line breaks."""
+    text = _decode(path, path.read_bytes(), bom=True)
+    columns: dict[str, tuple[list, list[int]]] = {}
+    n = 0
+    for i, line in enumerate(text.split("\n")):
+        if not line.strip(" \t\r"):
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DgamixError(f"{path}: line {i + 1} is not JSON ({e.msg}); fix or remove it.") from None
+        except RecursionError:
+            raise DgamixError(f"{path}: line {i + 1} is nested too deeply to read; flatten it or remove it.") from None
+        if not isinstance(row, dict):
+            raise DgamixError(f"{path}: line {i + 1} is {_json_kind(row)}, not a JSON object; JSON Lines input "
+                              f"needs one object per line, e.g. {{\"id\": \"a1\", \"text\": \"...\"}}.")
+        for key, value in row.items():
+            vals, lines = columns.setdefault(key, ([None] * n, [0] * n))
+            vals.append(value)
+            lines.append(i + 1)
+        n += 1
+        for vals, lines in columns.values():  # fields this row lacks are null
+            if len(vals) < n:
+                vals.append(None)
+                lines.append(i + 1)
+    if not n:
         return pa.table({})
-    return pa.Table.from_pylist(rows)
+    return pa.table({key: _jsonl_column(path, key, vals, lines) for key, (vals, lines) in columns.items()})
+
+
+def _column(table: pa.Table, name: str, path: Path, option: str) -> pa.Array:
+    """Column ``name`` of ``table`` as one array; a one-line error when the file has several columns
+    of that name (a Parquet file may)."""
+    if table.column_names.count(name) > 1:
+        raise DgamixError(f"{path} has {table.column_names.count(name)} columns named {name!r}; rename them so "
+                          f"{option} names one.")
+    return table.column(name).combine_chunks()
 
 
 def _text_column(table: pa.Table, path: Path, spec: CorpusSpec) -> pa.Array:
     if path.suffix.lower() in TEXT_SUFFIXES:
         return table.column("text").combine_chunks().cast(pa.large_string())
     if spec.text_column not in table.column_names:
-        raise DgamixError(f"{path} has no text column '{spec.text_column}' (columns: {table.column_names}); "
+        if table.num_rows == 0 and not table.column_names:  # an empty JSON Lines file: no documents
+            return pa.array([], pa.large_string())
+        raise DgamixError(f"{path} has no text column {spec.text_column!r} (columns: {table.column_names}); "
                           f"pass --text-column NAME.")
-    col = table.column(spec.text_column).combine_chunks()
+    col = _column(table, spec.text_column, path, "--text-column")
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
     if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
         try:
             col = col.cast(pa.string())
         except pa.ArrowInvalid:
-            raise DgamixError(f"{path}: column '{spec.text_column}' holds bytes that are not valid UTF-8; "
+            raise DgamixError(f"{path}: column {spec.text_column!r} holds bytes that are not valid UTF-8; "
                               f"decode it to UTF-8 text before embedding.") from None
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_null(col.type)):
-        raise DgamixError(f"{path}: column '{spec.text_column}' is {col.type}, not text; pass the text "
+        raise DgamixError(f"{path}: column {spec.text_column!r} is {col.type}, not text; pass the text "
                           f"column with --text-column.")
     return col.cast(pa.large_string())
 
 
-def load_corpus(paths: list[str | Path], spec: CorpusSpec) -> tuple[pa.Table, dict]:
+def _id_column(table: pa.Table, path: Path, spec: CorpusSpec) -> pa.Array:
+    """The user's ids as strings; integers, floats, booleans, dates and UTF-8 bytes are converted,
+    nested values (lists, structs) are an error."""
+    col = _column(table, spec.id_column, path, "--id-column")
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    try:
+        ids = col.cast(pa.string())
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+        what = "holds bytes that are not valid UTF-8" if pa.types.is_binary(col.type) or \
+            pa.types.is_large_binary(col.type) else f"is of type {col.type}"
+        raise DgamixError(f"{path}: column {spec.id_column!r} {what}, not ids; pass --id-column of a column "
+                          f"of strings or integers.") from None
+    if ids.null_count:
+        raise DgamixError(f"{path}: column {spec.id_column!r} has {ids.null_count} empty ids; fill them "
+                          f"or pass --id-column of a complete column.")
+    return ids
+
+
+def _id_prefixes(files: list[Path]) -> list[str]:
+    """The prefix of the generated ids ("<prefix>:<row>") of each file: its stem, or, for files whose
+    stems clash (a/doc.txt and b/doc.txt), its path relative to the files' common folder."""
+    stems = [f.stem for f in files]
+    clash = {s for s in stems if stems.count(s) > 1}
+    if not clash:
+        return stems
+    common = Path(os.path.commonpath([str(f.parent) for f in files]))
+    return [f.relative_to(common).as_posix() if f.stem in clash else f.stem for f in files]
+
+
+def _concat(parts: list[pa.Table], files: list[Path], spec: CorpusSpec, keep_option: str) -> pa.Table:
+    try:
+        return pa.concat_tables(parts, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        for c in spec.keep_columns:
+            types = [(f, t.schema.field(c).type) for f, t in zip(files, parts) if not pa.types.is_null(t.schema.field(c).type)]
+            if len({str(t) for _, t in types}) > 1:
+                (f1, t1), (f2, t2) = next(((a, b) for a, b in zip(types, types[1:]) if str(a[1]) != str(b[1])))
+                raise DgamixError(f"{keep_option} {c!r} is {t1} in {f1} but {t2} in {f2}; give the column one type "
+                                  f"in every file.") from None
+        raise DgamixError(f"the columns of {keep_option} {', '.join(spec.keep_columns)} differ in type between the "
+                          f"input files; give each column one type in every file.") from None
+
+
+def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "--keep-columns") -> tuple[pa.Table, dict]:
     """Read every input; returns (docs table without doc_id/n_tokens/dup_of, stats).
 
     Rows whose text is null, empty or whitespace are skipped and counted. User ids are the
-    id column when present (cast to string), else "<file stem>:<row>". Duplicate ids and an
-    empty corpus are errors.
+    id column when present (cast to string), else "<file stem>:<row>" (the file's relative path
+    instead of its stem when two inputs share a stem). Duplicate ids and an empty corpus are
+    errors. ``keep_option`` is the option that named ``spec.keep_columns`` (for messages).
     """
+    for c in spec.keep_columns:
+        if c in RESERVED_COLUMNS:
+            raise DgamixError(f"{keep_option} {c!r}: docs.parquet has its own column {c!r}; rename that column in "
+                              f"the input, or leave it out of {keep_option}.")
     files = expand_inputs(paths)
+    prefixes = _id_prefixes(files)
     parts, skipped, texts = [], 0, []
-    for path in files:
+    for path, prefix in zip(files, prefixes):
         table = read_table(path)
         text = _text_column(table, path, spec)
         n = len(text)
+        if n == 0 and not table.column_names:
+            continue  # an empty JSON Lines file
         if spec.id_column in table.column_names:
-            ids = table.column(spec.id_column).combine_chunks().cast(pa.string())
-            if ids.null_count:
-                raise DgamixError(f"{path}: column '{spec.id_column}' has {ids.null_count} empty ids; fill them "
-                                  f"or pass --id-column of a complete column.")
+            ids = _id_column(table, path, spec)
         else:
-            ids = pa.array([f"{path.stem}:{i}" for i in range(n)], pa.string())
-        keep = pc.invert(pc.fill_null(pc.match_substring_regex(text, r"^\s*$"), True))
+            ids = pa.array([f"{prefix}:{i}" for i in range(n)], pa.string())
+        # blank = only Unicode whitespace (as str.isspace: also \xa0, \x85, \u2028, \x1c-\x1f)
+        keep = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
         skipped += n - pc.sum(keep).as_py() if n else 0
         cols = {"id": ids, "source": pa.array([str(path)] * n, pa.string()),
                 "row": pa.array(range(n), pa.int64()),
                 "n_chars": pc.fill_null(pc.utf8_length(text), 0).cast(pa.int64())}
         for c in spec.keep_columns:
             if c not in table.column_names:
-                raise DgamixError(f"{path} has no column '{c}' for --keep-columns (columns: {table.column_names}).")
-            cols[c] = table.column(c).combine_chunks()
+                raise DgamixError(f"{path} has no column {c!r} for {keep_option} (columns: {table.column_names}).")
+            cols[c] = _column(table, c, path, keep_option)
         parts.append(pa.table(cols).filter(keep))
         texts.append(text.filter(keep))
-    docs = pa.concat_tables(parts, promote_options="permissive")
-    if docs.num_rows == 0:
+    docs = _concat(parts, files, spec, keep_option) if parts else None
+    if docs is None or docs.num_rows == 0:
         raise DgamixError(f"the corpus {', '.join(map(str, paths))} has no non-empty documents "
                           f"({skipped} empty rows skipped); check --text-column.")
     counts = pc.value_counts(docs.column("id"))
     dup = counts.filter(pc.greater(counts.field("counts"), 1))
     if len(dup):
         example = dup[0]["values"].as_py()
-        raise DgamixError(f"duplicate ids in column '{spec.id_column}' ({len(dup)} ids repeat, e.g. {example!r}); "
+        raise DgamixError(f"duplicate ids in column {spec.id_column!r} ({len(dup)} ids repeat, e.g. {example!r}); "
                           f"make ids unique or pass --id-column of a unique column.")
     stats = {"files": [str(f) for f in files], "skipped_empty": int(skipped), "n_docs": docs.num_rows,
              "checksums": {str(f): file_checksum(f) for f in files}}

@@ -42,10 +42,17 @@ def workspace_encoder(ws: Workspace) -> EmbedConfig:
     return cfg
 
 
+def check_options(cfg: TargetConfig) -> None:
+    """--holdout in [0, 1) and --seed >= 0, checked before anything is read or written."""
+    if not (isinstance(cfg.holdout, (int, float)) and 0 <= cfg.holdout < 1):
+        raise DgamixError(f"--holdout {cfg.holdout} must be in [0, 1) (the fraction of examples held out, e.g. 0.2).")
+    if not isinstance(cfg.seed, (int, np.integer)) or cfg.seed < 0:
+        raise DgamixError(f"--seed {cfg.seed!r} must be an integer >= 0.")
+
+
 def holdout_split(n: int, frac: float, seed: int) -> np.ndarray:
     """Split labels (n,) with round(frac * n) 'holdout' examples chosen by a seeded permutation."""
-    if not 0 <= frac < 1:
-        raise DgamixError(f"--holdout {frac} must be in [0, 1).")
+    check_options(TargetConfig(holdout=frac, seed=seed))
     n_hold = int(round(frac * n))
     if n - n_hold < 1:
         raise DgamixError(f"--holdout {frac} leaves no example for reweighting out of {n}; lower it.")
@@ -54,19 +61,43 @@ def holdout_split(n: int, frac: float, seed: int) -> np.ndarray:
     return split
 
 
+def _group_columns(path: str, column: str) -> dict[str, pa.Array]:
+    """Per input file of ``path``: its --group-column as strings (checked before anything is embedded)."""
+    from pipeline.corpus import _column, expand_inputs, read_table
+
+    out = {}
+    for f in expand_inputs([path]):
+        table = read_table(f)
+        if column not in table.column_names:
+            raise DgamixError(f"{f} has no group column {column!r} (columns: {table.column_names}); "
+                              f"pass --group-column NAME or leave it out.")
+        col = _column(table, column, f, "--group-column")
+        if pa.types.is_dictionary(col.type):
+            col = col.dictionary_decode()
+        try:
+            out[str(f)] = col.cast(pa.string())
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+            raise DgamixError(f"{f}: group column {column!r} is {col.type}, not labels; pass --group-column of a "
+                              f"column of strings or integers.") from None
+    return out
+
+
+def _groups(base: pa.Table, by_file: dict[str, pa.Array]) -> pa.Array:
+    """The group of every kept example, looked up by (source, row)."""
+    sources, rows = base["source"].to_pylist(), base["row"].to_pylist()
+    return pa.array([by_file[s][r].as_py() for s, r in zip(sources, rows)], pa.string())
+
+
 def build_target(ws: Workspace, path: str, name: str, cfg: TargetConfig = TargetConfig(),
                  overwrite: bool = False, encoder=None) -> dict:
     """Embed target examples from ``path`` into WS/targets/<name>/examples.parquet; returns a summary."""
+    check_options(cfg)
     enc_cfg = workspace_encoder(ws)
-    keep = (cfg.group_column,) if cfg.group_column else ()
-    if cfg.group_column:
-        from pipeline.corpus import expand_inputs, read_table
-        for f in expand_inputs([path]):
-            cols = read_table(f).column_names
-            if cfg.group_column not in cols:
-                raise DgamixError(f"{f} has no group column '{cfg.group_column}' (columns: {cols}); "
-                                  f"pass --group-column NAME or leave it out.")
-    base, stats = load_corpus([path], CorpusSpec(cfg.text_column, cfg.id_column, keep))
+    by_file = _group_columns(path, cfg.group_column) if cfg.group_column else None
+    base, stats = load_corpus([path], CorpusSpec(cfg.text_column, cfg.id_column))
+    n = base.num_rows
+    split = holdout_split(n, cfg.holdout, cfg.seed)  # checked before the encoder loads
+    groups = _groups(base, by_file) if by_file is not None else pa.nulls(n, pa.string())
     out = ws.target_dir(name) / "examples.parquet"
     params = {**asdict(cfg), "source": stats["files"], "encoder": asdict(enc_cfg)}
     fp = manifest.fingerprint(stats["checksums"], params)
@@ -83,11 +114,9 @@ def build_target(ws: Workspace, path: str, name: str, cfg: TargetConfig = Target
             check_int8_export(model, enc_cfg, emb_params.get("int8_recipe"), texts, str(ws.embeddings),
                               f"re-embed the corpus (`dgamix embed ... --workspace {ws.root} --overwrite`), then "
                               f"rerun `dgamix target`.")
-        n = len(texts)
         emb = embed_shard(model, texts, np.arange(n), enc_cfg)
-        groups = base[cfg.group_column].cast(pa.string()) if cfg.group_column else pa.nulls(n, pa.string())
         table = pa.table({"example_id": pa.array(np.arange(n), pa.int64()), "id": base["id"], "group": groups,
-                          "split": pa.array(holdout_split(n, cfg.holdout, cfg.seed).tolist(), pa.string()),
+                          "split": pa.array(split.tolist(), pa.string()),
                           "n_tokens": pa.array(count_tokens(model, texts), pa.int64()),
                           "text": pa.array(texts, pa.large_string()), "embedding": emb["embedding"]})
         built = {"encoder": validate.encoder_fingerprint(emb_params)}
