@@ -35,7 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.kmeans import ArraySource, FitConfig, Tree, fit_tree, numpy_blas_single_thread  # noqa: E402
+from dgamix.pipeline.core.runtime import numpy_blas_single_thread  # noqa: E402
+from dgamix.pipeline.kmeans import ArraySource, FitConfig, Tree, fit_tree  # noqa: E402
 
 
 class Mixture:

@@ -76,8 +76,8 @@ gsm8k on k16-16 level 2, 1,000 tokens per domain; bench/results/efficacy.json):
 # --------------------------------------------------------------------------- workspace
 
 def dgamix(*args: str, log: list[str]) -> str:
-    """Run one `dgamix` command (python -m cli.main, from the repository root); returns stdout."""
-    cmd = [sys.executable, "-m", "cli.main", *args]
+    """Run one `dgamix` command (python -m dgamix.cli.main, from the repository root); returns stdout."""
+    cmd = [sys.executable, "-m", "dgamix.cli.main", *args]
     shown = "dgamix " + " ".join(args)
     print(f"$ {shown}", flush=True)
     log.append(shown)
@@ -88,7 +88,7 @@ def dgamix(*args: str, log: list[str]) -> str:
 
 
 def complete_tree(ws: Path, name: str) -> bool:
-    from pipeline import manifest
+    from dgamix.pipeline.core import manifest
 
     path = ws / "clusters" / name / "tree.parquet"
     if not path.exists():
@@ -118,7 +118,7 @@ def prepare(args, log: list[str]) -> dict:
     dga_basis = f"eff-{args.target}-{clusters}-l{args.level}-{args.basis_by.replace(':', '')}-{args.generic}"
     dgamix("basis", *common, "--by", args.basis_by, "--generic", args.generic, "--name", dga_basis,
            "--overwrite", log=log)
-    from pipeline import manifest
+    from dgamix.pipeline.core import manifest
 
     emb = manifest.read_meta(ws / "embeddings.parquet", "embeddings")["params"]
     return {"clusters": clusters, "is_basis": is_basis, "dga_basis": dga_basis, "seconds": time.perf_counter() - t0,
@@ -128,8 +128,8 @@ def prepare(args, log: list[str]) -> dict:
 # --------------------------------------------------------------------------- runs
 
 def config_of(args, seed: int, mixer: str):
-    from mixing.dga import DGAConfig
-    from mixing.trainer import TrainConfig
+    from dgamix.mixing.dga import DGAConfig
+    from dgamix.mixing.trainer import TrainConfig
 
     dga = DGAConfig(eta=args.eta, ema_beta=args.ema_beta if mixer == "dga" else None,
                     reweight_every=args.reweight_every, reweight_start=args.reweight_start, normalise=args.normalise)
@@ -160,7 +160,7 @@ def run_one(job: tuple) -> dict:
     args, prep, mixer, seed = job
     import polars as pl
 
-    from mixing.run import train_run
+    from dgamix.mixing.run import train_run
 
     name = f"{args.tag}-{mixer}-s{seed}"
     basis = {"is": prep["is_basis"], "dga": prep["dga_basis"], "dga-noema": prep["dga_basis"]}.get(mixer)

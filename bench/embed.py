@@ -2,7 +2,7 @@
 
 Every ratio compares against the plain peer measured in the same process, on the same texts:
   plain        SentenceTransformer.encode(texts, batch_size=64, normalize_embeddings=True), fp32;
-  dgamix-*     pipeline.embed.encode at fp32 / bf16 / int8 (tokenised once, global length
+  dgamix-*     dgamix.pipeline.embed.encode at fp32 / bf16 / int8 (tokenised once, global length
                bucketing under a token budget, intra-op threads = cores; int8 = ONNX Runtime
                per-channel dynamic quantisation of a fused graph, exported once and cached, one
                single-threaded session run on `cores` batches at once, see pipeline/onnx_int8.py).
@@ -39,8 +39,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import polars as pl  # noqa: E402
 
-from pipeline.embed import EmbedConfig, bf16_is_fast, encode, load_encoder  # noqa: E402
-from pipeline.onnx_int8 import cores, onnxruntime_available  # noqa: E402
+from dgamix.pipeline.embed import EmbedConfig, bf16_is_fast, encode, load_encoder  # noqa: E402
+from dgamix.pipeline.onnx_int8 import cores, onnxruntime_available  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -41,9 +41,9 @@ SHARED = ROOT.parent / "shared" / "data" / "wordnet_glosses.parquet"
 
 
 def dgamix(*args: str) -> None:
-    """One `dgamix` command as a user would type it (python -m cli.main from the repo root)."""
+    """One `dgamix` command as a user would type it (python -m dgamix.cli.main from the repo root)."""
     print("$ dgamix " + " ".join(args), flush=True)
-    p = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT)
+    p = subprocess.run([sys.executable, "-m", "dgamix.cli.main", *args], cwd=ROOT)
     if p.returncode != 0:
         sys.exit(f"failed ({p.returncode}): dgamix {' '.join(args)}")
 
@@ -52,7 +52,7 @@ def prepare(args) -> tuple[str, str]:
     """Builds (or reuses) the workspace: sample, embed, cluster, target, basis. Returns (clusters, basis)."""
     import polars as pl
 
-    from pipeline import manifest
+    from dgamix.pipeline.core import manifest
 
     ws = args.workspace
     inp = ws / "input" / f"{args.corpus.stem}-{args.docs or 'all'}-seed{args.seed}.parquet"
@@ -141,9 +141,9 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     import polars as pl
 
-    from mixing.run import train_run
-    from mixing.dga import DGAConfig
-    from mixing.trainer import TrainConfig
+    from dgamix.mixing.run import train_run
+    from dgamix.mixing.dga import DGAConfig
+    from dgamix.mixing.trainer import TrainConfig
 
     levels = [int(x) for x in args.levels.split(",")]
     leaves = pl.read_parquet(args.workspace / "clusters" / clusters / "domains.parquet").filter(

@@ -22,9 +22,9 @@ import scipy.sparse as sp
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mixing.alignment import gradient_alignments  # noqa: E402
-from mixing.dga import DGA, BasisMatrix, DGAConfig  # noqa: E402
-from mixing.sampler import DomainIndex, MixtureSampler  # noqa: E402
+from dgamix.mixing.alignment import gradient_alignments  # noqa: E402
+from dgamix.mixing.dga import DGA, BasisMatrix, DGAConfig  # noqa: E402
+from dgamix.mixing.sampler import DomainIndex, MixtureSampler  # noqa: E402
 
 
 def timed(fn, repeat: int = 1) -> float:

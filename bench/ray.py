@@ -1,11 +1,11 @@
 """Benchmark of the engines: the same shard work on the local engine and on Ray (--engine ray).
 
 In one process, on the same inputs:
-  embed    the embed stage's shard work (pipeline.embed.ShardEmbedder: embed a shard of texts
+  embed    the embed stage's shard work (dgamix.pipeline.embed.ShardEmbedder: embed a shard of texts
            with MiniLM fp32 and write its part) over --docs wiki summaries in shards of --shard-size;
            local = one in-process loop (torch on all cores), ray = an actor pool of --workers actors
            (1 CPU and 1 torch thread each, the model loaded once per actor);
-  assign   the assignment pass's shard work (pipeline.assign.ShardAssigner: read an embeddings
+  assign   the assignment pass's shard work (dgamix.pipeline.assign.ShardAssigner: read an embeddings
            part, descend the tree, write the assignments part) over --vectors synthetic 384-d
            vectors and a levels 32,32 tree; ray = actor pool, each actor reads tree.parquet once;
   fit      fit_tree of that tree: level 2's nodes in-process vs as Ray tasks.
@@ -42,12 +42,12 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from pipeline import manifest  # noqa: E402
-from pipeline.assign import ShardAssigner, embedding_matrix  # noqa: E402
-from pipeline.embed import EmbedConfig, ShardEmbedder, embedding_array, load_encoder, model_fingerprint  # noqa: E402
-from pipeline.engine import EngineConfig, map_shards, session  # noqa: E402
-from pipeline.kmeans import ArraySource, FitConfig, fit_tree  # noqa: E402
-from pipeline.onnx_int8 import cores  # noqa: E402
+from dgamix.pipeline.core import manifest  # noqa: E402
+from dgamix.pipeline.assign import ShardAssigner, embedding_matrix  # noqa: E402
+from dgamix.pipeline.embed import EmbedConfig, ShardEmbedder, embedding_array, load_encoder, model_fingerprint  # noqa: E402
+from dgamix.pipeline.engine import EngineConfig, map_shards, session  # noqa: E402
+from dgamix.pipeline.kmeans import ArraySource, FitConfig, fit_tree  # noqa: E402
+from dgamix.pipeline.onnx_int8 import cores  # noqa: E402
 
 
 class PartFiles:

@@ -5,9 +5,16 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-
-from cli.common import (ENGINE_HELP, GPUS_HELP, NUM_WORKERS_HELP, RAY_ADDRESS_HELP, WS_HELP, engine_config, show,
-                        user_errors)
+from dgamix.cli.common import (
+    ENGINE_HELP,
+    GPUS_HELP,
+    NUM_WORKERS_HELP,
+    RAY_ADDRESS_HELP,
+    WS_HELP,
+    engine_config,
+    show,
+    user_errors,
+)
 
 _COLUMNS = [("level", "level", "{}"), ("k", "branching", "{}"), ("nodes", "nodes", "{:,}"),
             ("domains", "domains", "{:,}"), ("reduced", "reduced_nodes", "{:,}"), ("sample", "sample_points", "{:,}"),
@@ -57,9 +64,9 @@ def cluster(
 
     Writes WS/clusters/NAME/tree.parquet, assignments/part-*.parquet and domains.parquet. Rerun to resume.
     """
-    from pipeline.cluster import cluster_workspace, list_clusterings
-    from pipeline.errors import DgamixError
-    from pipeline.workspace import Workspace
+    from dgamix.pipeline.cluster import cluster_workspace, list_clusterings
+    from dgamix.pipeline.core.errors import DgamixError
+    from dgamix.pipeline.core.workspace import Workspace
 
     ws = Workspace(workspace)
     if list_:

@@ -6,8 +6,7 @@ import os
 import sys
 
 import typer
-
-from pipeline.errors import DgamixError
+from dgamix.pipeline.core.errors import DgamixError
 
 # Process-wide settings belong to the program, not to library calls, so they are made here, in the
 # `dgamix` command's process, before any stage imports its libraries; a user's own setting wins.
@@ -32,7 +31,7 @@ WRITES = {"cluster": "clustering", "target": "target", "basis": "basis", "train"
 
 def check_name_options(command: str, options: dict) -> None:
     """Every name-valued option of ``command`` obeys the workspace's one name rule (one-line error)."""
-    from pipeline.workspace import check_name
+    from dgamix.pipeline.core.workspace import check_name
 
     kinds = {**NAME_OPTIONS, "name": WRITES.get(command)}
     for key, value in options.items():
@@ -72,7 +71,7 @@ GPUS_HELP = "--engine ray: GPUs reserved per actor (e.g. 1, or 0.5 to share a GP
 def engine_config(engine: str, ray_address: str | None, num_workers: int | None, gpus_per_worker: float,
                   device: str):
     """The EngineConfig of the --engine options, validated (Ray installed, GPUs for --device cuda)."""
-    from pipeline.engine import EngineConfig
+    from dgamix.pipeline.engine import EngineConfig
 
     cfg = EngineConfig(engine, ray_address or None, num_workers, gpus_per_worker).check()
     if cfg.is_ray and device.startswith("cuda") and not gpus_per_worker:

@@ -5,9 +5,17 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-
-from cli.common import (ENGINE_HELP, GPUS_HELP, NUM_WORKERS_HELP, RAY_ADDRESS_HELP, WS_HELP, engine_config, show,
-                        split_csv, user_errors)
+from dgamix.cli.common import (
+    ENGINE_HELP,
+    GPUS_HELP,
+    NUM_WORKERS_HELP,
+    RAY_ADDRESS_HELP,
+    WS_HELP,
+    engine_config,
+    show,
+    split_csv,
+    user_errors,
+)
 
 
 @user_errors
@@ -41,11 +49,11 @@ def embed(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Embed a corpus: docs.parquet, embeddings/part-*.parquet and embeddings.parquet. Rerun to resume."""
-    from pipeline.corpus import CorpusSpec
-    from pipeline.dedup import DedupConfig
-    from pipeline.embed import EmbedConfig, embed_corpus
-    from pipeline.engine import require_device
-    from pipeline.workspace import Workspace
+    from dgamix.pipeline.core.workspace import Workspace
+    from dgamix.pipeline.corpus import CorpusSpec
+    from dgamix.pipeline.dedup import DedupConfig
+    from dgamix.pipeline.embed import EmbedConfig, embed_corpus
+    from dgamix.pipeline.engine import require_device
 
     eng = engine_config(engine, ray_address, num_workers, gpus_per_worker, device)
     require_device(device)  # the driver loads the model on it too (token counts, precision check)

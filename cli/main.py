@@ -31,7 +31,7 @@ class OneLineErrors(TyperGroup):
             where = f"; see `{e.ctx.command_path} --help`" if e.ctx is not None else ""
             print(f"error: {' '.join(e.format_message().split()).rstrip('.')}{where}.", file=sys.stderr)
             sys.exit(2)
-        except click.exceptions.Abort:
+        except typer.Abort:
             print("aborted", file=sys.stderr)
             sys.exit(1)
         except click.exceptions.ClickException as e:
@@ -51,7 +51,7 @@ def _group() -> None:
 
 
 for _name in COMMANDS:
-    app.command(_name)(getattr(importlib.import_module(f"cli.{_name}"), _name))
+    app.command(_name)(getattr(importlib.import_module(f"dgamix.cli.{_name}"), _name))
 
 
 if __name__ == "__main__":

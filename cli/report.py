@@ -5,8 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-
-from cli.common import WS_HELP, split_names, user_errors
+from dgamix.cli.common import WS_HELP, split_names, user_errors
 
 
 @user_errors
@@ -15,8 +14,8 @@ def report(
     runs: Optional[list[str]] = typer.Option(None, "--runs", help="Runs to compare (repeat the option or separate by commas); default: every run."),
 ):
     """Write WS/report/: cluster-size plots, weight trajectories, loss curves of all runs on one figure, report.md."""
-    from mixing.report import write_report
-    from pipeline.workspace import Workspace
+    from dgamix.mixing.report import write_report
+    from dgamix.pipeline.core.workspace import Workspace
 
     path = write_report(Workspace(workspace), split_names(runs or []) or None)
     print(f"report: {path}")

@@ -5,8 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-
-from cli.common import WS_HELP, show, user_errors
+from dgamix.cli.common import WS_HELP, show, user_errors
 
 
 @user_errors
@@ -31,8 +30,8 @@ def schedule(
     overwrite: bool = typer.Option(False, help="Replace an existing schedule of this name."),
 ):
     """Write WS/schedules/NAME.parquet: step, position, doc_id, domain, id (steps x batch-size rows)."""
-    from mixing.schedule import export_schedule
-    from pipeline.workspace import Workspace
+    from dgamix.mixing.schedule import export_schedule
+    from dgamix.pipeline.core.workspace import Workspace
 
     show(export_schedule(Workspace(workspace), clusters, level, steps, batch_size, name, mixer=mixer, basis=basis,
                          run=run, seed=seed, limited=limited, overwrite=overwrite))

@@ -5,8 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-
-from cli.common import WS_HELP, show, user_errors
+from dgamix.cli.common import WS_HELP, show, user_errors
 
 
 @user_errors
@@ -22,8 +21,8 @@ def target(
     overwrite: bool = typer.Option(False, help="Replace an existing target of this name made from other inputs."),
 ):
     """Embed target examples with the corpus's encoder and split them into reweight / holdout parts."""
-    from pipeline.target import TargetConfig, build_target
-    from pipeline.workspace import Workspace
+    from dgamix.pipeline.core.workspace import Workspace
+    from dgamix.pipeline.target import TargetConfig, build_target
 
     cfg = TargetConfig(text_column, id_column, group_column, holdout, seed)
     show(build_target(Workspace(workspace), str(target_file), name, cfg, overwrite))

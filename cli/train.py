@@ -5,8 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-
-from cli.common import WS_HELP, show, user_errors
+from dgamix.cli.common import WS_HELP, show, user_errors
 
 
 @user_errors
@@ -60,10 +59,10 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Train a small decoder-only LM on the mixture; writes WS/runs/NAME/{metrics,weights,repetitions}.parquet."""
-    from mixing.dga import DGAConfig
-    from mixing.run import train_run
-    from mixing.trainer import TrainConfig
-    from pipeline.errors import DgamixError
+    from dgamix.mixing.dga import DGAConfig
+    from dgamix.mixing.run import train_run
+    from dgamix.mixing.trainer import TrainConfig
+    from dgamix.pipeline.core.errors import DgamixError
 
     try:  # DGA's settings go into their one config; the trainer's into TrainConfig, which holds it
         dga = DGAConfig(eta=eta, ema_beta=ema_beta, reweight_every=reweight_every, reweight_start=reweight_start,

@@ -17,5 +17,5 @@ __all__ = list(_HOME)
 
 def __getattr__(name: str):
     if name not in _HOME:
-        raise AttributeError(f"module 'mixing' has no attribute {name!r}")
-    return getattr(import_module(f"mixing.{_HOME[name]}"), name)
+        raise AttributeError(f"module 'dgamix.mixing' has no attribute {name!r}")
+    return getattr(import_module(f"dgamix.mixing.{_HOME[name]}"), name)

@@ -10,12 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
-
-from mixing.dga import BasisMatrix
-from mixing.sampler import DomainIndex
-from pipeline import manifest, validate
-from pipeline.errors import DgamixError
-from pipeline.workspace import Workspace
+from dgamix.mixing.dga import BasisMatrix
+from dgamix.mixing.sampler import DomainIndex
+from dgamix.pipeline.core import manifest, validate
+from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.workspace import Workspace
 
 HOLDOUT_SEED = 0  # the general held-out slice is the same for every run of a workspace
 
@@ -29,7 +28,7 @@ def _n_levels(ws: Workspace, clusters: str, meta: dict) -> int:
 
 def clustering_levels(ws: Workspace, clusters: str) -> int:
     """Number of levels of clustering ``clusters``; a clear error when it does not exist, is
-    incomplete or was built from other embeddings than the workspace's (pipeline.validate)."""
+    incomplete or was built from other embeddings than the workspace's (dgamix.pipeline.core.validate)."""
     return _n_levels(ws, clusters, validate.clustering(ws, clusters))
 
 

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-
-from pipeline import manifest
-from pipeline.errors import DgamixError
-from pipeline.workspace import Workspace, valid_name
+from dgamix.pipeline.core import manifest
+from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.workspace import Workspace, valid_name
 
 TOP = 8  # weight trajectories show the top entries by peak weight, the rest as "other"
 

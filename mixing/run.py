@@ -15,7 +15,7 @@ What a run trains on.
 - Target: the "reweight" examples give the alignment target batches, the "holdout" examples
   the "target" evaluation set (a fixed seeded subset of eval_batches x eval_batch_size).
 
-Outputs (pipeline.manifest, atomic): metrics.parquet (step, split, loss, tokens, seconds),
+Outputs (dgamix.pipeline.core.manifest, atomic): metrics.parquet (step, split, loss, tokens, seconds),
 weights.parquet (step, basis, domain, name, weight, alignment, grad_norm, target_norm, lr; the
 metadata holds eta, ema_beta, reweight_every, normalise, mixer, basis, clusters, level, target
 and init="uniform" so every update can be recomputed from the log), repetitions.parquet
@@ -29,17 +29,32 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
-from mixing.dga import DEFAULT_EMA_BETA
-from mixing.inputs import HOLDOUT_SEED, check_level, check_mixer_basis, is_weights, load_basis, restricted_basis, training_pool
-from mixing.mixers import MIXER_NAMES, make_mixer
-from mixing.model import ModelConfig, TinyGPT
-from mixing.sampler import MixtureSampler
-from mixing.tokens import Windows, corpus_windows, text_windows
-from mixing.trainer import CHECKPOINT, TrainConfig, TrainData, TrainResult, Trainer, load_checkpoint, train
-from pipeline import manifest, validate
-from pipeline.errors import DgamixError
-from pipeline.workspace import Workspace, check_name, lock
+from dgamix.mixing.dga import DEFAULT_EMA_BETA
+from dgamix.mixing.inputs import (
+    HOLDOUT_SEED,
+    check_level,
+    check_mixer_basis,
+    is_weights,
+    load_basis,
+    restricted_basis,
+    training_pool,
+)
+from dgamix.mixing.mixers import MIXER_NAMES, make_mixer
+from dgamix.mixing.model import ModelConfig, TinyGPT
+from dgamix.mixing.sampler import MixtureSampler
+from dgamix.mixing.tokens import Windows, corpus_windows, text_windows
+from dgamix.mixing.trainer import (
+    CHECKPOINT,
+    TrainConfig,
+    TrainData,
+    Trainer,
+    TrainResult,
+    load_checkpoint,
+    train,
+)
+from dgamix.pipeline.core import manifest, validate
+from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.workspace import Workspace, check_name, lock
 
 PROBE_SALT = 1_000_003    # probe sampler seed = seed + PROBE_SALT
 MAX_DOMAIN_PROBES = 1024  # domain reweighting costs k + 1 backward passes per reweighting

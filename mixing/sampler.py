@@ -22,8 +22,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
-
-from mixing.dga import BasisMatrix
+from dgamix.mixing.dga import BasisMatrix
 
 _U64 = np.uint64
 _GOLDEN = _U64(0x9E3779B97F4A7C15)

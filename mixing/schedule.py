@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-
-from mixing.sampler import MixtureSampler
+from dgamix.mixing.sampler import MixtureSampler
 
 STATIC_MIXERS = ("uniform", "natural", "is")
 MAX_ROWS = 10 ** 10          # steps x batch size: ~100 GB of Parquet, days of writing; beyond is a typo
@@ -90,11 +89,10 @@ def export_schedule(ws, clusters: str, level: int, steps: int, batch_size: int, 
     Near-duplicates are never scheduled. ``seed`` defaults to 0 for static mixtures.
     """
     import polars as pl
-
-    from mixing import inputs
-    from pipeline import manifest, validate
-    from pipeline.errors import DgamixError
-    from pipeline.workspace import lock
+    from dgamix.mixing import inputs
+    from dgamix.pipeline.core import manifest, validate
+    from dgamix.pipeline.core.errors import DgamixError
+    from dgamix.pipeline.core.workspace import lock
 
     if run is not None and (mixer is not None or basis is not None):
         raise DgamixError("--run replays a run's own mixture; drop --mixer/--basis, or drop --run.")

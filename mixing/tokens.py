@@ -36,10 +36,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from pipeline import manifest
-from pipeline.errors import DgamixError
-from pipeline.workspace import Workspace
+from dgamix.pipeline.core import manifest
+from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.workspace import Workspace
 
 PAD, UNK = 0, 1
 N_SPECIAL = 2
@@ -189,7 +188,7 @@ def corpus_windows(ws: Workspace, context: int, vocab_size: int = 4096, *,
             return Windows(windows), Vocab.from_pieces(pieces, len(tok)), tok, key
         except (OSError, ValueError):
             shutil.rmtree(folder, ignore_errors=True)  # corrupt cache: rebuild it
-    from pipeline.corpus import TextReader
+    from dgamix.pipeline.core.sources import TextReader
 
     docs, meta = manifest.read(ws.docs, "docs", columns=["doc_id", "source", "row", "dup_of"])
     doc_ids = np.asarray(docs["doc_id"], dtype=np.int64)

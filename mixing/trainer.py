@@ -40,15 +40,14 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-
-from mixing.alignment import gradient_alignments
-from mixing.dga import DGAConfig
-from mixing.model import lm_loss, lm_loss_sum
-from mixing.sampler import MixtureSampler
-from mixing.tokens import Windows
-from pipeline import manifest
-from pipeline.runtime import torch_threads
-from pipeline.errors import DgamixError
+from dgamix.mixing.alignment import gradient_alignments
+from dgamix.mixing.dga import DGAConfig
+from dgamix.mixing.model import lm_loss, lm_loss_sum
+from dgamix.mixing.sampler import MixtureSampler
+from dgamix.mixing.tokens import Windows
+from dgamix.pipeline.core import manifest
+from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.runtime import torch_threads
 
 CHECKPOINT = "state.pt"
 
@@ -241,8 +240,14 @@ class _Bar:
         if quiet:
             return
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),

@@ -5,7 +5,7 @@
 streams the workspace's embedding shards and writes ``clusters/<name>/assignments/part-NNNNN.parquet``
 atomically, skipping parts already complete (same tree, same shard bounds), so a rerun resumes;
 the parts to do run through :class:`ShardAssigner` on the local loop or a Ray actor pool
-(:mod:`pipeline.engine`), descending with numpy or, on ``--device cuda``, torch.
+(:mod:`dgamix.pipeline.engine`), descending with numpy or, on ``--device cuda``, torch.
 """
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from pipeline import manifest, validate
-from pipeline.engine import LOCAL, EngineConfig, map_shards, session
-from pipeline.errors import DgamixError
-from pipeline.kmeans import Tree, numpy_blas_single_thread
-from pipeline.progress import progress_bar
-from pipeline.workspace import Workspace
+from dgamix.pipeline.core import manifest, validate
+from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.progress import progress_bar
+from dgamix.pipeline.core.runtime import numpy_blas_single_thread
+from dgamix.pipeline.core.workspace import Workspace
+from dgamix.pipeline.engine import LOCAL, EngineConfig, map_shards, session
+from dgamix.pipeline.kmeans import Tree
 
 
 # --------------------------------------------------------------------------- reading embeddings
@@ -35,7 +35,7 @@ def embedding_matrix(col: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
 
 
 class EmbeddingShards:
-    """The workspace's embedding parts as a :class:`pipeline.kmeans.VectorSource`.
+    """The workspace's embedding parts as a :class:`dgamix.pipeline.kmeans.VectorSource`.
 
     Checks up front that every part exists and has the manifest's dimension; each read
     checks row count, doc ids and that every value is finite.
@@ -162,7 +162,7 @@ def _part_complete(part: Path, tree_fp: str, shard_params: dict) -> bool:
 
 @dataclass
 class ShardAssigner:
-    """The assignment pass's shard work for :func:`pipeline.engine.map_shards`.
+    """The assignment pass's shard work for :func:`dgamix.pipeline.engine.map_shards`.
 
     Called once per worker it returns ``work(job, tick)``: read embeddings shard ``job["shard"]``,
     descend the tree (numpy, or torch on ``device`` cuda), write the part atomically and return
@@ -189,7 +189,7 @@ class ShardAssigner:
                 raise DgamixError(f"{self.tree_path} read on a Ray worker differs from the driver's tree; the "
                                   f"workspace must be on storage every node sees at the same path.")
         if self.device != "cpu":
-            from pipeline.assign_torch import TorchTree
+            from dgamix.pipeline.assign_torch import TorchTree
 
             descend = TorchTree(tree, self.device).descend
         else:
@@ -211,7 +211,7 @@ def assign_workspace(ws: Workspace, name: str, source: EmbeddingShards, tree: Tr
     """Write every assignment part (skipping complete ones); count documents per domain.
 
     ``observe(doc_ids, labels, sims)`` sees every shard in shard order (domain statistics). The
-    parts still to do run on ``engine`` (:mod:`pipeline.engine`), descending on ``device``. Returns
+    parts still to do run on ``engine`` (:mod:`dgamix.pipeline.engine`), descending on ``device``. Returns
     {"sizes": [per-level int64 arrays aligned with tree.domain], "assigned": n, "skipped": n}.
     """
     depth = tree.depth

@@ -1,6 +1,6 @@
 """Tree descent with torch, for `dgamix cluster --device cuda` (faiss-cpu has no GPU kernels).
 
-:class:`TorchTree` computes what :meth:`pipeline.kmeans.Tree.descend` computes (nearest centroid
+:class:`TorchTree` computes what :meth:`dgamix.pipeline.kmeans.Tree.descend` computes (nearest centroid
 by inner product among the children of each row's parent; ties to the lower domain id) on any
 torch device. Per level the children of every parent are laid out as one padded index table
 (parents x widest branching), so a chunk of rows is one gather and one batched product instead
@@ -11,10 +11,9 @@ can land in the other one (the tests ask >= 99% same leaf). The fit stays on the
 from __future__ import annotations
 
 import numpy as np
-
-from pipeline.engine import require_device
-from pipeline.errors import DgamixError
-from pipeline.kmeans import Tree
+from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.engine import require_device
+from dgamix.pipeline.kmeans import Tree
 
 CHUNK_BYTES = 256 << 20  # gathered candidate centroids per chunk of rows (rows x widest x dim x 4)
 

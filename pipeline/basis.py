@@ -12,8 +12,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
-from pipeline.errors import DgamixError
+from dgamix.pipeline.core.errors import DgamixError
 
 
 @dataclass(frozen=True)
@@ -148,7 +147,7 @@ def tree_domains(tree, level: int) -> Domains:
 
 
 def _top_terms(ws, clusters: str, level: int) -> dict[int, list[str]]:
-    from pipeline import manifest
+    from dgamix.pipeline.core import manifest
 
     path = ws.domains(clusters)
     if not path.exists():
@@ -190,9 +189,8 @@ def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, 
     """The basis stage: writes WS/bases/<name>.parquet (basis, name, domain, weight) and
     WS/bases/<name>.summary.parquet; returns the summary rows and the path."""
     import pyarrow as pa
-
-    from pipeline import manifest, validate
-    from pipeline.target import load_target, load_tree, target_assignments
+    from dgamix.pipeline.core import manifest, validate
+    from dgamix.pipeline.target import load_target, load_tree, target_assignments
 
     check_options(by, generic, smoothing, pocket_min, seed)
     out = ws.basis(name)

@@ -7,7 +7,7 @@ Files, all under ``WS/clusters/<name>/`` (name defaults to the levels, e.g. ``k6
   the embeddings and the params), the per-level fit statistics, ``centroids_checksum`` and
   ``state`` ("fitted" once the tree is fitted, "complete" once every document is assigned).
 - assignments/part-NNNNN.parquet: doc_id, level_1..level_L, one part per embeddings shard.
-- domains.parquet: see :mod:`pipeline.domains`.
+- domains.parquet: see :mod:`dgamix.pipeline.domains`.
 
 A rerun with the same parameters resumes (reuses the tree, skips complete parts); other
 parameters into an existing name are refused unless ``overwrite``. Another granularity under
@@ -21,14 +21,14 @@ import time
 from typing import Sequence
 
 import numpy as np
+from dgamix.pipeline.assign import EmbeddingShards, _part_complete, assign_workspace
+from dgamix.pipeline.core import manifest
+from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.workspace import Workspace, check_name, lock
+from dgamix.pipeline.domains import DomainStats, build_domains
+from dgamix.pipeline.engine import LOCAL, EngineConfig, require_device, session
+from dgamix.pipeline.kmeans import INITS, FitConfig, Tree, fit_tree
 
-from pipeline import manifest
-from pipeline.assign import EmbeddingShards, assign_workspace, _part_complete
-from pipeline.domains import DomainStats, build_domains
-from pipeline.engine import LOCAL, EngineConfig, require_device, session
-from pipeline.errors import DgamixError
-from pipeline.kmeans import INITS, FitConfig, Tree, fit_tree
-from pipeline.workspace import Workspace, check_name, lock
 
 def parse_levels(levels: str | Sequence[int]) -> tuple[int, ...]:
     """'64,64,64' or [64, 64, 64] -> (64, 64, 64); every branching an integer >= 2."""

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-
-from pipeline.corpus import TextReader
-from pipeline.kmeans import Tree
-from pipeline.progress import progress_bar
+from dgamix.pipeline.core.progress import progress_bar
+from dgamix.pipeline.core.sources import TextReader
+from dgamix.pipeline.kmeans import Tree
 
 EXEMPLARS = 3
 SNIPPET_CHARS = 200

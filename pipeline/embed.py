@@ -16,21 +16,26 @@ fingerprint are recorded in the embeddings manifests.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
-from pipeline import manifest
-from pipeline.corpus import CorpusSpec, load_corpus
-from pipeline.dedup import DedupConfig, near_duplicates
-from pipeline.engine import LOCAL, EngineConfig, map_shards, session, threads_per_worker
-from pipeline.errors import DgamixError
-from pipeline.progress import progress_bar
-from pipeline.workspace import Workspace, lock
+from dgamix.pipeline.core import manifest
+from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.progress import progress_bar
+from dgamix.pipeline.core.runtime import torch_threads
+from dgamix.pipeline.core.workspace import Workspace, lock
+from dgamix.pipeline.corpus import CorpusSpec, load_corpus
+from dgamix.pipeline.dedup import DedupConfig, near_duplicates
+from dgamix.pipeline.engine import (
+    LOCAL,
+    EngineConfig,
+    map_shards,
+    session,
+    threads_per_worker,
+)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
@@ -135,20 +140,21 @@ def load_encoder(cfg: EmbedConfig):
     """
     check_precision(cfg.precision, cfg.device)
     if cfg.precision == "int8":
-        from pipeline.onnx_int8 import require_onnxruntime
+        from dgamix.pipeline.onnx_int8 import require_onnxruntime
 
         if not cfg.device.startswith("cpu"):
             raise DgamixError(f"--precision int8 runs on the CPU (ONNX Runtime); use --device cpu, or "
                               f"--precision fp32/bf16 on {cfg.device}.")
         require_onnxruntime()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bar reports throughput; theirs is noise
 
     try:
-        model = SentenceTransformer(model_path(cfg.model), device=cfg.device)
+        # local files only (the packaged default, a folder, or the Hugging Face cache), without
+        # setting HF_HUB_OFFLINE for the whole process: a user's own later downloads still work
+        model = SentenceTransformer(model_path(cfg.model), device=cfg.device, local_files_only=True)
     except Exception as e:  # noqa: BLE001 - any load failure is the user's model argument
         raise DgamixError(f"cannot load model '{cfg.model}' ({str(e).splitlines()[0][:200]}); pass --model "
                           f"with a local sentence-transformers folder, or omit it for the packaged default.") from None
@@ -209,20 +215,6 @@ def buckets(lengths: np.ndarray, batch_size: int, token_budget: int | None) -> l
     return out
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    import torch
-
-    old = torch.get_num_threads()
-    if old != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if old != n:
-            torch.set_num_threads(old)
-
-
 def _torch_runner(model, cfg: EmbedConfig, precision: str):
     import torch
 
@@ -278,7 +270,7 @@ def int8_encoder(model, cfg: EmbedConfig, sample_texts: list[str]):
     st = _state(model)
     if "int8" in st:
         return st["int8"]
-    from pipeline.onnx_int8 import cores, load_int8
+    from dgamix.pipeline.onnx_int8 import cores, load_int8
 
     if not cfg.device.startswith("cpu"):
         raise DgamixError(f"--precision int8 runs on the CPU (ONNX Runtime); use --device cpu, or "
@@ -289,7 +281,7 @@ def int8_encoder(model, cfg: EmbedConfig, sample_texts: list[str]):
     def score(enc) -> tuple[float, float]:
         feats, lengths, left = tokenize(model, sample)
         if not ref:
-            with _torch_threads(cores()):
+            with torch_threads(cores()):
                 ref.append(_run_features(_torch_runner(model, cfg, "fp32"), feats, lengths, left, cfg))
         c = _cosines(ref[0], _run_features(enc, feats, lengths, left, cfg))
         return float(c.mean()), float(c.min())
@@ -329,7 +321,7 @@ def encode(model, texts: list[str], cfg: EmbedConfig, tick=None) -> np.ndarray:
     run at ``cfg.precision`` (auto: the precision chosen for this model, see ``resolve_precision``);
     ``tick(n)`` is called after each batch.
     """
-    from pipeline.onnx_int8 import cores
+    from dgamix.pipeline.onnx_int8 import cores
 
     check_precision(cfg.precision, cfg.device)
     dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") \
@@ -339,7 +331,7 @@ def encode(model, texts: list[str], cfg: EmbedConfig, tick=None) -> np.ndarray:
     precision = resolve_precision(model, cfg, texts).precision if cfg.precision == "auto" else cfg.precision
     run = _runner(model, cfg, precision, texts)
     feats, lengths, left = tokenize(model, texts)
-    with _torch_threads(_state(model).get("threads") or cores()):
+    with torch_threads(_state(model).get("threads") or cores()):
         return _run_features(run, feats, lengths, left, cfg, tick, dim)
 
 
@@ -374,7 +366,7 @@ def resolve_precision(model, cfg: EmbedConfig, texts: list[str]) -> PrecisionRep
     AUTO_MARGIN times faster. Measured once per model object (the decision is cached on it)."""
     import time
 
-    from pipeline.onnx_int8 import cores, onnxruntime_available
+    from dgamix.pipeline.onnx_int8 import cores, onnxruntime_available
 
     st = _state(model)
     key = ("auto", cfg.max_seq_length, cfg.batch_size, cfg.device)
@@ -397,7 +389,7 @@ def resolve_precision(model, cfg: EmbedConfig, texts: list[str]) -> PrecisionRep
         rep.skipped["bf16"] = "no bf16 units on this device (autocast would be slower than fp32)"
     feats, lengths, left = tokenize(model, sample)
     ref = None
-    with _torch_threads(cores()):
+    with torch_threads(cores()):
         for p in cands:
             try:
                 run = _runner(model, cfg, p, sample)  # int8: export / cache load happens here, untimed
@@ -495,7 +487,7 @@ def set_threads(model, threads: int | None) -> None:
 
 @dataclass
 class ShardEmbedder:
-    """The embed stage's shard work for :func:`pipeline.engine.map_shards`.
+    """The embed stage's shard work for :func:`dgamix.pipeline.engine.map_shards`.
 
     Called once per worker it returns ``work(job, tick)``, which embeds the job's texts with
     :func:`embed_shard` and writes the part atomically. Locally it reuses the driver's ``model``;
@@ -540,7 +532,7 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
     The precision actually used (auto resolved), its cosine to fp32 on a validation sample of
     the corpus and the model fingerprint are recorded in the embeddings manifests' params; a
     rerun (resume) reuses the recorded choice instead of measuring again. The shards still to
-    do run on ``engine`` (see :mod:`pipeline.engine`); the files do not depend on it.
+    do run on ``engine`` (see :mod:`dgamix.pipeline.engine`); the files do not depend on it.
     """
     check_precision(cfg.precision, cfg.device)
     engine.check()

@@ -3,7 +3,7 @@
 A stage describes its shard work as a *factory*: a picklable callable that builds the heavy
 object once per worker (the encoder, the centroid tree) and returns ``work(job, tick) -> dict``.
 ``work`` reads the job's input shard, computes, writes the output shard atomically
-(:mod:`pipeline.manifest`) and returns a small summary; ``tick(n)`` (local only) moves the bar.
+(:mod:`dgamix.pipeline.core.manifest`) and returns a small summary; ``tick(n)`` (local only) moves the bar.
 
 - :func:`map_shards` runs the jobs: locally a plain loop over one ``work``; on Ray a Ray Data
   ``map_batches`` over the jobs with an actor pool (``ActorPoolStrategy``), each actor calling
@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
-
-from pipeline.errors import DgamixError
+from dgamix.pipeline.core.errors import DgamixError
 
 ENGINES = ("local", "ray")
 INSTALL_HINT = "pip install -e '.[ray]'"
@@ -215,7 +214,7 @@ def map_shards(factory: Callable[[], Callable[[Any, Callable | None], dict]], jo
 
 
 def _call(fn: Callable, args: tuple) -> Any:
-    from pipeline.kmeans import numpy_blas_single_thread
+    from dgamix.pipeline.core.runtime import numpy_blas_single_thread
 
     try:
         with numpy_blas_single_thread():

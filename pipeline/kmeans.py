@@ -23,7 +23,6 @@ node, chosen by seeded random priorities), in groups of nodes whose samples fit
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -31,37 +30,9 @@ from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
-
-from pipeline.errors import DgamixError
-from pipeline.progress import progress_bar
-
-
-
-# --------------------------------------------------------------------------- threads
-@contextlib.contextmanager
-def numpy_blas_single_thread():
-    """Run numpy's BLAS on one thread inside the block (FAISS's own threads are untouched).
-
-    The tree works with many small matrix products (a node's few centroids, a k-means++
-    step); a multi-threaded BLAS spends more on waking threads than on the product, 10-20x
-    more on a busy machine. Big nodes get their parallelism from FAISS (OpenMP). Needs
-    threadpoolctl (a scikit-learn dependency); without it this does nothing.
-    """
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        yield
-        return
-    libs = [lib for lib in ThreadpoolController().lib_controllers
-            if lib.user_api == "blas" and "numpy" in str(lib.filepath)]
-    before = [lib.num_threads for lib in libs]
-    for lib in libs:
-        lib.set_num_threads(1)
-    try:
-        yield
-    finally:
-        for lib, n in zip(libs, before):
-            lib.set_num_threads(n)
+from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.progress import progress_bar
+from dgamix.pipeline.core.runtime import numpy_blas_single_thread
 
 
 # --------------------------------------------------------------------------- sources
@@ -412,17 +383,17 @@ def fit_tree(source: VectorSource, cfg: FitConfig, quiet: bool = True, engine=No
     """Fit the tree top-down over ``source``. Returns (tree with sizes of levels < L, per-level stats).
 
     Sizes of the last level are left None (the assignment pass counts them). ``engine``
-    (:class:`pipeline.engine.EngineConfig`, default local): with Ray, the nodes of each level
+    (:class:`dgamix.pipeline.engine.EngineConfig`, default local): with Ray, the nodes of each level
     below the first are fitted as Ray tasks (same samples, same seeds: the same tree).
     """
-    from pipeline.engine import LOCAL
+    from dgamix.pipeline.engine import LOCAL
 
     with numpy_blas_single_thread():
         return _fit_tree(source, cfg, quiet, engine or LOCAL)
 
 
 def _fit_tree(source: VectorSource, cfg: FitConfig, quiet: bool, engine) -> tuple[Tree, list[dict]]:
-    from pipeline.engine import LOCAL, map_tasks
+    from dgamix.pipeline.engine import LOCAL, map_tasks
 
     levels = tuple(int(b) for b in cfg.levels)
     n, d = source.n, source.dim

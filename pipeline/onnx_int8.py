@@ -39,8 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-
-from pipeline.errors import DgamixError
+from dgamix.pipeline.core.errors import DgamixError
 
 EXPORT_VERSION = "v2"          # bump when the export recipe changes: old caches are then ignored
 MIN_MEAN_COSINE = 0.99         # a quantisation recipe must keep this mean cosine to fp32

@@ -11,12 +11,18 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
-
-from pipeline import manifest, validate
-from pipeline.corpus import CorpusSpec, load_corpus
-from pipeline.embed import EmbedConfig, check_int8_export, count_tokens, embed_shard, load_encoder, model_fingerprint
-from pipeline.errors import DgamixError
-from pipeline.workspace import Workspace, lock
+from dgamix.pipeline.core import manifest, validate
+from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.workspace import Workspace, lock
+from dgamix.pipeline.corpus import CorpusSpec, load_corpus
+from dgamix.pipeline.embed import (
+    EmbedConfig,
+    check_int8_export,
+    count_tokens,
+    embed_shard,
+    load_encoder,
+    model_fingerprint,
+)
 
 SPLITS = ("reweight", "holdout")
 
@@ -63,7 +69,9 @@ def holdout_split(n: int, frac: float, seed: int) -> np.ndarray:
 
 def _group_columns(path: str, column: str) -> dict[str, pa.Array]:
     """Per input file of ``path``: its --group-column as strings (checked before anything is embedded)."""
-    from pipeline.corpus import _column, expand_inputs, read_table
+    from dgamix.pipeline.core.sources import column as column_of
+    from dgamix.pipeline.core.sources import read_table
+    from dgamix.pipeline.corpus import expand_inputs
 
     out = {}
     for f in expand_inputs([path]):
@@ -71,7 +79,7 @@ def _group_columns(path: str, column: str) -> dict[str, pa.Array]:
         if column not in table.column_names:
             raise DgamixError(f"{f} has no group column {column!r} (columns: {table.column_names}); "
                               f"pass --group-column NAME or leave it out.")
-        col = _column(table, column, f, "--group-column")
+        col = column_of(table, column, f, "--group-column")
         if pa.types.is_dictionary(col.type):
             col = col.dictionary_decode()
         try:
@@ -127,7 +135,7 @@ def build_target(ws: Workspace, path: str, name: str, cfg: TargetConfig = Target
 
 def load_target(ws: Workspace, name: str) -> tuple[pa.Table, dict]:
     """(examples table, metadata) of target ``name``; a clear error naming `dgamix target` when
-    absent or embedded with other settings than the corpus is now (pipeline.validate)."""
+    absent or embedded with other settings than the corpus is now (dgamix.pipeline.core.validate)."""
     validate.target(ws, name)
     return manifest.read(validate.target_path(ws, name), "target")
 
@@ -143,7 +151,7 @@ def summarise(ws: Workspace, name: str) -> dict:
 
 def load_tree(ws: Workspace, clusters: str):
     """(Tree, tree metadata) of clustering ``clusters``; a clear error listing what exists."""
-    from pipeline.kmeans import Tree
+    from dgamix.pipeline.kmeans import Tree
 
     validate.clustering(ws, clusters)  # exists, complete, built from the current embeddings
     table, meta = manifest.read(ws.tree(clusters), "tree")

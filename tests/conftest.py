@@ -26,16 +26,15 @@ def wiki_sample(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def encoder():
     """The real packaged all-MiniLM-L6-v2, loaded once per session."""
-    from pipeline.embed import EmbedConfig, load_encoder
+    from dgamix.pipeline.embed import EmbedConfig, load_encoder
 
     return load_encoder(EmbedConfig())
 
 
 def run_cli(*args):
     """Invoke the dgamix CLI in-process; returns the click Result."""
+    from dgamix.cli.main import app
     from typer.testing import CliRunner
-
-    from cli.main import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
 

@@ -6,7 +6,7 @@ MODE 'write': right after the NTH record batch written to the temporary of a fil
 matches PATTERN (fnmatch): part of the data is on disk, the file has no footer yet.
 MODE 'commit': when the NTH such file is complete under its temporary name, before the rename.
 At that point the process creates FILE and sleeps; the test kills it with SIGKILL. Production
-code is not changed for this: the hooks wrap pyarrow's writer and pipeline.manifest._commit.
+code is not changed for this: the hooks wrap pyarrow's writer and dgamix.pipeline.core.manifest._commit.
 """
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-
-from pipeline import manifest
+from dgamix.pipeline.core import manifest
 
 MODE, PATTERN, NTH = os.environ["DGAMIX_FAULT"].split(":")
 MARK = Path(os.environ["DGAMIX_FAULT_MARK"])
@@ -62,7 +61,7 @@ else:  # pragma: no cover
     raise SystemExit(f"unknown fault mode {MODE!r}")
 
 if __name__ == "__main__":
-    from cli.main import app
+    from dgamix.cli.main import app
 
     sys.argv = ["dgamix", *sys.argv[1:]]
     app()

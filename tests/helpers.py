@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from pipeline import manifest
-from pipeline.embed import embedding_array
-from pipeline.workspace import Workspace
+from dgamix.pipeline.core import manifest
+from dgamix.pipeline.core.workspace import Workspace
+from dgamix.pipeline.embed import embedding_array
 
 
 def fake_workspace(root: str | Path, vectors: np.ndarray, texts: list[str] | None = None,

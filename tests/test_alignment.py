@@ -4,8 +4,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-
-from mixing.alignment import gradient_alignments
+from dgamix.mixing.alignment import gradient_alignments
 
 
 def _mlp(seed: int = 0) -> torch.nn.Module:

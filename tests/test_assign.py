@@ -5,13 +5,13 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
+from dgamix.pipeline.assign import assign_shard, assign_vectors
+from dgamix.pipeline.cluster import cluster_workspace, list_clusterings, load_tree
+from dgamix.pipeline.core import manifest
+from dgamix.pipeline.embed import embedding_array
+from dgamix.pipeline.kmeans import ArraySource, FitConfig, fit_tree
 from sklearn.metrics import adjusted_rand_score
 
-from pipeline import manifest
-from pipeline.assign import assign_shard, assign_vectors
-from pipeline.cluster import cluster_workspace, list_clusterings, load_tree
-from pipeline.embed import embedding_array
-from pipeline.kmeans import ArraySource, FitConfig, fit_tree
 from tests.helpers import fake_workspace, sphere_blobs
 
 WORDS = ["apple", "river", "engine", "violin", "planet", "soccer", "bread", "castle"]
@@ -135,7 +135,7 @@ def test_resume_skips_complete_parts_and_rebuilds_a_killed_run(tmp_path, monkeyp
                 raise KeyboardInterrupt
         return real_write(path, table, kind, *a, **kw)
 
-    monkeypatch.setattr("pipeline.assign.manifest.write", dying_write)
+    monkeypatch.setattr("dgamix.pipeline.assign.manifest.write", dying_write)
     with pytest.raises(KeyboardInterrupt):
         cluster_workspace(ws2, [4, 2], quiet=True)
     monkeypatch.undo()

@@ -4,9 +4,9 @@ the torch descent itself is also checked on the CPU, where it runs everywhere.""
 import numpy as np
 import polars as pl
 import pytest
+from dgamix.pipeline.assign_torch import TorchTree
+from dgamix.pipeline.kmeans import ArraySource, FitConfig, fit_tree
 
-from pipeline.assign_torch import TorchTree
-from pipeline.kmeans import ArraySource, FitConfig, fit_tree
 from tests.conftest import run_cli
 
 
@@ -62,7 +62,7 @@ def test_device_cuda_without_a_gpu_is_a_user_error(tmp_path):
 @pytest.mark.slow
 @needs_cuda
 def test_cuda_fp16_embeddings_agree_with_cpu_fp32(tmp_path, wiki_sample, encoder):
-    from pipeline.embed import EmbedConfig, encode, load_encoder
+    from dgamix.pipeline.embed import EmbedConfig, encode, load_encoder
 
     texts = pl.read_parquet(wiki_sample)["text"].to_list()
     ref = encode(encoder, texts, EmbedConfig())

@@ -4,20 +4,26 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from dgamix.mixing.alignment import gradient_alignments
+from dgamix.mixing.dga import (
+    DGA,
+    BasisMatrix,
+    DGAConfig,
+    ema,
+    mirror_step,
+    normalise_alignments,
+)
+from dgamix.mixing.mixers import MIXER_NAMES, DoGE, Mixer, Static, make_mixer
+from dgamix.mixing.sampler import DomainIndex, MixtureSampler
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
-from mixing.alignment import gradient_alignments
-from mixing.dga import DGA, BasisMatrix, DGAConfig, ema, mirror_step, normalise_alignments
-from mixing.mixers import MIXER_NAMES, DoGE, Mixer, Static, make_mixer
-from mixing.sampler import DomainIndex, MixtureSampler
 
 finite = st.one_of(st.floats(-1e6, 1e6), st.floats(allow_nan=False, allow_infinity=False))
 
 
 def eg_step(w, a, eta):
-    """Exponentiated gradient in probability space, written independently of mixing.dga."""
+    """Exponentiated gradient in probability space, written independently of dgamix.mixing.dga."""
     v = w * np.exp(eta * a)
     return v / v.sum()
 

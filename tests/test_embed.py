@@ -4,14 +4,12 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+from dgamix.cli.main import app
+from dgamix.pipeline import embed as embed_mod
+from dgamix.pipeline.core.workspace import Workspace
+from dgamix.pipeline.dedup import DedupConfig, near_duplicates
+from dgamix.pipeline.embed import EmbedConfig, embed_corpus, model_path
 from typer.testing import CliRunner
-
-from cli.main import app
-from pipeline import embed as embed_mod
-from pipeline.corpus import CorpusSpec
-from pipeline.dedup import DedupConfig, near_duplicates
-from pipeline.embed import EmbedConfig, embed_corpus, model_path
-from pipeline.workspace import Workspace
 
 runner = CliRunner()
 
@@ -170,3 +168,20 @@ def test_changed_corpus_is_refused_without_overwrite_and_nothing_is_lost(tmp_pat
     r = cli("embed", b, "--workspace", ws.root, "--overwrite", "-q")
     assert r.exit_code == 0, r.output
     assert pl.read_parquet(ws.docs).height == 5 and embeddings_of(ws)[1].shape == (5, 384)
+
+
+@pytest.mark.slow
+def test_loading_the_encoder_leaves_the_environment_alone():
+    """load_encoder reads the packaged model offline without setting HF_HUB_OFFLINE for the process."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; before = dict(os.environ); from dgamix.pipeline.embed import EmbedConfig, encode, "
+            "load_encoder; m = load_encoder(EmbedConfig()); v = encode(m, ['a real sentence'], EmbedConfig()); "
+            "print(v.shape, sorted(k for k in set(os.environ) ^ set(before) if not k.startswith(('TORCH', 'KMP_'))))")
+    # TORCHINDUCTOR_* and KMP_* are set by torch and by scikit-learn / joblib themselves when imported
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert out.stdout.strip() == "(1, 384) []"

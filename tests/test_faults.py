@@ -18,7 +18,7 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARAL
 
 
 def start(*args):
-    return subprocess.Popen([sys.executable, "-m", "cli.main", *map(str, args)], cwd=ROOT, env=ENV,
+    return subprocess.Popen([sys.executable, "-m", "dgamix.cli.main", *map(str, args)], cwd=ROOT, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -79,7 +79,7 @@ def test_sigkill_train_after_checkpoint_then_resume_equals_uninterrupted(real_ws
 
 
 def test_second_writer_of_a_stage_fails_fast_and_changes_nothing(tmp_path):
-    from pipeline.workspace import Workspace, lock
+    from dgamix.pipeline.core.workspace import Workspace, lock
 
     corpus = tmp_path / "c.parquet"
     pl.DataFrame({"text": ["a first document about rivers", "a second one about stars"]}).write_parquet(corpus)
@@ -104,7 +104,7 @@ def kill_at(tmp_path, fault: str, *args):
 
 
 def _tree_state(ws):
-    from pipeline import manifest
+    from dgamix.pipeline.core import manifest
 
     return manifest.read_meta(ws.tree("k4-4"), "tree")["state"] if ws.tree("k4-4").exists() else None
 
@@ -123,9 +123,10 @@ def test_sigkill_cluster_at_each_write_then_rerun_equals_clean_run(tmp_path):
     temporary name), each rerun resuming; the end result is byte-identical to a clean run."""
     import shutil
 
-    from pipeline.errors import DgamixError
-    from pipeline.validate import clustering
-    from pipeline.workspace import Workspace
+    from dgamix.pipeline.core.errors import DgamixError
+    from dgamix.pipeline.core.validate import clustering
+    from dgamix.pipeline.core.workspace import Workspace
+
     from tests.helpers import fake_workspace, sphere_blobs
 
     x, _ = sphere_blobs(2000, 16, d=32, seed=0)
@@ -166,7 +167,6 @@ def test_sigkill_schedule_mid_stream_keeps_the_old_file_and_rerun_equals_clean(t
     """A schedule of 1.12M rows streams in 2 record batches; killed after the first batch (the
     kill before a rename is covered by the cluster test: same writer), the previous schedule of
     that name stays intact; the rerun equals an uninterrupted run byte for byte."""
-    from pipeline.workspace import Workspace
     from tests.helpers import fake_workspace, sphere_blobs
 
     x, _ = sphere_blobs(600, 8, d=16, seed=1)

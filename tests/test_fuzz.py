@@ -19,18 +19,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
+import dgamix.pipeline.embed  # noqa: F401 - imported before encoder_as patches them
+import dgamix.pipeline.target  # noqa: F401
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from dgamix.pipeline.cluster import parse_levels
+from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.sources import TextReader
+from dgamix.pipeline.corpus import CorpusSpec, load_corpus
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import pipeline.embed  # noqa: F401 - imported before encoder_as patches them
-import pipeline.target  # noqa: F401
-from pipeline.cluster import parse_levels
-from pipeline.corpus import CorpusSpec, TextReader, load_corpus
-from pipeline.errors import DgamixError
 from tests.conftest import run_cli
 
 FAST = settings(derandomize=True, database=None, deadline=None, max_examples=300,
@@ -273,12 +274,12 @@ def options(valid: dict[str, str], bad: dict[str, st.SearchStrategy]) -> st.Sear
 
 @contextmanager
 def encoder_as(model):
-    """pipeline.embed/target.load_encoder returns ``model`` (or, for None, fails like a missing model)."""
+    """dgamix.pipeline.embed/target.load_encoder returns ``model`` (or, for None, fails like a missing model)."""
     def load(cfg):
         if model is None:
             raise DgamixError("fuzz: the model is not loaded in this test.")
         return model
-    with mock.patch("pipeline.embed.load_encoder", load), mock.patch("pipeline.target.load_encoder", load):
+    with mock.patch("dgamix.pipeline.embed.load_encoder", load), mock.patch("dgamix.pipeline.target.load_encoder", load):
         yield
 
 

@@ -4,9 +4,17 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import pytest
+from dgamix.pipeline.kmeans import (
+    ArraySource,
+    FitConfig,
+    fit_node,
+    fit_tree,
+    gather,
+    kmeans_pp,
+    node_seed,
+    sample_positions,
+)
 
-from pipeline.kmeans import (ArraySource, FitConfig, fit_node, fit_tree, gather, kmeans_pp, node_seed,
-                             sample_positions)
 from tests.helpers import sphere_blobs
 
 
@@ -108,7 +116,7 @@ def test_node_seed_is_deterministic_and_distinct():
 
 
 def test_unknown_init_is_a_user_error():
-    from pipeline.errors import DgamixError
+    from dgamix.pipeline.core.errors import DgamixError
 
     x, _ = sphere_blobs(50, 2, d=4)
     with pytest.raises(DgamixError, match="init"):

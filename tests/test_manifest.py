@@ -4,9 +4,8 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from pipeline import manifest
-from pipeline.errors import DgamixError
+from dgamix.pipeline.core import manifest
+from dgamix.pipeline.core.errors import DgamixError
 
 
 def test_round_trip_keeps_rows_and_metadata(tmp_path):

@@ -11,12 +11,12 @@ import os
 from pathlib import Path
 
 import pytest
+from dgamix.cli.common import split_names
+from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.workspace import Workspace, check_name, valid_name
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import DgamixError
-from pipeline.workspace import Workspace, check_name, valid_name
-from cli.common import split_names
 from tests.conftest import run_cli
 
 HOSTILE = ["../../evil", "../evil", "..", ".", "/tmp/dgamix-evil", "a/b", "a\\b", "..\\..\\evil", ".hidden",
@@ -142,8 +142,8 @@ def test_schedule_names_write_only_their_own_file(real_ws, name):
 
 def test_library_calls_check_names_before_writing(tmp_path):
     """The stage functions, called from Python, refuse a bad name before anything is written."""
-    from mixing.schedule import export_schedule
-    from pipeline.basis import build_basis
+    from dgamix.mixing.schedule import export_schedule
+    from dgamix.pipeline.basis import build_basis
 
     ws = Workspace(tmp_path / "ws")
     with pytest.raises(DgamixError, match="not a valid basis name"):

@@ -10,14 +10,20 @@ import os
 import numpy as np
 import polars as pl
 import pytest
+from dgamix.cli.main import app
+from dgamix.pipeline.core import manifest
+from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.workspace import Workspace
+from dgamix.pipeline.embed import (
+    EmbedConfig,
+    buckets,
+    embed_corpus,
+    encode,
+    load_encoder,
+)
+from dgamix.pipeline.onnx_int8 import onnxruntime_available
 from typer.testing import CliRunner
 
-from cli.main import app
-from pipeline import manifest
-from pipeline.embed import EmbedConfig, buckets, embed_corpus, encode, load_encoder
-from pipeline.errors import DgamixError
-from pipeline.onnx_int8 import onnxruntime_available
-from pipeline.workspace import Workspace
 from tests.conftest import DATA
 
 needs_ort = pytest.mark.skipif(not onnxruntime_available(), reason="int8 needs `pip install onnxruntime onnx`")
@@ -75,7 +81,7 @@ def test_fp32_path_keeps_input_order_and_matches_sentence_transformers(encoder, 
 @needs_ort
 @pytest.mark.slow
 def test_int8_close_to_fp32_and_export_is_cached(int8_cache, encoder, texts50, fp32_ref, monkeypatch):
-    from pipeline import onnx_int8
+    from dgamix.pipeline import onnx_int8
 
     got = encode(encoder, texts50, EmbedConfig(precision="int8"))
     c = cos(got, fp32_ref)  # row i against sentence-transformers' row i: the order survived bucketing
@@ -111,7 +117,7 @@ def test_int8_close_to_fp32_and_export_is_cached(int8_cache, encoder, texts50, f
 @pytest.mark.slow
 def test_int8_batches_run_at_once_give_the_sequential_result(int8_cache, encoder, texts50):
     """Several batches on threads sharing one session (Int8Encoder.map) == one batch after another."""
-    from pipeline.embed import _run_features, tokenize
+    from dgamix.pipeline.embed import _run_features, tokenize
 
     encode(encoder, texts50[:2], EmbedConfig(precision="int8"))  # the export cached by the test above
     enc = encoder._dgamix_state["int8"]
@@ -152,16 +158,16 @@ def test_manifest_records_precision_cosine_and_fingerprint(int8_cache, tmp_path,
     # another int8 export (an older or newer dgamix) makes other vectors: embed and target refuse to mix
     import types
 
-    import pipeline.embed
-    import pipeline.target
+    import dgamix.pipeline.embed
+    import dgamix.pipeline.target
 
     assert p["int8_recipe"].startswith("v2/")
     other = types.SimpleNamespace(recipe="v9/other")
-    monkeypatch.setattr(pipeline.embed, "int8_encoder", lambda *a: other)
+    monkeypatch.setattr(dgamix.pipeline.embed, "int8_encoder", lambda *a: other)
     with pytest.raises(DgamixError, match="int8 export v2/.*this dgamix exports v9/other.*--overwrite"):
         embed_corpus(ws, [str(src)], cfg=EmbedConfig(precision="int8", shard_size=12), quiet=True)
     with pytest.raises(DgamixError, match="int8 export v2/.*re-embed the corpus"):
-        pipeline.target.build_target(ws, str(src), "t")
+        dgamix.pipeline.target.build_target(ws, str(src), "t")
     monkeypatch.undo()
 
     ws2 = Workspace(tmp_path / "ws2")
@@ -174,7 +180,7 @@ def test_manifest_records_precision_cosine_and_fingerprint(int8_cache, tmp_path,
     choice = meta["params"]["precision_choice"]
     assert choice["docs_per_s"] == {} and "10 documents" in choice["skipped"]["all"]
 
-    monkeypatch.setattr(pipeline.embed, "AUTO_MIN_DOCS", 0)  # measured, as on a large corpus
+    monkeypatch.setattr(dgamix.pipeline.embed, "AUTO_MIN_DOCS", 0)  # measured, as on a large corpus
     ws2 = Workspace(tmp_path / "ws3")
     out = embed_corpus(ws2, [str(src)], cfg=EmbedConfig(precision="auto", shard_size=5), quiet=True)
     meta = manifest.read_meta(ws2.embeddings, "embeddings")
@@ -187,7 +193,7 @@ def test_manifest_records_precision_cosine_and_fingerprint(int8_cache, tmp_path,
     # a rerun reuses the recorded decision instead of measuring again; so does a run resumed from
     # its parts (killed before embeddings.parquet), and it records the same measurements
     # (part 0 missing too: Ray finishes parts out of order)
-    monkeypatch.setattr(pipeline.embed, "resolve_precision", None)  # measuring again would fail
+    monkeypatch.setattr(dgamix.pipeline.embed, "resolve_precision", None)  # measuring again would fail
     assert embed_corpus(ws2, [str(src)], cfg=EmbedConfig(precision="auto", shard_size=5),
                         quiet=True)["precision"] == out["precision"]
     ws2.embeddings.unlink()
@@ -203,24 +209,24 @@ def test_auto_leaves_out_a_candidate_that_fails(encoder, texts50, monkeypatch):
 
     bf16 is made a candidate and made to fail on every machine, so the outcome does not depend on
     whether this CPU has bf16 units (where a working bf16 would rightly win)."""
-    import pipeline.embed
-    import pipeline.onnx_int8
+    import dgamix.pipeline.embed
+    import dgamix.pipeline.onnx_int8
 
     def broken(*a):
         raise RuntimeError("quantize_dynamic: unsupported node")
 
-    real_runner = pipeline.embed._runner
+    real_runner = dgamix.pipeline.embed._runner
 
     def runner(model, cfg, precision, sample):
         if precision == "bf16":
             raise RuntimeError("autocast: no kernel")
         return real_runner(model, cfg, precision, sample)
 
-    monkeypatch.setattr(pipeline.embed, "int8_encoder", broken)
-    monkeypatch.setattr(pipeline.embed, "bf16_is_fast", lambda device: True)
-    monkeypatch.setattr(pipeline.embed, "_runner", runner)
-    monkeypatch.setattr(pipeline.onnx_int8, "onnxruntime_available", lambda: True)
-    rep = pipeline.embed.resolve_precision(encoder, EmbedConfig(precision="auto", batch_size=7), texts50[:6])
+    monkeypatch.setattr(dgamix.pipeline.embed, "int8_encoder", broken)
+    monkeypatch.setattr(dgamix.pipeline.embed, "bf16_is_fast", lambda device: True)
+    monkeypatch.setattr(dgamix.pipeline.embed, "_runner", runner)
+    monkeypatch.setattr(dgamix.pipeline.onnx_int8, "onnxruntime_available", lambda: True)
+    rep = dgamix.pipeline.embed.resolve_precision(encoder, EmbedConfig(precision="auto", batch_size=7), texts50[:6])
     assert rep.precision == "fp32" and set(rep.docs_per_s) == {"fp32"}
     assert rep.skipped == {"int8": "RuntimeError: quantize_dynamic: unsupported node",
                            "bf16": "RuntimeError: autocast: no kernel"}

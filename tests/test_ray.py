@@ -11,8 +11,8 @@ import time
 import numpy as np
 import polars as pl
 import pytest
+from dgamix.pipeline.core import manifest
 
-from pipeline import manifest
 from tests.conftest import ROOT, run_cli
 
 
@@ -90,8 +90,8 @@ def test_ray_engine_writes_the_same_manifests_as_local(tmp_path, wiki_sample, lo
 
 def test_fit_tree_on_ray_equals_local_exactly(ray_instance):
     """Nodes big enough that FAISS runs multi-threaded locally and single-threaded in a Ray task."""
-    from pipeline.engine import EngineConfig, session
-    from pipeline.kmeans import ArraySource, FitConfig, fit_tree
+    from dgamix.pipeline.engine import EngineConfig, session
+    from dgamix.pipeline.kmeans import ArraySource, FitConfig, fit_tree
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((9000, 384)).astype(np.float32)
@@ -110,7 +110,7 @@ def test_fit_tree_on_ray_equals_local_exactly(ray_instance):
 def test_ray_embed_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path, wiki_sample, local_ws, ray_instance):
     killed = tmp_path / "killed"
     address = ray_instance.get_runtime_context().gcs_address  # the driver joins this instance, as on a cluster
-    p = subprocess.Popen([sys.executable, "-m", "cli.main", "embed", str(wiki_sample), "--workspace", str(killed),
+    p = subprocess.Popen([sys.executable, "-m", "dgamix.cli.main", "embed", str(wiki_sample), "--workspace", str(killed),
                           *map(str, COMMON), "--engine", "ray", "--ray-address", address, "--num-workers", "2"],
                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"))  # after ray.init:

@@ -5,12 +5,17 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from dgamix.mixing.dga import BasisMatrix
+from dgamix.mixing.sampler import (
+    DomainIndex,
+    MixtureSampler,
+    SamplerDataset,
+    _Mixture,
+    _stable_argsort,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
-
-from mixing.dga import BasisMatrix
-from mixing.sampler import DomainIndex, MixtureSampler, SamplerDataset, _Mixture, _stable_argsort
 
 
 def _index(k: int = 12, n_docs: int = 400, seed: int = 0, sparse: int = 1, tokens=False):

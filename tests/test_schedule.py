@@ -3,10 +3,10 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
+from dgamix.mixing.schedule import segments_from_log
+from dgamix.pipeline.core import manifest
+from dgamix.pipeline.core.workspace import Workspace
 
-from mixing.schedule import segments_from_log
-from pipeline import manifest
-from pipeline.workspace import Workspace
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -87,7 +87,7 @@ def test_basis_schedule_and_bad_inputs(real_ws):
 def test_basis_means_importance_sampling_as_in_train(real_ws):
     """`schedule --basis B` draws B's 'target' histogram, as `train --mixer is --basis B` does, not a
     blend of all of B's bases (here half of the mass would be the generic uniform basis)."""
-    from mixing import inputs
+    from dgamix.mixing import inputs
 
     ws = Workspace(real_ws)
     r = run_cli("basis", "--workspace", real_ws, "--clusters", "k3x2", "--level", 2, "--target", "gsm8k",
@@ -115,7 +115,7 @@ def test_basis_means_importance_sampling_as_in_train(real_ws):
 def test_run_replay_draws_only_the_runs_own_pool(real_ws, tmp_path):
     """`schedule --run` uses the run's --tokens-per-domain budget (same seeded subsets) and leaves out
     its general held-out documents: per domain the schedule exhausts exactly the run's pool."""
-    from mixing import inputs
+    from dgamix.mixing import inputs
 
     ws = Workspace(real_ws)
     r = run_cli("train", "--workspace", real_ws, "--clusters", "k3x2", "--level", 2, "--target", "gsm8k",

@@ -14,18 +14,18 @@ import polars as pl
 import pyarrow as pa
 import pytest
 import torch
+from dgamix.mixing.dga import BasisMatrix, DGAConfig
+from dgamix.mixing.inputs import general_holdout
+from dgamix.mixing.mixers import make_mixer
+from dgamix.mixing.model import ModelConfig, TinyGPT, lm_loss
+from dgamix.mixing.run import PROBE_SALT, build_inputs, train_run
+from dgamix.mixing.sampler import MixtureSampler
+from dgamix.mixing.tokens import PAD, Vocab, Windows
+from dgamix.mixing.trainer import CHECKPOINT, TrainConfig, load_checkpoint, train
+from dgamix.pipeline.core import manifest
+from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.workspace import Workspace
 
-from mixing.dga import BasisMatrix, DGAConfig
-from mixing.mixers import make_mixer
-from mixing.model import ModelConfig, TinyGPT, lm_loss
-from mixing.inputs import general_holdout
-from mixing.run import PROBE_SALT, build_inputs, train_run
-from mixing.sampler import MixtureSampler
-from mixing.tokens import PAD, Vocab, Windows
-from mixing.trainer import CHECKPOINT, TrainConfig, load_checkpoint, train
-from pipeline import manifest
-from pipeline.errors import DgamixError
-from pipeline.workspace import Workspace
 from tests.conftest import DATA
 from tests.helpers import fake_workspace
 
@@ -244,7 +244,7 @@ def test_general_holdout_and_duplicates_never_sampled(tiny_ws, monkeypatch):
 
 
 def test_general_holdout_never_empties_a_domain():
-    from mixing.sampler import DomainIndex
+    from dgamix.mixing.sampler import DomainIndex
 
     idx = DomainIndex.from_arrays(np.arange(101), np.r_[np.zeros(100, np.int64), 1])
     held = general_holdout(idx, 0.99, 1000)
@@ -287,7 +287,7 @@ def test_train_run_writes_manifests_on_simplex_and_dga_moves(tiny_ws):
     assert np.abs(last - 1 / 3).max() > 1e-3  # moved away from the uniform start
     assert df["name"].to_list()[:3] == ["target", "generic", "pocket"]
     # recompute the step-5 update from the log and the metadata
-    from mixing.dga import ema, mirror_step
+    from dgamix.mixing.dga import ema, mirror_step
     w0 = df.filter(pl.col("step") == 0).sort("basis")
     w5 = df.filter(pl.col("step") == 5).sort("basis")
     lw = np.log(w0["weight"].to_numpy())
@@ -335,7 +335,7 @@ def test_train_run_refuses_and_resumes(tiny_ws):
 def test_recorded_ema_beta_is_the_one_the_run_used(tiny_ws):
     """dga-noema records ema_beta 0 (it ran with 0): the logged update is recomputed from the recorded
     value. A --ema-beta that a mixer would ignore is refused instead; doge records none."""
-    from mixing.dga import ema, mirror_step
+    from dgamix.mixing.dga import ema, mirror_step
 
     train_run(tiny_ws, "c", 2, "t", "dga-noema", "b", tiny_config(eta=3.0, steps=10, checkpoint_every=0),
               name="noema", quiet=True)
@@ -385,7 +385,7 @@ def test_importing_the_library_sets_no_environment():
     import subprocess
     import sys
 
-    code = ("import os; before = dict(os.environ); import pipeline.kmeans, pipeline.embed, mixing.run; "
+    code = ("import os; before = dict(os.environ); import dgamix.pipeline.kmeans, dgamix.pipeline.embed, dgamix.mixing.run; "
             "print(sorted(set(os.environ.items()) ^ set(before.items())))")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "HF_HUB_OFFLINE")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

@@ -13,16 +13,16 @@ thing to rebuild) and refuse a stale artefact with the command that rebuilds it,
 Upstream labels: ``docs``, ``embeddings``, ``encoder`` (the embedding settings a target set
 must share with the corpus), ``clusters/NAME``, ``targets/NAME``, ``bases/NAME``. A manifest
 that records no upstream (hand-made in a test, or written before this was recorded) is not
-checked. This module is shared by pipeline/ and mixing/ like pipeline.manifest.
+checked. This module is shared by pipeline/ and mixing/ like dgamix.pipeline.core.manifest.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from pipeline import manifest
-from pipeline.errors import DgamixError
-from pipeline.workspace import Workspace
+from dgamix.pipeline.core import manifest
+from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.workspace import Workspace
 
 ENCODER_KEYS = ("model", "model_fingerprint", "max_seq_length", "precision", "dtype")
 

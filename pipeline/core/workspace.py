@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import DgamixError
+from dgamix.pipeline.core.errors import DgamixError
 
 NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 NAME_HELP = "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"

@@ -19,9 +19,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from dgamix.pipeline.core.errors import DgamixError
 
-from pipeline import __version__
-from pipeline.errors import DgamixError
+from dgamix import __version__
 
 SCHEMA_VERSION = 1
 META_KEY = b"dgamix"
