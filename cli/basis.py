@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+
 from dgamix.cli.common import WS_HELP, user_errors
 
 
@@ -23,10 +24,11 @@ def basis(
     overwrite: bool = typer.Option(False, help="Replace an existing basis of this name."),
 ):
     """Build N basis distributions over the level-L domains from the target's assignments."""
-    from dgamix.pipeline.basis import build_basis
-    from dgamix.pipeline.core.workspace import Workspace
     from rich.console import Console
     from rich.table import Table
+
+    from dgamix.pipeline.basis import build_basis
+    from dgamix.pipeline.core.workspace import Workspace
 
     out = build_basis(Workspace(workspace), clusters, level, target, by, name, generic=generic, smoothing=smoothing,
                       pocket_min=pocket_min, seed=seed, overwrite=overwrite)

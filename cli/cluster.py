@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
 from dgamix.cli.common import (
     ENGINE_HELP,
     GPUS_HELP,

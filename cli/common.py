@@ -6,6 +6,7 @@ import os
 import sys
 
 import typer
+
 from dgamix.pipeline.core.errors import DgamixError
 
 # Process-wide settings belong to the program, not to library calls, so they are made here, in the

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
 from dgamix.cli.common import WS_HELP, show, user_errors
 
 

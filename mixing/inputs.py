@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
+
 from dgamix.mixing.dga import BasisMatrix
 from dgamix.mixing.sampler import DomainIndex
 from dgamix.pipeline.core import manifest, validate

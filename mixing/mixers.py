@@ -13,6 +13,7 @@ from dataclasses import asdict, replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
 from dgamix.mixing.dga import (
     DGA,
     DGAConfig,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.workspace import Workspace, valid_name

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
 from dgamix.mixing.dga import DEFAULT_EMA_BETA
 from dgamix.mixing.inputs import (
     HOLDOUT_SEED,

@@ -17,11 +17,11 @@ sample(a + b) == sample(a) ++ sample(b), and a save / load anywhere continues it
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
+
 from dgamix.mixing.dga import BasisMatrix
 
 _U64 = np.uint64
@@ -124,38 +124,6 @@ class DomainIndex:
         offsets = np.r_[first, sorted_dom.size].astype(np.int64)
         tokens = None if n_tokens is None else np.asarray(n_tokens, dtype=np.int64)[order]
         return cls(sorted_dom[first], offsets, doc_ids[order], tokens, k)
-
-    @classmethod
-    def from_assignments(cls, path: str | Path, level: int, *, k: int | None = None,
-                         n_tokens: np.ndarray | None = None) -> "DomainIndex":
-        """Read a folder of parquet parts (doc_id, level_1, level_2, ...) at one level.
-
-        n_tokens: optional token count per document, indexed by doc_id.
-        """
-        import polars as pl
-
-        path = Path(path)
-        col = f"level_{level}"
-        if not path.is_dir() or not any(path.glob("*.parquet")):
-            raise ValueError(f"{path}: no parquet parts found; run `dgamix cluster` first")
-        try:
-            df = pl.scan_parquet(f"{path}/*.parquet").select("doc_id", col).collect()
-        except pl.exceptions.ColumnNotFoundError:
-            have = pl.scan_parquet(f"{path}/*.parquet").collect_schema().names()
-            raise ValueError(f"{path}: no column {col!r} (have {have}); choose a level the "
-                             "tree has") from None
-        except (pl.exceptions.ComputeError, OSError) as e:
-            raise ValueError(f"{path}: cannot read assignments ({e}); "
-                             "re-run `dgamix cluster`") from None
-        doc_ids = df["doc_id"].to_numpy().astype(np.int64)
-        tokens = None
-        if n_tokens is not None:
-            n_tokens = np.asarray(n_tokens)
-            if doc_ids.size and doc_ids.max() >= n_tokens.size:
-                raise ValueError(f"n_tokens has {n_tokens.size} entries but doc_id "
-                                 f"{int(doc_ids.max())} appears in {path}")
-            tokens = n_tokens[doc_ids]
-        return cls.from_arrays(doc_ids, df[col].to_numpy().astype(np.int64), k, tokens)
 
     def __len__(self) -> int:
         """K, the number of non-empty domains."""

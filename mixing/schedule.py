@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+
 from dgamix.mixing.sampler import MixtureSampler
 
 STATIC_MIXERS = ("uniform", "natural", "is")
@@ -89,6 +90,7 @@ def export_schedule(ws, clusters: str, level: int, steps: int, batch_size: int, 
     Near-duplicates are never scheduled. ``seed`` defaults to 0 for static mixtures.
     """
     import polars as pl
+
     from dgamix.mixing import inputs
     from dgamix.pipeline.core import manifest, validate
     from dgamix.pipeline.core.errors import DgamixError

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.workspace import Workspace

@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
 from dgamix.mixing.alignment import gradient_alignments
 from dgamix.mixing.dga import DGAConfig
 from dgamix.mixing.model import lm_loss, lm_loss_sum

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from dgamix.pipeline.core import manifest, validate
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.progress import progress_bar
@@ -27,13 +28,6 @@ from dgamix.pipeline.kmeans import Tree
 
 
 # --------------------------------------------------------------------------- reading embeddings
-def embedding_matrix(col: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
-    """A fixed_size_list<float16|float32>[dim] column -> float32 (rows, dim)."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    values = arr.flatten().to_numpy(zero_copy_only=False)
-    return np.ascontiguousarray(values.reshape(-1, dim), dtype=np.float32)
-
-
 class EmbeddingShards:
     """The workspace's embedding parts as a :class:`dgamix.pipeline.kmeans.VectorSource`.
 
@@ -97,7 +91,7 @@ class EmbeddingShards:
             raise DgamixError(f"{path} holds {len(doc_ids)} rows (doc_ids {doc_ids[:1]}..{doc_ids[-1:]}) but "
                               f"{self.ws.embeddings} lists {self.rows[s]} ({self.first[s]}..{self.last[s]}); the "
                               f"embeddings are out of date: rerun `dgamix embed` with the same arguments.")
-        x = embedding_matrix(table["embedding"], self.dim)
+        x = manifest.embedding_matrix(table["embedding"], self.dim)
         bad = ~np.isfinite(x).all(axis=1)
         if bad.any():
             raise DgamixError(f"{path}: {int(bad.sum())} embedding(s) contain NaN or infinite values (first at "
@@ -133,7 +127,7 @@ def assign_shard(shard: pa.Table | np.ndarray, tree: Tree) -> pa.Table:
     ids are 0..n-1) -> table (doc_id, level_1, ..., level_L) int64."""
     if isinstance(shard, pa.Table):
         doc_ids = shard["doc_id"].to_numpy().astype(np.int64)
-        x = embedding_matrix(shard["embedding"], tree.dim)
+        x = manifest.embedding_matrix(shard["embedding"], tree.dim)
     else:
         x = np.asarray(shard, np.float32)
         doc_ids = np.arange(len(x), dtype=np.int64)

@@ -11,6 +11,7 @@ can land in the other one (the tests ask >= 99% same leaf). The fit stays on the
 from __future__ import annotations
 
 import numpy as np
+
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.engine import require_device
 from dgamix.pipeline.kmeans import Tree

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from dgamix.pipeline.core.errors import DgamixError
 
 
@@ -189,8 +190,10 @@ def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, 
     """The basis stage: writes WS/bases/<name>.parquet (basis, name, domain, weight) and
     WS/bases/<name>.summary.parquet; returns the summary rows and the path."""
     import pyarrow as pa
+
+    from dgamix.pipeline.cluster import load_tree
     from dgamix.pipeline.core import manifest, validate
-    from dgamix.pipeline.target import load_target, load_tree, target_assignments
+    from dgamix.pipeline.target import load_target, target_assignments
 
     check_options(by, generic, smoothing, pocket_min, seed)
     out = ws.basis(name)
@@ -211,8 +214,7 @@ def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, 
     emb = None
     if by.startswith("kmeans:"):
         ex, _ = load_target(ws, target)
-        col = ex["embedding"].combine_chunks()
-        emb = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1).astype(np.float32)[reweight]
+        emb = manifest.embedding_matrix(ex["embedding"])[reweight]
     rows = build_rows(by, assigned, level, dom, groups=groups, emb=emb, generic=generic, smoothing=smoothing, seed=seed)
     parts = [(j, nm, dom.ids[w > 0], w[w > 0]) for j, (nm, w) in enumerate(rows)]
     table = pa.table({"basis": pa.array(np.concatenate([np.full(len(d), j) for j, _, d, _ in parts]), pa.int64()),

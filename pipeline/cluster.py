@@ -21,8 +21,9 @@ import time
 from typing import Sequence
 
 import numpy as np
+
 from dgamix.pipeline.assign import EmbeddingShards, _part_complete, assign_workspace
-from dgamix.pipeline.core import manifest
+from dgamix.pipeline.core import manifest, validate
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.workspace import Workspace, check_name, lock
 from dgamix.pipeline.domains import DomainStats, build_domains
@@ -59,16 +60,22 @@ def default_name(levels: Sequence[int]) -> str:
 
 
 def load_tree(ws: Workspace, name: str, complete: bool = True) -> tuple[Tree, dict]:
-    """The tree of clustering ``name`` and its metadata (for later stages, e.g. the target set)."""
+    """The tree of clustering ``name`` and its metadata: the one reader of tree.parquet.
+
+    ``complete`` (what later stages read): it exists, is complete and was built from the
+    workspace's current embeddings (``validate.clustering``, whose messages name the fix); without
+    it (the cluster stage resuming its own tree) it need only exist. Always: its centroids match
+    the checksum recorded when it was written.
+    """
     path = ws.tree(name)
-    if not path.exists():
-        have = ", ".join(c["name"] for c in list_clusterings(ws)) or "none"
+    if complete:
+        meta = validate.clustering(ws, name)
+    elif path.exists():
+        meta = manifest.read_meta(path, "tree")
+    else:
+        have = ", ".join(ws.clusterings()) or "none"
         raise DgamixError(f"{path} not found (clusterings in {ws.root}: {have}); run "
                           f"`dgamix cluster --workspace {ws.root} --levels ... --name {name}` first.")
-    meta = manifest.read_meta(path, "tree")
-    if complete and meta.get("state") != "complete":
-        raise DgamixError(f"{path} is not complete (the clustering was interrupted); rerun the same `dgamix cluster` "
-                          f"command to finish it.")
     tree = Tree.read(path, tuple(meta["params"]["levels"]))
     if tree.checksum() != meta.get("centroids_checksum"):
         raise DgamixError(f"{path}: the centroids do not match their checksum (the file was modified); rerun "

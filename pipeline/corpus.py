@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.manifest import file_checksum
 from dgamix.pipeline.core.sources import (

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+
 from dgamix.pipeline.core.progress import progress_bar
 from dgamix.pipeline.core.sources import TextReader
 from dgamix.pipeline.kmeans import Tree

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.progress import progress_bar
@@ -424,14 +425,6 @@ def resolve_precision(model, cfg: EmbedConfig, texts: list[str]) -> PrecisionRep
     return rep
 
 
-def embedding_array(emb: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
-    """(n, d) array -> Arrow fixed-size list column of float32 or float16."""
-    if dtype not in ("float32", "float16"):
-        raise DgamixError(f"--dtype {dtype} is not supported; use float32 or float16.")
-    flat = pa.array(emb.astype(dtype, copy=False).ravel())
-    return pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])
-
-
 def embed_shard(model, texts: list[str], doc_ids: np.ndarray, cfg: EmbedConfig, tick=None) -> pa.Table:
     """Per-shard work: texts of ``doc_ids`` -> table (doc_id int64, embedding fixed_size_list).
 
@@ -442,7 +435,7 @@ def embed_shard(model, texts: list[str], doc_ids: np.ndarray, cfg: EmbedConfig, 
     if not np.isfinite(emb).all():
         raise DgamixError(f"the encoder returned non-finite values for shard starting at doc_id {doc_ids[0]}; "
                           f"try --precision fp32.")
-    return pa.table({"doc_id": pa.array(doc_ids, pa.int64()), "embedding": embedding_array(emb, cfg.dtype)})
+    return pa.table({"doc_id": pa.array(doc_ids, pa.int64()), "embedding": manifest.embedding_array(emb, cfg.dtype)})
 
 
 def count_tokens(model, texts: list[str], batch: int = 4096) -> np.ndarray:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
+
 from dgamix.pipeline.core.errors import DgamixError
 
 ENGINES = ("local", "ray")

@@ -30,7 +30,9 @@ from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
+
 from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.manifest import embedding_matrix
 from dgamix.pipeline.core.progress import progress_bar
 from dgamix.pipeline.core.runtime import numpy_blas_single_thread
 
@@ -181,7 +183,7 @@ class Tree:
             cent = np.empty((table.num_rows, dim), np.float32)
             i = 0
             for batch in pf.iter_batches(batch_size=16_384, columns=["centroid"]):
-                v = batch.column(0).flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+                v = embedding_matrix(batch.column(0), dim)
                 cent[i:i + len(v)] = v
                 i += len(v)
         except (KeyError, pa.ArrowException, OSError) as e:
@@ -193,9 +195,7 @@ class Tree:
     def from_table(cls, table: pa.Table, levels: tuple[int, ...], centroids: np.ndarray | None = None) -> "Tree":
         """A tree from tree.parquet's table (``centroids``: the centroid column already as (n, d))."""
         if centroids is None:
-            dim = table.schema.field("centroid").type.list_size
-            values = table["centroid"].combine_chunks().flatten()
-            centroids = values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+            centroids = embedding_matrix(table["centroid"])
         level = table["level"].to_numpy()
         cent = np.asarray(centroids, dtype=np.float32)
         if np.any(np.diff(level) < 0):  # written sorted by level; sort anything else

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
 from dgamix.pipeline.core.errors import DgamixError
 
 EXPORT_VERSION = "v2"          # bump when the export recipe changes: old caches are then ignored

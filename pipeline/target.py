@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
+
 from dgamix.pipeline.core import manifest, validate
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.workspace import Workspace, lock
@@ -149,29 +150,21 @@ def summarise(ws: Workspace, name: str) -> dict:
             "skipped_empty": meta.get("skipped_empty", 0), "path": str(ws.target_dir(name) / "examples.parquet")}
 
 
-def load_tree(ws: Workspace, clusters: str):
-    """(Tree, tree metadata) of clustering ``clusters``; a clear error listing what exists."""
-    from dgamix.pipeline.kmeans import Tree
-
-    validate.clustering(ws, clusters)  # exists, complete, built from the current embeddings
-    table, meta = manifest.read(ws.tree(clusters), "tree")
-    return Tree.from_table(table, tuple(meta["params"]["levels"])), meta
-
-
 def target_assignments(ws: Workspace, target: str, clusters: str) -> pa.Table:
     """example_id, split, group, level_1..level_L of the target under ``clusters`` (cached).
 
     The examples descend the same tree as the corpus. The cache in WS/targets/T/<clusters>/
     is rebuilt when the tree or the target changed (fingerprints in its metadata).
     """
+    from dgamix.pipeline.cluster import load_tree
+
     examples, tmeta = load_target(ws, target)
     tree, _ = load_tree(ws, clusters)
     fp = manifest.fingerprint(tmeta.get("inputs"), tree.checksum())
     path = ws.target_dir(target) / clusters / "assignments.parquet"
     if path.exists() and manifest.read_meta(path).get("inputs") == fp:
         return manifest.read(path, "target-assignments")[0]
-    emb = examples["embedding"].combine_chunks()
-    x = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(emb), -1).astype(np.float32)
+    x = manifest.embedding_matrix(examples["embedding"])
     if x.shape[1] != tree.dim:
         raise DgamixError(f"target '{target}' has {x.shape[1]}-d embeddings but clustering '{clusters}' has "
                           f"{tree.dim}-d centroids; embed the target with the workspace's model.")

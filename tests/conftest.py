@@ -33,8 +33,9 @@ def encoder():
 
 def run_cli(*args):
     """Invoke the dgamix CLI in-process; returns the click Result."""
-    from dgamix.cli.main import app
     from typer.testing import CliRunner
+
+    from dgamix.cli.main import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+
 from dgamix.pipeline.core import manifest
 
 MODE, PATTERN, NTH = os.environ["DGAMIX_FAULT"].split(":")

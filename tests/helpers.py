@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from dgamix.pipeline.core import manifest
+from dgamix.pipeline.core.manifest import embedding_array
 from dgamix.pipeline.core.workspace import Workspace
-from dgamix.pipeline.embed import embedding_array
 
 
 def fake_workspace(root: str | Path, vectors: np.ndarray, texts: list[str] | None = None,

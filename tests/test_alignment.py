@@ -4,6 +4,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+
 from dgamix.mixing.alignment import gradient_alignments
 
 

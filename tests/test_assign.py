@@ -5,13 +5,13 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
+from sklearn.metrics import adjusted_rand_score
+
 from dgamix.pipeline.assign import assign_shard, assign_vectors
 from dgamix.pipeline.cluster import cluster_workspace, list_clusterings, load_tree
 from dgamix.pipeline.core import manifest
-from dgamix.pipeline.embed import embedding_array
+from dgamix.pipeline.core.manifest import embedding_array
 from dgamix.pipeline.kmeans import ArraySource, FitConfig, fit_tree
-from sklearn.metrics import adjusted_rand_score
-
 from tests.helpers import fake_workspace, sphere_blobs
 
 WORDS = ["apple", "river", "engine", "violin", "planet", "soccer", "bread", "castle"]

@@ -2,10 +2,11 @@
 import numpy as np
 import polars as pl
 import pytest
-from dgamix.pipeline.basis import Domains, build_rows, describe, histogram, lift
-from dgamix.pipeline.core.errors import DgamixError
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from dgamix.pipeline.basis import Domains, build_rows, describe, histogram, lift
+from dgamix.pipeline.core.errors import DgamixError
 
 # Two levels, branching 2 x 3: level-1 domains {0, 1}; level-2 ids parent*3 + child.
 # Domain 5 is empty in the corpus (absent from ids).

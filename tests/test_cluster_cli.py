@@ -5,11 +5,11 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
-from dgamix.cli.main import app
-from dgamix.pipeline.core import manifest
-from dgamix.pipeline.embed import embedding_array
 from typer.testing import CliRunner
 
+from dgamix.cli.main import app
+from dgamix.pipeline.core import manifest
+from dgamix.pipeline.core.manifest import embedding_array
 from tests.helpers import fake_workspace, sphere_blobs
 
 runner = CliRunner()

@@ -4,9 +4,9 @@ the torch descent itself is also checked on the CPU, where it runs everywhere.""
 import numpy as np
 import polars as pl
 import pytest
+
 from dgamix.pipeline.assign_torch import TorchTree
 from dgamix.pipeline.kmeans import ArraySource, FitConfig, fit_tree
-
 from tests.conftest import run_cli
 
 

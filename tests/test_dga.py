@@ -4,6 +4,10 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
 from dgamix.mixing.alignment import gradient_alignments
 from dgamix.mixing.dga import (
     DGA,
@@ -15,9 +19,6 @@ from dgamix.mixing.dga import (
 )
 from dgamix.mixing.mixers import MIXER_NAMES, DoGE, Mixer, Static, make_mixer
 from dgamix.mixing.sampler import DomainIndex, MixtureSampler
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
 finite = st.one_of(st.floats(-1e6, 1e6), st.floats(allow_nan=False, allow_infinity=False))
 

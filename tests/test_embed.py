@@ -4,12 +4,13 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+from typer.testing import CliRunner
+
 from dgamix.cli.main import app
 from dgamix.pipeline import embed as embed_mod
 from dgamix.pipeline.core.workspace import Workspace
 from dgamix.pipeline.dedup import DedupConfig, near_duplicates
 from dgamix.pipeline.embed import EmbedConfig, embed_corpus, model_path
-from typer.testing import CliRunner
 
 runner = CliRunner()
 

@@ -126,7 +126,6 @@ def test_sigkill_cluster_at_each_write_then_rerun_equals_clean_run(tmp_path):
     from dgamix.pipeline.core.errors import DgamixError
     from dgamix.pipeline.core.validate import clustering
     from dgamix.pipeline.core.workspace import Workspace
-
     from tests.helpers import fake_workspace, sphere_blobs
 
     x, _ = sphere_blobs(2000, 16, d=32, seed=0)

@@ -19,19 +19,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
-import dgamix.pipeline.embed  # noqa: F401 - imported before encoder_as patches them
-import dgamix.pipeline.target  # noqa: F401
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dgamix.pipeline.embed  # noqa: F401 - imported before encoder_as patches them
+import dgamix.pipeline.target  # noqa: F401
 from dgamix.pipeline.cluster import parse_levels
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.sources import TextReader
 from dgamix.pipeline.corpus import CorpusSpec, load_corpus
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from tests.conftest import run_cli
 
 FAST = settings(derandomize=True, database=None, deadline=None, max_examples=300,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import pytest
+
 from dgamix.pipeline.kmeans import (
     ArraySource,
     FitConfig,
@@ -14,7 +15,6 @@ from dgamix.pipeline.kmeans import (
     node_seed,
     sample_positions,
 )
-
 from tests.helpers import sphere_blobs
 
 

@@ -129,9 +129,16 @@ def test_wheel_installs_only_dgamix_and_imports_beside_a_users_pipeline(tmp_path
         import setuptools  # noqa: F401 - the build backend, used without build isolation (offline)
     except ImportError:
         pytest.skip("needs setuptools in this environment to build the wheel offline")
-    wheels = tmp_path / "wheels"
+    import shutil
+
+    src, wheels = tmp_path / "src", tmp_path / "wheels"  # a copy: setuptools writes build/ beside the sources
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", *FOLDERS):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                         if (ROOT / name).is_dir() else {}))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(wheels), str(ROOT)], capture_output=True, text=True, cwd=tmp_path)
+                            "-w", str(wheels), str(src)], capture_output=True, text=True, cwd=tmp_path)
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = wheels.glob("dgamix-*.whl")
     tops = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist()}

@@ -4,6 +4,7 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 

@@ -11,12 +11,12 @@ import os
 from pathlib import Path
 
 import pytest
-from dgamix.cli.common import split_names
-from dgamix.pipeline.core.errors import DgamixError
-from dgamix.pipeline.core.workspace import Workspace, check_name, valid_name
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dgamix.cli.common import split_names
+from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.workspace import Workspace, check_name, valid_name
 from tests.conftest import run_cli
 
 HOSTILE = ["../../evil", "../evil", "..", ".", "/tmp/dgamix-evil", "a/b", "a\\b", "..\\..\\evil", ".hidden",

@@ -10,6 +10,8 @@ import os
 import numpy as np
 import polars as pl
 import pytest
+from typer.testing import CliRunner
+
 from dgamix.cli.main import app
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
@@ -22,8 +24,6 @@ from dgamix.pipeline.embed import (
     load_encoder,
 )
 from dgamix.pipeline.onnx_int8 import onnxruntime_available
-from typer.testing import CliRunner
-
 from tests.conftest import DATA
 
 needs_ort = pytest.mark.skipif(not onnxruntime_available(), reason="int8 needs `pip install onnxruntime onnx`")

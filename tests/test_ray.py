@@ -11,8 +11,8 @@ import time
 import numpy as np
 import polars as pl
 import pytest
-from dgamix.pipeline.core import manifest
 
+from dgamix.pipeline.core import manifest
 from tests.conftest import ROOT, run_cli
 
 

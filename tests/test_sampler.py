@@ -2,9 +2,12 @@
 import pickle
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import chisquare
+
 from dgamix.mixing.dga import BasisMatrix
 from dgamix.mixing.sampler import (
     DomainIndex,
@@ -13,9 +16,6 @@ from dgamix.mixing.sampler import (
     _Mixture,
     _stable_argsort,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from scipy.stats import chisquare
 
 
 def _index(k: int = 12, n_docs: int = 400, seed: int = 0, sparse: int = 1, tokens=False):
@@ -194,24 +194,6 @@ def test_weights_on_empty_domains_raise():
     P = BasisMatrix.from_rows(np.array([0, 1]), np.array([3, 10]), np.array([1.0, 1.0]), k=40)
     with pytest.raises(ValueError, match="ids \\[3\\]"):
         MixtureSampler(idx, P).sample(10, np.array([0.5, 0.5]))
-
-
-def test_from_assignments(tmp_path):
-    parts = tmp_path / "assignments"
-    parts.mkdir()
-    pl.DataFrame({"doc_id": [0, 1, 2], "level_1": [0, 0, 1], "level_2": [3, 5, 70]}) \
-        .write_parquet(parts / "part-00000.parquet")
-    pl.DataFrame({"doc_id": [3, 4], "level_1": [1, 0], "level_2": [70, 3]}) \
-        .write_parquet(parts / "part-00001.parquet")
-    idx = DomainIndex.from_assignments(parts, 2, n_tokens=np.array([5, 6, 7, 8, 9]))
-    assert idx.domains.tolist() == [3, 5, 70] and idx.sizes.tolist() == [2, 1, 2]
-    assert sorted(idx.docs[:2].tolist()) == [0, 4]
-    assert dict(zip(idx.docs.tolist(), idx.tokens.tolist())) == {i: i + 5 for i in range(5)}
-    assert DomainIndex.from_assignments(parts, 1).sizes.tolist() == [3, 2]
-    with pytest.raises(ValueError, match="level_3"):
-        DomainIndex.from_assignments(parts, 3)
-    with pytest.raises(ValueError, match="no parquet"):
-        DomainIndex.from_assignments(tmp_path / "missing", 1)
 
 
 def test_dataset_reads_weights_every_step():

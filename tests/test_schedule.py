@@ -3,10 +3,10 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
+
 from dgamix.mixing.schedule import segments_from_log
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.workspace import Workspace
-
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow

@@ -2,9 +2,9 @@
 import numpy as np
 import polars as pl
 import pytest
+
 from dgamix.pipeline.core.workspace import Workspace
 from dgamix.pipeline.target import target_assignments
-
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow

@@ -13,9 +13,9 @@ import shutil
 import polars as pl
 import pyarrow as pa
 import pytest
+
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.workspace import Workspace
-
 from tests.conftest import DATA, run_cli
 
 pytestmark = pytest.mark.slow

@@ -14,6 +14,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 import torch
+
 from dgamix.mixing.dga import BasisMatrix, DGAConfig
 from dgamix.mixing.inputs import general_holdout
 from dgamix.mixing.mixers import make_mixer
@@ -25,7 +26,6 @@ from dgamix.mixing.trainer import CHECKPOINT, TrainConfig, load_checkpoint, trai
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.workspace import Workspace
-
 from tests.conftest import DATA
 from tests.helpers import fake_workspace
 

@@ -17,11 +17,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dgamix.pipeline.core.errors import DgamixError
 
 from dgamix import __version__
+from dgamix.pipeline.core.errors import DgamixError
 
 SCHEMA_VERSION = 1
 META_KEY = b"dgamix"
@@ -73,6 +74,23 @@ def sweep_orphans(path: str | Path) -> int:
             tmp.unlink(missing_ok=True)
             n += 1
     return n
+
+
+def embedding_array(emb: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
+    """(n, d) array -> Arrow fixed_size_list<float32|float16>[d] column (how manifests store vectors)."""
+    if dtype not in ("float32", "float16"):
+        raise DgamixError(f"--dtype {dtype} is not supported; use float32 or float16.")
+    flat = pa.array(emb.astype(dtype, copy=False).ravel())
+    return pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])
+
+
+def embedding_matrix(col: pa.ChunkedArray | pa.Array, dim: int | None = None) -> np.ndarray:
+    """A fixed_size_list<float16|float32>[dim] column -> C-contiguous float32 (rows, dim); the one
+    reader of vector columns (embeddings, target embeddings, centroids). ``dim``: the list size."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    dim = arr.type.list_size if dim is None else dim
+    values = arr.flatten().to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(values.reshape(-1, dim), dtype=np.float32)
 
 
 def _meta_bytes(kind: str, params: dict | None, inputs: str | None, extra: dict | None) -> bytes:

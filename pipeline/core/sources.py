@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from dgamix.pipeline.core.errors import DgamixError
 
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson")
