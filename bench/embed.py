@@ -39,7 +39,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import polars as pl  # noqa: E402
 
-from dgamix.pipeline.embed import EmbedConfig, bf16_is_fast, encode, load_encoder  # noqa: E402
+from dgamix.pipeline.encoder import EmbedConfig, bf16_is_fast, encode, load_encoder  # noqa: E402
 from dgamix.pipeline.onnx_int8 import cores, onnxruntime_available  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -97,8 +97,9 @@ def corpora(n: int, seed: int) -> dict[str, list[str]]:
     return out
 
 
-def bench_corpus(model, texts: list[str], args, methods: list[str]) -> dict:
+def bench_corpus(enc, texts: list[str], args, methods: list[str]) -> dict:
     seq = args.max_seq_length
+    model = enc.model  # the plain SentenceTransformer: the baseline runs its own encode
     model.max_seq_length = seq
     lengths = np.asarray([len(x) for x in model.tokenizer(texts, truncation=True, max_length=seq)["input_ids"]])
     bf16_n = min(len(texts), args.bf16_docs)
@@ -112,7 +113,7 @@ def bench_corpus(model, texts: list[str], args, methods: list[str]) -> dict:
         if m == "plain-bs16":
             return np.asarray(model.encode(xs, batch_size=16, normalize_embeddings=True, convert_to_numpy=True,
                                            show_progress_bar=False), np.float32)
-        return encode(model, xs, EmbedConfig(max_seq_length=seq, precision=m.split("-")[1]))
+        return encode(enc, xs, EmbedConfig(max_seq_length=seq, precision=m.split("-")[1]))
 
     res: dict[str, dict] = {m: {"seconds": float("inf")} for m in methods}
     # setup + warm-up (int8: export or cache load, timed separately)
@@ -147,9 +148,9 @@ def bench_corpus(model, texts: list[str], args, methods: list[str]) -> dict:
             "truncated_frac": round(float((lengths >= seq).mean()), 3), "methods": res}
 
 
-def int8_info(model) -> dict | None:
+def int8_info(encoder) -> dict | None:
     """The int8 export used (recipe, fused operators, cosine at export), from its cache folder."""
-    enc = getattr(model, "_dgamix_state", {}).get("int8")
+    enc = encoder.int8
     if enc is None:
         return None
     meta = json.loads((enc.path.parent / "meta.json").read_text())

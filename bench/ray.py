@@ -45,7 +45,8 @@ import pyarrow as pa  # noqa: E402
 from dgamix.pipeline.core import manifest  # noqa: E402
 from dgamix.pipeline.assign import ShardAssigner  # noqa: E402
 from dgamix.pipeline.core.manifest import embedding_array, embedding_matrix  # noqa: E402
-from dgamix.pipeline.embed import EmbedConfig, ShardEmbedder, load_encoder, model_fingerprint  # noqa: E402
+from dgamix.pipeline.encoder import EmbedConfig, load_encoder, model_fingerprint  # noqa: E402
+from dgamix.pipeline.embed import ShardEmbedder  # noqa: E402
 from dgamix.pipeline.engine import EngineConfig, map_shards, session  # noqa: E402
 from dgamix.pipeline.kmeans import ArraySource, FitConfig, fit_tree  # noqa: E402
 from dgamix.pipeline.onnx_int8 import cores  # noqa: E402
@@ -95,8 +96,8 @@ def bench_embed(args, tmp: Path, ray_engine: EngineConfig) -> dict:
         jobs = [{"part": str(folder / f"part-{i:05d}.parquet"), "texts": texts[a:a + args.shard_size],
                  "doc_ids": np.arange(a, min(a + args.shard_size, len(texts))), "params": {"shard": i}}
                 for i, a in enumerate(range(0, len(texts), args.shard_size))]
-        model = None if engine.is_ray else load_encoder(cfg)
-        work = ShardEmbedder(cfg, "bench", params, threads=1 if engine.is_ray else None, model=model)
+        enc = None if engine.is_ray else load_encoder(cfg)
+        work = ShardEmbedder(cfg, "bench", params, threads=1 if engine.is_ray else None, encoder=enc)
         out[name] = timed_map(work, jobs, engine, lambda j: len(j["doc_ids"]))
     a, b = (np.asarray(pl.read_parquet(tmp / f"embed-{n}" / "*.parquet").sort("doc_id")["embedding"].to_list())
             for n in ("local", "ray"))

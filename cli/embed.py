@@ -53,7 +53,8 @@ def embed(
     from dgamix.pipeline.core.workspace import Workspace
     from dgamix.pipeline.corpus import CorpusSpec
     from dgamix.pipeline.dedup import DedupConfig
-    from dgamix.pipeline.embed import EmbedConfig, embed_corpus
+    from dgamix.pipeline.embed import embed_corpus
+    from dgamix.pipeline.encoder import EmbedConfig
     from dgamix.pipeline.engine import require_device
 
     eng = engine_config(engine, ray_address, num_workers, gpus_per_worker, device)

@@ -16,14 +16,8 @@ from dgamix.pipeline.core import manifest, validate
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.workspace import Workspace, lock
 from dgamix.pipeline.corpus import CorpusSpec, load_corpus
-from dgamix.pipeline.embed import (
-    EmbedConfig,
-    check_int8_export,
-    count_tokens,
-    embed_shard,
-    load_encoder,
-    model_fingerprint,
-)
+from dgamix.pipeline.embed import embed_shard
+from dgamix.pipeline.encoder import EmbedConfig, check_int8_export, count_tokens, load_encoder, model_fingerprint
 
 SPLITS = ("reweight", "holdout")
 
@@ -117,16 +111,16 @@ def build_target(ws: Workspace, path: str, name: str, cfg: TargetConfig = Target
                           f"or choose another --name.")
     with lock(ws, f"target-{name}"):
         texts = stats["texts"].to_pylist()
-        model = encoder or load_encoder(enc_cfg)
+        enc = encoder or load_encoder(enc_cfg)
         emb_params = manifest.read_meta(ws.embeddings, "embeddings")["params"]
         if enc_cfg.precision == "int8":  # target and corpus vectors are compared: the same export
-            check_int8_export(model, enc_cfg, emb_params.get("int8_recipe"), texts, str(ws.embeddings),
+            check_int8_export(enc, enc_cfg, emb_params.get("int8_recipe"), texts, str(ws.embeddings),
                               f"re-embed the corpus (`dgamix embed ... --workspace {ws.root} --overwrite`), then "
                               f"rerun `dgamix target`.")
-        emb = embed_shard(model, texts, np.arange(n), enc_cfg)
+        emb = embed_shard(enc, texts, np.arange(n), enc_cfg)
         table = pa.table({"example_id": pa.array(np.arange(n), pa.int64()), "id": base["id"], "group": groups,
                           "split": pa.array(split.tolist(), pa.string()),
-                          "n_tokens": pa.array(count_tokens(model, texts), pa.int64()),
+                          "n_tokens": pa.array(count_tokens(enc, texts), pa.int64()),
                           "text": pa.array(texts, pa.large_string()), "embedding": emb["embedding"]})
         built = {"encoder": validate.encoder_fingerprint(emb_params)}
         manifest.write(out, table, "target", params, fp, extra={"skipped_empty": stats["skipped_empty"],

@@ -26,7 +26,7 @@ def wiki_sample(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def encoder():
     """The real packaged all-MiniLM-L6-v2, loaded once per session."""
-    from dgamix.pipeline.embed import EmbedConfig, load_encoder
+    from dgamix.pipeline.encoder import EmbedConfig, load_encoder
 
     return load_encoder(EmbedConfig())
 

@@ -62,7 +62,7 @@ def test_device_cuda_without_a_gpu_is_a_user_error(tmp_path):
 @pytest.mark.slow
 @needs_cuda
 def test_cuda_fp16_embeddings_agree_with_cpu_fp32(tmp_path, wiki_sample, encoder):
-    from dgamix.pipeline.embed import EmbedConfig, encode, load_encoder
+    from dgamix.pipeline.encoder import EmbedConfig, encode, load_encoder
 
     texts = pl.read_parquet(wiki_sample)["text"].to_list()
     ref = encode(encoder, texts, EmbedConfig())

@@ -10,7 +10,8 @@ from dgamix.cli.main import app
 from dgamix.pipeline import embed as embed_mod
 from dgamix.pipeline.core.workspace import Workspace
 from dgamix.pipeline.dedup import DedupConfig, near_duplicates
-from dgamix.pipeline.embed import EmbedConfig, embed_corpus, model_path
+from dgamix.pipeline.embed import embed_corpus
+from dgamix.pipeline.encoder import EmbedConfig, model_path
 
 runner = CliRunner()
 
@@ -178,7 +179,7 @@ def test_loading_the_encoder_leaves_the_environment_alone():
     import subprocess
     import sys
 
-    code = ("import os; before = dict(os.environ); from dgamix.pipeline.embed import EmbedConfig, encode, "
+    code = ("import os; before = dict(os.environ); from dgamix.pipeline.encoder import EmbedConfig, encode, "
             "load_encoder; m = load_encoder(EmbedConfig()); v = encode(m, ['a real sentence'], EmbedConfig()); "
             "print(v.shape, sorted(k for k in set(os.environ) ^ set(before) if not k.startswith(('TORCH', 'KMP_'))))")
     # TORCHINDUCTOR_* and KMP_* are set by torch and by scikit-learn / joblib themselves when imported

@@ -16,13 +16,8 @@ from dgamix.cli.main import app
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.workspace import Workspace
-from dgamix.pipeline.embed import (
-    EmbedConfig,
-    buckets,
-    embed_corpus,
-    encode,
-    load_encoder,
-)
+from dgamix.pipeline.embed import embed_corpus
+from dgamix.pipeline.encoder import EmbedConfig, buckets, encode, load_encoder
 from dgamix.pipeline.onnx_int8 import onnxruntime_available
 from tests.conftest import DATA
 
@@ -48,7 +43,7 @@ def texts50():
 
 @pytest.fixture(scope="module")
 def fp32_ref(encoder, texts50):
-    ref = encoder.encode(texts50, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+    ref = encoder.model.encode(texts50, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
     return np.asarray(ref, np.float32)
 
 
@@ -86,7 +81,7 @@ def test_int8_close_to_fp32_and_export_is_cached(int8_cache, encoder, texts50, f
     got = encode(encoder, texts50, EmbedConfig(precision="int8"))
     c = cos(got, fp32_ref)  # row i against sentence-transformers' row i: the order survived bucketing
     assert c.mean() >= 0.99 and c.min() >= 0.95, (c.mean(), c.min())
-    first = encoder._dgamix_state["int8"]
+    first = encoder.int8
     assert first.exported and first.recipe and (onnx_int8.cache_root() / "onnx").is_dir()
     assert np.abs(np.linalg.norm(got, axis=1) - 1).max() < 1e-4
     # the fused graph keeps SkipLayerNormalization unfused (its CPU kernel is slower than Add + LayerNorm)
@@ -104,8 +99,8 @@ def test_int8_close_to_fp32_and_export_is_cached(int8_cache, encoder, texts50, f
     monkeypatch.setattr(torch.onnx, "export", no_export)
     again = load_encoder(EmbedConfig(precision="int8"))
     got2 = encode(again, texts50, EmbedConfig(precision="int8"))
-    assert not again._dgamix_state["int8"].exported
-    assert again._dgamix_state["int8"].path == first.path
+    assert not again.int8.exported
+    assert again.int8.path == first.path
     assert np.abs(got2 - got).max() < 1e-5
     # dynamic quantisation scales activations per batch, so other batch mates move a vector a little
     assert cos(encode(again, texts50[:10], EmbedConfig(precision="int8")), got[:10]).min() >= 0.99
@@ -117,10 +112,10 @@ def test_int8_close_to_fp32_and_export_is_cached(int8_cache, encoder, texts50, f
 @pytest.mark.slow
 def test_int8_batches_run_at_once_give_the_sequential_result(int8_cache, encoder, texts50):
     """Several batches on threads sharing one session (Int8Encoder.map) == one batch after another."""
-    from dgamix.pipeline.embed import _run_features, tokenize
+    from dgamix.pipeline.encoder import _run_features, tokenize
 
     encode(encoder, texts50[:2], EmbedConfig(precision="int8"))  # the export cached by the test above
-    enc = encoder._dgamix_state["int8"]
+    enc = encoder.int8
     feats, lengths, left = tokenize(encoder, texts50)
     cfg = EmbedConfig(precision="int8")
     seq = _run_features(dataclasses.replace(enc, threads=1, _wide=None), feats, lengths, left, cfg)
@@ -158,12 +153,12 @@ def test_manifest_records_precision_cosine_and_fingerprint(int8_cache, tmp_path,
     # another int8 export (an older or newer dgamix) makes other vectors: embed and target refuse to mix
     import types
 
-    import dgamix.pipeline.embed
+    import dgamix.pipeline.encoder
     import dgamix.pipeline.target
 
     assert p["int8_recipe"].startswith("v2/")
     other = types.SimpleNamespace(recipe="v9/other")
-    monkeypatch.setattr(dgamix.pipeline.embed, "int8_encoder", lambda *a: other)
+    monkeypatch.setattr(dgamix.pipeline.encoder, "int8_encoder", lambda *a: other)
     with pytest.raises(DgamixError, match="int8 export v2/.*this dgamix exports v9/other.*--overwrite"):
         embed_corpus(ws, [str(src)], cfg=EmbedConfig(precision="int8", shard_size=12), quiet=True)
     with pytest.raises(DgamixError, match="int8 export v2/.*re-embed the corpus"):
@@ -180,6 +175,8 @@ def test_manifest_records_precision_cosine_and_fingerprint(int8_cache, tmp_path,
     choice = meta["params"]["precision_choice"]
     assert choice["docs_per_s"] == {} and "10 documents" in choice["skipped"]["all"]
 
+    import dgamix.pipeline.embed
+
     monkeypatch.setattr(dgamix.pipeline.embed, "AUTO_MIN_DOCS", 0)  # measured, as on a large corpus
     ws2 = Workspace(tmp_path / "ws3")
     out = embed_corpus(ws2, [str(src)], cfg=EmbedConfig(precision="auto", shard_size=5), quiet=True)
@@ -193,7 +190,7 @@ def test_manifest_records_precision_cosine_and_fingerprint(int8_cache, tmp_path,
     # a rerun reuses the recorded decision instead of measuring again; so does a run resumed from
     # its parts (killed before embeddings.parquet), and it records the same measurements
     # (part 0 missing too: Ray finishes parts out of order)
-    monkeypatch.setattr(dgamix.pipeline.embed, "resolve_precision", None)  # measuring again would fail
+    monkeypatch.setattr(dgamix.pipeline.encoder, "resolve_precision", None)  # measuring again would fail
     assert embed_corpus(ws2, [str(src)], cfg=EmbedConfig(precision="auto", shard_size=5),
                         quiet=True)["precision"] == out["precision"]
     ws2.embeddings.unlink()
@@ -209,24 +206,24 @@ def test_auto_leaves_out_a_candidate_that_fails(encoder, texts50, monkeypatch):
 
     bf16 is made a candidate and made to fail on every machine, so the outcome does not depend on
     whether this CPU has bf16 units (where a working bf16 would rightly win)."""
-    import dgamix.pipeline.embed
+    import dgamix.pipeline.encoder
     import dgamix.pipeline.onnx_int8
 
     def broken(*a):
         raise RuntimeError("quantize_dynamic: unsupported node")
 
-    real_runner = dgamix.pipeline.embed._runner
+    real_runner = dgamix.pipeline.encoder._runner
 
     def runner(model, cfg, precision, sample):
         if precision == "bf16":
             raise RuntimeError("autocast: no kernel")
         return real_runner(model, cfg, precision, sample)
 
-    monkeypatch.setattr(dgamix.pipeline.embed, "int8_encoder", broken)
-    monkeypatch.setattr(dgamix.pipeline.embed, "bf16_is_fast", lambda device: True)
-    monkeypatch.setattr(dgamix.pipeline.embed, "_runner", runner)
+    monkeypatch.setattr(dgamix.pipeline.encoder, "int8_encoder", broken)
+    monkeypatch.setattr(dgamix.pipeline.encoder, "bf16_is_fast", lambda device: True)
+    monkeypatch.setattr(dgamix.pipeline.encoder, "_runner", runner)
     monkeypatch.setattr(dgamix.pipeline.onnx_int8, "onnxruntime_available", lambda: True)
-    rep = dgamix.pipeline.embed.resolve_precision(encoder, EmbedConfig(precision="auto", batch_size=7), texts50[:6])
+    rep = dgamix.pipeline.encoder.resolve_precision(encoder, EmbedConfig(precision="auto", batch_size=7), texts50[:6])
     assert rep.precision == "fp32" and set(rep.docs_per_s) == {"fp32"}
     assert rep.skipped == {"int8": "RuntimeError: quantize_dynamic: unsupported node",
                            "bf16": "RuntimeError: autocast: no kernel"}
