@@ -83,12 +83,7 @@ def build_rows(by: str, assigned: np.ndarray, level: int, dom: Domains, *, group
         names = sorted({g for g in groups if g is not None})
         rows = [(f"group:{g}", histogram(fine[groups == g], dom.ids, smoothing)) for g in names]
     elif by.startswith("kmeans:"):
-        try:
-            n = int(by.split(":", 1)[1])
-        except ValueError:
-            raise DgamixError(f"--by {by}: N must be an integer, e.g. kmeans:8.") from None
-        if n < 1:
-            raise DgamixError(f"--by {by}: N must be >= 1.")
+        n = kmeans_count(by)
         labels = kmeans_groups(emb, n, seed)
         rows = [(f"kmeans:{j}", histogram(fine[labels == j], dom.ids, smoothing)) for j in range(n)]
     elif by == "levels":
@@ -163,17 +158,23 @@ def _top_terms(ws, clusters: str, level: int) -> dict[int, list[str]]:
 MAX_SEED = 2 ** 31 - 1  # faiss takes a C int
 
 
+def kmeans_count(by: str) -> int:
+    """N of ``--by kmeans:N`` (an integer >= 1), else a one-line error."""
+    try:
+        n = int(by.split(":", 1)[1])
+    except ValueError:
+        raise DgamixError(f"--by {by}: N must be an integer, e.g. kmeans:8.") from None
+    if n < 1:
+        raise DgamixError(f"--by {by}: N must be >= 1.")
+    return n
+
+
 def check_options(by: str, generic: str, smoothing: float, pocket_min: int, seed: int) -> None:
     """The basis options, checked before anything is read or written (one-line errors)."""
     if by not in ("single", "group", "levels") and not by.startswith("kmeans:"):
         raise DgamixError(f"--by {by} is unknown; use single, group, kmeans:N or levels.")
     if by.startswith("kmeans:"):
-        try:
-            n = int(by.split(":", 1)[1])
-        except ValueError:
-            raise DgamixError(f"--by {by}: N must be an integer, e.g. kmeans:8.") from None
-        if n < 1:
-            raise DgamixError(f"--by {by}: N must be >= 1.")
+        kmeans_count(by)
     if generic not in ("natural", "uniform", "none"):
         raise DgamixError(f"--generic {generic} is unknown; use natural, uniform or none.")
     if not (isinstance(smoothing, (int, float)) and math.isfinite(smoothing) and smoothing >= 0):
