@@ -146,8 +146,8 @@ def load_encoder(cfg: EmbedConfig) -> Encoder:
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # our own bar reports throughput; theirs is noise
-
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # while loading: our own bar reports throughput; theirs is noise
     try:
         # local files only (the packaged default, a folder, or the Hugging Face cache), without
         # setting HF_HUB_OFFLINE for the whole process: a user's own later downloads still work
@@ -155,6 +155,9 @@ def load_encoder(cfg: EmbedConfig) -> Encoder:
     except Exception as e:  # noqa: BLE001 - any load failure is the user's model argument
         raise DgamixError(f"cannot load model '{cfg.model}' ({str(e).splitlines()[0][:200]}); pass --model "
                           f"with a local sentence-transformers folder, or omit it for the packaged default.") from None
+    finally:
+        if bars:  # the user's setting, as it was
+            hf_logging.enable_progress_bar()
     model.max_seq_length = cfg.max_seq_length
     model.eval()
     return Encoder(model)

@@ -263,11 +263,12 @@ def _export_fp32(model, dest: Path) -> list[str]:
 @contextlib.contextmanager
 def _quiet_logging():
     """onnxruntime's optimiser and quantiser log advice through the root logger; keep it off our output."""
-    logging.disable(logging.WARNING)
+    before = logging.root.manager.disable  # a level the user disabled stays disabled afterwards
+    logging.disable(max(before, logging.WARNING))
     try:
         yield
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(before)
 
 
 def _optimise(src: Path, dest: Path, heads: int, hidden: int, fusions: dict) -> tuple[Path, dict]:

@@ -174,16 +174,19 @@ def test_changed_corpus_is_refused_without_overwrite_and_nothing_is_lost(tmp_pat
 
 @pytest.mark.slow
 def test_loading_the_encoder_leaves_the_environment_alone():
-    """load_encoder reads the packaged model offline without setting HF_HUB_OFFLINE for the process."""
+    """load_encoder reads the packaged model offline without setting HF_HUB_OFFLINE for the process,
+    and leaves Hugging Face's progress bars as they were."""
     import os
     import subprocess
     import sys
 
     code = ("import os; before = dict(os.environ); from dgamix.pipeline.encoder import EmbedConfig, encode, "
             "load_encoder; m = load_encoder(EmbedConfig()); v = encode(m, ['a real sentence'], EmbedConfig()); "
-            "print(v.shape, sorted(k for k in set(os.environ) ^ set(before) if not k.startswith(('TORCH', 'KMP_'))))")
+            "from transformers.utils import logging as hl; "
+            "print(v.shape, hl.is_progress_bar_enabled(), "
+            "sorted(k for k in set(os.environ) ^ set(before) if not k.startswith(('TORCH', 'KMP_'))))")
     # TORCHINDUCTOR_* and KMP_* are set by torch and by scikit-learn / joblib themselves when imported
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-1500:]
-    assert out.stdout.strip() == "(1, 384) []"
+    assert out.stdout.strip() == "(1, 384) True []"  # Hugging Face's progress bars are left on

@@ -254,3 +254,22 @@ def test_missing_onnxruntime_names_the_install(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ort)
     with pytest.raises(DgamixError, match="pip install onnxruntime"):
         load_encoder(EmbedConfig(precision="int8"))
+
+
+def test_quiet_logging_restores_the_users_level():
+    import logging
+
+    from dgamix.pipeline.onnx_int8 import _quiet_logging
+
+    before = logging.root.manager.disable
+    try:
+        logging.disable(logging.CRITICAL)  # a user who silenced everything stays silenced
+        with _quiet_logging():
+            assert logging.root.manager.disable == logging.CRITICAL
+        assert logging.root.manager.disable == logging.CRITICAL
+        logging.disable(logging.NOTSET)
+        with _quiet_logging():
+            assert logging.root.manager.disable == logging.WARNING
+        assert logging.root.manager.disable == logging.NOTSET
+    finally:
+        logging.disable(before)
