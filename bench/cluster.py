@@ -23,7 +23,6 @@ import multiprocessing as mp
 import os
 import platform
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +32,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the dgamix command set
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from dgamix.pipeline.core.runtime import numpy_blas_single_thread  # noqa: E402
 from dgamix.pipeline.kmeans import ArraySource, FitConfig, Tree, fit_tree  # noqa: E402

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +20,6 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dgamix.mixing.alignment import gradient_alignments  # noqa: E402
 from dgamix.mixing.dga import DGA, BasisMatrix, DGAConfig  # noqa: E402
 from dgamix.mixing.sampler import DomainIndex, MixtureSampler  # noqa: E402

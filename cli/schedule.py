@@ -24,8 +24,9 @@ def schedule(
                                                  "--tokens-per-domain budget kept)."),
     steps: int = typer.Option(..., help="Training steps to schedule."),
     batch_size: int = typer.Option(..., help="Documents (sequences) per step."),
-    seed: Optional[int] = typer.Option(None, help="Sampling seed (it also picks each domain's --tokens-per-domain "
-                                                  "subset) [default: the run's seed with --run, else 0]."),
+    seed: Optional[int] = typer.Option(None, help="Sampling seed: the order of the draws (with --run, each domain's "
+                                                  "--tokens-per-domain subset stays the run's) [default: the run's "
+                                                  "seed with --run, else 0]."),
     limited: bool = typer.Option(True, "--limited/--with-replacement", help="Draw documents without replacement inside a domain (new epoch when exhausted)."),
     name: str = typer.Option(..., help="Schedule name (WS/schedules/NAME.parquet)."),
     overwrite: bool = typer.Option(False, help="Replace an existing schedule of this name."),

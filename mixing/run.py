@@ -46,6 +46,7 @@ from dgamix.mixing.sampler import MixtureSampler
 from dgamix.mixing.tokens import Windows, corpus_windows, text_windows
 from dgamix.mixing.trainer import (
     CHECKPOINT,
+    CHECKPOINT_FORMAT,
     TrainConfig,
     TrainData,
     Trainer,
@@ -240,9 +241,9 @@ def _compare(saved: dict, now: dict) -> None:
         if key in INPUT_KEYS:
             raise DgamixError(f"cannot resume: input '{key}' changed since the checkpoint (the workspace's corpus, "
                               f"clustering, target or basis was rebuilt); pass --overwrite to restart the run.")
-        flag = "--" + key.replace("_", "-")
         raise DgamixError(f"cannot resume: parameter '{key}' differs (checkpoint: {saved.get(key)!r}, now: "
-                          f"{now.get(key)!r}); rerun with the same {flag} value, or pass --overwrite to restart.")
+                          f"{now.get(key)!r}); rerun with the options the run was started with, or pass "
+                          f"--overwrite to restart.")
 
 
 def train_run(ws: Workspace | str | Path, clusters: str, level: int, target: str, mixer_name: str,
@@ -270,7 +271,12 @@ def train_run(ws: Workspace | str | Path, clusters: str, level: int, target: str
         data, mixer, params = inp["data"], inp["mixer"], inp["params"]
         resuming = resume and ckpt.exists()
         if resuming:
-            _compare(load_checkpoint(ckpt).get("params", {}), params)
+            saved = load_checkpoint(ckpt)
+            if saved.get("format", 1) != CHECKPOINT_FORMAT:
+                raise DgamixError(f"cannot resume run '{name}': its checkpoint was written by another dgamix "
+                                  f"(checkpoint format {saved.get('format', 1)}, this one reads {CHECKPOINT_FORMAT}); "
+                                  f"pass --overwrite to restart the run.")
+            _compare(saved.get("params", {}), params)
         elif overwrite and run_dir.exists():
             shutil.rmtree(run_dir)
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, the caller's RNG left as it was

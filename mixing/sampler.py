@@ -362,7 +362,7 @@ class MixtureSampler:
         """Resume from ``state_dict``: the continued stream equals an uninterrupted one."""
         for key in ("seed", "pool_seed", "limited", "tokens_per_domain"):
             if state.get(key, state["seed"] if key == "pool_seed" else None) != getattr(self, key):
-                raise ValueError(f"sampler state has {key}={state[key]!r}, this sampler "
+                raise ValueError(f"sampler state has {key}={state.get(key)!r}, this sampler "
                                  f"{getattr(self, key)!r}")
         if not (np.array_equal(state["domains"], self.index.domains)
                 and np.array_equal(state["pool_sizes"], self.pool_sizes)):

@@ -85,8 +85,8 @@ def export_schedule(ws, clusters: str, level: int, steps: int, batch_size: int, 
     - ``mixer`` is (or ``basis`` alone) with ``basis`` B: static importance sampling, B's basis
       named 'target', else its first;
     - ``run``: replays WS/runs/<run>/weights.parquet on the run's own pool: its general held-out
-      documents are left out, its ``tokens_per_domain`` budget applies, and ``seed`` defaults to the
-      run's seed (which picks each domain's budgeted subset).
+      documents are left out, its ``tokens_per_domain`` budget applies to the same per-domain
+      subsets (chosen with the run's seed), and ``seed`` (default: the run's) orders the draws.
     Near-duplicates are never scheduled. ``seed`` defaults to 0 for static mixtures.
     """
     import polars as pl
@@ -114,7 +114,7 @@ def export_schedule(ws, clusters: str, level: int, steps: int, batch_size: int, 
     out = ws.schedule(name)
     if out.exists() and not overwrite:
         raise DgamixError(f"schedule '{name}' already exists ({out}); pass --overwrite or another --name.")
-    P, tokens_per_domain = None, None
+    P, tokens_per_domain, pool_seed = None, None, None
     if run is None:
         index = inputs.training_pool(ws, clusters, level, 0.0, 0).index  # no run, no held-out slice
         if mixer == "is":
@@ -139,7 +139,8 @@ def export_schedule(ws, clusters: str, level: int, steps: int, batch_size: int, 
         eval_size = int(p.get("eval_batches", 0)) * int(p.get("eval_batch_size", 0))
         index = inputs.training_pool(ws, clusters, level, float(p.get("general_holdout", 0.0)), eval_size).index
         tokens_per_domain = p.get("tokens_per_domain")
-        seed = int(p.get("seed", 0)) if seed is None else seed
+        pool_seed = int(p.get("seed", 0))  # the run's budgeted subsets, whatever --seed orders them by
+        seed = pool_seed if seed is None else seed
         df = pl.from_arrow(table)
         key = "basis" if "basis" in df.columns and df["basis"].null_count() < df.height else "domain"
         if key == "basis" and p.get("basis"):
@@ -155,7 +156,8 @@ def export_schedule(ws, clusters: str, level: int, steps: int, batch_size: int, 
             w = full
         segments = segments_from_log(wide["step"].to_numpy(), w, steps)
     try:
-        sampler = MixtureSampler(index, P, seed=seed, limited=limited, tokens_per_domain=tokens_per_domain)
+        sampler = MixtureSampler(index, P, seed=seed, limited=limited, tokens_per_domain=tokens_per_domain,
+                                 pool_seed=pool_seed)
     except ValueError as e:
         raise DgamixError(f"run '{run}': {e}; re-embed the corpus or retrain the run.") from None
     params = {"clusters": clusters, "level": level, "mixer": mixer, "basis": basis, "run": run, "steps": steps,

@@ -218,6 +218,11 @@ def evaluate(model: torch.nn.Module, windows: Windows, batch_size: int, device: 
     return total / count if count else float("nan")
 
 
+# 2: TrainConfig holds DGAConfig (dga), probes have a pool_seed, runs record their resolved EMA weight.
+# A checkpoint of another format is refused on resume (run.py) rather than misread.
+CHECKPOINT_FORMAT = 2
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """The checkpoint dict (our own file: numpy arrays inside, hence weights_only=False)."""
     path = Path(path)
@@ -302,7 +307,7 @@ class Trainer:
     # ----- state
     def state(self) -> dict:
         """Everything needed to continue exactly from ``self.step``."""
-        return {"step": self.step, "params": self.params, "config": asdict(self.config),
+        return {"format": CHECKPOINT_FORMAT, "step": self.step, "params": self.params, "config": asdict(self.config),
                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "lr_schedule": {"lr": self.config.lr, "warmup": self.config.warmup,
                                 "min_lr_ratio": self.config.min_lr_ratio, "steps": self.config.steps},

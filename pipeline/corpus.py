@@ -106,7 +106,7 @@ def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "-
 
     Rows whose text is null, empty or whitespace are skipped and counted. User ids are the
     id column when present (cast to string), else "<file stem>:<row>" (the file's relative path
-    instead of its stem when two inputs share a stem). Duplicate ids and an empty corpus are
+    instead of its stem when two such files share a stem). Duplicate ids and an empty corpus are
     errors. ``keep_option`` is the option that named ``spec.keep_columns`` (for messages).
     """
     for c in spec.keep_columns:
@@ -114,18 +114,16 @@ def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "-
             raise DgamixError(f"{keep_option} {c!r}: docs.parquet has its own column {c!r}; rename that column in "
                               f"the input, or leave it out of {keep_option}.")
     files = expand_inputs(paths)
-    prefixes = _id_prefixes(files)
-    parts, skipped, texts = [], 0, []
-    for path, prefix in zip(files, prefixes):
+    parts, part_files, skipped, texts = [], [], 0, []
+    generated = []  # (part index, file, rows, kept rows) of the files whose ids are made up
+    for path in files:
         table = read_table(path)
         text = text_column(table, path, spec.text_column)
         n = len(text)
         if n == 0 and not table.column_names:
             continue  # an empty JSON Lines file
-        if spec.id_column in table.column_names:
-            ids = _id_column(table, path, spec)
-        else:
-            ids = pa.array([f"{prefix}:{i}" for i in range(n)], pa.string())
+        has_ids = spec.id_column in table.column_names
+        ids = _id_column(table, path, spec) if has_ids else pa.nulls(n, pa.string())
         # blank = only Unicode whitespace (as str.isspace: also \xa0, \x85, \u2028, \x1c-\x1f)
         keep = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
         skipped += n - pc.sum(keep).as_py() if n else 0
@@ -136,9 +134,16 @@ def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "-
             if c not in table.column_names:
                 raise DgamixError(f"{path} has no column {c!r} for {keep_option} (columns: {table.column_names}).")
             cols[c] = column(table, c, path, keep_option)
+        if not has_ids:
+            generated.append((len(parts), path, n, keep))
         parts.append(pa.table(cols).filter(keep))
+        part_files.append(path)
         texts.append(text.filter(keep))
-    docs = _concat(parts, files, spec, keep_option) if parts else None
+    # made-up ids "<prefix>:<row>": the file stem, or its relative path where stems clash among these files
+    for (k, path, n, keep), prefix in zip(generated, _id_prefixes([g[1] for g in generated])):
+        ids = pa.array([f"{prefix}:{i}" for i in range(n)], pa.string()).filter(keep)
+        parts[k] = parts[k].set_column(parts[k].column_names.index("id"), "id", ids)
+    docs = _concat(parts, part_files, spec, keep_option) if parts else None
     if docs is None or docs.num_rows == 0:
         raise DgamixError(f"the corpus {', '.join(map(str, paths))} has no non-empty documents "
                           f"({skipped} empty rows skipped); check --text-column.")

@@ -106,13 +106,18 @@ def session(engine: EngineConfig):
                               f"cluster with `ray start --head` and pass --ray-address auto, or leave out "
                               f"--ray-address to start a local instance.") from None
         started = True
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # the stage shows its own bar: Ray Data's bars and logs are off for the session, then as they were
+    log = logging.getLogger("ray.data")
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False          # the stage shows its own bar
+    before = (log.level, ctx.enable_progress_bars, ctx.print_on_execution_start)
+    log.setLevel(logging.ERROR)
+    ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     try:
         yield
     finally:
+        log.setLevel(before[0])
+        ctx.enable_progress_bars, ctx.print_on_execution_start = before[1:]
         if started:
             ray.shutdown()
 

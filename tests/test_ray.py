@@ -65,8 +65,18 @@ def local_ws(tmp_path_factory, wiki_sample):
 
 @pytest.mark.slow
 def test_ray_engine_writes_the_same_manifests_as_local(tmp_path, wiki_sample, local_ws, ray_instance):
+    import logging
+
+    import ray
+
+    def ray_data_settings():
+        ctx = ray.data.DataContext.get_current()
+        return logging.getLogger("ray.data").level, ctx.enable_progress_bars, ctx.print_on_execution_start
+
+    settings = ray_data_settings()
     local, rayws = local_ws, tmp_path / "ray"
     out = cli_ok("embed", wiki_sample, "--workspace", rayws, *COMMON, "--engine", "ray", "--num-workers", 2)
+    assert ray_data_settings() == settings  # the stage turned Ray Data's own bars and logs off only for itself
     assert re.search(r"engine\s+: ray\n", out) and re.search(r"shards_embedded\s+: 12\n", out), out
     assert (local / "docs.parquet").read_bytes() == (rayws / "docs.parquet").read_bytes()
     same_embeddings(local, rayws)

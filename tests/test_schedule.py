@@ -139,3 +139,11 @@ def test_run_replay_draws_only_the_runs_own_pool(real_ws, tmp_path):
     held = inputs.general_holdout(full, meta["general_holdout"], meta["eval_batches"] * meta["eval_batch_size"])
     assert held.size == meta["n_general_holdout"] > 0
     assert not s["doc_id"].is_in(held.tolist()).any()
+    # another --seed orders the draws differently but keeps the run's budgeted documents
+    r = run_cli("schedule", "--workspace", real_ws, "--clusters", "k3x2", "--level", 2, "--run", "budget",
+                "--steps", 100, "--batch-size", 8, "--seed", 11, "--name", "budget11")
+    assert r.exit_code == 0, r.output
+    s11 = pl.read_parquet(ws.schedule("budget11"))
+    assert not s11["doc_id"].equals(s["doc_id"])
+    per_domain = lambda t: {d: sorted(set(g)) for d, g in t.group_by("domain").agg("doc_id").iter_rows()}  # noqa: E731
+    assert per_domain(s11) == per_domain(s)

@@ -390,3 +390,19 @@ def test_importing_the_library_sets_no_environment():
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "HF_HUB_OFFLINE")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_checkpoint_of_another_format_is_refused_with_one_line(tiny_ws):
+    """A run checkpointed by an older dgamix (another TrainConfig layout, no probe pool seed) is not
+    misread on --resume: one line says to restart it with --overwrite."""
+    cfg = tiny_config(steps=10, checkpoint_every=5)
+    train_run(tiny_ws, "c", 2, "t", "uniform", None, cfg, name="old-format", quiet=True)
+    ckpt = tiny_ws.run_dir("old-format") / "checkpoint" / CHECKPOINT
+    state = load_checkpoint(ckpt)
+    assert state["format"] == 2
+    del state["format"]  # what a checkpoint of the previous version looks like
+    torch.save(state, ckpt)
+    with pytest.raises(DgamixError, match=r"^cannot resume run 'old-format': .*format 1.*--overwrite") as e:
+        train_run(tiny_ws, "c", 2, "t", "uniform", None, dataclasses.replace(cfg, steps=12), name="old-format", resume=True,
+                  quiet=True)
+    assert len(str(e.value).splitlines()) == 1

@@ -105,10 +105,10 @@ def _read_jsonl(path: Path) -> pa.Table:
     """JSON Lines: one JSON object per line (lines end in \\n or \\r\\n; a UTF-8 byte-order mark is
     allowed). Characters such as U+2028 or \\x85 inside a line are part of it, not line breaks."""
     text = _decode(path, path.read_bytes(), bom=True)
-    columns: dict[str, tuple[list, list[int]]] = {}
-    n = 0
+    rows: list[dict] = []
+    numbers: list[int] = []  # the file line of each row (blank lines are skipped)
     for i, line in enumerate(text.split("\n")):
-        if not line.strip(" \t\r"):
+        if not line.strip():
             continue
         try:
             row = json.loads(line)
@@ -119,18 +119,12 @@ def _read_jsonl(path: Path) -> pa.Table:
         if not isinstance(row, dict):
             raise DgamixError(f"{path}: line {i + 1} is {_json_kind(row)}, not a JSON object; JSON Lines input "
                               f"needs one object per line, e.g. {{\"id\": \"a1\", \"text\": \"...\"}}.")
-        for key, value in row.items():
-            vals, lines = columns.setdefault(key, ([None] * n, [0] * n))
-            vals.append(value)
-            lines.append(i + 1)
-        n += 1
-        for vals, lines in columns.values():  # fields this row lacks are null
-            if len(vals) < n:
-                vals.append(None)
-                lines.append(i + 1)
-    if not n:
+        rows.append(row)
+        numbers.append(i + 1)
+    if not rows:
         return pa.table({})
-    return pa.table({key: _jsonl_column(path, key, vals, lines) for key, (vals, lines) in columns.items()})
+    keys = list(dict.fromkeys(k for row in rows for k in row))  # first-seen order; a missing field is null
+    return pa.table({key: _jsonl_column(path, key, [row.get(key) for row in rows], numbers) for key in keys})
 
 
 def column(table: pa.Table, name: str, path: Path, option: str) -> pa.Array:
