@@ -14,13 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from dgamix.mixing.dga import (
-    DGA,
-    DGAConfig,
-    log_init_weights,
-    mirror_step,
-    normalise_alignments,
-)
+from dgamix.mixing.dga import DGA, DGAConfig, log_init_weights, mirror_step, normalise_alignments
 
 MIXER_NAMES = ("uniform", "natural", "is", "dga", "dga-noema", "doge")
 

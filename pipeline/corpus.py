@@ -15,13 +15,7 @@ import pyarrow.compute as pc
 
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.manifest import file_checksum
-from dgamix.pipeline.core.sources import (
-    TABLE_SUFFIXES,
-    TEXT_SUFFIXES,
-    column,
-    read_table,
-    text_column,
-)
+from dgamix.pipeline.core.sources import TABLE_SUFFIXES, TEXT_SUFFIXES, column, read_table, text_column
 
 
 @dataclass(frozen=True)

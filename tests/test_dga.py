@@ -9,14 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from dgamix.mixing.alignment import gradient_alignments
-from dgamix.mixing.dga import (
-    DGA,
-    BasisMatrix,
-    DGAConfig,
-    ema,
-    mirror_step,
-    normalise_alignments,
-)
+from dgamix.mixing.dga import DGA, BasisMatrix, DGAConfig, ema, mirror_step, normalise_alignments
 from dgamix.mixing.mixers import MIXER_NAMES, DoGE, Mixer, Static, make_mixer
 from dgamix.mixing.sampler import DomainIndex, MixtureSampler
 

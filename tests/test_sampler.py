@@ -9,13 +9,7 @@ from hypothesis import strategies as st
 from scipy.stats import chisquare
 
 from dgamix.mixing.dga import BasisMatrix
-from dgamix.mixing.sampler import (
-    DomainIndex,
-    MixtureSampler,
-    SamplerDataset,
-    _Mixture,
-    _stable_argsort,
-)
+from dgamix.mixing.sampler import DomainIndex, MixtureSampler, SamplerDataset, _Mixture, _stable_argsort
 
 
 def _index(k: int = 12, n_docs: int = 400, seed: int = 0, sparse: int = 1, tokens=False):
