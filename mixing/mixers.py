@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from dgamix.mixing.dga import DGA, DGAConfig, log_init_weights, mirror_step, normalise_alignments
+from dgamix.mixing.dga import DEFAULT_EMA_BETA, DGA, DGAConfig, log_init_weights, mirror_step, normalise_alignments
 
 MIXER_NAMES = ("uniform", "natural", "is", "dga", "dga-noema", "doge")
 
@@ -134,6 +134,21 @@ class DoGE:
         self.n_updates = int(state["n_updates"])
 
 
+def mixer_ema_beta(name: str, ema_beta: float | None) -> float | None:
+    """The EMA weight mixer ``name`` runs with when ``ema_beta`` is asked for (None = its own):
+    dga the given one (default DEFAULT_EMA_BETA), dga-noema 0, doge and the static mixers none.
+    A value the mixer would ignore is a ValueError, never silently replaced."""
+    if name == "dga":
+        return DEFAULT_EMA_BETA if ema_beta is None else ema_beta
+    if name == "dga-noema":
+        if ema_beta not in (None, 0.0):
+            raise ValueError(f"dga-noema is dga with ema_beta = 0; got ema_beta = {ema_beta}")
+        return 0.0
+    if ema_beta is not None:
+        raise ValueError(f"{name} has no EMA; got ema_beta = {ema_beta}")
+    return None
+
+
 def make_mixer(name: str, n: int, *, init: np.ndarray | None = None,
                config: DGAConfig | None = None) -> Mixer:
     """Build a mixer by name over a simplex of size n.
@@ -155,12 +170,7 @@ def make_mixer(name: str, n: int, *, init: np.ndarray | None = None,
             raise ValueError(f"mixer {name!r}: init has shape {np.shape(init)}, expected ({n},)")
         return Static(init, name)
     config = config or DGAConfig()
-    if name == "dga":
-        return DGA(n, config, init, name="dga")
-    if name == "dga-noema":
-        if config.ema_beta not in (None, 0.0):
-            raise ValueError(f"dga-noema is dga with ema_beta = 0; got ema_beta = {config.ema_beta}")
-        return DGA(n, replace(config, ema_beta=0.0), init, name="dga-noema")
-    if config.ema_beta is not None:
-        raise ValueError(f"doge has no EMA; got ema_beta = {config.ema_beta}")
+    config = replace(config, ema_beta=mixer_ema_beta(name, config.ema_beta))
+    if name in ("dga", "dga-noema"):
+        return DGA(n, config, init, name=name)
     return DoGE(n, config, init, name="doge")

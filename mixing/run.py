@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from dgamix.mixing.dga import DEFAULT_EMA_BETA
 from dgamix.mixing.inputs import (
     HOLDOUT_SEED,
     check_level,
@@ -40,7 +39,7 @@ from dgamix.mixing.inputs import (
     restricted_basis,
     training_pool,
 )
-from dgamix.mixing.mixers import MIXER_NAMES, make_mixer
+from dgamix.mixing.mixers import MIXER_NAMES, make_mixer, mixer_ema_beta
 from dgamix.mixing.model import ModelConfig, TinyGPT
 from dgamix.mixing.sampler import MixtureSampler
 from dgamix.mixing.tokens import Windows, corpus_windows, text_windows
@@ -66,22 +65,17 @@ ADAPTIVE = ("dga", "dga-noema", "doge")
 # --------------------------------------------------------------------------- inputs
 
 def resolve_ema_beta(mixer_name: str, config: TrainConfig) -> TrainConfig:
-    """``config`` with the EMA weight the mixer really uses, so the run records what it ran with.
-
-    dga: the given ema_beta (default DEFAULT_EMA_BETA); dga-noema: 0 (another value is an error, not
-    silently replaced); doge and the static mixers have no EMA: None (a given value is an error).
-    """
+    """``config`` with the EMA weight the mixer really uses (``mixer_ema_beta``), so the run records
+    what it ran with; a --ema-beta the mixer would ignore is a one-line error."""
     beta = config.dga.ema_beta
-    if mixer_name == "dga":
-        beta = DEFAULT_EMA_BETA if beta is None else beta
-    elif mixer_name == "dga-noema":
-        if beta not in (None, 0.0):
+    try:
+        return replace(config, dga=replace(config.dga, ema_beta=mixer_ema_beta(mixer_name, beta)))
+    except ValueError:
+        if mixer_name == "dga-noema":
             raise DgamixError(f"--mixer dga-noema is DGA with --ema-beta 0; drop --ema-beta {beta} or use "
-                              f"--mixer dga --ema-beta {beta}.")
-        beta = 0.0
-    elif beta is not None:
-        raise DgamixError(f"--mixer {mixer_name} has no EMA; drop --ema-beta {beta} (it applies to --mixer dga).")
-    return replace(config, dga=replace(config.dga, ema_beta=beta))
+                              f"--mixer dga --ema-beta {beta}.") from None
+        raise DgamixError(f"--mixer {mixer_name} has no EMA; drop --ema-beta {beta} (it applies to --mixer dga).") \
+            from None
 
 
 def recorded_params(config: TrainConfig) -> dict:
