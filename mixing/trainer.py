@@ -32,7 +32,6 @@ written after the last good checkpoint, which stays on disk.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +47,7 @@ from dgamix.mixing.sampler import MixtureSampler
 from dgamix.mixing.tokens import Windows
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.progress import rich_progress
 from dgamix.pipeline.core.runtime import torch_threads
 
 CHECKPOINT = "state.pt"
@@ -245,19 +245,7 @@ class _Bar:
         self.names, self.bar = names, None
         if quiet:
             return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=Console(file=sys.stderr))
+        self.bar = rich_progress("train", "info")
         self.bar.start()
         self.task = self.bar.add_task("train", total=total, completed=done, info="")
         self.info = {"loss": "", "eval": "", "top": ""}

@@ -5,12 +5,8 @@ import contextlib
 import sys
 
 
-@contextlib.contextmanager
-def progress_bar(label: str, total: int, quiet: bool = False, unit: str = "items"):
-    """Yields ``tick(n)`` that advances the bar by n items; shows items/s and time left on stderr."""
-    if quiet:
-        yield lambda n=1: None
-        return
+def rich_progress(label: str, field: str):
+    """A rich Progress on stderr: label, bar, done/total, the task's text ``field``, elapsed, time left."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -21,9 +17,18 @@ def progress_bar(label: str, total: int, quiet: bool = False, unit: str = "items
         TimeRemainingColumn,
     )
 
-    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=Console(file=sys.stderr)) as bar:
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn(f"[cyan]{{task.fields[{field}]}}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=Console(file=sys.stderr))
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int, quiet: bool = False, unit: str = "items"):
+    """Yields ``tick(n)`` that advances the bar by n items; shows items/s and time left on stderr."""
+    if quiet:
+        yield lambda n=1: None
+        return
+    with rich_progress(label, "rate") as bar:
         task = bar.add_task(label, total=total, rate="")
 
         def tick(n: int = 1) -> None:
