@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.manifest import file_checksum
-from dgamix.pipeline.core.sources import TABLE_SUFFIXES, TEXT_SUFFIXES, column, read_table, text_column
+from dgamix.pipeline.core.sources import TABLE_SUFFIXES, TEXT_SUFFIXES, column, label_column, read_table, text_column
 
 
 @dataclass(frozen=True)
@@ -54,16 +54,7 @@ RESERVED_COLUMNS = ("doc_id", "id", "source", "row", "n_chars", "n_tokens", "dup
 def _id_column(table: pa.Table, path: Path, spec: CorpusSpec) -> pa.Array:
     """The user's ids as strings; integers, floats, booleans, dates and UTF-8 bytes are converted,
     nested values (lists, structs) are an error."""
-    col = column(table, spec.id_column, path, "--id-column")
-    if pa.types.is_dictionary(col.type):
-        col = col.dictionary_decode()
-    try:
-        ids = col.cast(pa.string())
-    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
-        what = "holds bytes that are not valid UTF-8" if pa.types.is_binary(col.type) or \
-            pa.types.is_large_binary(col.type) else f"is of type {col.type}"
-        raise DgamixError(f"{path}: column {spec.id_column!r} {what}, not ids; pass --id-column of a column "
-                          f"of strings or integers.") from None
+    ids = label_column(table, spec.id_column, path, "--id-column", "ids")
     if ids.null_count:
         raise DgamixError(f"{path}: column {spec.id_column!r} has {ids.null_count} empty ids; fill them "
                           f"or pass --id-column of a complete column.")

@@ -64,8 +64,7 @@ def holdout_split(n: int, frac: float, seed: int) -> np.ndarray:
 
 def _group_columns(path: str, column: str) -> dict[str, pa.Array]:
     """Per input file of ``path``: its --group-column as strings (checked before anything is embedded)."""
-    from dgamix.pipeline.core.sources import column as column_of
-    from dgamix.pipeline.core.sources import read_table
+    from dgamix.pipeline.core.sources import label_column, read_table
     from dgamix.pipeline.corpus import expand_inputs
 
     out = {}
@@ -74,14 +73,7 @@ def _group_columns(path: str, column: str) -> dict[str, pa.Array]:
         if column not in table.column_names:
             raise DgamixError(f"{f} has no group column {column!r} (columns: {table.column_names}); "
                               f"pass --group-column NAME or leave it out.")
-        col = column_of(table, column, f, "--group-column")
-        if pa.types.is_dictionary(col.type):
-            col = col.dictionary_decode()
-        try:
-            out[str(f)] = col.cast(pa.string())
-        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
-            raise DgamixError(f"{f}: group column {column!r} is {col.type}, not labels; pass --group-column of a "
-                              f"column of strings or integers.") from None
+        out[str(f)] = label_column(table, column, f, "--group-column", "labels", kind="group column")
     return out
 
 
