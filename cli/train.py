@@ -7,6 +7,9 @@ from typing import Optional
 import typer
 
 from dgamix.cli.common import WS_HELP, show, user_errors
+from dgamix.mixing.dga import DEFAULT_EMA_BETA, DGAConfig
+
+_DGA = DGAConfig()  # one home for DGA's defaults: the options below show them
 
 
 @user_errors
@@ -23,29 +26,33 @@ def train(
                                                    "bases (distribution reweighting); without it they reweight the "
                                                    "domains. is: its basis named 'target' (else the first)."),
     steps: int = typer.Option(300, min=1, help="Training steps (optimiser updates)."),
-    batch_size: int = typer.Option(16, min=1, help="Training sequences per step (one sequence = one document's "
-                                                   "first context+1 word pieces)."),
+    batch_size: int = typer.Option(16, min=1, help="Training windows per step (context+1 word pieces each, packed "
+                                                   "from whole documents)."),
     lr: float = typer.Option(3e-3, min=0.0, help="Peak learning rate (AdamW; linear warmup, then cosine decay to 10%)."),
     warmup: int = typer.Option(20, min=0, help="Learning-rate warmup, in steps."),
-    reweight_every: int = typer.Option(25, min=1, help="Steps between DGA reweightings (T_r)."),
-    reweight_start: int = typer.Option(20, min=0, help="First step at which DGA may reweight (earlier steps keep the "
+    reweight_every: int = typer.Option(_DGA.reweight_every, min=1, help="Steps between DGA reweightings (T_r)."),
+    reweight_start: int = typer.Option(_DGA.reweight_start, min=0, help="First step at which DGA may reweight (earlier steps keep the "
                                                        "initial weights; the default skips the lr warmup)."),
-    eta: float = typer.Option(0.3, min=0.0, help="DGA step size (1 / alignment units; alignments are raw gradient dot "
-                                                 "products unless --normalise)."),
+    eta: float = typer.Option(_DGA.eta, min=0.0, help="DGA step size, in 1 / alignment units (see --normalise)."),
     ema_beta: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="--mixer dga: EMA weight on the previous "
-                                                                       "weights (0 = no EMA, 1 = frozen) [default: 0.1]; "
+                                                                       f"weights (0 = no EMA, 1 = frozen) [default: "
+                                                                       f"{DEFAULT_EMA_BETA}]; "
                                                                        "dga-noema runs with 0, the other mixers have no EMA."),
-    normalise: str = typer.Option("none", help="Alignment scale: none (raw dot) | cosine | mean_norm."),
-    align_batch_size: int = typer.Option(16, min=1, help="Sequences per basis/domain probe batch at each reweighting."),
-    target_batch_size: int = typer.Option(16, min=1, help="Target sequences per reweighting."),
+    normalise: str = typer.Option(_DGA.normalise, help="Alignment scale before the step: none (raw gradient dot "
+                                                       "products) | cosine | mean_norm (divide by the mean probe norm "
+                                                       "x target norm) | standardise (z-score over the update)."),
+    clip: Optional[float] = typer.Option(_DGA.clip, min=0.0, help="Clip every alignment gradient to this L2 norm "
+                                                                  "before the dot product (default: no clipping)."),
+    align_batch_size: int = typer.Option(16, min=1, help="Windows per basis/domain probe batch at each reweighting."),
+    target_batch_size: int = typer.Option(16, min=1, help="Target windows per reweighting."),
     tokens_per_domain: Optional[int] = typer.Option(None, min=1, help="Limited-data budget: each domain keeps a seeded "
                                                                       "subset of its documents of at most this many "
-                                                                      "tokens (encoder word pieces); repeats count as "
-                                                                      "epochs."),
+                                                                      "tokens (encoder word pieces, all of which are "
+                                                                      "trained on); repeats count as epochs."),
     eval_every: int = typer.Option(25, min=1, help="Steps between evaluations of the target / general / train losses."),
-    eval_batches: int = typer.Option(2, min=1, help="Evaluation set size, in batches of 32 sequences, per split."),
+    eval_batches: int = typer.Option(2, min=1, help="Evaluation set size, in batches of 32 windows, per split."),
     checkpoint_every: int = typer.Option(100, min=0, help="Steps between checkpoints (0 = only at the end)."),
-    context: int = typer.Option(64, min=1, help="Word pieces per training sequence (model context)."),
+    context: int = typer.Option(64, min=1, help="Word pieces per training window (model context)."),
     vocab_size: int = typer.Option(4096, min=1, help="Word pieces kept in the model's vocabulary (the most frequent "
                                                      "in the corpus; others become unk)."),
     d_model: int = typer.Option(128, min=8, help="Model width."),
@@ -60,14 +67,13 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Train a small decoder-only LM on the mixture; writes WS/runs/NAME/{metrics,weights,repetitions}.parquet."""
-    from dgamix.mixing.dga import DGAConfig
     from dgamix.mixing.run import train_run
     from dgamix.mixing.trainer import TrainConfig
     from dgamix.pipeline.core.errors import DgamixError
 
     try:  # DGA's settings go into their one config; the trainer's into TrainConfig, which holds it
         dga = DGAConfig(eta=eta, ema_beta=ema_beta, reweight_every=reweight_every, reweight_start=reweight_start,
-                        normalise=normalise)
+                        normalise=normalise, clip=clip or None)
         cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, dga=dga,
                           align_batch_size=align_batch_size, target_batch_size=target_batch_size,
                           eval_every=eval_every, eval_batches=eval_batches, checkpoint_every=checkpoint_every,

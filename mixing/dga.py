@@ -23,7 +23,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import logsumexp
 
-Normalise = Literal["none", "cosine", "mean_norm"]
+Normalise = Literal["none", "cosine", "mean_norm", "standardise"]
+NORMALISE_MODES = ("none", "cosine", "mean_norm", "standardise")
 
 
 DEFAULT_EMA_BETA = 0.1  # dga's EMA weight when DGAConfig.ema_beta is None
@@ -42,6 +43,8 @@ class DGAConfig:
         not relevance to the target; the default skips the trainer's learning-rate warmup).
     floor: eps in w <- (1 - eps) w + eps / n, applied after each update (0 disables).
     normalise: how raw dot products are rescaled before the step, see ``normalise_alignments``.
+    clip: if set, every gradient (each probe's and the target's) is rescaled to L2 norm <= clip
+        before the dot product (``gradient_alignments``); None disables.
     eta_schedule: "constant", or "lr" for eta_t = eta * lr_t / lr_0 (lr_0 = lr of the first update).
     """
 
@@ -51,6 +54,7 @@ class DGAConfig:
     reweight_start: int = 20
     floor: float = 0.0
     normalise: Normalise = "none"
+    clip: float | None = None
     eta_schedule: Literal["constant", "lr"] = "constant"
 
     def __post_init__(self) -> None:
@@ -64,8 +68,10 @@ class DGAConfig:
             raise ValueError(f"reweight_start must be >= 0, got {self.reweight_start}")
         if not 0.0 <= self.floor <= 1.0:
             raise ValueError(f"floor must be in [0, 1], got {self.floor}")
-        if self.normalise not in ("none", "cosine", "mean_norm"):
-            raise ValueError(f"normalise must be none|cosine|mean_norm, got {self.normalise!r}")
+        if self.normalise not in NORMALISE_MODES:
+            raise ValueError(f"normalise must be {'|'.join(NORMALISE_MODES)}, got {self.normalise!r}")
+        if self.clip is not None and not (np.isfinite(self.clip) and self.clip > 0):
+            raise ValueError(f"clip must be > 0 (or None), got {self.clip}")
         if self.eta_schedule not in ("constant", "lr"):
             raise ValueError(f"eta_schedule must be constant|lr, got {self.eta_schedule!r}")
 
@@ -122,11 +128,16 @@ def normalise_alignments(a: np.ndarray, grad_norms: np.ndarray | None,
     cosine:    a_j / (|g_j| |g_spe|), in [-1, 1]; discards how large each domain's gradient is.
     mean_norm: a_j / (mean_i |g_i| * |g_spe|); one common scale for all j, so a domain with a
                larger gradient still moves its weight more (keeps the ranking of raw dots).
-    A zero denominator (a zero gradient) gives alignment 0: no information, no move.
+    standardise: (a_j - mean a) / std a over this update's n alignments (population std): every
+               update has the same spread, whatever the scale of the gradients; needs no norms.
+    A zero denominator (a zero gradient, or all a_j equal) gives alignment 0: no information, no move.
     """
     a = np.asarray(a, dtype=np.float64)
     if mode == "none":
         return a
+    if mode == "standardise":
+        sd = a.std()
+        return (a - a.mean()) / sd if sd > 0 else np.zeros_like(a)
     if grad_norms is None or target_norm is None:
         raise ValueError(f"normalise={mode!r} needs grad_norms and target_norm")
     g = np.asarray(grad_norms, dtype=np.float64)

@@ -42,7 +42,7 @@ from dgamix.mixing.inputs import (
 from dgamix.mixing.mixers import MIXER_NAMES, make_mixer, mixer_ema_beta
 from dgamix.mixing.model import ModelConfig, TinyGPT
 from dgamix.mixing.sampler import MixtureSampler
-from dgamix.mixing.tokens import Windows, corpus_windows, text_windows
+from dgamix.mixing.tokens import corpus_tokens, pack_stream, text_tokens
 from dgamix.mixing.trainer import (
     CHECKPOINT,
     CHECKPOINT_FORMAT,
@@ -112,14 +112,17 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
     pool = training_pool(ws, clusters, level, config.general_holdout, eval_size)
     full, held, index, docs_meta = pool.full, pool.held, pool.index, pool.docs_meta
 
-    windows, vocab, tok, token_key = corpus_windows(ws, config.context, config.vocab_size, quiet=quiet)
-    if windows.tokens.shape[0] <= int(full.docs.max()):
+    tokens, vocab, tok, token_key = corpus_tokens(ws, config.vocab_size, quiet=quiet)
+    if len(tokens) <= int(full.docs.max()):
         raise DgamixError(f"assignments of '{clusters}' name doc_id {int(full.docs.max())} but docs.parquet has "
-                          f"{windows.tokens.shape[0]} documents; rerun `dgamix cluster` after `dgamix embed`.")
-    target_w = text_windows(tok, vocab, reweight_texts, config.context)
+                          f"{len(tokens)} documents; rerun `dgamix cluster` after `dgamix embed`.")
+    # Target and evaluation sets are packed like training batches: every piece counts once.
+    reweight = text_tokens(tok, vocab, reweight_texts)
+    target_w = pack_stream(reweight.stream(np.arange(len(reweight))), config.context)
     hold = np.random.default_rng(HOLDOUT_SEED).permutation(len(holdout_texts))[:eval_size]
-    target_eval = text_windows(tok, vocab, [holdout_texts[i] for i in np.sort(hold)], config.context)
-    general_eval = Windows(windows.tokens[held]) if held.size else Windows(np.zeros((0, config.context + 1), np.int32))
+    holdout = text_tokens(tok, vocab, [holdout_texts[i] for i in np.sort(hold)])
+    target_eval = pack_stream(holdout.stream(np.arange(len(holdout))), config.context, eval_size)
+    general_eval = pack_stream(tokens.stream(held), config.context, eval_size)
 
     P, basis_meta, basis_names = None, None, None
     if basis is not None:
@@ -148,8 +151,9 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
         mixer = make_mixer(mixer_name, len(index), init=init, config=config.dga)
         sampler, probe = MixtureSampler(index, **seeds), MixtureSampler(index, **probe_seeds)
 
-    data = TrainData(windows, sampler, probe, target_w, {"target": target_eval, "general": general_eval},
-                     kind, ids, names)
+    mean_len = float(tokens.lengths(full.docs).mean()) if full.docs.size else 1.0
+    data = TrainData(tokens, sampler, probe, target_w, {"target": target_eval, "general": general_eval},
+                     kind, ids, names, mean_len)
     params = {"clusters": clusters, "level": level, "target": target, "mixer": mixer_name, "basis": basis,
               **recorded_params(config),
               "corpus": docs_meta.get("inputs"), "tokens": token_key, "target_file": target_meta.get("inputs"),

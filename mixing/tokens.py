@@ -1,33 +1,40 @@
-"""Token windows for the reference trainer: the encoder's WordPiece pieces in a compact vocabulary.
+"""Token streams for the reference trainer: the encoder's WordPiece pieces in a compact vocabulary,
+documents packed into training windows so that every piece of a drawn document is trained on.
 
 Tokenizer. The trainer reuses the tokenizer of the workspace's encoder (all-MiniLM-L6-v2 by
 default: BERT WordPiece, 30,522 pieces), loaded offline from the path the embeddings manifest
 names, so no second tokenizer has to be shipped or trained.
 
 Compact vocabulary. A softmax over 30,522 pieces would dominate the cost of a ~2M-parameter
-model on a CPU: with d_model = 128 the output layer alone is 30,522 x 128 = 3.9M weights, and
-the logits of one batch (16 x 128 positions x 30,522) are a 250 MB tensor that the forward,
-the log-softmax and their backward each walk (measured: halving V from 8,192 to 4,096 halves
-the step time at context 64). A small corpus uses far fewer distinct pieces, and the rare
-ones are noise for a model this size. So the pieces are remapped to the V most frequent
-pieces of the training corpus (the trainer's default V = 4,096; ties broken by piece id), plus two
-specials: id 0 = pad (``PAD``, ignored by the loss) and id 1 = unk (every other piece). Compact
-id 2 + r is the piece of frequency rank r. The frequencies are counted over the windows the
-model trains on (each document's first context + 1 pieces), duplicates excluded.
+model on a CPU (the output layer and its logits scale with V; measured: halving V from 8,192 to
+4,096 halves the step time at context 64). So the pieces are remapped to the V most frequent
+pieces of the corpus (ties broken by piece id), plus three specials: id 0 = pad (``PAD``,
+ignored by the loss), id 1 = unk (every other piece), id 2 = end of document (``EOS``, appended
+to every document, so the model sees where one packed document stops). Compact id 3 + r is the
+piece of frequency rank r. Frequencies are counted over every piece of every non-duplicate
+document.
 
-Windows. Each document becomes exactly one training sequence: its first context + 1 pieces,
-right-padded with 0 (``Windows.tokens`` (n_docs, context + 1) int32, row = doc_id), so the
-sampler's document ids index training windows directly and one draw = one sequence. Inputs
-are window[:-1], targets window[1:].
+Documents. ``DocTokens`` holds every document whole: ``flat`` (total,) int32 compact ids and
+``offsets`` (n_docs + 1,) int64, document i = flat[offsets[i]:offsets[i + 1]] (duplicates are
+empty). Its length is docs.parquet's ``n_tokens`` (untruncated pieces), so a budget in
+``--tokens-per-domain`` counts exactly the pieces that training will see.
 
-Cache. Tokenising a corpus takes seconds to minutes; the windows and the vocabulary are built
+Packing. A batch is ``rows`` windows of context + 1 pieces cut from the stream
+doc, EOS, doc, EOS, ... of the drawn documents: inputs window[:-1], targets window[1:]. The
+training ``Packer`` carries the tail of its last document into the next batch, so every drawn
+piece is trained on exactly once and no window is padded. Alignment probes and evaluation sets
+are packed the same way (``pack_stream``).
+
+Cache. Tokenising a corpus takes seconds to minutes; the pieces and the vocabulary are built
 once and stored as .npy files in WS/cache/tokens-<fingerprint>/ (written to a temporary folder
-and renamed), keyed by the corpus fingerprint (docs.parquet), the encoder, the context and V.
-Every run of the workspace with those settings (and a resumed run) reuses them.
+and renamed), keyed by the corpus fingerprint (docs.parquet), the encoder and V (not the
+context: packing is done at batch time). Every run of the workspace with those settings (and a
+resumed run) reuses them.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import uuid
@@ -41,9 +48,9 @@ from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.workspace import Workspace
 
-PAD, UNK = 0, 1
-N_SPECIAL = 2
-SCHEME = "wordpiece-topV-first-window-v1"  # bump when the tokenisation scheme changes
+PAD, UNK, EOS = 0, 1, 2
+N_SPECIAL = 3
+SCHEME = "wordpiece-topV-packed-v2"  # bump when the tokenisation scheme changes
 _PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
 
@@ -80,12 +87,12 @@ def load_tokenizer(ws: Workspace):
     return tok, str(model), str(params.get("model_fingerprint", model))
 
 
-def encode(tokenizer, texts: list[str], max_pieces: int, batch: int = 2048) -> list[list[int]]:
-    """Encoder piece ids of each text (no [CLS]/[SEP]), truncated to ``max_pieces``."""
+def encode(tokenizer, texts: list[str], batch: int = 2048) -> list[list[int]]:
+    """Encoder piece ids of each whole text (no [CLS]/[SEP], no truncation)."""
     out: list[list[int]] = []
     for i in range(0, len(texts), batch):
-        out.extend(tokenizer(texts[i:i + batch], add_special_tokens=False, truncation=True,
-                             max_length=max_pieces)["input_ids"])
+        out.extend(tokenizer(texts[i:i + batch], add_special_tokens=False, truncation=False, verbose=False,
+                             return_attention_mask=False, return_token_type_ids=False)["input_ids"])
     return out
 
 
@@ -94,7 +101,7 @@ def encode(tokenizer, texts: list[str], max_pieces: int, batch: int = 2048) -> l
 @dataclass
 class Vocab:
     """Compact vocabulary: ``pieces`` (V,) int32 encoder ids by frequency rank (compact id =
-    2 + rank); ``lookup`` (encoder vocab,) int32 maps an encoder id to its compact id (UNK if
+    N_SPECIAL + rank); ``lookup`` (encoder vocab,) int32 maps an encoder id to its compact id (UNK if
     not kept)."""
 
     pieces: np.ndarray
@@ -102,7 +109,7 @@ class Vocab:
 
     @property
     def size(self) -> int:
-        """Model vocabulary: pad + unk + V pieces."""
+        """Model vocabulary: pad + unk + eos + V pieces."""
         return N_SPECIAL + int(self.pieces.size)
 
     @classmethod
@@ -123,19 +130,49 @@ class Vocab:
         keep = order[:size]
         return cls.from_pieces(keep[counts[keep] > 0], encoder_vocab)
 
-    def map(self, ids: list[list[int]], length: int) -> np.ndarray:
-        """(len(ids), length) int32 compact ids, each row truncated / right-padded with PAD."""
-        out = np.zeros((len(ids), length), dtype=np.int32)
-        lens = np.fromiter((min(len(s), length) for s in ids), dtype=np.int64, count=len(ids))
-        if lens.sum():
-            flat = np.fromiter((t for s in ids for t in s[:length]), dtype=np.int64, count=int(lens.sum()))
-            rows = np.repeat(np.arange(len(ids)), lens)
-            cols = np.arange(flat.size) - np.repeat(np.cumsum(lens) - lens, lens)
-            out[rows, cols] = self.lookup[flat]
+    def flat(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """(flat (total,) int32 compact ids, offsets (len(ids) + 1,) int64) of the sequences ``ids``."""
+        lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        offsets = np.zeros(len(ids) + 1, np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        flat = np.fromiter((t for s in ids for t in s), dtype=np.int64, count=int(offsets[-1]))
+        return self.lookup[flat], offsets
+
+
+# --------------------------------------------------------------------------- documents and packing
+
+class DocTokens:
+    """Every document's compact ids: doc i = ``flat[offsets[i]:offsets[i + 1]]``.
+
+    flat (total,) int32; offsets (n_docs + 1,) int64, non-decreasing, offsets[0] = 0.
+    """
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray) -> None:
+        self.flat = np.asarray(flat, dtype=np.int32)
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        if self.offsets.ndim != 1 or self.offsets.size < 1 or self.offsets[0] != 0 \
+                or self.offsets[-1] != self.flat.size or (np.diff(self.offsets) < 0).any():
+            raise ValueError("offsets must start at 0, end at len(flat) and never decrease")
+
+    def __len__(self) -> int:
+        return self.offsets.size - 1
+
+    def lengths(self, ids: np.ndarray | None = None) -> np.ndarray:
+        """Pieces of each document (without its EOS), int64."""
+        n = np.diff(self.offsets)
+        return n if ids is None else n[np.asarray(ids, dtype=np.int64)]
+
+    def stream(self, ids: np.ndarray) -> np.ndarray:
+        """The documents ``ids`` in order, each followed by EOS: (sum(lengths) + len(ids),) int32."""
+        ids = np.asarray(ids, dtype=np.int64)
+        lens = self.lengths(ids)
+        out = np.full(int(lens.sum()) + ids.size, EOS, dtype=np.int32)
+        starts = np.cumsum(lens + 1) - (lens + 1)              # where each document starts in ``out``
+        seg = np.repeat(np.arange(ids.size), lens)             # document of each piece
+        pos = np.arange(seg.size) - np.repeat(np.cumsum(lens) - lens, lens)  # position inside it
+        out[starts[seg] + pos] = self.flat[self.offsets[ids][seg] + pos]
         return out
 
-
-# --------------------------------------------------------------------------- windows
 
 class Windows:
     """Fixed-length training sequences: ``tokens`` (n, context + 1) int32, right-padded with PAD."""
@@ -152,11 +189,6 @@ class Windows:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def lengths(self, rows: np.ndarray | None = None) -> np.ndarray:
-        """Number of real (non-pad) pieces of each window (padding is only on the right)."""
-        t = self.tokens if rows is None else self.tokens[np.asarray(rows, dtype=np.int64)]
-        return (t != PAD).sum(axis=1)
-
     def batch(self, rows: np.ndarray) -> torch.Tensor:
         """int64 tensor (len(rows), L) of the windows ``rows``, trimmed to the longest real length
         L <= context + 1 (trailing all-pad columns cost compute and do not change the loss)."""
@@ -166,27 +198,82 @@ class Windows:
         return torch.from_numpy(t[:, :width].astype(np.int64))
 
 
-def cache_key(ws: Workspace, model: str, model_fp: str, context: int, vocab_size: int) -> str:
-    """Fingerprint naming the token cache: corpus, encoder, context, V and the scheme."""
+def pack_stream(stream: np.ndarray, context: int, rows: int | None = None) -> Windows:
+    """Cut a piece stream into consecutive windows of context + 1 pieces (the last one padded with
+    PAD); at most ``rows`` windows (None = all of the stream)."""
+    width = context + 1
+    n = -(-stream.size // width)
+    if rows is not None:
+        n = min(n, rows)
+    out = np.zeros(n * width, np.int32)
+    take = min(stream.size, out.size)
+    out[:take] = stream[:take]
+    return Windows(out.reshape(n, width))
+
+
+class Packer:
+    """Training batches of ``rows`` x (context + 1) pieces from a stream of drawn documents.
+
+    ``next(draw)`` calls ``draw(m)`` (-> m doc ids, in draw order) until the carried pieces and the
+    new documents fill the batch; the tail of the last document is carried into the next batch, so
+    every drawn piece is trained on exactly once and no window holds padding. ``m`` is estimated
+    from ``mean_len`` so that a batch rarely draws more documents than it needs (a document drawn
+    under the current weights is trained on now or at the next step). State: the carried pieces.
+    """
+
+    def __init__(self, tokens: DocTokens, context: int, rows: int, mean_len: float) -> None:
+        self.tokens, self.width, self.rows = tokens, context + 1, rows
+        self.mean_len = max(1.0, float(mean_len))
+        self.carry = np.zeros(0, np.int32)
+
+    def next(self, draw) -> torch.Tensor:
+        """(rows, context + 1) int64 tensor of the next training windows."""
+        need = self.rows * self.width
+        parts, have = [self.carry], self.carry.size
+        while have < need:
+            m = max(1, math.ceil((need - have) / (self.mean_len + 1)))
+            piece = self.tokens.stream(draw(m))
+            parts.append(piece)
+            have += piece.size
+        stream = np.concatenate(parts)
+        self.carry = stream[need:].copy()
+        return torch.from_numpy(stream[:need].reshape(self.rows, self.width).astype(np.int64))
+
+    def state_dict(self) -> dict:
+        return {"carry": torch.from_numpy(self.carry.copy())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.carry = np.asarray(state["carry"], dtype=np.int32).copy()
+
+
+def probe_batch(tokens: DocTokens, draw, rows: int, context: int, mean_len: float) -> torch.Tensor:
+    """One alignment probe: ``rows`` packed windows of freshly drawn documents (no carry; the
+    tail of the last document is dropped), (rows, context + 1) int64."""
+    return Packer(tokens, context, rows, mean_len).next(draw)
+
+
+# --------------------------------------------------------------------------- cache
+
+def cache_key(ws: Workspace, model: str, model_fp: str, vocab_size: int) -> str:
+    """Fingerprint naming the token cache: corpus, encoder, V and the scheme."""
     docs_fp = manifest.read_meta(ws.docs, "docs").get("inputs")
-    return manifest.fingerprint(SCHEME, docs_fp, model, model_fp, int(context), int(vocab_size))
+    return manifest.fingerprint(SCHEME, docs_fp, model, model_fp, int(vocab_size))
 
 
-def corpus_windows(ws: Workspace, context: int, vocab_size: int = 4096, *,
-                   quiet: bool = True) -> tuple[Windows, Vocab, object, str]:
-    """(windows of every doc, vocab, tokenizer, cache key) for the workspace's corpus, cached.
+def corpus_tokens(ws: Workspace, vocab_size: int = 4096, *,
+                  quiet: bool = True) -> tuple[DocTokens, Vocab, object, str]:
+    """(every document's pieces, vocab, tokenizer, cache key) for the workspace's corpus, cached.
 
-    Row i of the windows is doc_id i; duplicates (dup_of set) get an all-pad row and are not
-    counted in the vocabulary.
+    Document i is doc_id i; duplicates (dup_of set) are empty and not counted in the vocabulary.
     """
     tok, model, model_fp = load_tokenizer(ws)
-    key = cache_key(ws, model, model_fp, context, vocab_size)
+    key = cache_key(ws, model, model_fp, vocab_size)
     folder = ws.root / "cache" / f"tokens-{key}"
-    if (folder / "windows.npy").exists() and (folder / "pieces.npy").exists():
+    names = ("flat", "offsets", "pieces")
+    if all((folder / f"{n}.npy").exists() for n in names):
         try:
-            windows = np.load(folder / "windows.npy")
-            pieces = np.load(folder / "pieces.npy")
-            return Windows(windows), Vocab.from_pieces(pieces, len(tok)), tok, key
+            flat, offsets, pieces = (np.load(folder / f"{n}.npy") for n in names)
+            return DocTokens(flat, offsets), Vocab.from_pieces(pieces, len(tok)), tok, key
         except (OSError, ValueError):
             shutil.rmtree(folder, ignore_errors=True)  # corrupt cache: rebuild it
     from dgamix.pipeline.core.sources import TextReader
@@ -199,19 +286,23 @@ def corpus_windows(ws: Workspace, context: int, vocab_size: int = 4096, *,
     text_column = meta.get("text_column") or (meta.get("params") or {}).get("text_column") or "text"
     sources = docs["source"].to_pylist()
     rows = docs["row"].to_pylist()
-    sel = np.flatnonzero(keep)
+    sel = np.sort(doc_ids[keep])  # kept doc_ids, ascending
+    order = np.argsort(doc_ids, kind="stable")
     if not quiet:
         import sys
         print(f"tokenising {sel.size:,} documents (cached in {folder})", file=sys.stderr)
-    texts = TextReader(text_column).read([sources[i] for i in sel], [rows[i] for i in sel])
-    ids = encode(tok, texts, context + 1)
+    idx = order[sel]  # row of docs.parquet of each kept doc_id, in doc_id order
+    texts = TextReader(text_column).read([sources[i] for i in idx], [rows[i] for i in idx])
+    ids = encode(tok, texts)
     vocab = Vocab.build(ids, vocab_size, len(tok))
-    windows = np.zeros((doc_ids.size, context + 1), dtype=np.int32)
-    windows[doc_ids[sel]] = vocab.map(ids, context + 1)
-    _save_cache(folder, {"windows": windows, "pieces": vocab.pieces},
-                {"scheme": SCHEME, "model": model, "context": context, "vocab_size": vocab_size,
-                 "n_docs": int(doc_ids.size)})
-    return Windows(windows), vocab, tok, key
+    lens = np.zeros(doc_ids.size, np.int64)
+    lens[sel] = np.fromiter(map(len, ids), np.int64, count=len(ids))
+    offsets = np.zeros(doc_ids.size + 1, np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    flat, _ = vocab.flat(ids)  # kept docs in doc_id order: the same concatenation
+    _save_cache(folder, {"flat": flat, "offsets": offsets, "pieces": vocab.pieces},
+                {"scheme": SCHEME, "model": model, "vocab_size": vocab_size, "n_docs": int(doc_ids.size)})
+    return DocTokens(flat, offsets), vocab, tok, key
 
 
 def _save_cache(folder: Path, arrays: dict[str, np.ndarray], info: dict) -> None:
@@ -226,12 +317,12 @@ def _save_cache(folder: Path, arrays: dict[str, np.ndarray], info: dict) -> None
         try:
             os.replace(tmp, folder)
         except OSError:  # another process finished the same cache first: keep theirs
-            if not (folder / "windows.npy").exists():
+            if not (folder / "flat.npy").exists():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def text_windows(tokenizer, vocab: Vocab, texts: list[str], context: int) -> Windows:
-    """Windows of arbitrary texts (target examples) in the corpus's compact vocabulary."""
-    return Windows(vocab.map(encode(tokenizer, texts, context + 1), context + 1))
+def text_tokens(tokenizer, vocab: Vocab, texts: list[str]) -> DocTokens:
+    """Pieces of arbitrary texts (target examples) in the corpus's compact vocabulary."""
+    return DocTokens(*vocab.flat(encode(tokenizer, texts)))

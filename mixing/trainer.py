@@ -8,12 +8,15 @@ One step s (0-based; "after s steps" = s optimiser updates done):
 2. every ``checkpoint_every`` steps: an atomic checkpoint (everything needed to continue
    exactly, see ``Trainer.state``);
 3. if ``mixer.needs_alignment(s)`` (for DGA: from reweight_start on, every reweight_every steps):
-   one target batch from the target's "reweight" examples and, for each entry j of the mixer (basis j, or domain j: domain
-   reweighting = identity basis), one batch drawn from P_j by a separate probe sampler (its
-   own seed and stream, so probes never consume the training stream); a_j = <grad l(x_j), grad l(y)> streamed by
-   ``gradient_alignments``; ``mixer.update(s, a, grad_norms, target_norm, lr)``;
-4. a training batch ``sampler.sample(batch_size, mixer.weights())`` -> windows -> AdamW step
-   (gradient clipping at ``grad_clip``), learning rate ``lr_at(s)``.
+   one target batch (packed windows of the target's "reweight" examples) and, for each entry j of
+   the mixer (basis j, or domain j: domain reweighting = identity basis), one batch of documents
+   drawn from P_j by a separate probe sampler (its own seed and stream, so probes never consume
+   the training stream), packed into windows; a_j = <grad l(x_j), grad l(y)> streamed by
+   ``gradient_alignments`` (each gradient clipped to ``dga.clip`` if set);
+   ``mixer.update(s, a, grad_norms, target_norm, lr)``;
+4. a training batch: documents drawn by ``sampler.sample(m, mixer.weights())`` packed into
+   batch_size windows of context + 1 pieces (``tokens.Packer``: every drawn piece is trained on
+   once) -> AdamW step (gradient clipping at ``grad_clip``), learning rate ``lr_at(s)``.
 
 After the last step: a final evaluation at step = steps and a final checkpoint.
 
@@ -21,7 +24,7 @@ Learning rate: linear warmup over ``warmup`` steps to ``lr``, then cosine decay 
 ``min_lr_ratio * lr`` at the last step; a pure function of the step, so it needs no state.
 
 Logs. ``metrics`` rows: step, split, loss (mean next-token cross-entropy in nats per token),
-tokens (training target tokens, i.e. non-pad predicted positions, seen before this step),
+tokens (training target tokens, i.e. predicted positions, seen before this step),
 seconds (wall clock of training so far, summed over resumes). ``weights`` records: at step 0,
 at every reweighting and at the end, the weights in force from that step on, with the raw
 alignments (and gradient norms, target norm, lr) the update used (None between updates).
@@ -44,7 +47,7 @@ from dgamix.mixing.alignment import gradient_alignments
 from dgamix.mixing.dga import DGAConfig
 from dgamix.mixing.model import lm_loss, lm_loss_sum
 from dgamix.mixing.sampler import MixtureSampler
-from dgamix.mixing.tokens import Windows
+from dgamix.mixing.tokens import DocTokens, Packer, Windows, probe_batch
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.progress import rich_progress
@@ -56,15 +59,16 @@ CHECKPOINT = "state.pt"
 @dataclass
 class TrainConfig:
     """Everything that shapes a run. Units: steps are optimiser updates; batch sizes are
-    sequences (one sequence = one document's first context + 1 pieces); tokens are word pieces.
+    windows of context + 1 word pieces packed from whole documents; tokens are word pieces.
 
-    Model: context (pieces per sequence), vocab_size (kept word pieces, + pad + unk), d_model,
+    Model: context (pieces per sequence), vocab_size (kept word pieces, + pad + unk + eos), d_model,
     n_layer, n_head. Optimiser: lr (peak), warmup (steps), min_lr_ratio (final lr / lr),
     weight_decay (AdamW, on matrices only), grad_clip (max global L2 norm; 0 disables).
     Mixing: dga (the DGAConfig: eta, ema_beta, reweight_every, reweight_start, normalise, ...;
     the mixer decides when it reweights), align_batch_size (sequences per basis /
     domain probe), target_batch_size (target sequences per reweighting), tokens_per_domain
-    (limited-data budget per domain, in the docs manifest's n_tokens; None = all documents).
+    (limited-data budget per domain, in the docs manifest's n_tokens = the pieces training reads
+    from a document; None = all documents).
     Evaluation: eval_every (steps), eval_batches x eval_batch_size = size of each fixed
     evaluation set (target holdout, general held-out docs); general_holdout: fraction of the
     generic documents held out for "general" (capped at the evaluation set size).
@@ -136,14 +140,15 @@ class TrainConfig:
 class TrainData:
     """What the trainer trains on.
 
-    windows: the corpus windows, row = doc_id. sampler: the training stream. probe: a second
-    sampler over the same index / basis (own seed) for alignment batches. target: windows of
-    the target's "reweight" examples (alignment target batches). eval_sets: split -> fixed
+    tokens: every document's pieces (doc_id i = document i); mean_len: mean pieces per training
+    document (sizes the packer's draws). sampler: the training stream. probe: a second
+    sampler over the same index / basis (own seed) for alignment batches. target: packed windows
+    of the target's "reweight" examples (alignment target batches). eval_sets: split -> fixed
     windows (evaluated in order). kind: "basis" or "domain" (what the mixer's entries are);
     ids (n,) and names (n,) of the entries, for the weights log.
     """
 
-    windows: Windows
+    tokens: DocTokens
     sampler: MixtureSampler
     probe: MixtureSampler
     target: Windows
@@ -151,6 +156,7 @@ class TrainData:
     kind: str
     ids: np.ndarray
     names: list[str]
+    mean_len: float = 100.0
 
 
 @dataclass
@@ -219,8 +225,9 @@ def evaluate(model: torch.nn.Module, windows: Windows, batch_size: int, device: 
 
 
 # 2: TrainConfig holds DGAConfig (dga), probes have a pool_seed, runs record their resolved EMA weight.
+# 3: documents are packed into windows; the packer's carried pieces are part of the state.
 # A checkpoint of another format is refused on resume (run.py) rather than misread.
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -280,6 +287,7 @@ class Trainer:
         self.loss_fn, self.quiet, self.on_checkpoint = loss_fn, quiet, on_checkpoint
         self.opt = make_optimizer(self.model, config)
         self.cycler = _Cycler(len(data.target), config.seed + 7919)
+        self.packer = Packer(data.tokens, config.context, config.batch_size, data.mean_len)
         self.step = 0
         self.metrics: list[dict] = []
         self.weights: list[dict] = []
@@ -301,6 +309,7 @@ class Trainer:
                                 "min_lr_ratio": self.config.min_lr_ratio, "steps": self.config.steps},
                 "mixer": self.mixer.state_dict(), "sampler": self.data.sampler.state_dict(),
                 "probe": self.data.probe.state_dict(), "target": self.cycler.state_dict(),
+                "packer": self.packer.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "metrics": list(self.metrics), "weights": list(self.weights), "tokens": self.tokens,
                 "elapsed": self.elapsed, "train_acc": (self.train_sum, self.train_n),
@@ -314,6 +323,7 @@ class Trainer:
         self.data.sampler.load_state_dict(state["sampler"])
         self.data.probe.load_state_dict(state["probe"])
         self.cycler.load_state_dict(state["target"])
+        self.packer.load_state_dict(state["packer"])
         torch.set_rng_state(state["torch_rng"])  # numpy's global RNG is never used: every sampler has its own
         self.step = int(state["step"])
         self.metrics, self.weights = list(state["metrics"]), list(state["weights"])
@@ -364,18 +374,19 @@ class Trainer:
         self.weights.append(rec)
 
     def _probe_batches(self):
-        n, dev = self.mixer.n, self.config.device
+        n, cfg = self.mixer.n, self.config
         for j in range(n):
             onehot = np.zeros(n)
             onehot[j] = 1.0
-            docs, _ = self.data.probe.sample(self.config.align_batch_size, onehot)
-            yield self.data.windows.batch(docs).to(dev)
+            yield probe_batch(self.data.tokens, lambda m: self.data.probe.sample(m, onehot)[0],
+                              cfg.align_batch_size, cfg.context, self.data.mean_len).to(cfg.device)
 
     def _reweight(self, step: int, lr: float) -> None:
         t0 = time.perf_counter()
         dev = self.config.device
         target = self.data.target.batch(self.cycler.next(self.config.target_batch_size)).to(dev)
-        align = gradient_alignments(self.model, self.loss_fn, target, self._probe_batches())
+        align = gradient_alignments(self.model, self.loss_fn, target, self._probe_batches(),
+                                    clip=self.config.dga.clip)
         if not (np.isfinite(align.alignments).all() and math.isfinite(align.target_norm)):
             raise self._fail("non-finite gradient alignment (NaN or inf)", step)
         try:
@@ -392,8 +403,8 @@ class Trainer:
         cfg = self.config
         for g in self.opt.param_groups:
             g["lr"] = lr
-        docs, _ = self.data.sampler.sample(cfg.batch_size, self.mixer.weights())
-        batch = self.data.windows.batch(docs).to(cfg.device)
+        w = self.mixer.weights()
+        batch = self.packer.next(lambda m: self.data.sampler.sample(m, w)[0]).to(cfg.device)
         loss = self.loss_fn(self.model, batch)
         value = float(loss.detach())
         if not math.isfinite(value):

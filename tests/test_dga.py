@@ -314,3 +314,23 @@ def test_eta_zero_is_no_step_even_for_alignments_past_float64s_range():
     np.testing.assert_allclose(np.exp(out), [0.2, 0.3, 0.5])
     dga = DGA(3, DGAConfig(eta=0.0, ema_beta=0.0, reweight_start=0))
     assert np.isfinite(dga.update(0, np.array([1.7e308, -1.7e308, 0.0]))).all()
+
+
+def test_standardise_is_a_z_score_whatever_the_gradient_scale():
+    a = np.array([1.0, 2.0, 3.0, 6.0])
+    z = normalise_alignments(a, None, None, "standardise")
+    np.testing.assert_allclose(z, (a - 3.0) / np.sqrt(3.5))   # population std of a is sqrt(3.5)
+    np.testing.assert_allclose(normalise_alignments(1e-6 * a, None, None, "standardise"), z)
+    assert (normalise_alignments(np.full(3, 5.0), None, None, "standardise") == 0).all()  # no spread, no move
+    # the same update whether the raw dots are 1e-6 or 1e3: eta means the same on any model
+    small, big = DGA(4, DGAConfig(eta=1.0, normalise="standardise")), DGA(4, DGAConfig(eta=1.0, normalise="standardise"))
+    np.testing.assert_allclose(small.update(0, 1e-6 * a), big.update(0, 1e3 * a))
+
+
+def test_clip_is_a_dga_setting_and_is_validated():
+    assert DGAConfig().clip is None and DGAConfig(clip=2.5).clip == 2.5
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="clip"):
+            DGAConfig(clip=bad)
+    with pytest.raises(ValueError, match="normalise"):
+        DGAConfig(normalise="zscore")
