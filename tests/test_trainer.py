@@ -22,7 +22,7 @@ from dgamix.mixing.model import ModelConfig, TinyGPT, lm_loss
 from dgamix.mixing.run import PROBE_SALT, build_inputs, train_run
 from dgamix.mixing.sampler import MixtureSampler
 from dgamix.mixing.tokens import EOS, PAD, UNK, DocTokens, Packer, Vocab, Windows, pack_stream
-from dgamix.mixing.trainer import CHECKPOINT_FORMAT, CHECKPOINT, TrainConfig, load_checkpoint, train
+from dgamix.mixing.trainer import CHECKPOINT, CHECKPOINT_FORMAT, TrainConfig, load_checkpoint, train
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.workspace import Workspace
