@@ -25,11 +25,13 @@ venv: $(VENV)/.installed
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# Every stage on the embedded default data: the Wikipedia corpus, GSM8K as the target.
-# Each line is what a user would type; the report path is printed at the end.
+# Every stage on the embedded mini-Pile slice (data/minipile: 7,251 real documents from 25 sources),
+# with MMLU as the target: 20% of every subject's questions are in the pool (present but rare).
+# Each line is what a user would type; uniform, IS and DGA are trained side by side and the
+# report (WS/report/report.md, plots) compares them.
 DG      := $(BIN)/dgamix
-TRAIN   = train --workspace $(WS) --clusters k16-16 --level 2 --target gsm8k --steps $(DEMO_STEPS) --seed 0 --threads 1 --overwrite --quiet
-DEMO_STEPS ?= 300
+TRAIN   = train --workspace $(WS) --clusters k64-4 --level 1 --target mmlu --steps $(DEMO_STEPS) --seed 0 --threads 1 --overwrite --quiet
+DEMO_STEPS ?= 400
 demo: venv
 	@start=$$(date +%s); \
 	step() { t=$$(date +%s); echo; echo "== dgamix $$*"; "$(DG)" "$$@" || exit 1; echo "   ($$(( $$(date +%s) - t )) s)"; }; \
@@ -38,15 +40,14 @@ demo: venv
 	  "$(DG)" $$1 > $(WS)/demo-logs/a.log 2>&1 & a=$$!; "$(DG)" $$2 > $(WS)/demo-logs/b.log 2>&1 & b=$$!; \
 	  wait $$a; ra=$$?; wait $$b; rb=$$?; cat $(WS)/demo-logs/a.log $(WS)/demo-logs/b.log; \
 	  [ $$ra -eq 0 ] && [ $$rb -eq 0 ] || exit 1; echo "   ($$(( $$(date +%s) - t )) s)"; }; \
-	step embed data/wiki_vital_en.parquet --workspace $(WS) --keep-columns topic --max-seq-length 128 --precision int8 && \
+	step embed data/minipile/slice.parquet --workspace $(WS) --keep-columns src,domain,label --max-seq-length 128 --precision int8 && \
+	step cluster --workspace $(WS) --levels 64,4 && \
 	step cluster --workspace $(WS) --levels 16,16 && \
-	step cluster --workspace $(WS) --levels 8,8 && \
-	step target data/targets/gsm8k.parquet --workspace $(WS) --name gsm8k && \
-	step basis --workspace $(WS) --clusters k16-16 --level 2 --target gsm8k --by single --name is --overwrite && \
-	step basis --workspace $(WS) --clusters k16-16 --level 2 --target gsm8k --by kmeans:8 --generic natural --name b9 --overwrite && \
+	step target data/minipile/mmlu.parquet --workspace $(WS) --name mmlu --group-column group && \
+	step basis --workspace $(WS) --clusters k64-4 --level 1 --target mmlu --by single --name is --overwrite && \
 	pair "$(TRAIN) --mixer uniform --name uniform" "$(TRAIN) --mixer is --basis is --name is" && \
-	pair "$(TRAIN) --mixer dga --basis b9 --name dga" "$(TRAIN) --mixer dga-noema --basis b9 --name dga-noema" && \
-	step schedule --workspace $(WS) --clusters k16-16 --level 2 --run dga --steps $(DEMO_STEPS) --batch-size 16 --name dga --overwrite && \
+	pair "$(TRAIN) --mixer dga --name dga" "$(TRAIN) --mixer dga-noema --name dga-noema" && \
+	step schedule --workspace $(WS) --clusters k64-4 --level 1 --run dga --steps $(DEMO_STEPS) --batch-size 16 --name dga --overwrite && \
 	step report --workspace $(WS) && \
 	echo; echo "demo finished in $$(( $$(date +%s) - start )) s" && \
 	echo "manifests: $(WS)/ (docs.parquet, embeddings/, clusters/, targets/, bases/, runs/, schedules/)" && \

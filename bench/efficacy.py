@@ -1,35 +1,36 @@
-"""Efficacy of DGA in the limited-data regime (not a test).
+"""Efficacy of DGA on the mini-Pile, in the paper's three regimes, and its ablations (not a test).
 
-The paper's limited-data experiment (Fan, Grangier & Ablin 2024, Sec. 5) at CPU scale on the
-default data: the generic corpus (data/wiki_vital_en.parquet) is clustered into k domains, and
-every domain is capped to ``--tokens-per-domain`` tokens, so that importance sampling, which
-puts all its mass on the few domains where the target lands, must repeat them for many epochs.
-Four mixers train the reference LM (mixing/model.py, 1.3M parameters) from the same seeds:
+The mini-Pile (../shared/data/minipile: 72,584 real documents from 25 sources in 14 domains; see
+its README) is embedded and clustered into 64 domains (level 1) and 64 x 64 = 4,096 domains
+(level 2). The target is MMLU: 20% of every subject's questions are in the pool, so the target
+is present but rare (1.9% of the words). The reference LM (mixing/model.py) trains on packed
+windows (mixing/tokens.py), from the same seeds for every mixer:
 
-    uniform     uniform over the populated domains
-    is          static importance sampling: the target's histogram over the domains (CRISP)
-    dga         distribution reweighting over N bases (default: kmeans:8 groups of the target
-                + the generic natural distribution, N = 9), EMA beta = --ema-beta
-    dga-noema   the same with beta = 0
+    regime a   unlimited data, domain reweighting over the k = 64 domains:
+               uniform | is (the target's histogram) | dga (DGA over the 64 domains)
+    regime b   the same with --tokens-per-domain (IS must repeat its domains >= 10 times):
+               uniform | is | dga | dga-noema
+    regime c   fine-grained: 4,096 domains, distribution reweighting with one basis per MMLU
+               subject + one generic basis (natural cluster sizes), N = 58:
+               uniform | is (histogram over the 4,096 domains) | dga (over the 58 bases)
+    regime c-few  as c with only 64 target examples to reweight with (IS sees <= 64 domains)
 
-and the script prints the final specialised loss (target holdout) and general loss (held-out
-corpus documents), mean +- std over seeds, with the best target loss seen during training,
-the paired difference to IS per seed, and the repetitions; JSON in
-bench/results/efficacy.json, the loss curves (mean over seeds per mixer) and the mean DGA
-weight trajectory in bench/results/efficacy.png.
+Each regime prints final target loss (MMLU holdout) and general loss (held-out pool documents),
+mean +- std over seeds, the paired difference to IS and to uniform per seed, IS's repetitions,
+and DGA's weight movement: total variation of the trajectory (sum over updates of
+0.5 |w_t - w_t-1|_1), its largest single update, and 0.5 |w_end - w_0|_1. JSON and a plot go to
+bench/results/efficacy-<regime>.json / .png.
 
-    python bench/efficacy.py                  # default: 4 mixers x 3 seeds (~15 min on 2 busy cores)
-    python bench/efficacy.py --quick          # 1 seed, 60 steps (< 2 min once the workspace exists)
-    python bench/efficacy.py --mixers dga --eta 1 --normalise cosine --out /tmp/x.json   # ablations
+    python bench/efficacy.py --regime a --jobs 2           # 3 seeds (the headline rows)
+    python bench/efficacy.py --regime c --seeds 0 --steps 100   # a quick look
+    python bench/efficacy.py --ablate --jobs 2             # Pareto plot: one point per DGA setting
+    python bench/efficacy.py --regime a --mixers dga --normalise cosine --eta 2 --tag try   # one setting
 
-Workspace. ``--workspace`` (default ws/efficacy, git-ignored) is built on first use with the
-CLI, each stage skipped when its output exists: embed (int8, max 128 word pieces: ~2.5 min
-for the 10k documents on an idle core, ~10 min at fp32), cluster --levels 16,16, target,
-basis. Runs are written to WS/runs/<tag>-<mixer>-s<seed> (replaced on every invocation).
-
-Findings (2 busy CPU cores, target gsm8k, k16-16 level 2 = 256 domains, 300 steps x 16
-sequences, tokens-per-domain 1,000 ~ 10 documents a domain): see FINDINGS below, which the
-script also stores in the JSON; the numbers are in bench/results/efficacy.json.
+Workspace: ``--workspace`` (default ws/minipile, git-ignored), built on first use with the CLI:
+embed (int8, 128 word pieces), cluster --levels 64,64, the targets (mmlu with its subjects as
+groups; mmlu64: the same file with 64 reweight examples), the bases. Runs go to
+WS/runs/<tag>-<regime>-<mixer>-s<seed>. Without ../shared (a user's clone) the script says so
+and exits 0; pass --pool / --targets to use another copy.
 """
 from __future__ import annotations
 
@@ -46,36 +47,45 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+MINIPILE = ROOT.parent / "shared" / "data" / "minipile"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the dgamix command sets it: idle FAISS threads sleep
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-TARGET_FILES = {"gsm8k": "gsm8k.parquet", "recipes": "wikibooks_recipes.parquet",
-                "python_docs": "python_docs.parquet", "bigbench": "bigbench_mix.parquet"}
-MIXERS = ("uniform", "is", "dga", "dga-noema")
-FINDINGS = """\
-Measured 2026-11-23 on 2 shared CPU cores (python bench/efficacy.py --jobs 2; 3 seeds, 300 steps x 16,
-gsm8k on k16-16 level 2, 1,000 tokens per domain; bench/results/efficacy.json):
-- Under the cap, uniform is best on the target (5.534 +- 0.029) and on general text; IS repeats its
-  domains ~64 epochs and ends at 5.556 +- 0.035; DGA with the paper's defaults (raw dots, eta 0.3)
-  is worst (5.626 +- 0.032, paired vs IS +0.070 +- 0.065), DGA without EMA likewise (5.648).
-- Why: the first reweighting (step 25, just after warm-up) sees gradients ~10x larger than later
-  (probe gradient norm ~7 vs ~0.7), raw alignments of 30-47 against 0.1-0.5 afterwards, so
-  eta * a moves the weights by e^4 in one update and every later update (eta * a ~ 0.05) barely
-  moves them back: the mixture is decided by the one update that measures the warm-up.
-- Ablations, seed 0 (dga target loss): default 5.656; --reweight-start 50: 5.558;
-  --normalise cosine --eta 3: 5.597; --normalise mean_norm --eta 1: 5.548 (IS 5.536, uniform 5.501).
-  mean_norm over 3 seeds: bench/results/efficacy-mean_norm.json (about IS's level, still not uniform's).
-- At this scale (1.3M parameters, 300 steps) GSM8K's nearest Wikipedia clusters help less than
-  diversity does; repeated documents start to hurt the target loss of IS and DGA after ~200 steps.
-"""
+CLUSTERS = "k64-64"
+FEW = 64  # target examples of the few-example variant
+REGIMES = {
+    "a": {"level": 1, "target": "mmlu", "basis": None, "is_basis": "is-l1", "tpd": None,
+          "mixers": ("uniform", "is", "dga")},
+    "b": {"level": 1, "target": "mmlu", "basis": None, "is_basis": "is-l1", "tpd": "auto",
+          "mixers": ("uniform", "is", "dga", "dga-noema")},
+    "c": {"level": 2, "target": "mmlu", "basis": "subjects-l2", "is_basis": "is-l2", "tpd": None,
+          "mixers": ("uniform", "is", "dga")},
+    "c-few": {"level": 2, "target": "mmlu64", "basis": "subjects64-l2", "is_basis": "is64-l2", "tpd": None,
+              "mixers": ("uniform", "is", "dga")},
+}
+MIN_IS_EPOCHS = 10  # regime b: the budget is set so that IS re-reads its domains at least this often
+# Ablations (regime a unless noted), one seed each: (label, regime, overrides of the DGA options).
+ABLATIONS = [
+    ("default", "a", {}),
+    ("standardise eta 0.3", "a", {"eta": 0.3}), ("standardise eta 3", "a", {"eta": 3.0}),
+    ("raw dot, eta 0.3", "a", {"normalise": "none", "eta": 0.3}),
+    ("cosine, eta 4", "a", {"normalise": "cosine", "eta": 4.0}),
+    ("mean_norm, eta 4", "a", {"normalise": "mean_norm", "eta": 4.0}),
+    ("beta 0", "a", {"ema_beta": 0.0}), ("beta 0.5", "a", {"ema_beta": 0.5}), ("beta 0.9", "a", {"ema_beta": 0.9}),
+    ("T_r 50", "a", {"reweight_every": 50}),
+    ("clip 1", "a", {"clip": 1.0}),
+    ("default", "b", {}), ("beta 0", "b", {"ema_beta": 0.0}),
+    ("default", "c", {}), ("basis kmeans:8", "c", {"basis_by": "kmeans:8"}),
+    ("basis group, no generic", "c", {"generic": "none"}),
+]
 
 
 # --------------------------------------------------------------------------- workspace
 
 def dgamix(*args: str, log: list[str]) -> str:
-    """Run one `dgamix` command (python -m dgamix.cli.main, from the repository root); returns stdout."""
+    """Run one `dgamix` command (python -m dgamix.cli.main); returns stdout; exits on failure."""
     cmd = [sys.executable, "-m", "dgamix.cli.main", *args]
     shown = "dgamix " + " ".join(args)
     print(f"$ {shown}", flush=True)
@@ -86,168 +96,194 @@ def dgamix(*args: str, log: list[str]) -> str:
     return p.stdout
 
 
-def complete_tree(ws: Path, name: str) -> bool:
+def exists(path: Path, kind: str) -> bool:
     from dgamix.pipeline.core import manifest
 
-    path = ws / "clusters" / name / "tree.parquet"
-    if not path.exists():
-        return False
     try:
-        return manifest.read_meta(path, "tree").get("state") == "complete"
-    except Exception:  # noqa: BLE001 - an unreadable tree is rebuilt by the command
+        meta = manifest.read_meta(path, kind)
+        return meta.get("state", "complete") == "complete"
+    except Exception:  # noqa: BLE001 - missing or unreadable: the command rebuilds it
         return False
+
+
+def basis_name(regime: dict, by: str, generic: str) -> str:
+    if by == "group" and generic == "natural":
+        return regime["basis"]
+    return f"{regime['basis']}-{by.replace(':', '')}-{generic}"
 
 
 def prepare(args, log: list[str]) -> dict:
-    """Build (or reuse) the workspace; returns names of the clustering and bases."""
+    """Build (or reuse) the workspace; returns what the runs need (names, budgets)."""
     ws = args.workspace
     t0 = time.perf_counter()
     if not (ws / "embeddings.parquet").exists():
-        dgamix("embed", str(args.corpus), "--workspace", str(ws), "--keep-columns", "topic",
-               "--max-seq-length", str(args.max_seq_length), "--precision", args.precision, "--quiet", log=log)
-    clusters = "k" + args.levels.replace(",", "-")
-    if not complete_tree(ws, clusters):
-        dgamix("cluster", "--workspace", str(ws), "--levels", args.levels, "--name", clusters, "--quiet", log=log)
-    target_file = args.target_file or ROOT / "data" / "targets" / TARGET_FILES.get(args.target, f"{args.target}.parquet")
-    if not (ws / "targets" / args.target / "examples.parquet").exists():
-        dgamix("target", str(target_file), "--workspace", str(ws), "--name", args.target, log=log)
-    common = ["--workspace", str(ws), "--clusters", clusters, "--level", str(args.level), "--target", args.target]
-    is_basis = f"eff-{args.target}-{clusters}-l{args.level}-is"
-    dgamix("basis", *common, "--by", "single", "--name", is_basis, "--overwrite", log=log)
-    dga_basis = f"eff-{args.target}-{clusters}-l{args.level}-{args.basis_by.replace(':', '')}-{args.generic}"
-    dgamix("basis", *common, "--by", args.basis_by, "--generic", args.generic, "--name", dga_basis,
-           "--overwrite", log=log)
-    from dgamix.pipeline.core import manifest
+        dgamix("embed", str(args.pool), "--workspace", str(ws), "--keep-columns", "src,domain,label",
+               "--max-seq-length", "128", "--precision", "int8", "--quiet", log=log)
+    if not exists(ws / "clusters" / CLUSTERS / "tree.parquet", "tree"):
+        dgamix("cluster", "--workspace", str(ws), "--levels", "64,64", "--name", CLUSTERS, "--quiet", log=log)
+    mmlu = args.targets / "mmlu.parquet"
+    for name, holdout in (("mmlu", "0.2"), ("mmlu64", "0.99426")):  # 11,151 x (1 - 0.99426) = 64 reweight examples
+        if not exists(ws / "targets" / name / "examples.parquet", "target"):
+            dgamix("target", str(mmlu), "--workspace", str(ws), "--name", name, "--group-column", "group",
+                   "--holdout", holdout, log=log)
+    return {"seconds": time.perf_counter() - t0}
 
-    emb = manifest.read_meta(ws / "embeddings.parquet", "embeddings")["params"]
-    return {"clusters": clusters, "is_basis": is_basis, "dga_basis": dga_basis, "seconds": time.perf_counter() - t0,
-            "embeddings": {k: emb.get(k) for k in ("model", "max_seq_length", "precision", "dtype")}}
+
+def ensure_basis(args, regime: dict, name: str, by: str, generic: str, log: list[str]) -> None:
+    if not (args.workspace / "bases" / f"{name}.parquet").exists():
+        dgamix("basis", "--workspace", str(args.workspace), "--clusters", CLUSTERS, "--level", str(regime["level"]),
+               "--target", regime["target"], "--by", by, "--generic", generic, "--name", name, log=log)
+
+
+def is_budget(args, regime: dict) -> int:
+    """Tokens per domain such that IS, drawing steps x batch x (context + 1) pieces, re-reads the
+    domains it samples MIN_IS_EPOCHS times on average: E_alpha[epochs] = total * sum(alpha^2) / T."""
+    import polars as pl
+
+    b = pl.read_parquet(args.workspace / "bases" / f"{regime['is_basis']}.parquet")
+    alpha = b.filter(pl.col("basis") == 0)["weight"].to_numpy()
+    total = args.steps * args.batch_size * (args.context + 1)
+    return max(1, int(total * float((alpha ** 2).sum()) / MIN_IS_EPOCHS))
 
 
 # --------------------------------------------------------------------------- runs
 
-def config_of(args, seed: int, mixer: str):
+def dga_options(args, over: dict) -> dict:
+    o = {k: getattr(args, k) for k in ("eta", "ema_beta", "reweight_every", "reweight_start", "normalise", "clip")}
+    o.update({k: v for k, v in over.items() if k in o})
+    return o
+
+
+def config_of(args, seed: int, mixer: str, tpd: int | None, over: dict):
     from dgamix.mixing.dga import DGAConfig
     from dgamix.mixing.trainer import TrainConfig
 
-    dga = DGAConfig(eta=args.eta, ema_beta=args.ema_beta if mixer == "dga" else None,
-                    reweight_every=args.reweight_every, reweight_start=args.reweight_start, normalise=args.normalise)
+    o = dga_options(args, over)
+    dga = DGAConfig(eta=o["eta"], ema_beta=o["ema_beta"] if mixer == "dga" else None,
+                    reweight_every=o["reweight_every"], reweight_start=o["reweight_start"],
+                    normalise=o["normalise"], clip=o["clip"])
     return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, dga=dga,
-                       align_batch_size=args.align_batch_size,
-                       target_batch_size=args.target_batch_size, eval_every=args.eval_every,
-                       eval_batches=args.eval_batches, checkpoint_every=0,
-                       tokens_per_domain=args.tokens_per_domain or None, seed=seed, threads=args.threads)
+                       align_batch_size=args.align_batch_size, target_batch_size=args.target_batch_size,
+                       eval_every=args.eval_every, eval_batches=args.eval_batches, checkpoint_every=0,
+                       tokens_per_domain=tpd, seed=seed, threads=args.threads, context=args.context,
+                       vocab_size=args.vocab_size)
 
 
-def cli_line(args, prep: dict, mixer: str, seed: int, name: str) -> str:
-    basis = {"is": prep["is_basis"], "dga": prep["dga_basis"], "dga-noema": prep["dga_basis"]}.get(mixer)
-    parts = [f"dgamix train --workspace {args.workspace} --clusters {prep['clusters']} --level {args.level}",
-             f"--target {args.target} --mixer {mixer}" + (f" --basis {basis}" if basis else ""),
+def cli_line(args, job: dict) -> str:
+    r, mixer, o = job["regime"], job["mixer"], dga_options(args, job["over"])
+    parts = [f"dgamix train --workspace {args.workspace} --clusters {CLUSTERS} --level {r['level']}",
+             f"--target {r['target']} --mixer {mixer}" + (f" --basis {job['basis']}" if job["basis"] else ""),
              f"--steps {args.steps} --batch-size {args.batch_size} --lr {args.lr} --warmup {args.warmup}",
-             f"--tokens-per-domain {args.tokens_per_domain}" if args.tokens_per_domain else "",
+             f"--context {args.context} --vocab-size {args.vocab_size}",
+             f"--tokens-per-domain {job['tpd']}" if job["tpd"] else "",
              f"--eval-every {args.eval_every} --eval-batches {args.eval_batches} --checkpoint-every 0"]
     if mixer.startswith("dga"):
-        parts.append(f"--reweight-every {args.reweight_every} --reweight-start {args.reweight_start} "
-                     f"--eta {args.eta}{f' --ema-beta {args.ema_beta}' if mixer == 'dga' else ''} --normalise {args.normalise} "
-                     f"--align-batch-size {args.align_batch_size} --target-batch-size {args.target_batch_size}")
-    parts.append(f"--seed {seed} --threads {args.threads} --overwrite --quiet --name {name}")
+        parts.append(f"--reweight-every {o['reweight_every']} --reweight-start {o['reweight_start']} --eta {o['eta']}"
+                     + (f" --ema-beta {o['ema_beta']}" if mixer == "dga" and o["ema_beta"] is not None else "")
+                     + f" --normalise {o['normalise']}" + (f" --clip {o['clip']}" if o["clip"] else "")
+                     + f" --align-batch-size {args.align_batch_size} --target-batch-size {args.target_batch_size}")
+    parts.append(f"--seed {job['seed']} --threads {args.threads} --overwrite --quiet --name {job['name']}")
     return " ".join(p for p in parts if p)
 
 
-def run_one(job: tuple) -> dict:
-    """Train one (mixer, seed) in this process; returns its curves, final losses and repetitions."""
-    args, prep, mixer, seed = job
+def movement(weights: list[list[float]]) -> dict:
+    """Total variation of a weight trajectory (rows = logged steps): sum and max of the
+    step-to-step 0.5 |w_t - w_t-1|_1, and 0.5 |w_end - w_0|_1."""
+    W = np.asarray(weights, dtype=np.float64)
+    steps = 0.5 * np.abs(np.diff(W, axis=0)).sum(axis=1) if len(W) > 1 else np.zeros(1)
+    return {"tv_total": float(steps.sum()), "tv_max_step": float(steps.max()),
+            "tv_mean_step": float(steps.mean()), "start_to_end": float(0.5 * np.abs(W[-1] - W[0]).sum())}
+
+
+def run_one(job: dict) -> dict:
+    """Train one (regime, mixer, seed, setting) in this process; returns curves, final losses, movement."""
+    args = job["args"]
     import polars as pl
 
     from dgamix.mixing.run import train_run
 
-    name = f"{args.tag}-{mixer}-s{seed}"
-    basis = {"is": prep["is_basis"], "dga": prep["dga_basis"], "dga-noema": prep["dga_basis"]}.get(mixer)
+    r, mixer, name = job["regime"], job["mixer"], job["name"]
     t0 = time.perf_counter()
-    summary = train_run(args.workspace, prep["clusters"], args.level, args.target, mixer, basis,
-                        config_of(args, seed, mixer), name, overwrite=True, quiet=True)
+    summary = train_run(args.workspace, CLUSTERS, r["level"], r["target"], mixer, job["basis"],
+                        config_of(args, job["seed"], mixer, job["tpd"], job["over"]), name, overwrite=True, quiet=True)
     seconds = time.perf_counter() - t0
     run = args.workspace / "runs" / name
     m = pl.read_parquet(run / "metrics.parquet")
     curves = {split: m.filter(pl.col("split") == split).sort("step").select("step", "loss").to_dict(as_series=False)
               for split in ("target", "general", "train")}
     reps = pl.read_parquet(run / "repetitions.parquet")
-    draws, n_docs = reps["draws"].to_numpy(), reps["n_docs"].to_numpy()
+    draws, n_docs, epochs = reps["draws"].to_numpy(), reps["n_docs"].to_numpy(), reps["epochs"].to_numpy()
     repeated = np.maximum(draws - n_docs, 0).sum() / max(1, draws.sum())   # share of draws that re-read a doc
+    mean_epochs = float((draws / np.maximum(n_docs, 1) * draws).sum() / max(1, draws.sum()))  # per drawn doc
     w = pl.read_parquet(run / "weights.parquet")
     traj = None
     if mixer.startswith("dga"):
         steps = sorted(set(w["step"].to_list()))
-        traj = {"steps": steps, "names": w.filter(pl.col("step") == steps[0])["name"].to_list(),
-                "weights": [w.filter(pl.col("step") == s)["weight"].to_list() for s in steps],
-                "alignments": [w.filter(pl.col("step") == s)["alignment"].to_list() for s in steps]}
+        entry = pl.coalesce("basis", "domain")  # what the weights are over: bases, or domains
+        W = [w.filter(pl.col("step") == s).sort(entry)["weight"].to_list() for s in steps]
+        names = w.filter(pl.col("step") == steps[0]).sort(entry)["name"].to_list()
+        traj = {"steps": steps, "names": names, "weights": W, **movement(W)}
     tgt = curves["target"]["loss"]
-    out = {"mixer": mixer, "seed": seed, "run": name, "command": cli_line(args, prep, mixer, seed, name),
+    out = {"label": job["label"], "regime": job["regime_name"], "mixer": mixer, "seed": job["seed"], "run": name,
+           "command": cli_line(args, job), "tokens_per_domain": job["tpd"],
            "final_target": tgt[-1], "final_general": curves["general"]["loss"][-1],
-           "best_target": float(min(tgt)), "best_target_step": curves["target"]["step"][int(np.argmin(tgt))],
-           "max_epochs": int(reps["epochs"].max()), "repeated_draw_share": float(repeated),
-           "domains_drawn": int((draws > 0).sum()), "seconds": seconds,
+           "best_target": float(min(tgt)), "max_epochs": int(epochs.max()), "mean_epochs": mean_epochs,
+           "repeated_draw_share": float(repeated), "domains_drawn": int((draws > 0).sum()), "seconds": seconds,
            "seconds_per_step": summary["seconds_per_step"], "seconds_per_reweighting": summary["seconds_per_reweighting"],
            "curves": curves, "weights": traj}
-    print(f"  {name:<28} target {out['final_target']:.4f} (best {out['best_target']:.4f} @ {out['best_target_step']})"
-          f"  general {out['final_general']:.4f}  max epochs {out['max_epochs']:>3}  "
-          f"repeats {100 * repeated:4.1f}%  {seconds:5.1f} s", flush=True)
+    mv = f"  TV {traj['tv_total']:.3f} (max step {traj['tv_max_step']:.3f})" if traj else ""
+    print(f"  {name:<34} target {out['final_target']:.4f}  general {out['final_general']:.4f}  "
+          f"epochs max {out['max_epochs']:>3} mean {mean_epochs:5.1f}{mv}  {seconds:5.0f} s", flush=True)
     return out
 
 
 # --------------------------------------------------------------------------- report
 
-def ms(x) -> str:
-    x = np.asarray(x, dtype=np.float64)
-    return f"{x.mean():.4f} ± {x.std(ddof=1) if x.size > 1 else 0.0:.4f}"
+def stats(v) -> dict:
+    v = [float(x) for x in v]
+    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "values": v}
+
+
+def ms(s: dict, sign: bool = False) -> str:
+    return f"{s['mean']:+.4f} ± {s['std']:.4f}" if sign else f"{s['mean']:.4f} ± {s['std']:.4f}"
 
 
 def aggregate(runs: list[dict], mixers: list[str]) -> dict:
     agg = {}
     by = {m: sorted((r for r in runs if r["mixer"] == m), key=lambda r: r["seed"]) for m in mixers}
-    ref = {r["seed"]: r for r in by.get("is", [])}
+    refs = {ref: {r["seed"]: r for r in by.get(ref, [])} for ref in ("is", "uniform")}
     for m, rs in by.items():
         if not rs:
             continue
-        a = {k: [r[k] for r in rs] for k in ("final_target", "final_general", "best_target", "max_epochs",
-                                             "repeated_draw_share", "seconds")}
-        row = {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "values": v}
-               for k, v in a.items()}
-        paired = [r["final_target"] - ref[r["seed"]]["final_target"] for r in rs if r["seed"] in ref]
-        paired_g = [r["final_general"] - ref[r["seed"]]["final_general"] for r in rs if r["seed"] in ref]
-        if paired and m != "is":
-            row["target_minus_is"] = {"mean": float(np.mean(paired)),
-                                      "std": float(np.std(paired, ddof=1)) if len(paired) > 1 else 0.0,
-                                      "values": paired}
-            row["general_minus_is"] = {"mean": float(np.mean(paired_g)),
-                                       "std": float(np.std(paired_g, ddof=1)) if len(paired_g) > 1 else 0.0,
-                                       "values": paired_g}
+        row = {k: stats([r[k] for r in rs]) for k in ("final_target", "final_general", "best_target", "max_epochs",
+                                                       "mean_epochs", "repeated_draw_share", "seconds")}
+        for ref, by_seed in refs.items():
+            pairs = [(r, by_seed[r["seed"]]) for r in rs if r["seed"] in by_seed and m != ref]
+            if pairs:
+                row[f"target_minus_{ref}"] = stats([a["final_target"] - b["final_target"] for a, b in pairs])
+                row[f"general_minus_{ref}"] = stats([a["final_general"] - b["final_general"] for a, b in pairs])
         if rs[0]["weights"] is not None:
+            for k in ("tv_total", "tv_max_step", "tv_mean_step", "start_to_end"):
+                row[k] = stats([r["weights"][k] for r in rs])
             row["final_weights"] = dict(zip(rs[0]["weights"]["names"],
                                             np.mean([r["weights"]["weights"][-1] for r in rs], axis=0).tolist()))
         agg[m] = row
     return agg
 
 
-def print_table(agg: dict) -> None:
-    head = ["mixer", "target loss (final)", "general loss (final)", "target best", "target - IS (paired)",
-            "max epochs", "repeated draws", "s / run"]
+def table(agg: dict) -> str:
+    head = ["mixer", "target loss", "general loss", "target − IS", "target − uniform", "IS epochs (mean/max)",
+            "weight TV (total / max step)"]
     rows = []
     for m, a in agg.items():
-        d = a.get("target_minus_is")
-        rows.append([m, ms(a["final_target"]["values"]), ms(a["final_general"]["values"]),
-                     ms(a["best_target"]["values"]),
-                     "-" if d is None else f"{d['mean']:+.4f} ± {d['std']:.4f}",
-                     f"{a['max_epochs']['mean']:.0f}", f"{100 * a['repeated_draw_share']['mean']:.1f}%",
-                     f"{a['seconds']['mean']:.0f}"])
-    w = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    print("  ".join(h.ljust(x) for h, x in zip(head, w)))
-    for r in rows:
-        print("  ".join(c.ljust(x) for c, x in zip(r, w)))
-    for m, a in agg.items():
-        if "final_weights" in a:
-            top = sorted(a["final_weights"].items(), key=lambda kv: -kv[1])
-            print(f"{m} final basis weights (mean over seeds): " + ", ".join(f"{k}={v:.3f}" for k, v in top))
+        d_is, d_u = a.get("target_minus_is"), a.get("target_minus_uniform")
+        rows.append([m, ms(a["final_target"]), ms(a["final_general"]), "-" if d_is is None else ms(d_is, True),
+                     "-" if d_u is None else ms(d_u, True),
+                     f"{a['mean_epochs']['mean']:.1f} / {a['max_epochs']['mean']:.0f}",
+                     f"{a['tv_total']['mean']:.3f} / {a['tv_max_step']['mean']:.3f}" if "tv_total" in a else "-"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def plot(runs: list[dict], mixers: list[str], path: Path, title: str) -> None:
@@ -259,8 +295,8 @@ def plot(runs: list[dict], mixers: list[str], path: Path, title: str) -> None:
     colours = {"uniform": "tab:gray", "is": "tab:blue", "dga": "tab:red", "dga-noema": "tab:orange"}
     dga_runs = [r for r in runs if r["mixer"] == "dga" and r["weights"]]
     fig, axes = plt.subplots(1, 3 if dga_runs else 2, figsize=(15 if dga_runs else 10, 4.2))
-    for ax, split, label in ((axes[0], "target", "specialised loss (target holdout)"),
-                             (axes[1], "general", "general loss (held-out corpus)")):
+    for ax, split, label in ((axes[0], "target", "target loss (MMLU holdout)"),
+                             (axes[1], "general", "general loss (held-out pool documents)")):
         for m in mixers:
             rs = [r for r in runs if r["mixer"] == m]
             if not rs:
@@ -270,26 +306,58 @@ def plot(runs: list[dict], mixers: list[str], path: Path, title: str) -> None:
             mean, std = ys.mean(0), ys.std(0)
             ax.plot(steps, mean, label=f"{m} (n={len(rs)})", color=colours.get(m), lw=1.8)
             ax.fill_between(steps, mean - std, mean + std, color=colours.get(m), alpha=0.15, lw=0)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss (nats / token)")
-        ax.set_title(label, fontsize=10)
-        ax.grid(alpha=0.3)
-        lo = min(min(r["curves"][split]["loss"]) for r in runs)
         late = [v for r in runs for s, v in zip(r["curves"][split]["step"], r["curves"][split]["loss"])
                 if s >= r["curves"][split]["step"][-1] // 3]
-        ax.set_ylim(lo - 0.05, max(late) + 0.1)
+        if late:
+            ax.set_ylim(min(late) - 0.05, max(late) + 0.1)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats / word piece)")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if dga_runs:
         ax = axes[2]
         steps = dga_runs[0]["weights"]["steps"]
         W = np.mean([r["weights"]["weights"] for r in dga_runs], axis=0)   # (steps, N)
-        ax.stackplot(steps, W.T, labels=dga_runs[0]["weights"]["names"], step="post", alpha=0.85)
-        ax.set_xlim(steps[0], steps[-1])
-        ax.set_ylim(0, 1)
+        top = np.argsort(-W.max(axis=0))[:8]
+        names = dga_runs[0]["weights"]["names"]
+        for j in top:
+            ax.step(steps, W[:, j], where="post", label=str(names[j])[:24], lw=1.5)
+        ax.step(steps, W[:, [j for j in range(W.shape[1]) if j not in set(top)]].sum(axis=1) if W.shape[1] > 8
+                else np.zeros(len(steps)), where="post", color="k", ls=":", label="all others")
         ax.set_xlabel("step")
-        ax.set_title("dga basis weights (mean over seeds)", fontsize=10)
+        ax.set_ylabel("weight")
+        ax.set_title(f"dga weights, top 8 of {W.shape[1]} (mean over seeds)", fontsize=10)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def pareto(runs: list[dict], refs: dict, path: Path, title: str) -> None:
+    """Target loss vs general loss, one point per setting; uniform and IS of the same regime as references."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(refs), figsize=(6.5 * len(refs), 5), squeeze=False)
+    for ax, (regime, ref_runs) in zip(axes[0], refs.items()):
+        for r in ref_runs:
+            ax.scatter(r["final_general"], r["final_target"], marker="s", s=60, color="k" if r["mixer"] == "uniform"
+                       else "tab:blue", zorder=3)
+            ax.annotate(r["mixer"], (r["final_general"], r["final_target"]), fontsize=8, xytext=(4, 4),
+                        textcoords="offset points")
+        for r in (r for r in runs if r["regime"] == regime):
+            ax.scatter(r["final_general"], r["final_target"], color="tab:red", s=30, zorder=2)
+            ax.annotate(r["label"], (r["final_general"], r["final_target"]), fontsize=7, xytext=(3, -8),
+                        textcoords="offset points")
+        ax.set_xlabel("general loss (held-out pool documents)")
+        ax.set_ylabel("target loss (MMLU holdout)")
+        ax.set_title(f"regime {regime}: lower-left is better", fontsize=10)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -297,82 +365,135 @@ def plot(runs: list[dict], mixers: list[str], path: Path, title: str) -> None:
 
 # --------------------------------------------------------------------------- main
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1 seed, 60 steps (< 2 min with a built workspace)")
-    ap.add_argument("--workspace", type=Path, default=ROOT / "ws" / "efficacy")
-    ap.add_argument("--corpus", type=Path, default=ROOT / "data" / "wiki_vital_en.parquet")
-    ap.add_argument("--max-seq-length", type=int, default=128, help="encoder word pieces (embed stage)")
-    ap.add_argument("--precision", default="int8", help="embed precision when the workspace is built")
-    ap.add_argument("--target", default="gsm8k", help=f"target name; data/targets file for {sorted(TARGET_FILES)}")
-    ap.add_argument("--target-file", type=Path, default=None, help="another target file")
-    ap.add_argument("--levels", default="16,16")
-    ap.add_argument("--level", type=int, default=2)
-    ap.add_argument("--basis-by", default="kmeans:8", help="DGA basis: kmeans:N | group | levels | single")
-    ap.add_argument("--generic", default="natural", help="generic basis added to the DGA basis")
-    ap.add_argument("--mixers", default=",".join(MIXERS))
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--tokens-per-domain", type=int, default=1000, help="0 = no cap")
-    ap.add_argument("--reweight-every", type=int, default=25)
-    ap.add_argument("--reweight-start", type=int, default=20)
-    ap.add_argument("--eta", type=float, default=0.3)
-    ap.add_argument("--ema-beta", type=float, default=0.1)
-    ap.add_argument("--normalise", default="none", choices=["none", "cosine", "mean_norm"])
-    ap.add_argument("--align-batch-size", type=int, default=16)
-    ap.add_argument("--target-batch-size", type=int, default=16)
-    ap.add_argument("--eval-every", type=int, default=25)
-    ap.add_argument("--eval-batches", type=int, default=4, help="x 32 sequences per evaluation split")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1 is fastest on 2 busy cores)")
-    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
-    ap.add_argument("--tag", default="eff", help="run-name prefix in WS/runs/")
-    ap.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/efficacy[-quick].json)")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.seeds, args.steps, args.eval_every = "0", 60, 20
-    stem = "efficacy-quick" if args.quick else "efficacy"
-    out = args.out or ROOT / "bench" / "results" / f"{stem}.json"
-    png = out.with_suffix(".png")
-    args.workspace = args.workspace.resolve()
-    mixers = [m.strip() for m in args.mixers.split(",") if m.strip()]
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+def make_jobs(args, regime_name: str, mixers: list[str], seeds: list[int], log: list[str], label: str = "",
+              over: dict | None = None) -> list[dict]:
+    over = over or {}
+    regime = REGIMES[regime_name]
+    ensure_basis(args, regime, regime["is_basis"], "single", "none", log)
+    basis = None
+    if regime["basis"]:
+        by, generic = over.get("basis_by", "group"), over.get("generic", "natural")
+        basis = basis_name(regime, by, generic)
+        ensure_basis(args, regime, basis, by, generic, log)
+    tpd = is_budget(args, regime) if regime["tpd"] == "auto" else None
+    if args.tokens_per_domain:
+        tpd = args.tokens_per_domain
+    jobs = []
+    for s in seeds:
+        for m in mixers:
+            name = f"{args.tag}-{regime_name}-{m}-s{s}" + (f"-{label.replace(' ', '').replace(',', '')}" if label else "")
+            jobs.append({"args": args, "regime": regime, "regime_name": regime_name, "mixer": m, "seed": s,
+                         "basis": {"is": regime["is_basis"]}.get(m, basis if m.startswith("dga") else None),
+                         "tpd": tpd, "over": over, "label": label or m, "name": name[:100]})
+    return jobs
 
-    t0 = time.perf_counter()
-    log: list[str] = []
-    prep = prepare(args, log)
-    jobs = [(args, prep, m, s) for s in seeds for m in mixers]
-    print(f"\n{len(jobs)} runs: {', '.join(mixers)} x seeds {seeds}; {args.steps} steps x {args.batch_size}; "
-          f"tokens per domain {args.tokens_per_domain or 'all'}; {prep['clusters']} level {args.level}; "
-          f"target {args.target}", flush=True)
-    if args.jobs > 1:
+
+def run_jobs(args, jobs: list[dict]) -> list[dict]:
+    if args.jobs > 1 and len(jobs) > 1:
         import multiprocessing as mp
 
         with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            runs = list(pool.map(run_one, jobs))
-    else:
-        runs = [run_one(j) for j in jobs]
-    agg = aggregate(runs, mixers)
-    print()
-    print_table(agg)
-    title = (f"{args.target} on wiki_vital_en, {prep['clusters']} level {args.level}, "
-             f"{args.tokens_per_domain or 'all'} tokens/domain, {args.steps} steps x {args.batch_size}, "
-             f"seeds {seeds}; dga: eta {args.eta}, T_r {args.reweight_every}, beta {args.ema_beta}, "
-             f"normalise {args.normalise}")
+            return list(pool.map(run_one, jobs))
+    return [run_one(j) for j in jobs]
+
+
+def strip(r: dict) -> dict:
+    return {k: v for k, v in r.items() if k != "args"}
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--regime", choices=sorted(REGIMES), default="a")
+    ap.add_argument("--ablate", action="store_true", help="run the ABLATIONS list (1 seed) and draw the Pareto plot")
+    ap.add_argument("--only", default="", help="with --ablate: comma-separated labels to run")
+    ap.add_argument("--workspace", type=Path, default=ROOT / "ws" / "minipile")
+    ap.add_argument("--pool", type=Path, default=MINIPILE / "pool.parquet")
+    ap.add_argument("--targets", type=Path, default=MINIPILE / "targets")
+    ap.add_argument("--mixers", default="", help="default: the regime's mixers")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--context", type=int, default=64)
+    ap.add_argument("--vocab-size", type=int, default=4096)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--tokens-per-domain", type=int, default=0, help="override the regime's budget (0 = regime's)")
+    from dgamix.mixing.dga import DEFAULT_EMA_BETA, NORMALISE_MODES, DGAConfig
+
+    d = DGAConfig()
+    ap.add_argument("--reweight-every", type=int, default=d.reweight_every)
+    ap.add_argument("--reweight-start", type=int, default=d.reweight_start)
+    ap.add_argument("--eta", type=float, default=d.eta)
+    ap.add_argument("--ema-beta", type=float, default=DEFAULT_EMA_BETA)
+    ap.add_argument("--normalise", default=d.normalise, choices=NORMALISE_MODES)
+    ap.add_argument("--clip", type=float, default=None)
+    ap.add_argument("--align-batch-size", type=int, default=8)
+    ap.add_argument("--target-batch-size", type=int, default=16)
+    ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--eval-batches", type=int, default=4, help="x 32 windows per evaluation split")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1 is fastest on 2 busy cores)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    ap.add_argument("--tag", default="eff", help="run-name prefix in WS/runs/")
+    ap.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/efficacy-<regime>.json)")
+    args = ap.parse_args(argv)
+    if not args.pool.exists() and not (args.workspace / "embeddings.parquet").exists():
+        print(f"skipped: the mini-Pile is not here ({args.pool}); it lives in ../shared/data/minipile, which a "
+              f"user's clone has no copy of. Pass --pool and --targets to use another copy.")
+        return None
+    args.workspace = args.workspace.resolve()
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    t0 = time.perf_counter()
+    log: list[str] = []
+    prep = prepare(args, log)
+    stem = "efficacy-ablations" if args.ablate else f"efficacy-{args.regime}"
+    out = args.out or ROOT / "bench" / "results" / f"{stem}.json"
+    png = out.with_suffix(".png")
     out.parent.mkdir(parents=True, exist_ok=True)
-    plot(runs, mixers, png, title)
-    res = {"mode": "quick" if args.quick else "full",
-           "command": "python bench/efficacy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    res = {"command": "python bench/efficacy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                        "loadavg": [round(x, 2) for x in os.getloadavg()]},
-           "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-           "workspace": prep, "stage_commands": log, "aggregate": agg, "runs": runs,
-           "findings": FINDINGS, "seconds": time.perf_counter() - t0, "plot": str(png.relative_to(ROOT))
-           if png.is_relative_to(ROOT) else str(png)}
+           "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "workspace": prep}
+    if args.ablate:
+        only = {s.strip() for s in args.only.split(",") if s.strip()}
+        chosen = [a for a in ABLATIONS if not only or a[0] in only]
+        jobs = [j for label, regime, over in chosen
+                for j in make_jobs(args, regime, ["dga"], seeds[:1], log, label, over)]
+        regimes = sorted({j["regime_name"] for j in jobs})
+        ref_jobs = [j for rg in regimes for j in make_jobs(args, rg, ["uniform", "is"], seeds[:1], log)]
+        runs = run_jobs(args, ref_jobs + jobs)
+        refs = {rg: [r for r in runs[:len(ref_jobs)] if r["regime"] == rg] for rg in regimes}
+        runs = runs[len(ref_jobs):]
+        pareto(runs, refs, png, f"DGA ablations, seed {seeds[0]}, {args.steps} steps x {args.batch_size} windows "
+                                f"of {args.context + 1}; one point per setting (defaults: eta {args.eta}, "
+                                f"beta {args.ema_beta}, T_r {args.reweight_every}, normalise {args.normalise})")
+        print("\n| setting | regime | target loss | general loss | weight TV (total / max step) |\n|---|---|---|---|---|")
+        for rg, rs in refs.items():
+            for r in rs:
+                print(f"| {r['mixer']} (reference) | {rg} | {r['final_target']:.4f} | {r['final_general']:.4f} | - |")
+        for r in runs:
+            w = r["weights"]
+            print(f"| {r['label']} | {r['regime']} | {r['final_target']:.4f} | {r['final_general']:.4f} | "
+                  f"{w['tv_total']:.3f} / {w['tv_max_step']:.3f} |")
+        res.update(runs=[strip(r) for r in runs], references={k: [strip(r) for r in v] for k, v in refs.items()})
+    else:
+        regime = REGIMES[args.regime]
+        mixers = [m.strip() for m in args.mixers.split(",") if m.strip()] or list(regime["mixers"])
+        jobs = make_jobs(args, args.regime, mixers, seeds, log)
+        print(f"\nregime {args.regime}: {len(jobs)} runs ({', '.join(mixers)} x seeds {seeds}); {args.steps} steps x "
+              f"{args.batch_size} windows of {args.context + 1}; tokens per domain {jobs[0]['tpd'] or 'all'}; "
+              f"{CLUSTERS} level {regime['level']}; target {regime['target']}", flush=True)
+        runs = run_jobs(args, jobs)
+        agg = aggregate(runs, mixers)
+        print()
+        print(table(agg))
+        plot(runs, mixers, png, f"regime {args.regime}: target {regime['target']}, {CLUSTERS} level {regime['level']}, "
+                                f"{jobs[0]['tpd'] or 'all'} tokens/domain, {args.steps} steps, seeds {seeds}; dga: "
+                                f"eta {args.eta}, beta {args.ema_beta}, T_r {args.reweight_every}, {args.normalise}")
+        res.update(aggregate=agg, table=table(agg), runs=[strip(r) for r in runs])
+    res.update(stage_commands=log, seconds=time.perf_counter() - t0,
+               plot=str(png.relative_to(ROOT)) if png.is_relative_to(ROOT) else str(png))
     out.write_text(json.dumps(res, indent=1) + "\n")
-    print(f"\nwrote {out} and {png} ({png.stat().st_size / 1024:.0f} KB) in {res['seconds']:.0f} s")
+    print(f"\nwrote {out} and {png} in {res['seconds']:.0f} s")
     return res
 
 

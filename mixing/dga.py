@@ -48,12 +48,12 @@ class DGAConfig:
     eta_schedule: "constant", or "lr" for eta_t = eta * lr_t / lr_0 (lr_0 = lr of the first update).
     """
 
-    eta: float = 0.3
+    eta: float = 1.0
     ema_beta: float | None = None
     reweight_every: int = 25
     reweight_start: int = 20
     floor: float = 0.0
-    normalise: Normalise = "none"
+    normalise: Normalise = "standardise"
     clip: float | None = None
     eta_schedule: Literal["constant", "lr"] = "constant"
 
@@ -136,8 +136,12 @@ def normalise_alignments(a: np.ndarray, grad_norms: np.ndarray | None,
     if mode == "none":
         return a
     if mode == "standardise":
-        sd = a.std()
-        return (a - a.mean()) / sd if sd > 0 else np.zeros_like(a)
+        scale = np.abs(a).max() if a.size else 0.0
+        if not scale > 0:
+            return np.zeros_like(a)
+        b = a / scale  # z-scores do not change under scaling; this keeps +-1e308 from overflowing
+        sd = b.std()
+        return (b - b.mean()) / sd if sd > 0 else np.zeros_like(a)
     if grad_norms is None or target_norm is None:
         raise ValueError(f"normalise={mode!r} needs grad_norms and target_norm")
     g = np.asarray(grad_norms, dtype=np.float64)

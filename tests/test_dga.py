@@ -42,7 +42,7 @@ def test_ema_endpoints_and_interior():
 @given(n=st.integers(1, 12), data=st.data(), beta=st.floats(0, 1), eta=st.floats(0, 5),
        floor=st.sampled_from([0.0, 1e-3, 0.2]))
 def test_weights_stay_on_simplex(n, data, beta, eta, floor):
-    dga = DGA(n, DGAConfig(eta=eta, ema_beta=beta, floor=floor))
+    dga = DGA(n, DGAConfig(eta=eta, ema_beta=beta, floor=floor, normalise="none"))
     for _ in range(4):
         a = data.draw(arrays(np.float64, n, elements=finite))
         w = dga.update(0, a)
@@ -52,12 +52,12 @@ def test_weights_stay_on_simplex(n, data, beta, eta, floor):
 
 
 def test_extreme_alignments_exact():
-    dga = DGA(3, DGAConfig(eta=0.3, ema_beta=0.1))
+    dga = DGA(3, DGAConfig(eta=0.3, ema_beta=0.1, normalise="none"))
     w = dga.update(0, np.array([1e6, -1e6, 0.0]))
     np.testing.assert_allclose(w, 0.1 / 3 + 0.9 * np.array([1.0, 0.0, 0.0]), rtol=1e-14)
     w = dga.update(50, np.array([-1e6, 1e6, 1e6]))  # the winner flips; nothing is NaN
     assert np.isfinite(dga.log_w[:2]).all() and abs(w.sum() - 1) < 1e-12
-    huge = DGA(3, DGAConfig(eta=5.0, ema_beta=0.0))   # eta * a overflows float64
+    huge = DGA(3, DGAConfig(eta=5.0, ema_beta=0.0, normalise="none"))   # eta * a overflows float64
     np.testing.assert_array_equal(huge.update(0, np.array([-1.7e308, 1.7e308, 0.0])), [0, 1, 0])
     np.testing.assert_array_equal(huge.update(1, np.array([1.7e308, -1.7e308, 0.0])), [0, 1, 0])
 
@@ -89,7 +89,7 @@ def test_beta_one_never_moves(a):
 def test_beta_zero_is_exponentiated_gradient():
     rng = np.random.default_rng(1)
     w = rng.dirichlet(np.ones(7))
-    dga = DGA(7, DGAConfig(eta=0.4, ema_beta=0.0), init_weights=w)
+    dga = DGA(7, DGAConfig(eta=0.4, ema_beta=0.0, normalise="none"), init_weights=w)
     for t in range(10):
         a = rng.normal(size=7) * 3
         w = eg_step(w, a, 0.4)
@@ -99,7 +99,7 @@ def test_beta_zero_is_exponentiated_gradient():
 def test_ema_trajectory_matches_probability_space():
     rng = np.random.default_rng(2)
     w = np.full(5, 0.2)
-    dga = DGA(5, DGAConfig(eta=0.3, ema_beta=0.1))
+    dga = DGA(5, DGAConfig(eta=0.3, ema_beta=0.1, normalise="none"))
     for t in range(20):
         a = rng.normal(size=5)
         w = 0.1 * w + 0.9 * eg_step(w, a, 0.3)
@@ -107,7 +107,7 @@ def test_ema_trajectory_matches_probability_space():
 
 
 def test_floor_keeps_weights_above_eps_over_n():
-    dga = DGA(8, DGAConfig(eta=1.0, ema_beta=0.0, floor=0.04))
+    dga = DGA(8, DGAConfig(eta=1.0, ema_beta=0.0, floor=0.04, normalise="none"))
     for t in range(30):
         w = dga.update(t, np.r_[1e6, np.zeros(7)])
     assert w.min() >= 0.04 / 8 * (1 - 1e-12)
@@ -122,11 +122,11 @@ def test_needs_alignment_every_period_from_the_start_step():
 
 
 def test_lr_schedule_scales_eta():
-    cfg = DGAConfig(eta=0.4, ema_beta=0.0, eta_schedule="lr")
-    dga, ref = DGA(3, cfg), DGA(3, DGAConfig(eta=0.4, ema_beta=0.0))
+    cfg = DGAConfig(eta=0.4, ema_beta=0.0, eta_schedule="lr", normalise="none")
+    dga, ref = DGA(3, cfg), DGA(3, DGAConfig(eta=0.4, ema_beta=0.0, normalise="none"))
     a = np.array([1.0, -0.5, 0.2])
     np.testing.assert_allclose(dga.update(0, a, lr=1e-3), ref.update(0, a), rtol=1e-14)
-    half = DGA(3, DGAConfig(eta=0.2, ema_beta=0.0), init_weights=ref.weights())
+    half = DGA(3, DGAConfig(eta=0.2, ema_beta=0.0, normalise="none"), init_weights=ref.weights())
     np.testing.assert_allclose(dga.update(50, a, lr=5e-4), half.update(0, a), rtol=1e-13)
     with pytest.raises(ValueError, match="lr"):
         dga.update(100, a)
@@ -146,7 +146,7 @@ def test_normalise_modes():
 
 def test_state_dict_round_trip_continues_identically():
     rng = np.random.default_rng(3)
-    cfg = DGAConfig(eta=0.5, ema_beta=0.2, floor=1e-3, eta_schedule="lr")
+    cfg = DGAConfig(eta=0.5, ema_beta=0.2, floor=1e-3, eta_schedule="lr", normalise="none")
     a_seq = rng.normal(size=(10, 6))
     dga = DGA(6, cfg)
     for t in range(4):
@@ -252,7 +252,7 @@ def test_identity_basis_equals_domain_reweighting():
     X, Y, dom = _toy_regression(k, 60, d, 7, theta)
     target = (X[:32], X[:32] @ torch.tensor(theta[2], dtype=torch.float32))
     index = DomainIndex.from_arrays(np.arange(dom.size), dom)
-    cfg = DGAConfig(eta=0.5, ema_beta=0.1)
+    cfg = DGAConfig(eta=0.5, ema_beta=0.1, normalise="none")
     basis = BasisMatrix.identity(k)
     by_domain = _run_dga(DGA(k, cfg), MixtureSampler(index, seed=1), X, Y, target,
                          updates=5, train_steps=3, batch=16, lr=0.05, seed=0)
@@ -268,7 +268,7 @@ def test_identity_basis_equals_domain_reweighting():
 def test_doge_cumulative_and_average():
     rng = np.random.default_rng(8)
     w0 = rng.dirichlet(np.ones(4))
-    doge = DoGE(4, DGAConfig(eta=0.2), init_weights=w0)
+    doge = DoGE(4, DGAConfig(eta=0.2, normalise="none"), init_weights=w0)
     np.testing.assert_allclose(doge.average_weights(), w0)
     a_seq, ws = rng.normal(size=(6, 4)), []
     for t, a in enumerate(a_seq):
@@ -312,7 +312,7 @@ def test_eta_zero_is_no_step_even_for_alignments_past_float64s_range():
     log_w = np.log(np.array([0.2, 0.3, 0.5]))
     out = mirror_step(log_w, np.array([1.7e308, -1.7e308, 0.0]), 0.0)  # a - max overflows to -inf
     np.testing.assert_allclose(np.exp(out), [0.2, 0.3, 0.5])
-    dga = DGA(3, DGAConfig(eta=0.0, ema_beta=0.0, reweight_start=0))
+    dga = DGA(3, DGAConfig(eta=0.0, ema_beta=0.0, reweight_start=0, normalise="none"))
     assert np.isfinite(dga.update(0, np.array([1.7e308, -1.7e308, 0.0]))).all()
 
 

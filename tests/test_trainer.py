@@ -33,7 +33,7 @@ N_DOCS = 160
 TOPICS_PER_DOMAIN = 3  # level_2 domain = (topic index // 3) % 4 -> 4 domains; level_1 = level_2 // 2
 
 
-DGA_KEYS = ("eta", "ema_beta", "reweight_every", "reweight_start", "floor", "normalise", "eta_schedule")
+DGA_KEYS = tuple(f.name for f in dataclasses.fields(DGAConfig))
 
 
 def tiny_config(**kw) -> TrainConfig:
@@ -324,11 +324,13 @@ def test_train_run_writes_manifests_on_simplex_and_dga_moves(tiny_ws):
     assert np.abs(last - 1 / 3).max() > 1e-3  # moved away from the uniform start
     assert df["name"].to_list()[:3] == ["target", "generic", "pocket"]
     # recompute the step-5 update from the log and the metadata
-    from dgamix.mixing.dga import ema, mirror_step
+    from dgamix.mixing.dga import ema, mirror_step, normalise_alignments
     w0 = df.filter(pl.col("step") == 0).sort("basis")
     w5 = df.filter(pl.col("step") == 5).sort("basis")
     lw = np.log(w0["weight"].to_numpy())
-    expect = np.exp(ema(lw, mirror_step(lw, w5["alignment"].to_numpy(), p["eta"]), p["ema_beta"]))
+    a = normalise_alignments(w5["alignment"].to_numpy(), w5["grad_norm"].to_numpy(), w5["target_norm"][0],
+                             p["normalise"])
+    expect = np.exp(ema(lw, mirror_step(lw, a, p["eta"]), p["ema_beta"]))
     np.testing.assert_allclose(w5["weight"].to_numpy(), expect, rtol=1e-9)
     m = pl.read_parquet(d / "metrics.parquet")
     assert set(m["split"].unique()) == {"train", "target", "general"}
@@ -374,7 +376,7 @@ def test_train_run_refuses_and_resumes(tiny_ws):
 def test_recorded_ema_beta_is_the_one_the_run_used(tiny_ws):
     """dga-noema records ema_beta 0 (it ran with 0): the logged update is recomputed from the recorded
     value. A --ema-beta that a mixer would ignore is refused instead; doge records none."""
-    from dgamix.mixing.dga import ema, mirror_step
+    from dgamix.mixing.dga import ema, mirror_step, normalise_alignments
 
     train_run(tiny_ws, "c", 2, "t", "dga-noema", "b", tiny_config(eta=3.0, steps=10, checkpoint_every=0),
               name="noema", quiet=True)
@@ -384,7 +386,9 @@ def test_recorded_ema_beta_is_the_one_the_run_used(tiny_ws):
     df = pl.from_arrow(w)
     lw = np.log(df.filter(pl.col("step") == 0).sort("basis")["weight"].to_numpy())
     w5 = df.filter(pl.col("step") == 5).sort("basis")
-    expect = np.exp(ema(lw, mirror_step(lw, w5["alignment"].to_numpy(), p["eta"]), p["ema_beta"]))
+    a = normalise_alignments(w5["alignment"].to_numpy(), w5["grad_norm"].to_numpy(), w5["target_norm"][0],
+                             p["normalise"])
+    expect = np.exp(ema(lw, mirror_step(lw, a, p["eta"]), p["ema_beta"]))
     np.testing.assert_allclose(w5["weight"].to_numpy(), expect, rtol=1e-9)
     assert np.abs(expect - np.exp(ema(lw, mirror_step(lw, w5["alignment"].to_numpy(), 3.0), 0.1))).max() > 1e-6
 
@@ -445,3 +449,17 @@ def test_a_checkpoint_of_another_format_is_refused_with_one_line(tiny_ws):
         train_run(tiny_ws, "c", 2, "t", "uniform", None, dataclasses.replace(cfg, steps=12), name="old-format", resume=True,
                   quiet=True)
     assert len(str(e.value).splitlines()) == 1
+
+
+def test_dga_clip_reaches_the_alignments_and_is_recorded(tiny_ws):
+    """DGAConfig.clip rescales every alignment gradient: the logged norms are <= clip, and the
+    run's metadata records the setting."""
+    cfg = tiny_config(steps=10, checkpoint_every=0, clip=1e-4)
+    train_run(tiny_ws, "c", 2, "t", "dga", "b", cfg, name="clipped", quiet=True)
+    w = pl.read_parquet(tiny_ws.run_dir("clipped") / "weights.parquet").drop_nulls("alignment")
+    assert w.height > 0
+    assert (w["grad_norm"] <= 1e-4 * (1 + 1e-9)).all() and (w["target_norm"] <= 1e-4 * (1 + 1e-9)).all()
+    # |a_j| <= |g_j| |g_spe| (Cauchy-Schwarz) on the clipped gradients
+    assert (w["alignment"].abs() <= w["grad_norm"] * w["target_norm"] * (1 + 1e-9)).all()
+    meta = manifest.read_meta(tiny_ws.run_dir("clipped") / "weights.parquet", "run-weights")
+    assert meta["params"]["clip"] == 1e-4 and meta["params"]["normalise"] == cfg.dga.normalise
