@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     import polars as pl
 
-    from dgamix.mixing.run import train_run
     from dgamix.mixing.dga import DGAConfig
+    from dgamix.mixing.run import train_run
     from dgamix.mixing.trainer import TrainConfig
 
     levels = [int(x) for x in args.levels.split(",")]

@@ -41,11 +41,11 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from dgamix.pipeline.core import manifest  # noqa: E402
 from dgamix.pipeline.assign import ShardAssigner  # noqa: E402
+from dgamix.pipeline.core import manifest  # noqa: E402
 from dgamix.pipeline.core.manifest import embedding_array, embedding_matrix  # noqa: E402
-from dgamix.pipeline.encoder import EmbedConfig, load_encoder, model_fingerprint  # noqa: E402
 from dgamix.pipeline.embed import ShardEmbedder  # noqa: E402
+from dgamix.pipeline.encoder import EmbedConfig, load_encoder, model_fingerprint  # noqa: E402
 from dgamix.pipeline.engine import EngineConfig, map_shards, session  # noqa: E402
 from dgamix.pipeline.kmeans import ArraySource, FitConfig, fit_tree  # noqa: E402
 from dgamix.pipeline.onnx_int8 import cores  # noqa: E402
