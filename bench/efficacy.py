@@ -55,22 +55,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 CLUSTERS = "k64-64"
 FEW = 64  # target examples of the few-example variant
-REGIMES = {
-    "a": {"level": 1, "target": "mmlu", "basis": None, "is_basis": "is-l1", "tpd": None,
-          "mixers": ("uniform", "is", "dga")},
-    "b": {"level": 1, "target": "mmlu", "basis": None, "is_basis": "is-l1", "tpd": "auto",
-          "mixers": ("uniform", "is", "dga", "dga-noema")},
-    "c": {"level": 2, "target": "mmlu", "basis": "subjects-l2", "is_basis": "is-l2", "tpd": None,
-          "mixers": ("uniform", "is", "dga")},
-    "c-few": {"level": 2, "target": "mmlu64", "basis": "subjects64-l2", "is_basis": "is64-l2", "tpd": None,
-              "mixers": ("uniform", "is", "dga")},
+REGIMES = {  # basis: what DGA reweights (None = the k domains; "group" = one basis per target group)
+    "a": {"level": 1, "target": "mmlu", "basis": None, "tpd": None, "mixers": ("uniform", "is", "dga")},
+    "b": {"level": 1, "target": "mmlu", "basis": None, "tpd": "auto", "mixers": ("uniform", "is", "dga", "dga-noema")},
+    "c": {"level": 2, "target": "mmlu", "basis": "group", "tpd": None, "mixers": ("uniform", "is", "dga")},
+    "c-few": {"level": 2, "target": "mmlu64", "basis": "group", "tpd": None, "mixers": ("uniform", "is", "dga")},
 }
-MIN_IS_EPOCHS = 10  # regime b: the budget is set so that IS re-reads its domains at least this often
+TARGETS = {"mmlu64": "mmlu"}  # target name -> file in --targets (default: the same name)
+# Regime b: the budget T is set from IS's histogram alpha so that total * sum(alpha^2) / T = MIN_IS_EPOCHS
+# passes; measured, IS then re-reads its documents ~0.7x that often (draw-weighted mean), so 14 gives >= 10.
+MIN_IS_EPOCHS = 14
 # Ablations (regime a unless noted), one seed each: (label, regime, overrides of the DGA options).
 ABLATIONS = [
     ("default", "a", {}),
-    ("standardise eta 0.3", "a", {"eta": 0.3}), ("standardise eta 3", "a", {"eta": 3.0}),
-    ("raw dot, eta 0.3", "a", {"normalise": "none", "eta": 0.3}),
+    ("standardise eta 1", "a", {"eta": 1.0}), ("standardise eta 3", "a", {"eta": 3.0}),
+    ("raw dot, eta 0.3", "a", {"normalise": "none"}),
     ("cosine, eta 4", "a", {"normalise": "cosine", "eta": 4.0}),
     ("mean_norm, eta 4", "a", {"normalise": "mean_norm", "eta": 4.0}),
     ("beta 0", "a", {"ema_beta": 0.0}), ("beta 0.5", "a", {"ema_beta": 0.5}), ("beta 0.9", "a", {"ema_beta": 0.9}),
@@ -107,9 +106,7 @@ def exists(path: Path, kind: str) -> bool:
 
 
 def basis_name(regime: dict, by: str, generic: str) -> str:
-    if by == "group" and generic == "natural":
-        return regime["basis"]
-    return f"{regime['basis']}-{by.replace(':', '')}-{generic}"
+    return f"{regime['target']}-l{regime['level']}-{by.replace(':', '')}-{generic}"
 
 
 def prepare(args, log: list[str]) -> dict:
@@ -121,11 +118,11 @@ def prepare(args, log: list[str]) -> dict:
                "--max-seq-length", "128", "--precision", "int8", "--quiet", log=log)
     if not exists(ws / "clusters" / CLUSTERS / "tree.parquet", "tree"):
         dgamix("cluster", "--workspace", str(ws), "--levels", "64,64", "--name", CLUSTERS, "--quiet", log=log)
-    mmlu = args.targets / "mmlu.parquet"
-    for name, holdout in (("mmlu", "0.2"), ("mmlu64", "0.99426")):  # 11,151 x (1 - 0.99426) = 64 reweight examples
+    for name in args.target_names:
+        holdout = "0.99426" if name == "mmlu64" else "0.2"  # 11,151 x (1 - 0.99426) = 64 reweight examples
         if not exists(ws / "targets" / name / "examples.parquet", "target"):
-            dgamix("target", str(mmlu), "--workspace", str(ws), "--name", name, "--group-column", "group",
-                   "--holdout", holdout, log=log)
+            dgamix("target", str(args.targets / f"{TARGETS.get(name, name)}.parquet"), "--workspace", str(ws),
+                   "--name", name, "--group-column", "group", "--holdout", holdout, log=log)
     return {"seconds": time.perf_counter() - t0}
 
 
@@ -140,7 +137,7 @@ def is_budget(args, regime: dict) -> int:
     domains it samples MIN_IS_EPOCHS times on average: E_alpha[epochs] = total * sum(alpha^2) / T."""
     import polars as pl
 
-    b = pl.read_parquet(args.workspace / "bases" / f"{regime['is_basis']}.parquet")
+    b = pl.read_parquet(args.workspace / "bases" / f"{basis_name(regime, 'single', 'none')}.parquet")
     alpha = b.filter(pl.col("basis") == 0)["weight"].to_numpy()
     total = args.steps * args.batch_size * (args.context + 1)
     return max(1, int(total * float((alpha ** 2).sum()) / MIN_IS_EPOCHS))
@@ -195,8 +192,38 @@ def movement(weights: list[list[float]]) -> dict:
             "tv_mean_step": float(steps.mean()), "start_to_end": float(0.5 * np.abs(W[-1] - W[0]).sum())}
 
 
+def expected_params(args, job: dict) -> dict:
+    """The parameters a finished run of ``job`` records in its manifests (run.py: recorded_params)."""
+    from dgamix.mixing.run import recorded_params, resolve_ema_beta
+
+    r = job["regime"]
+    cfg = resolve_ema_beta(job["mixer"], config_of(args, job["seed"], job["mixer"], job["tpd"], job["over"]))
+    return {"clusters": CLUSTERS, "level": r["level"], "target": r["target"], "mixer": job["mixer"],
+            "basis": job["basis"], **recorded_params(cfg)}
+
+
+def finished_run(args, job: dict) -> Path | None:
+    """A run of the workspace that already trained exactly ``job`` (same settings, seed, inputs'
+    names), so --reuse can read it instead of training again; None if there is none."""
+    from dgamix.pipeline.core import manifest
+
+    want = expected_params(args, job)
+    for run in sorted((args.workspace / "runs").iterdir()):
+        files = [run / f for f in ("metrics.parquet", "weights.parquet", "repetitions.parquet")]
+        if not all(f.exists() for f in files):
+            continue
+        try:
+            got = manifest.read_meta(files[0], "run-metrics")["params"]
+        except Exception:  # noqa: BLE001 - unreadable: not reusable
+            continue
+        if all(got.get(k) == v for k, v in want.items()):
+            return run
+    return None
+
+
 def run_one(job: dict) -> dict:
-    """Train one (regime, mixer, seed, setting) in this process; returns curves, final losses, movement."""
+    """Train one (regime, mixer, seed, setting) in this process (or, with --reuse, read a finished run
+    with the same settings); returns curves, final losses, movement."""
     args = job["args"]
     import polars as pl
 
@@ -204,10 +231,18 @@ def run_one(job: dict) -> dict:
 
     r, mixer, name = job["regime"], job["mixer"], job["name"]
     t0 = time.perf_counter()
-    summary = train_run(args.workspace, CLUSTERS, r["level"], r["target"], mixer, job["basis"],
-                        config_of(args, job["seed"], mixer, job["tpd"], job["over"]), name, overwrite=True, quiet=True)
-    seconds = time.perf_counter() - t0
-    run = args.workspace / "runs" / name
+    run = finished_run(args, job) if args.reuse else None
+    if run is None:
+        summary = train_run(args.workspace, CLUSTERS, r["level"], r["target"], mixer, job["basis"],
+                            config_of(args, job["seed"], mixer, job["tpd"], job["over"]), name, overwrite=True,
+                            quiet=True)
+        run = args.workspace / "runs" / name
+        seconds = time.perf_counter() - t0
+    else:
+        name = run.name
+        summary = {"seconds_per_step": None, "seconds_per_reweighting": None}
+        seconds = float("nan")
+        print(f"  (reusing {run.name}: same settings)", flush=True)
     m = pl.read_parquet(run / "metrics.parquet")
     curves = {split: m.filter(pl.col("split") == split).sort("step").select("step", "loss").to_dict(as_series=False)
               for split in ("target", "general", "train")}
@@ -295,7 +330,7 @@ def plot(runs: list[dict], mixers: list[str], path: Path, title: str) -> None:
     colours = {"uniform": "tab:gray", "is": "tab:blue", "dga": "tab:red", "dga-noema": "tab:orange"}
     dga_runs = [r for r in runs if r["mixer"] == "dga" and r["weights"]]
     fig, axes = plt.subplots(1, 3 if dga_runs else 2, figsize=(15 if dga_runs else 10, 4.2))
-    for ax, split, label in ((axes[0], "target", "target loss (MMLU holdout)"),
+    for ax, split, label in ((axes[0], "target", "target loss (target holdout examples)"),
                              (axes[1], "general", "general loss (held-out pool documents)")):
         for m in mixers:
             rs = [r for r in runs if r["mixer"] == m]
@@ -354,7 +389,7 @@ def pareto(runs: list[dict], refs: dict, path: Path, title: str) -> None:
             ax.annotate(r["label"], (r["final_general"], r["final_target"]), fontsize=7, xytext=(3, -8),
                         textcoords="offset points")
         ax.set_xlabel("general loss (held-out pool documents)")
-        ax.set_ylabel("target loss (MMLU holdout)")
+        ax.set_ylabel("target loss (target holdout examples)")
         ax.set_title(f"regime {regime}: lower-left is better", fontsize=10)
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
@@ -368,11 +403,12 @@ def pareto(runs: list[dict], refs: dict, path: Path, title: str) -> None:
 def make_jobs(args, regime_name: str, mixers: list[str], seeds: list[int], log: list[str], label: str = "",
               over: dict | None = None) -> list[dict]:
     over = over or {}
-    regime = REGIMES[regime_name]
-    ensure_basis(args, regime, regime["is_basis"], "single", "none", log)
+    regime = dict(REGIMES[regime_name], target=args.target or REGIMES[regime_name]["target"])
+    is_basis = basis_name(regime, "single", "none")
+    ensure_basis(args, regime, is_basis, "single", "none", log)
     basis = None
     if regime["basis"]:
-        by, generic = over.get("basis_by", "group"), over.get("generic", "natural")
+        by, generic = over.get("basis_by", regime["basis"]), over.get("generic", "natural")
         basis = basis_name(regime, by, generic)
         ensure_basis(args, regime, basis, by, generic, log)
     tpd = is_budget(args, regime) if regime["tpd"] == "auto" else None
@@ -383,7 +419,7 @@ def make_jobs(args, regime_name: str, mixers: list[str], seeds: list[int], log: 
         for m in mixers:
             name = f"{args.tag}-{regime_name}-{m}-s{s}" + (f"-{label.replace(' ', '').replace(',', '')}" if label else "")
             jobs.append({"args": args, "regime": regime, "regime_name": regime_name, "mixer": m, "seed": s,
-                         "basis": {"is": regime["is_basis"]}.get(m, basis if m.startswith("dga") else None),
+                         "basis": is_basis if m == "is" else basis if m.startswith("dga") else None,
                          "tpd": tpd, "over": over, "label": label or m, "name": name[:100]})
     return jobs
 
@@ -410,6 +446,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--pool", type=Path, default=MINIPILE / "pool.parquet")
     ap.add_argument("--targets", type=Path, default=MINIPILE / "targets")
     ap.add_argument("--mixers", default="", help="default: the regime's mixers")
+    ap.add_argument("--target", default="", help="another target of --targets (default: the regime's, mmlu)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -434,6 +471,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1 is fastest on 2 busy cores)")
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     ap.add_argument("--tag", default="eff", help="run-name prefix in WS/runs/")
+    ap.add_argument("--reuse", action="store_true", help="read a finished run of WS/runs/ trained with the same "
+                                                         "settings instead of training it again")
     ap.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/efficacy-<regime>.json)")
     args = ap.parse_args(argv)
     if not args.pool.exists() and not (args.workspace / "embeddings.parquet").exists():
@@ -441,11 +480,12 @@ def main(argv: list[str] | None = None) -> dict | None:
               f"user's clone has no copy of. Pass --pool and --targets to use another copy.")
         return None
     args.workspace = args.workspace.resolve()
+    args.target_names = [args.target] if args.target else sorted({r["target"] for r in REGIMES.values()})
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     t0 = time.perf_counter()
     log: list[str] = []
     prep = prepare(args, log)
-    stem = "efficacy-ablations" if args.ablate else f"efficacy-{args.regime}"
+    stem = "efficacy-ablations" if args.ablate else f"efficacy-{args.regime}" + (f"-{args.target}" if args.target else "")
     out = args.out or ROOT / "bench" / "results" / f"{stem}.json"
     png = out.with_suffix(".png")
     out.parent.mkdir(parents=True, exist_ok=True)

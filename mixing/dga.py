@@ -48,7 +48,7 @@ class DGAConfig:
     eta_schedule: "constant", or "lr" for eta_t = eta * lr_t / lr_0 (lr_0 = lr of the first update).
     """
 
-    eta: float = 1.0
+    eta: float = 0.3
     ema_beta: float | None = None
     reweight_every: int = 25
     reweight_start: int = 20
