@@ -30,8 +30,8 @@ test: venv
 # Each line is what a user would type; uniform, IS and DGA are trained side by side and the
 # report (WS/report/report.md, plots) compares them.
 DG      := $(BIN)/dgamix
-TRAIN   = train --workspace $(WS) --clusters k64-4 --level 1 --target mmlu --steps $(DEMO_STEPS) --seed 0 --threads 1 --overwrite --quiet
-DEMO_STEPS ?= 400
+TRAIN   = train --workspace $(WS) --clusters k64-4 --level 1 --target mmlu --steps $(DEMO_STEPS) --align-batch-size 8 --seed 0 --threads 1 --overwrite --quiet
+DEMO_STEPS ?= 300
 demo: venv
 	@start=$$(date +%s); \
 	step() { t=$$(date +%s); echo; echo "== dgamix $$*"; "$(DG)" "$$@" || exit 1; echo "   ($$(( $$(date +%s) - t )) s)"; }; \

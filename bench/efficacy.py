@@ -440,6 +440,7 @@ def strip(r: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict | None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--regime", choices=sorted(REGIMES), default="a")
+    ap.add_argument("--quick", action="store_true", help="regime a, seed 0, 60 steps, into efficacy-quick.json")
     ap.add_argument("--ablate", action="store_true", help="run the ABLATIONS list (1 seed) and draw the Pareto plot")
     ap.add_argument("--only", default="", help="with --ablate: comma-separated labels to run")
     ap.add_argument("--workspace", type=Path, default=ROOT / "ws" / "minipile")
@@ -475,6 +476,9 @@ def main(argv: list[str] | None = None) -> dict | None:
                                                          "settings instead of training it again")
     ap.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/efficacy-<regime>.json)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.regime, args.seeds, args.steps, args.eval_every = "a", "0", 60, 20
+        args.out = args.out or ROOT / "bench" / "results" / "efficacy-quick.json"
     if not args.pool.exists() and not (args.workspace / "embeddings.parquet").exists():
         print(f"skipped: the mini-Pile is not here ({args.pool}); it lives in ../shared/data/minipile, which a "
               f"user's clone has no copy of. Pass --pool and --targets to use another copy.")

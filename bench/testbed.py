@@ -76,10 +76,13 @@ def plain_loop(model, windows: torch.Tensor, cfg, steps: int, bf16: bool) -> tup
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--quick", action="store_true", help="20 steps (make bench)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--docs", type=int, default=4000, help="documents of the slice to train on")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "testbed.json")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.steps = 20
     from dgamix.mixing.mixers import make_mixer
     from dgamix.mixing.model import ModelConfig, TinyGPT
     from dgamix.mixing.sampler import MixtureSampler
