@@ -146,7 +146,8 @@ def is_budget(args, regime: dict) -> int:
 # --------------------------------------------------------------------------- runs
 
 def dga_options(args, over: dict) -> dict:
-    o = {k: getattr(args, k) for k in ("eta", "ema_beta", "reweight_every", "reweight_start", "normalise", "clip")}
+    o = {k: getattr(args, k) for k in ("eta", "ema_beta", "reweight_every", "reweight_start", "normalise", "clip",
+                                       "init")}
     o.update({k: v for k, v in over.items() if k in o})
     return o
 
@@ -158,7 +159,7 @@ def config_of(args, seed: int, mixer: str, tpd: int | None, over: dict):
     o = dga_options(args, over)
     dga = DGAConfig(eta=o["eta"], ema_beta=o["ema_beta"] if mixer == "dga" else None,
                     reweight_every=o["reweight_every"], reweight_start=o["reweight_start"],
-                    normalise=o["normalise"], clip=o["clip"])
+                    normalise=o["normalise"], clip=o["clip"], init=o["init"])
     return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, dga=dga,
                        align_batch_size=args.align_batch_size, target_batch_size=args.target_batch_size,
                        eval_every=args.eval_every, eval_batches=args.eval_batches, checkpoint_every=0,
@@ -178,6 +179,7 @@ def cli_line(args, job: dict) -> str:
         parts.append(f"--reweight-every {o['reweight_every']} --reweight-start {o['reweight_start']} --eta {o['eta']}"
                      + (f" --ema-beta {o['ema_beta']}" if mixer == "dga" and o["ema_beta"] is not None else "")
                      + f" --normalise {o['normalise']}" + (f" --clip {o['clip']}" if o["clip"] else "")
+                     + (f" --init {o['init']}" if o["init"] != "uniform" else "")
                      + f" --align-batch-size {args.align_batch_size} --target-batch-size {args.target_batch_size}")
     parts.append(f"--seed {job['seed']} --threads {args.threads} --overwrite --quiet --name {job['name']}")
     return " ".join(p for p in parts if p)
@@ -465,6 +467,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--ema-beta", type=float, default=DEFAULT_EMA_BETA)
     ap.add_argument("--normalise", default=d.normalise, choices=NORMALISE_MODES)
     ap.add_argument("--clip", type=float, default=None)
+    ap.add_argument("--init", default=d.init, choices=("uniform", "target"))
     ap.add_argument("--align-batch-size", type=int, default=8)
     ap.add_argument("--target-batch-size", type=int, default=16)
     ap.add_argument("--eval-every", type=int, default=50)

@@ -41,6 +41,8 @@ def train(
     normalise: str = typer.Option(_DGA.normalise, help="Alignment scale before the step: none (raw gradient dot "
                                                        "products) | cosine | mean_norm (divide by the mean probe norm "
                                                        "x target norm) | standardise (z-score over the update)."),
+    init: str = typer.Option(_DGA.init, help="DGA's starting weights: uniform | target (the mixture of the bases / "
+                                             "domains that best explains the target's examples: where IS starts)."),
     clip: Optional[float] = typer.Option(_DGA.clip, min=0.0, help="Clip every alignment gradient to this L2 norm "
                                                                   "before the dot product (default: no clipping)."),
     align_batch_size: int = typer.Option(16, min=1, help="Windows per basis/domain probe batch at each reweighting."),
@@ -73,7 +75,7 @@ def train(
 
     try:  # DGA's settings go into their one config; the trainer's into TrainConfig, which holds it
         dga = DGAConfig(eta=eta, ema_beta=ema_beta, reweight_every=reweight_every, reweight_start=reweight_start,
-                        normalise=normalise, clip=clip or None)
+                        normalise=normalise, clip=clip or None, init=init)
         cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, dga=dga,
                           align_batch_size=align_batch_size, target_batch_size=target_batch_size,
                           eval_every=eval_every, eval_batches=eval_batches, checkpoint_every=checkpoint_every,

@@ -46,6 +46,10 @@ class DGAConfig:
     clip: if set, every gradient (each probe's and the target's) is rescaled to L2 norm <= clip
         before the dot product (``gradient_alignments``); None disables.
     eta_schedule: "constant", or "lr" for eta_t = eta * lr_t / lr_0 (lr_0 = lr of the first update).
+    init: the starting weights: "uniform" (1/n), or "target": the mixture of the n entries that
+        best explains the target's own examples (``target_mixture``: for group bases, each group's
+        share of the examples, i.e. DGA starts where importance sampling is), mixed with uniform
+        at INIT_FLOOR so that no entry starts at exactly 0 (mirror descent never revives a 0).
     """
 
     eta: float = 0.3
@@ -56,6 +60,7 @@ class DGAConfig:
     normalise: Normalise = "standardise"
     clip: float | None = None
     eta_schedule: Literal["constant", "lr"] = "constant"
+    init: Literal["uniform", "target"] = "uniform"
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.eta) and self.eta >= 0):
@@ -74,6 +79,8 @@ class DGAConfig:
             raise ValueError(f"clip must be > 0 (or None), got {self.clip}")
         if self.eta_schedule not in ("constant", "lr"):
             raise ValueError(f"eta_schedule must be constant|lr, got {self.eta_schedule!r}")
+        if self.init not in ("uniform", "target"):
+            raise ValueError(f"init must be uniform|target, got {self.init!r}")
 
     def due(self, step: int) -> bool:
         """Whether ``step`` is a reweighting step: from reweight_start on, every reweight_every steps."""
@@ -156,6 +163,36 @@ def normalise_alignments(a: np.ndarray, grad_norms: np.ndarray | None,
     out = np.zeros_like(a)
     np.divide(a, den, out=out, where=den > 0)
     return out
+
+
+INIT_FLOOR = 0.05  # init="target": every entry starts with at least INIT_FLOOR / n of the mass
+
+
+def target_mixture(P: "BasisMatrix", domains: np.ndarray, iters: int = 500, tol: float = 1e-10) -> np.ndarray:
+    """Weights w (N,) on the simplex maximising the target's likelihood sum_i log (w @ P)[d_i].
+
+    domains (m,) int64: the domain of each target example (reweight examples). The maximiser is
+    found by EM for mixture weights (w_j <- mean_i w_j P_j(d_i) / (w @ P)(d_i)), which increases
+    the likelihood at every iteration. For bases built one per target group (or k-means group)
+    it is each group's share of the examples; for P = I it is the target's histogram. Examples
+    in domains no basis covers are ignored.
+    """
+    d = np.asarray(domains, dtype=np.int64)
+    d = d[(d >= 0) & (d < P.k)]
+    L = P.P.tocsc()[:, d].T.tocsr()          # (m, N): P_j(d_i)
+    covered = np.asarray(L.sum(axis=1)).ravel() > 0
+    L = L[covered]
+    w = np.full(P.n, 1.0 / P.n)
+    if L.shape[0] == 0:
+        return w
+    for _ in range(iters):
+        mix = L @ w                            # (m,) likelihood of each example
+        new = w * np.asarray(L.T @ (1.0 / mix)).ravel() / L.shape[0]
+        new /= new.sum()
+        if np.abs(new - w).max() < tol:
+            return new
+        w = new
+    return w
 
 
 def log_init_weights(n: int, init_weights: np.ndarray | None) -> np.ndarray:

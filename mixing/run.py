@@ -17,8 +17,8 @@ What a run trains on.
 
 Outputs (dgamix.pipeline.core.manifest, atomic): metrics.parquet (step, split, loss, tokens, seconds),
 weights.parquet (step, basis, domain, name, weight, alignment, grad_norm, target_norm, lr; the
-metadata holds eta, ema_beta, reweight_every, normalise, mixer, basis, clusters, level, target
-and init="uniform" so every update can be recomputed from the log), repetitions.parquet
+metadata holds every DGAConfig setting (eta, ema_beta, reweight_every, normalise, clip, init, ...),
+mixer, basis, clusters, level and target, so every update can be recomputed from the log), repetitions.parquet
 (domain, n_docs, draws, epochs) and checkpoint/state.pt.
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from dgamix.mixing.dga import INIT_FLOOR, BasisMatrix, target_mixture
 from dgamix.mixing.inputs import (
     HOLDOUT_SEED,
     check_level,
@@ -94,6 +95,20 @@ def load_target_examples(ws: Workspace, target: str) -> tuple[list[str], list[st
     return list(text[split == "reweight"]), list(text[split == "holdout"]), meta
 
 
+def start_weights(ws: Workspace, clusters: str, level: int, target: str, P: BasisMatrix,
+                  config: TrainConfig) -> np.ndarray | None:
+    """DGA's starting weights over P's rows (None = uniform): with ``dga.init = "target"`` the
+    mixture that best explains the target's reweight examples, floored at INIT_FLOOR."""
+    if config.dga.init == "uniform":
+        return None
+    from dgamix.pipeline.target import target_assignments
+
+    assign = target_assignments(ws, target, clusters)
+    reweight = np.asarray(assign["split"].to_pylist()) == "reweight"
+    w = target_mixture(P, np.asarray(assign[f"level_{level}"])[reweight])
+    return (1 - INIT_FLOOR) * w + INIT_FLOOR / P.n
+
+
 def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_name: str,
                  basis: str | None, config: TrainConfig, quiet: bool = True) -> dict:
     """Everything a run needs, from the manifests; clear DgamixErrors for bad inputs."""
@@ -136,7 +151,8 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
     probe_seeds = dict(seed=config.seed + PROBE_SALT, tokens_per_domain=tpd, pool_seed=config.seed)
     if basis is not None and mixer_name in ADAPTIVE:  # distribution reweighting over N bases
         kind, ids, names = "basis", np.arange(P.n), [str(n) for n in basis_names]
-        mixer = make_mixer(mixer_name, P.n, config=config.dga)
+        init = start_weights(ws, clusters, level, target, P, config) if mixer_name in ADAPTIVE else None
+        mixer = make_mixer(mixer_name, P.n, init=init, config=config.dga)
         sampler, probe = MixtureSampler(index, P, **seeds), MixtureSampler(index, P, **probe_seeds)
     else:  # domain-level mixtures over the k populated domains
         kind, ids, names = "domain", index.domains.copy(), [str(d) for d in index.domains]
@@ -144,7 +160,10 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
             raise DgamixError(f"domain reweighting over {len(index):,} domains needs {len(index) + 1:,} backward "
                               f"passes per reweighting; pass --basis B (distribution reweighting) or a coarser --level.")
         init = None
-        if mixer_name == "natural":
+        if mixer_name in ADAPTIVE:
+            init = start_weights(ws, clusters, level, target, BasisMatrix.identity(index.k), config)
+            init = None if init is None else init[index.domains]
+        elif mixer_name == "natural":
             init = index.sizes.astype(np.float64)
         elif mixer_name == "is":
             init = is_weights(P, basis_names, index)
@@ -210,8 +229,9 @@ def repetitions_table(reps: dict) -> pa.Table:
 def write_outputs(ws: Workspace, name: str, metrics: list[dict], weights: list[dict], data: TrainData,
                   params: dict, reps: dict | None = None) -> None:
     d = ws.run_dir(name)
-    meta_params = {**params, "init": "uniform" if params["mixer"] in ADAPTIVE or params["mixer"] == "uniform"
-                   else params["mixer"], "kind": data.kind}
+    # init: DGA's starting rule (DGAConfig.init: uniform | target); a static mixer's is its own name
+    meta_params = {**params, "init": params["init"] if params["mixer"] in ADAPTIVE else params["mixer"],
+                   "kind": data.kind}
     fp = manifest.fingerprint(params)
     built = {f"clusters/{params['clusters']}": params.get("clusters_file"),
              f"targets/{params['target']}": params.get("target_file")}

@@ -334,3 +334,33 @@ def test_clip_is_a_dga_setting_and_is_validated():
             DGAConfig(clip=bad)
     with pytest.raises(ValueError, match="normalise"):
         DGAConfig(normalise="zscore")
+
+
+def test_target_mixture_recovers_the_group_shares_and_the_histogram():
+    """EM for the mixture weights: with one basis per group (each the histogram of its group's
+    examples) the maximiser is each group's share of the examples; with P = I the histogram."""
+    from dgamix.mixing.dga import target_mixture
+
+    # 3 groups of examples over 5 domains; group j's basis is its examples' histogram
+    groups = [np.array([0, 0, 1]), np.array([1, 2, 2, 2, 3, 3]), np.array([4])]
+    rows = [np.bincount(g, minlength=5) / len(g) for g in groups]
+    generic = np.full(5, 0.2)
+    domains = np.concatenate(groups)
+    hist = np.bincount(domains, minlength=5) / domains.size
+    # the group shares 3/10, 6/10, 1/10 reproduce the empirical histogram exactly
+    np.testing.assert_allclose(target_mixture(BasisMatrix(np.vstack(rows)), domains), [0.3, 0.6, 0.1], atol=1e-7)
+    # with a generic basis the maximum is on the boundary (generic 0), which EM approaches as 1/t
+    P = BasisMatrix(np.vstack(rows + [generic]))
+    w = target_mixture(P, domains, iters=5000, tol=1e-13)
+    np.testing.assert_allclose(w, [0.3, 0.6, 0.1, 0.0], atol=0.02)
+
+    def loglik(v):
+        return float(np.log(v @ P.P.toarray()[:, domains]).sum())
+
+    assert loglik(np.array([0.3, 0.6, 0.1, 0.0])) - loglik(w) < 1e-3
+    assert loglik(w) > loglik(np.full(4, 0.25))
+    np.testing.assert_allclose(target_mixture(BasisMatrix.identity(5), domains), hist, atol=1e-9)
+    # examples in domains no basis covers are ignored; none at all gives uniform weights
+    P2 = BasisMatrix(np.vstack(rows[:2]))  # domain 4 is covered by neither
+    np.testing.assert_allclose(target_mixture(P2, np.array([4, 4])), [0.5, 0.5])
+    assert abs(target_mixture(P2, domains).sum() - 1) < 1e-12

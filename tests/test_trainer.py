@@ -75,9 +75,18 @@ def build_workspace(root: Path) -> Workspace:
                      "size": pa.array([r[3] for r in rows], pa.int64()),
                      "centroid": pa.array([[0.0] * 8] * len(rows), pa.list_(pa.float32(), 8))})
     manifest.write(ws.tree("c"), tree, "tree", {"levels": [2, 2], "seed": 0}, "fp-c")
+    # its centroids' checksum, so that the target's examples can descend it (all-zero centroids
+    # and embeddings: every example lands in domain 0 at each level)
+    from dgamix.pipeline.cluster import Tree
+
+    manifest.write(ws.tree("c"), tree, "tree", {"levels": [2, 2], "seed": 0}, "fp-c",
+                   extra={"centroids_checksum": Tree.read(ws.tree("c"), (2, 2)).checksum()})
     parts = pa.table({"doc_id": pa.array(np.arange(N_DOCS), pa.int64()),
                       "level_1": pa.array(dom2 // 2, pa.int64()), "level_2": pa.array(dom2, pa.int64())})
-    manifest.write(ws.assignment_part("c", 0), parts, "assignments-part", {"levels": [2, 2]}, "fp-c")
+    from dgamix.pipeline.core import validate
+
+    manifest.write(ws.assignment_part("c", 0), parts, "assignments-part", {"levels": [2, 2]},
+                   validate.tree_fingerprint(manifest.read_meta(ws.tree("c"), "tree")))
     # target 't': 40 GSM8K problems, 30 reweight + 10 holdout
     gsm = pl.read_parquet(DATA / "targets" / "gsm8k.parquet").head(40)
     n = gsm.height
@@ -463,3 +472,20 @@ def test_dga_clip_reaches_the_alignments_and_is_recorded(tiny_ws):
     assert (w["alignment"].abs() <= w["grad_norm"] * w["target_norm"] * (1 + 1e-9)).all()
     meta = manifest.read_meta(tiny_ws.run_dir("clipped") / "weights.parquet", "run-weights")
     assert meta["params"]["clip"] == 1e-4 and meta["params"]["normalise"] == cfg.dga.normalise
+
+
+def test_dga_init_target_starts_where_the_target_is(tiny_ws):
+    """init="target": the starting weights are the basis mixture that best explains the target's
+    examples. Basis 'b' holds the target's own histogram ('target'), so nearly all the mass starts
+    there, and every basis keeps at least INIT_FLOOR / N."""
+    from dgamix.mixing.dga import INIT_FLOOR
+
+    inp = build_inputs(tiny_ws, "c", 2, "t", "dga", "b", tiny_config(init="target"))
+    w0 = inp["mixer"].weights()
+    names = inp["data"].names
+    assert names[0] == "target" and w0[0] > 0.9 and (w0 >= INIT_FLOOR / len(w0) - 1e-12).all()
+    uniform = build_inputs(tiny_ws, "c", 2, "t", "dga", "b", tiny_config())["mixer"].weights()
+    np.testing.assert_allclose(uniform, 1 / len(w0))
+    # domain reweighting starts at the target's histogram over the domains (floored)
+    dom = build_inputs(tiny_ws, "c", 2, "t", "dga", None, tiny_config(init="target"))["mixer"].weights()
+    assert abs(dom.sum() - 1) < 1e-12 and dom.max() > 2 / len(dom)
