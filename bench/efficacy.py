@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -156,7 +157,8 @@ def config_of(args, seed: int, mixer: str, tpd: int | None, over: dict):
     from dgamix.mixing.dga import DGAConfig
     from dgamix.mixing.trainer import TrainConfig
 
-    o = dga_options(args, over)
+    # the static mixers ignore DGA's settings: they record the defaults, so --reuse finds them across DGA settings
+    o = dga_options(args, over) if mixer.startswith("dga") else asdict(DGAConfig())
     dga = DGAConfig(eta=o["eta"], ema_beta=o["ema_beta"] if mixer == "dga" else None,
                     reweight_every=o["reweight_every"], reweight_start=o["reweight_start"],
                     normalise=o["normalise"], clip=o["clip"], init=o["init"])

@@ -137,6 +137,7 @@ def normalise_alignments(a: np.ndarray, grad_norms: np.ndarray | None,
                larger gradient still moves its weight more (keeps the ranking of raw dots).
     standardise: (a_j - mean a) / std a over this update's n alignments (population std): every
                update has the same spread, whatever the scale of the gradients; needs no norms.
+               With n = 2 it keeps only the sign of a_1 - a_2 (z = +-1).
     A zero denominator (a zero gradient, or all a_j equal) gives alignment 0: no information, no move.
     """
     a = np.asarray(a, dtype=np.float64)
@@ -148,7 +149,8 @@ def normalise_alignments(a: np.ndarray, grad_norms: np.ndarray | None,
             return np.zeros_like(a)
         b = a / scale  # z-scores do not change under scaling; this keeps +-1e308 from overflowing
         sd = b.std()
-        return (b - b.mean()) / sd if sd > 0 else np.zeros_like(a)
+        # differences at rounding level (sd ~ 1e-16 of the largest) are no signal: no move
+        return (b - b.mean()) / sd if sd > 1e-12 else np.zeros_like(a)
     if grad_norms is None or target_norm is None:
         raise ValueError(f"normalise={mode!r} needs grad_norms and target_norm")
     g = np.asarray(grad_norms, dtype=np.float64)
@@ -159,7 +161,7 @@ def normalise_alignments(a: np.ndarray, grad_norms: np.ndarray | None,
     elif mode == "mean_norm":
         den = np.full_like(a, g.mean() * float(target_norm))
     else:
-        raise ValueError(f"unknown normalise mode {mode!r}; use none|cosine|mean_norm")
+        raise ValueError(f"unknown normalise mode {mode!r}; use {'|'.join(NORMALISE_MODES)}")
     out = np.zeros_like(a)
     np.divide(a, den, out=out, where=den > 0)
     return out

@@ -13,7 +13,8 @@ What a run trains on.
   domains, with the static weights of B's basis named "target" (else its first basis).
   Basis mass on a domain with no trainable document is dropped and the basis renormalised.
 - Target: the "reweight" examples give the alignment target batches, the "holdout" examples
-  the "target" evaluation set (a fixed seeded subset of eval_batches x eval_batch_size).
+  the "target" evaluation set (a fixed seeded subset of eval_batches x eval_batch_size examples,
+  packed into at most that many windows, an equal share from each example).
 
 Outputs (dgamix.pipeline.core.manifest, atomic): metrics.parquet (step, split, loss, tokens, seconds),
 weights.parquet (step, basis, domain, name, weight, alignment, grad_norm, target_norm, lr; the
@@ -95,17 +96,28 @@ def load_target_examples(ws: Workspace, target: str) -> tuple[list[str], list[st
     return list(text[split == "reweight"]), list(text[split == "holdout"]), meta
 
 
-def start_weights(ws: Workspace, clusters: str, level: int, target: str, P: BasisMatrix,
-                  config: TrainConfig) -> np.ndarray | None:
-    """DGA's starting weights over P's rows (None = uniform): with ``dga.init = "target"`` the
-    mixture that best explains the target's reweight examples, floored at INIT_FLOOR."""
+def eval_windows(tokens, ids: np.ndarray, context: int, size: int):
+    """At most ``size`` packed windows of the documents ``ids``, each document cut to an equal
+    share of them: its first ceil(size / len(ids)) x (context + 1) - 1 pieces."""
+    share = -(-size // max(1, len(ids))) * (context + 1) - 1
+    return pack_stream(tokens.stream(ids, limit=share), context, size)
+
+
+def start_weights(ws: Workspace, clusters: str, level: int, target: str, P: BasisMatrix | None,
+                  config: TrainConfig, index) -> np.ndarray | None:
+    """DGA's starting weights (None = uniform): with ``dga.init = "target"`` the mixture of P's rows
+    (P None: of the populated domains, index.domains) that best explains the target's reweight
+    examples, floored at INIT_FLOOR."""
     if config.dga.init == "uniform":
         return None
     from dgamix.pipeline.target import target_assignments
 
     assign = target_assignments(ws, target, clusters)
     reweight = np.asarray(assign["split"].to_pylist()) == "reweight"
-    w = target_mixture(P, np.asarray(assign[f"level_{level}"])[reweight])
+    domains = np.asarray(assign[f"level_{level}"])[reweight]
+    if P is None:  # domain reweighting: columns = the populated domains; other examples are dropped
+        P, domains = BasisMatrix.identity(len(index)), index.positions(domains)
+    w = target_mixture(P, domains)
     return (1 - INIT_FLOOR) * w + INIT_FLOOR / P.n
 
 
@@ -131,13 +143,15 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
     if len(tokens) <= int(full.docs.max()):
         raise DgamixError(f"assignments of '{clusters}' name doc_id {int(full.docs.max())} but docs.parquet has "
                           f"{len(tokens)} documents; rerun `dgamix cluster` after `dgamix embed`.")
-    # Target and evaluation sets are packed like training batches: every piece counts once.
+    # Target and evaluation sets are packed like training batches. An evaluation set of eval_size
+    # windows takes an equal share from every one of its documents (the first pieces of each), so
+    # a few long documents cannot fill it alone.
     reweight = text_tokens(tok, vocab, reweight_texts)
     target_w = pack_stream(reweight.stream(np.arange(len(reweight))), config.context)
     hold = np.random.default_rng(HOLDOUT_SEED).permutation(len(holdout_texts))[:eval_size]
     holdout = text_tokens(tok, vocab, [holdout_texts[i] for i in np.sort(hold)])
-    target_eval = pack_stream(holdout.stream(np.arange(len(holdout))), config.context, eval_size)
-    general_eval = pack_stream(tokens.stream(held), config.context, eval_size)
+    target_eval = eval_windows(holdout, np.arange(len(holdout)), config.context, eval_size)
+    general_eval = eval_windows(tokens, held, config.context, eval_size)
 
     P, basis_meta, basis_names = None, None, None
     if basis is not None:
@@ -151,7 +165,7 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
     probe_seeds = dict(seed=config.seed + PROBE_SALT, tokens_per_domain=tpd, pool_seed=config.seed)
     if basis is not None and mixer_name in ADAPTIVE:  # distribution reweighting over N bases
         kind, ids, names = "basis", np.arange(P.n), [str(n) for n in basis_names]
-        init = start_weights(ws, clusters, level, target, P, config) if mixer_name in ADAPTIVE else None
+        init = start_weights(ws, clusters, level, target, P, config, index)
         mixer = make_mixer(mixer_name, P.n, init=init, config=config.dga)
         sampler, probe = MixtureSampler(index, P, **seeds), MixtureSampler(index, P, **probe_seeds)
     else:  # domain-level mixtures over the k populated domains
@@ -161,8 +175,7 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
                               f"passes per reweighting; pass --basis B (distribution reweighting) or a coarser --level.")
         init = None
         if mixer_name in ADAPTIVE:
-            init = start_weights(ws, clusters, level, target, BasisMatrix.identity(index.k), config)
-            init = None if init is None else init[index.domains]
+            init = start_weights(ws, clusters, level, target, None, config, index)
         elif mixer_name == "natural":
             init = index.sizes.astype(np.float64)
         elif mixer_name == "is":

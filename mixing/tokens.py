@@ -22,8 +22,9 @@ empty). Its length is docs.parquet's ``n_tokens`` (untruncated pieces), so a bud
 Packing. A batch is ``rows`` windows of context + 1 pieces cut from the stream
 doc, EOS, doc, EOS, ... of the drawn documents: inputs window[:-1], targets window[1:]. The
 training ``Packer`` carries the tail of its last document into the next batch, so every drawn
-piece is trained on exactly once and no window is padded. Alignment probes and evaluation sets
-are packed the same way (``pack_stream``).
+piece is trained on exactly once and no window is padded. Alignment probes are packed from
+fresh documents (``probe_batch``); the target batches and the evaluation sets are packed once
+(``pack_stream``; an evaluation set takes an equal share of windows from every document).
 
 Cache. Tokenising a corpus takes seconds to minutes; the pieces and the vocabulary are built
 once and stored as .npy files in WS/cache/tokens-<fingerprint>/ (written to a temporary folder
@@ -162,10 +163,13 @@ class DocTokens:
         n = np.diff(self.offsets)
         return n if ids is None else n[np.asarray(ids, dtype=np.int64)]
 
-    def stream(self, ids: np.ndarray) -> np.ndarray:
-        """The documents ``ids`` in order, each followed by EOS: (sum(lengths) + len(ids),) int32."""
+    def stream(self, ids: np.ndarray, limit: int | None = None) -> np.ndarray:
+        """The documents ``ids`` in order, each followed by EOS: (sum(lengths) + len(ids),) int32.
+        ``limit``: keep at most the first ``limit`` pieces of each document."""
         ids = np.asarray(ids, dtype=np.int64)
         lens = self.lengths(ids)
+        if limit is not None:
+            lens = np.minimum(lens, limit)
         out = np.full(int(lens.sum()) + ids.size, EOS, dtype=np.int32)
         starts = np.cumsum(lens + 1) - (lens + 1)              # where each document starts in ``out``
         seg = np.repeat(np.arange(ids.size), lens)             # document of each piece
@@ -214,25 +218,33 @@ def pack_stream(stream: np.ndarray, context: int, rows: int | None = None) -> Wi
 class Packer:
     """Training batches of ``rows`` x (context + 1) pieces from a stream of drawn documents.
 
-    ``next(draw)`` calls ``draw(m)`` (-> m doc ids, in draw order) until the carried pieces and the
-    new documents fill the batch; the tail of the last document is carried into the next batch, so
-    every drawn piece is trained on exactly once and no window holds padding. ``m`` is estimated
-    from ``mean_len`` so that a batch rarely draws more documents than it needs (a document drawn
-    under the current weights is trained on now or at the next step). State: the carried pieces.
+    ``next(draw)`` fills a batch with the carried tail of the previous batch's last document,
+    then whole documents in draw order (each followed by EOS) until the batch is full; the rest
+    of the last document is carried into the next batch. So every drawn piece is trained on
+    exactly once, in draw order, no window holds padding, and the carry is at most one
+    document's tail. Documents are drawn ``m`` at a time (``draw(m)`` -> m doc ids), with m
+    estimated from ``mean_len`` so that a batch rarely draws more than it uses; drawn documents
+    not yet started wait in ``pending`` for the next batch. State: the carry and the pending ids.
     """
 
     def __init__(self, tokens: DocTokens, context: int, rows: int, mean_len: float) -> None:
         self.tokens, self.width, self.rows = tokens, context + 1, rows
         self.mean_len = max(1.0, float(mean_len))
         self.carry = np.zeros(0, np.int32)
+        self.pending = np.zeros(0, np.int64)
 
     def next(self, draw) -> torch.Tensor:
         """(rows, context + 1) int64 tensor of the next training windows."""
         need = self.rows * self.width
         parts, have = [self.carry], self.carry.size
         while have < need:
-            m = max(1, math.ceil((need - have) / (self.mean_len + 1)))
-            piece = self.tokens.stream(draw(m))
+            if not self.pending.size:
+                self.pending = np.asarray(draw(max(1, math.ceil((need - have) / (self.mean_len + 1)))), np.int64)
+            lens = self.tokens.lengths(self.pending) + 1
+            # take documents up to and including the one that fills the batch
+            take = int(np.searchsorted(np.cumsum(lens), need - have)) + 1
+            piece = self.tokens.stream(self.pending[:take])
+            self.pending = self.pending[take:]
             parts.append(piece)
             have += piece.size
         stream = np.concatenate(parts)
@@ -240,15 +252,16 @@ class Packer:
         return torch.from_numpy(stream[:need].reshape(self.rows, self.width).astype(np.int64))
 
     def state_dict(self) -> dict:
-        return {"carry": torch.from_numpy(self.carry.copy())}
+        return {"carry": torch.from_numpy(self.carry.copy()), "pending": torch.from_numpy(self.pending.copy())}
 
     def load_state_dict(self, state: dict) -> None:
         self.carry = np.asarray(state["carry"], dtype=np.int32).copy()
+        self.pending = np.asarray(state["pending"], dtype=np.int64).copy()
 
 
 def probe_batch(tokens: DocTokens, draw, rows: int, context: int, mean_len: float) -> torch.Tensor:
-    """One alignment probe: ``rows`` packed windows of freshly drawn documents (no carry; the
-    tail of the last document is dropped), (rows, context + 1) int64."""
+    """One alignment probe: ``rows`` packed windows of freshly drawn documents (no carry in, and
+    the surplus of the draw dropped), (rows, context + 1) int64."""
     return Packer(tokens, context, rows, mean_len).next(draw)
 
 

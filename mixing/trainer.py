@@ -16,7 +16,7 @@ One step s (0-based; "after s steps" = s optimiser updates done):
    ``mixer.update(s, a, grad_norms, target_norm, lr)``;
 4. a training batch: documents drawn by ``sampler.sample(m, mixer.weights())`` packed into
    batch_size windows of context + 1 pieces (``tokens.Packer``: every drawn piece is trained on
-   once) -> AdamW step (gradient clipping at ``grad_clip``), learning rate ``lr_at(s)``.
+   once, in draw order; the carry is at most one document's tail) -> AdamW step (gradient clipping at ``grad_clip``), learning rate ``lr_at(s)``.
 
 After the last step: a final evaluation at step = steps and a final checkpoint.
 
@@ -317,6 +317,9 @@ class Trainer:
                             self.eval_seconds)}
 
     def load_state(self, state: dict) -> None:
+        if state.get("format", 1) != CHECKPOINT_FORMAT:
+            raise DgamixError(f"checkpoint format {state.get('format', 1)} cannot be resumed by this dgamix (format "
+                              f"{CHECKPOINT_FORMAT}); restart the run.")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.mixer.load_state_dict(state["mixer"])

@@ -183,15 +183,37 @@ def test_stream_and_packing_keep_every_piece_once():
     batches = [packer.next(draw) for _ in range(3)]
     assert all(b.shape == (2, 4) and b.dtype == torch.int64 for b in batches)
     got = torch.cat(batches).reshape(-1).tolist()
-    assert got == toks.stream(np.array(drawn)).tolist()[:24]
-    assert packer.carry.tolist() == toks.stream(np.array(drawn)).tolist()[24:]
-    # the carry is the packer's whole state: a fresh packer given it continues identically
+    started = drawn[:len(drawn) - packer.pending.size]  # drawn documents not yet started wait in pending
+    assert packer.pending.tolist() == drawn[len(started):]
+    assert got + packer.carry.tolist() == toks.stream(np.array(started)).tolist()
+    assert packer.carry.size <= toks.lengths().max()  # at most the tail of one document
+    assert toks.stream(np.array([3, 0]), limit=2).tolist() == [30, 31, EOS, 10, 11, EOS]
+    # carry and pending are the packer's whole state: a fresh packer given them continues identically
     again = Packer(toks, context=3, rows=2, mean_len=2.0)
     again.load_state_dict(packer.state_dict())
     rest = list(order)
     it1, it2 = iter(rest), iter(rest)
     assert torch.equal(packer.next(lambda m: np.array([next(it1) for _ in range(m)])),
                        again.next(lambda m: np.array([next(it2) for _ in range(m)])))
+
+
+def test_packer_does_not_stockpile_long_documents():
+    """mean_len underestimates the drawn documents (10 vs 5,000 pieces): the packer still starts
+    only the documents the batch needs, so a weight change reaches the next batch that starts a
+    document, and the carry stays below one document."""
+    toks = DocTokens(np.arange(5000 * 30) % 50 + 3, np.arange(31) * 5000)
+    calls = []
+
+    def draw(m):
+        calls.append(m)
+        return np.arange(sum(calls) - m, sum(calls)) % 30
+
+    packer = Packer(toks, context=63, rows=4, mean_len=10.0)
+    for _ in range(30):
+        packer.next(draw)
+        assert packer.carry.size < 5001
+    # 30 batches x 256 pieces = 7,680 pieces: documents 0 and 1 started, the rest still pending
+    assert packer.pending.size == calls[0] - 2 and len(calls) == 1
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -282,8 +304,13 @@ def test_general_holdout_and_duplicates_never_sampled(tiny_ws, monkeypatch):
     assert not np.isin(drawn, held).any()
     assert not np.isin(drawn, [5, 6]).any()
     # the general eval set is exactly the held-out docs
-    expect = pack_stream(inp["data"].tokens.stream(held), cfg.context, cfg.eval_batches * cfg.eval_batch_size)
+    # ... packed with an equal share of windows per document: 8 docs, 8 windows -> 1 window each
+    size = cfg.eval_batches * cfg.eval_batch_size
+    expect = pack_stream(inp["data"].tokens.stream(held, limit=cfg.context), cfg.context, size)
     np.testing.assert_array_equal(inp["data"].eval_sets["general"].tokens, expect.tokens)
+    firsts = inp["data"].eval_sets["general"].tokens[:, 0]
+    starts = [inp["data"].tokens.flat[inp["data"].tokens.offsets[d]] for d in held]
+    assert firsts.tolist() == starts  # every held-out document opens its own window
     # same slice for any run seed: runs are compared on the same documents
     other = build_inputs(tiny_ws, "c", 2, "t", "uniform", None, tiny_config(seed=5))
     np.testing.assert_array_equal(other["held"], held)
