@@ -212,7 +212,8 @@ def finished_run(args, job: dict) -> Path | None:
     from dgamix.pipeline.core import manifest
 
     want = expected_params(args, job)
-    for run in sorted((args.workspace / "runs").iterdir()):
+    runs = args.workspace / "runs"
+    for run in sorted(runs.iterdir()) if runs.is_dir() else []:
         files = [run / f for f in ("metrics.parquet", "weights.parquet", "repetitions.parquet")]
         if not all(f.exists() for f in files):
             continue
