@@ -77,6 +77,7 @@ ABLATIONS = [
     ("T_r 50", "a", {"reweight_every": 50}),
     ("clip 1", "a", {"clip": 1.0}),
     ("default", "b", {}), ("beta 0", "b", {"ema_beta": 0.0}),
+    ("budget x0.25", "b", {"tpd_factor": 0.25}), ("budget x4", "b", {"tpd_factor": 4.0}),
     ("default", "c", {}), ("basis kmeans:8", "c", {"basis_by": "kmeans:8"}),
     ("basis group, no generic", "c", {"generic": "none"}),
 ]
@@ -416,7 +417,7 @@ def make_jobs(args, regime_name: str, mixers: list[str], seeds: list[int], log: 
         by, generic = over.get("basis_by", regime["basis"]), over.get("generic", "natural")
         basis = basis_name(regime, by, generic)
         ensure_basis(args, regime, basis, by, generic, log)
-    tpd = is_budget(args, regime) if regime["tpd"] == "auto" else None
+    tpd = max(1, int(is_budget(args, regime) * over.get("tpd_factor", 1.0))) if regime["tpd"] == "auto" else None
     if args.tokens_per_domain:
         tpd = args.tokens_per_domain
     jobs = []
