@@ -174,3 +174,22 @@ def training_pool(ws: Workspace, clusters: str, level: int, holdout_fraction: fl
     index = DomainIndex.from_arrays(full.docs[keep], dom[keep], k=full.k,
                                     n_tokens=None if full.tokens is None else full.tokens[keep])
     return Pool(full, held, index, docs_meta)
+
+
+def target_domains(ws: Workspace, target: str, clusters: str, level: int) -> np.ndarray:
+    """Domain ids (m,) at ``level`` of the target's reweight examples, from the assignments that
+    `dgamix basis` caches in WS/targets/T/<clusters>/assignments.parquet (stage 3 reads stage 2's
+    manifests, it does not run stage 2). A missing or stale file is a one-line error."""
+    path = ws.target_dir(target) / clusters / "assignments.parquet"
+    fix = (f"build any basis of target '{target}' on clustering '{clusters}' first (`dgamix basis --workspace "
+           f"{ws.root} --clusters {clusters} --level {level} --target {target} --by single --name NAME`)")
+    if not path.exists():
+        raise DgamixError(f"DGA's init 'target' needs the target's domains ({path} is missing); {fix}.")
+    tree_meta = manifest.read_meta(ws.tree(clusters), "tree")
+    target_meta = manifest.read_meta(validate.target_path(ws, target), "target")
+    table, meta = manifest.read(path, "target-assignments", columns=["split", f"level_{level}"])
+    if meta.get("inputs") != manifest.fingerprint(target_meta.get("inputs"), tree_meta.get("centroids_checksum")):
+        raise DgamixError(f"{path} was made from another clustering or target than the current ones; {fix}.")
+    reweight = np.asarray(table["split"].to_pylist()) == "reweight"
+    return np.asarray(table[f"level_{level}"])[reweight]
+

@@ -39,6 +39,7 @@ from dgamix.mixing.inputs import (
     is_weights,
     load_basis,
     restricted_basis,
+    target_domains,
     training_pool,
 )
 from dgamix.mixing.mixers import MIXER_NAMES, make_mixer, mixer_ema_beta
@@ -110,11 +111,7 @@ def start_weights(ws: Workspace, clusters: str, level: int, target: str, P: Basi
     examples, floored at INIT_FLOOR."""
     if config.dga.init == "uniform":
         return None
-    from dgamix.pipeline.target import target_assignments
-
-    assign = target_assignments(ws, target, clusters)
-    reweight = np.asarray(assign["split"].to_pylist()) == "reweight"
-    domains = np.asarray(assign[f"level_{level}"])[reweight]
+    domains = target_domains(ws, target, clusters, level)
     if P is None:  # domain reweighting: columns = the populated domains; other examples are dropped
         P, domains = BasisMatrix.identity(len(index)), index.positions(domains)
     w = target_mixture(P, domains)

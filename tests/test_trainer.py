@@ -506,7 +506,13 @@ def test_dga_init_target_starts_where_the_target_is(tiny_ws):
     examples. Basis 'b' holds the target's own histogram ('target'), so nearly all the mass starts
     there, and every basis keeps at least INIT_FLOOR / N."""
     from dgamix.mixing.dga import INIT_FLOOR
+    from dgamix.pipeline.target import target_assignments
 
+    path = tiny_ws.target_dir("t") / "c" / "assignments.parquet"
+    if not path.exists():  # stage 3 reads the assignments stage 2 caches; without them, one line
+        with pytest.raises(DgamixError, match=r"^DGA's init 'target' needs the target's domains .*`dgamix basis"):
+            build_inputs(tiny_ws, "c", 2, "t", "dga", "b", tiny_config(init="target"))
+    target_assignments(tiny_ws, "t", "c")  # what `dgamix basis` does first
     inp = build_inputs(tiny_ws, "c", 2, "t", "dga", "b", tiny_config(init="target"))
     w0 = inp["mixer"].weights()
     names = inp["data"].names
