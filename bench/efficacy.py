@@ -314,7 +314,7 @@ def aggregate(runs: list[dict], mixers: list[str]) -> dict:
 
 
 def table(agg: dict) -> str:
-    head = ["mixer", "target loss", "general loss", "target − IS", "target − uniform", "IS epochs (mean/max)",
+    head = ["mixer", "target loss", "general loss", "target − IS", "target − uniform", "epochs (mean / max)",
             "weight TV (total / max step)"]
     rows = []
     for m, a in agg.items():
@@ -425,6 +425,8 @@ def make_jobs(args, regime_name: str, mixers: list[str], seeds: list[int], log: 
     for s in seeds:
         for m in mixers:
             name = f"{args.tag}-{regime_name}-{m}-s{s}" + (f"-{label.replace(' ', '').replace(',', '')}" if label else "")
+            if m.startswith("dga") and args.init != "uniform":  # keep runs of both starts side by side
+                name += f"-init{args.init}"
             jobs.append({"args": args, "regime": regime, "regime_name": regime_name, "mixer": m, "seed": s,
                          "basis": is_basis if m == "is" else basis if m.startswith("dga") else None,
                          "tpd": tpd, "over": over, "label": label or m, "name": name[:100]})
