@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--mixers", default="", help="default: the regime's mixers")
     ap.add_argument("--target", default="", help="another target of --targets (default: the regime's, mmlu)")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--context", type=int, default=64)
     ap.add_argument("--vocab-size", type=int, default=4096)
