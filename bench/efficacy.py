@@ -424,7 +424,8 @@ def make_jobs(args, regime_name: str, mixers: list[str], seeds: list[int], log: 
     jobs = []
     for s in seeds:
         for m in mixers:
-            name = f"{args.tag}-{regime_name}-{m}-s{s}" + (f"-{label.replace(' ', '').replace(',', '').replace(':', '')}" if label else "")
+            name = f"{args.tag}-{regime_name}" + (f"-{args.target}" if args.target else "") + f"-{m}-s{s}" \
+                + (f"-{label.replace(' ', '').replace(',', '').replace(':', '')}" if label else "")
             if m.startswith("dga") and args.init != "uniform":  # keep runs of both starts side by side
                 name += f"-init{args.init}"
             jobs.append({"args": args, "regime": regime, "regime_name": regime_name, "mixer": m, "seed": s,
