@@ -415,7 +415,7 @@ def make_jobs(args, regime_name: str, mixers: list[str], seeds: list[int], log: 
     ensure_basis(args, regime, is_basis, "single", "none", log)
     basis = None
     if regime["basis"]:
-        by, generic = over.get("basis_by", regime["basis"]), over.get("generic", "natural")
+        by, generic = over.get("basis_by", args.basis_by or regime["basis"]), over.get("generic", "natural")
         basis = basis_name(regime, by, generic)
         ensure_basis(args, regime, basis, by, generic, log)
     tpd = max(1, int(is_budget(args, regime) * over.get("tpd_factor", 1.0))) if regime["tpd"] == "auto" else None
@@ -457,6 +457,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--pool", type=Path, default=MINIPILE / "pool.parquet")
     ap.add_argument("--targets", type=Path, default=MINIPILE / "targets")
     ap.add_argument("--mixers", default="", help="default: the regime's mixers")
+    ap.add_argument("--basis-by", default="", help="regimes c / c-few: another basis builder for DGA (e.g. kmeans:8)")
     ap.add_argument("--target", default="", help="another target of --targets (default: the regime's, mmlu)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=300)
