@@ -40,13 +40,13 @@ def setup(n_docs: int):
     from transformers import AutoTokenizer
 
     from dgamix.mixing.sampler import DomainIndex
-    from dgamix.mixing.tokens import Vocab, encode, text_tokens, tokenizer_path
+    from dgamix.mixing.tokens import DocTokens, Vocab, encode, tokenizer_path
 
     df = pl.read_parquet(ROOT / "data" / "minipile" / "slice.parquet").head(n_docs)
     tok = AutoTokenizer.from_pretrained(tokenizer_path("all-MiniLM-L6-v2"))
     ids = encode(tok, df["text"].to_list())
     vocab = Vocab.build(ids, 4096, len(tok))
-    tokens = text_tokens(tok, vocab, df["text"].to_list())
+    tokens = DocTokens(*vocab.flat(ids))  # the texts are tokenised once
     names, dom = np.unique(df["domain"].to_numpy(), return_inverse=True)
     index = DomainIndex.from_arrays(np.arange(len(df)), dom.astype(np.int64))
     return tokens, vocab, index, [str(n) for n in names]
