@@ -29,72 +29,36 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from dgamix.mixing.dga import INIT_FLOOR, BasisMatrix, target_mixture
-from dgamix.mixing.inputs import (
-    HOLDOUT_SEED,
-    check_level,
-    check_mixer_basis,
-    is_weights,
-    load_basis,
-    restricted_basis,
-    target_domains,
-    training_pool,
-)
-from dgamix.mixing.mixers import MIXER_NAMES, make_mixer, mixer_ema_beta
+from dgamix.mixing.inputs import HOLDOUT_SEED
+from dgamix.mixing.mixers import MIXER_NAMES
 from dgamix.mixing.model import ModelConfig, TinyGPT
-from dgamix.mixing.sampler import MixtureSampler
-from dgamix.mixing.tokens import corpus_tokens, pack_stream, text_tokens
+from dgamix.mixing.online import OnlineMixture, mixture_inputs, resolve_config
+from dgamix.mixing.runlog import write_outputs
+from dgamix.mixing.tokens import PackedBatches, corpus_tokens, pack_stream, text_tokens
 from dgamix.mixing.trainer import (
     CHECKPOINT,
     CHECKPOINT_FORMAT,
     TrainConfig,
     TrainData,
-    Trainer,
     TrainResult,
     load_checkpoint,
     train,
 )
-from dgamix.pipeline.core import manifest, validate
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.workspace import Workspace, check_name, lock
-
-PROBE_SALT = 1_000_003    # probe sampler seed = seed + PROBE_SALT
-MAX_DOMAIN_PROBES = 1024  # domain reweighting costs k + 1 backward passes per reweighting
-ADAPTIVE = ("dga", "dga-noema", "doge")
-
 
 # --------------------------------------------------------------------------- inputs
 
 def resolve_ema_beta(mixer_name: str, config: TrainConfig) -> TrainConfig:
-    """``config`` with the EMA weight the mixer really uses (``mixer_ema_beta``), so the run records
-    what it ran with; a --ema-beta the mixer would ignore is a one-line error."""
-    beta = config.dga.ema_beta
-    try:
-        return replace(config, dga=replace(config.dga, ema_beta=mixer_ema_beta(mixer_name, beta)))
-    except ValueError:
-        if mixer_name == "dga-noema":
-            raise DgamixError(f"--mixer dga-noema is DGA with --ema-beta 0; drop --ema-beta {beta} or use "
-                              f"--mixer dga --ema-beta {beta}.") from None
-        raise DgamixError(f"--mixer {mixer_name} has no EMA; drop --ema-beta {beta} (it applies to --mixer dga).") \
-            from None
+    """``config`` with the EMA weight the mixer really uses (``online.resolve_config``)."""
+    return replace(config, dga=resolve_config(mixer_name, config.dga))
 
 
 def recorded_params(config: TrainConfig) -> dict:
     """The run's settings as one flat dict (DGA's beside the trainer's), without device and threads."""
     flat = {k: v for k, v in asdict(config).items() if k not in ("device", "threads", "dga")}
     return {**flat, **asdict(config.dga)}
-
-
-def load_target_examples(ws: Workspace, target: str) -> tuple[list[str], list[str], dict]:
-    """(reweight texts, holdout texts, metadata) of WS/targets/<target>/examples.parquet."""
-    validate.target(ws, target)  # exists; embedded like the corpus is now
-    table, meta = manifest.read(validate.target_path(ws, target), "target", columns=["example_id", "split", "text"])
-    order = np.argsort(np.asarray(table["example_id"]), kind="stable")
-    split = np.asarray(table["split"].to_pylist(), dtype=object)[order]
-    text = np.asarray(table["text"].to_pylist(), dtype=object)[order]
-    return list(text[split == "reweight"]), list(text[split == "holdout"]), meta
 
 
 def eval_windows(tokens, ids: np.ndarray, context: int, size: int):
@@ -104,38 +68,15 @@ def eval_windows(tokens, ids: np.ndarray, context: int, size: int):
     return pack_stream(tokens.stream(ids, limit=share), context, size)
 
 
-def start_weights(ws: Workspace, clusters: str, level: int, target: str, P: BasisMatrix | None,
-                  config: TrainConfig, index) -> np.ndarray | None:
-    """DGA's starting weights (None = uniform): with ``dga.init = "target"`` the mixture of P's rows
-    (P None: of the populated domains, index.domains) that best explains the target's reweight
-    examples, floored at INIT_FLOOR."""
-    if config.dga.init == "uniform":
-        return None
-    domains = target_domains(ws, target, clusters, level)
-    if P is None:  # domain reweighting: columns = the populated domains; other examples are dropped
-        P, domains = BasisMatrix.identity(len(index)), index.positions(domains)
-    w = target_mixture(P, domains)
-    return (1 - INIT_FLOOR) * w + INIT_FLOOR / P.n
-
-
 def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_name: str,
                  basis: str | None, config: TrainConfig, quiet: bool = True) -> dict:
-    """Everything a run needs, from the manifests; clear DgamixErrors for bad inputs."""
-    if mixer_name not in MIXER_NAMES:
-        raise DgamixError(f"unknown --mixer {mixer_name!r}; choose one of {'|'.join(MIXER_NAMES)}.")
-    config = resolve_ema_beta(mixer_name, config)
-    ws.require(ws.docs, f"dgamix embed CORPUS --workspace {ws.root}")
-    check_level(ws, clusters, level)
-    check_mixer_basis(mixer_name, basis)
-    reweight_texts, holdout_texts, target_meta = load_target_examples(ws, target)
-    if mixer_name in ADAPTIVE and not reweight_texts:
-        raise DgamixError(f"target '{target}' has no 'reweight' examples to align with; rebuild it with "
-                          f"`dgamix target` and a --holdout below 1.")
-
+    """Everything a run needs, from the manifests; clear DgamixErrors for bad inputs. The mixture is
+    the ``OnlineMixture`` a user's loop gets from ``from_workspace``, with packed token batches."""
+    config = resolve_ema_beta(mixer_name, config) if mixer_name in MIXER_NAMES else config
     eval_size = config.eval_batches * config.eval_batch_size
-    pool = training_pool(ws, clusters, level, config.general_holdout, eval_size)
-    full, held, index, docs_meta = pool.full, pool.held, pool.index, pool.docs_meta
-
+    inp = mixture_inputs(ws, clusters, level, target, mixer_name, basis, config.dga, config.seed,
+                         config.tokens_per_domain, config.general_holdout, eval_size)
+    full, held = inp.pool.full, inp.pool.held
     tokens, vocab, tok, token_key = corpus_tokens(ws, config.vocab_size, quiet=quiet)
     if len(tokens) <= int(full.docs.max()):
         raise DgamixError(f"assignments of '{clusters}' name doc_id {int(full.docs.max())} but docs.parquet has "
@@ -143,117 +84,28 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
     # Target and evaluation sets are packed like training batches. An evaluation set of eval_size
     # windows takes an equal share from every one of its documents (the first pieces of each), so
     # a few long documents cannot fill it alone.
-    reweight = text_tokens(tok, vocab, reweight_texts)
+    reweight = text_tokens(tok, vocab, inp.reweight_texts)
     target_w = pack_stream(reweight.stream(np.arange(len(reweight))), config.context)
+    holdout_texts = inp.holdout_texts
     hold = np.random.default_rng(HOLDOUT_SEED).permutation(len(holdout_texts))[:eval_size]
     holdout = text_tokens(tok, vocab, [holdout_texts[i] for i in np.sort(hold)])
     target_eval = eval_windows(holdout, np.arange(len(holdout)), config.context, eval_size)
     general_eval = eval_windows(tokens, held, config.context, eval_size)
 
-    P, basis_meta, basis_names = None, None, None
-    if basis is not None:
-        P0, basis_names, basis_meta = load_basis(ws, basis, clusters, level)
-        P = restricted_basis(P0, index, basis_names, basis)
-    tpd = config.tokens_per_domain
-    if tpd is not None and index.tokens is None:
-        raise DgamixError("--tokens-per-domain needs n_tokens in docs.parquet; re-embed the corpus.")
-    seeds = dict(seed=config.seed, tokens_per_domain=tpd)
-    # probes: their own order, but the training sampler's documents (same budgeted subsets)
-    probe_seeds = dict(seed=config.seed + PROBE_SALT, tokens_per_domain=tpd, pool_seed=config.seed)
-    if basis is not None and mixer_name in ADAPTIVE:  # distribution reweighting over N bases
-        kind, ids, names = "basis", np.arange(P.n), [str(n) for n in basis_names]
-        init = start_weights(ws, clusters, level, target, P, config, index)
-        mixer = make_mixer(mixer_name, P.n, init=init, config=config.dga)
-        sampler, probe = MixtureSampler(index, P, **seeds), MixtureSampler(index, P, **probe_seeds)
-    else:  # domain-level mixtures over the k populated domains
-        kind, ids, names = "domain", index.domains.copy(), [str(d) for d in index.domains]
-        if mixer_name in ADAPTIVE and len(index) > MAX_DOMAIN_PROBES:
-            raise DgamixError(f"domain reweighting over {len(index):,} domains needs {len(index) + 1:,} backward "
-                              f"passes per reweighting; pass --basis B (distribution reweighting) or a coarser --level.")
-        init = None
-        if mixer_name in ADAPTIVE:
-            init = start_weights(ws, clusters, level, target, None, config, index)
-        elif mixer_name == "natural":
-            init = index.sizes.astype(np.float64)
-        elif mixer_name == "is":
-            init = is_weights(P, basis_names, index)
-        mixer = make_mixer(mixer_name, len(index), init=init, config=config.dga)
-        sampler, probe = MixtureSampler(index, **seeds), MixtureSampler(index, **probe_seeds)
-
     mean_len = float(tokens.lengths(full.docs).mean()) if full.docs.size else 1.0
-    data = TrainData(tokens, sampler, probe, target_w, {"target": target_eval, "general": general_eval},
-                     kind, ids, names, mean_len)
+    batches = PackedBatches(tokens, target_w, config.context, mean_len)
+    mix = OnlineMixture(inp.sampler, inp.probe, inp.mixer, batches, kind=inp.kind, ids=inp.ids, names=inp.names,
+                        align_batch_size=config.align_batch_size, target_batch_size=config.target_batch_size,
+                        seed=config.seed, ws=ws, rank=0, world_size=1)
+    data = TrainData(tokens, {"target": target_eval, "general": general_eval}, mean_len)
+    p = inp.params
     params = {"clusters": clusters, "level": level, "target": target, "mixer": mixer_name, "basis": basis,
-              **recorded_params(config),
-              "corpus": docs_meta.get("inputs"), "tokens": token_key, "target_file": target_meta.get("inputs"),
-              "basis_file": None if basis_meta is None else basis_meta.get("inputs"),
-              # load_index validated the clustering above; only its fingerprint is needed here
-              "clusters_file": validate.tree_fingerprint(manifest.read_meta(ws.tree(clusters), "tree")),
-              "n_general_holdout": int(held.size)}
-    return {"data": data, "mixer": mixer, "vocab": vocab, "params": params, "held": held, "index": index}
-
-
-# --------------------------------------------------------------------------- outputs
-
-def metrics_table(result_metrics: list[dict]) -> pa.Table:
-    return pa.table({"step": pa.array([m["step"] for m in result_metrics], pa.int64()),
-                     "split": pa.array([m["split"] for m in result_metrics], pa.string()),
-                     "loss": pa.array([m["loss"] for m in result_metrics], pa.float64()),
-                     "tokens": pa.array([m["tokens"] for m in result_metrics], pa.int64()),
-                     "seconds": pa.array([m["seconds"] for m in result_metrics], pa.float64())})
-
-
-def weights_table(records: list[dict], kind: str, ids: np.ndarray, names: list[str]) -> pa.Table:
-    """Long format: one row per (logged step, entry)."""
-    n = len(ids)
-    cols: dict[str, list] = {c: [] for c in ("step", "weight", "alignment", "grad_norm", "target_norm", "lr")}
-    for r in records:
-        cols["step"].append(np.full(n, r["step"], np.int64))
-        cols["weight"].append(np.asarray(r["weights"], np.float64))
-        for c in ("alignment", "grad_norm"):
-            cols[c].append(np.full(n, np.nan) if r[c] is None else np.asarray(r[c], np.float64))
-        cols["target_norm"].append(np.full(n, np.nan if r["target_norm"] is None else r["target_norm"]))
-        cols["lr"].append(np.full(n, np.nan if r["lr"] is None else r["lr"]))
-    cat = {c: (np.concatenate(v) if v else np.zeros(0)) for c, v in cols.items()}
-    m = len(records)
-    ent = np.tile(np.asarray(ids, np.int64), m)
-    nulls = pa.nulls(n * m, pa.int64())
-
-    def nullable(x):
-        return pa.array(x, pa.float64(), mask=np.isnan(x))
-
-    return pa.table({"step": pa.array(cat["step"].astype(np.int64), pa.int64()),
-                     "basis": pa.array(ent, pa.int64()) if kind == "basis" else nulls,
-                     "domain": pa.array(ent, pa.int64()) if kind == "domain" else nulls,
-                     "name": pa.array(list(names) * m, pa.string()),
-                     "weight": pa.array(cat["weight"], pa.float64()),
-                     "alignment": nullable(cat["alignment"]), "grad_norm": nullable(cat["grad_norm"]),
-                     "target_norm": nullable(cat["target_norm"]), "lr": nullable(cat["lr"])})
-
-
-def repetitions_table(reps: dict) -> pa.Table:
-    return pa.table({k: pa.array(np.asarray(reps[k], np.int64), pa.int64())
-                     for k in ("domain", "n_docs", "draws", "epochs")})
-
-
-def write_outputs(ws: Workspace, name: str, metrics: list[dict], weights: list[dict], data: TrainData,
-                  params: dict, reps: dict | None = None) -> None:
-    d = ws.run_dir(name)
-    # init: DGA's starting rule (DGAConfig.init: uniform | target); a static mixer's is its own name
-    meta_params = {**params, "init": params["init"] if params["mixer"] in ADAPTIVE else params["mixer"],
-                   "kind": data.kind}
-    fp = manifest.fingerprint(params)
-    built = {f"clusters/{params['clusters']}": params.get("clusters_file"),
-             f"targets/{params['target']}": params.get("target_file")}
-    if params.get("basis"):
-        built[f"bases/{params['basis']}"] = params.get("basis_file")
-    extra = {"built_from": {k: v for k, v in built.items() if v is not None}}
-    manifest.write(d / "metrics.parquet", metrics_table(metrics), "run-metrics", meta_params, fp, extra=extra)
-    manifest.write(d / "weights.parquet", weights_table(weights, data.kind, data.ids, data.names),
-                   "run-weights", meta_params, fp, extra=extra)
-    if reps is not None:
-        manifest.write(d / "repetitions.parquet", repetitions_table(reps), "run-repetitions", meta_params, fp,
-                       extra=extra)
+              **recorded_params(config), "corpus": p["corpus"], "tokens": token_key,
+              "target_file": p["target_file"], "basis_file": p["basis_file"], "clusters_file": p["clusters_file"],
+              "n_general_holdout": p["n_general_holdout"]}
+    mix.params = params
+    return {"data": data, "mix": mix, "mixer": mix.mixer, "vocab": vocab, "params": params, "held": held,
+            "index": inp.pool.index}
 
 
 # --------------------------------------------------------------------------- the stage
@@ -296,7 +148,7 @@ def train_run(ws: Workspace | str | Path, clusters: str, level: int, target: str
                           f"to replace it, or choose another --name.")
     with lock(ws, f"train-{name}"):
         inp = build_inputs(ws, clusters, level, target, mixer_name, basis, config, quiet)
-        data, mixer, params = inp["data"], inp["mixer"], inp["params"]
+        data, mix, params = inp["data"], inp["mix"], inp["params"]
         resuming = resume and ckpt.exists()
         if resuming:
             saved = load_checkpoint(ckpt)
@@ -312,16 +164,17 @@ def train_run(ws: Workspace | str | Path, clusters: str, level: int, target: str
             model = TinyGPT(ModelConfig(inp["vocab"].size, config.d_model, config.n_layer, config.n_head,
                                         config.context))
 
-        def snapshot(tr: Trainer) -> None:  # partial logs beside every checkpoint
-            write_outputs(ws, name, tr.metrics, tr.weights, data, params)
+        def snapshot(tr) -> None:  # partial logs beside every checkpoint
+            write_outputs(ws, name, tr.metrics, mix.log, mix.kind, mix.ids, mix.names, params)
 
-        result: TrainResult = train(model, data, mixer, config, checkpoint_dir=run_dir / "checkpoint",
+        result: TrainResult = train(model, data, mix, config, checkpoint_dir=run_dir / "checkpoint",
                                     resume=resuming, params=params, quiet=quiet, on_checkpoint=snapshot)
-        write_outputs(ws, name, result.metrics, result.weights, data, params, result.repetitions)
-    return summarise(name, run_dir, result, data, params)
+        write_outputs(ws, name, result.metrics, result.weights, mix.kind, mix.ids, mix.names, params,
+                      result.repetitions)
+    return summarise(name, run_dir, result, mix, params)
 
 
-def summarise(name: str, run_dir: Path, result: TrainResult, data: TrainData, params: dict) -> dict:
+def summarise(name: str, run_dir: Path, result: TrainResult, mix: OnlineMixture, params: dict) -> dict:
     final = {m["split"]: m["loss"] for m in result.metrics if m["step"] == result.steps}
     w = result.weights[-1]["weights"]
     top = np.argsort(-w, kind="stable")[:5]
@@ -331,7 +184,7 @@ def summarise(name: str, run_dir: Path, result: TrainResult, data: TrainData, pa
             "resumed_from": result.resumed_from if result.resumed_from is not None else "-",
             "params": f"{result.n_params:,}", "tokens": result.metrics[-1]["tokens"] if result.metrics else 0,
             **{f"loss_{k}": round(v, 4) for k, v in final.items()},
-            "top_bases" if data.kind == "basis" else "top_domains": ", ".join(f"{data.names[i]}={w[i]:.3f}" for i in top),
+            "top_bases" if mix.kind == "basis" else "top_domains": ", ".join(f"{mix.names[i]}={w[i]:.3f}" for i in top),
             "max_epochs": int(reps["epochs"].max()) if reps["epochs"].size else 0,
             "seconds": round(t["seconds"], 1), "seconds_per_step": round(t["step_seconds"], 4),
             "seconds_per_reweighting": round(t["align_seconds"], 4), "reweightings": t["n_reweightings"],

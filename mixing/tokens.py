@@ -270,6 +270,21 @@ def probe_batch(tokens: DocTokens, draw, rows: int, context: int, mean_len: floa
     return Packer(tokens, context, rows, mean_len).next(draw)
 
 
+class PackedBatches:
+    """The reference trainer's batches for the alignments (``online.Batches``): a target batch is
+    rows of the target's packed windows, a probe ``size`` packed windows of freshly drawn documents."""
+
+    def __init__(self, tokens: DocTokens, target: Windows, context: int, mean_len: float) -> None:
+        self.tokens, self.target_windows, self.context, self.mean_len = tokens, target, context, mean_len
+        self.n_target = len(target)
+
+    def target(self, rows: np.ndarray) -> torch.Tensor:
+        return self.target_windows.batch(rows)
+
+    def probe(self, draw, size: int) -> torch.Tensor:
+        return probe_batch(self.tokens, draw, size, self.context, self.mean_len)
+
+
 # --------------------------------------------------------------------------- cache
 
 def cache_key(ws: Workspace, model: str, model_fp: str, vocab_size: int) -> str:
@@ -294,23 +309,16 @@ def corpus_tokens(ws: Workspace, vocab_size: int = 4096, *,
             return DocTokens(flat, offsets), Vocab.from_pieces(pieces, len(tok)), tok, key
         except (OSError, ValueError):
             shutil.rmtree(folder, ignore_errors=True)  # corrupt cache: rebuild it
-    from dgamix.pipeline.core.sources import TextReader
+    from dgamix.pipeline.core.sources import DocTexts
 
-    docs, meta = manifest.read(ws.docs, "docs", columns=["doc_id", "source", "row", "dup_of"])
+    docs, meta = manifest.read(ws.docs, "docs", columns=["doc_id", "dup_of"])
     doc_ids = np.asarray(docs["doc_id"], dtype=np.int64)
     keep = np.asarray(docs["dup_of"].is_null())
-    if doc_ids.size and not np.array_equal(np.sort(doc_ids), np.arange(doc_ids.size)):
-        raise DgamixError(f"{ws.docs}: doc_id is not 0..n-1; re-embed the corpus.")
-    text_column = meta.get("text_column") or (meta.get("params") or {}).get("text_column") or "text"
-    sources = docs["source"].to_pylist()
-    rows = docs["row"].to_pylist()
     sel = np.sort(doc_ids[keep])  # kept doc_ids, ascending
-    order = np.argsort(doc_ids, kind="stable")
     if not quiet:
         import sys
         print(f"tokenising {sel.size:,} documents (cached in {folder})", file=sys.stderr)
-    idx = order[sel]  # row of docs.parquet of each kept doc_id, in doc_id order
-    texts = TextReader(text_column).read([sources[i] for i in idx], [rows[i] for i in idx])
+    texts = DocTexts(ws)[sel]     # checks doc_id is 0..n-1
     raw, kept = flatten(encode(tok, texts))  # the kept docs' pieces, in doc_id order
     vocab = Vocab.top(raw, vocab_size, len(tok))
     lens = np.zeros(doc_ids.size, np.int64)

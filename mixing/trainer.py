@@ -43,11 +43,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from dgamix.mixing.alignment import gradient_alignments
 from dgamix.mixing.dga import DGAConfig
 from dgamix.mixing.model import lm_loss, lm_loss_sum
-from dgamix.mixing.sampler import MixtureSampler
-from dgamix.mixing.tokens import DocTokens, Packer, Windows, probe_batch
+from dgamix.mixing.online import AlignmentError, OnlineMixture, to_plain
+from dgamix.mixing.tokens import DocTokens, Packer, Windows
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.progress import rich_progress
@@ -138,24 +137,14 @@ class TrainConfig:
 
 @dataclass
 class TrainData:
-    """What the trainer trains on.
+    """What the trainer trains on besides the mixture (which owns samplers, target batches, weights).
 
-    tokens: every document's pieces (doc_id i = document i); mean_len: mean pieces per training
-    document (sizes the packer's draws). sampler: the training stream. probe: a second
-    sampler over the same index / basis (own seed) for alignment batches. target: packed windows
-    of the target's "reweight" examples (alignment target batches). eval_sets: split -> fixed
-    windows (evaluated in order). kind: "basis" or "domain" (what the mixer's entries are);
-    ids (n,) and names (n,) of the entries, for the weights log.
+    tokens: every document's pieces (doc_id i = document i); eval_sets: split -> fixed windows
+    (evaluated in order); mean_len: mean pieces per training document (sizes the packer's draws).
     """
 
     tokens: DocTokens
-    sampler: MixtureSampler
-    probe: MixtureSampler
-    target: Windows
     eval_sets: dict[str, Windows]
-    kind: str
-    ids: np.ndarray
-    names: list[str]
     mean_len: float = 100.0
 
 
@@ -168,37 +157,6 @@ class TrainResult:
     steps: int
     resumed_from: int | None = None
     n_params: int = 0
-
-
-class _Cycler:
-    """Seeded batches from a fixed set of rows: a fresh permutation per pass, no repeats within one."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        if n < 1:
-            raise ValueError("the target has no 'reweight' examples to align with")
-        self.n = n
-        self.rng = np.random.default_rng(seed)
-        self.perm = self.rng.permutation(n)
-        self.pos = 0
-
-    def next(self, size: int) -> np.ndarray:
-        out = []
-        while size > 0:
-            if self.pos == self.n:
-                self.perm, self.pos = self.rng.permutation(self.n), 0
-            take = min(size, self.n - self.pos)
-            out.append(self.perm[self.pos:self.pos + take])
-            self.pos += take
-            size -= take
-        return np.concatenate(out)
-
-    def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state, "perm": self.perm.copy(), "pos": self.pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["rng"]
-        self.perm = np.asarray(state["perm"]).copy()
-        self.pos = int(state["pos"])
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -226,15 +184,16 @@ def evaluate(model: torch.nn.Module, windows: Windows, batch_size: int, device: 
 
 # 2: TrainConfig holds DGAConfig (dga), probes have a pool_seed, runs record their resolved EMA weight.
 # 3: documents are packed into windows; the packer's carried pieces are part of the state.
+# 4: the samplers, target cycle, mixer and weight log are one OnlineMixture state; plain types only.
 # A checkpoint of another format is refused on resume (run.py) rather than misread.
-CHECKPOINT_FORMAT = 3
+CHECKPOINT_FORMAT = 4
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """The checkpoint dict (our own file: numpy arrays inside, hence weights_only=False)."""
+    """The checkpoint dict (plain Python / torch values: read with weights_only=True)."""
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a corrupt file
         raise DgamixError(f"checkpoint {path} is unreadable ({str(e).splitlines()[0][:120]}); rerun with "
                           f"--overwrite to start the run again.") from None
@@ -273,48 +232,47 @@ class _Bar:
 
 
 class Trainer:
-    """Runs ``config.steps`` steps of ``model`` on ``data`` with ``mixer``; see the module doc."""
+    """Runs ``config.steps`` steps of ``model`` on ``data`` with the mixture ``mix``; see the module doc."""
 
-    def __init__(self, model: torch.nn.Module, data: TrainData, mixer, config: TrainConfig, *,
+    def __init__(self, model: torch.nn.Module, data: TrainData, mix: OnlineMixture, config: TrainConfig, *,
                  checkpoint_dir: str | Path | None = None, params: dict | None = None,
                  loss_fn: Callable = lm_loss, quiet: bool = True,
                  on_checkpoint: Callable[["Trainer"], None] | None = None) -> None:
-        if mixer.n != len(data.ids):
-            raise ValueError(f"the mixer has {mixer.n} entries, the data names {len(data.ids)}")
-        self.model, self.data, self.mixer, self.config = model.to(config.device), data, mixer, config
+        self.model, self.data, self.mix, self.config = model.to(config.device), data, mix, config
+        self.mixer = mix.mixer
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.params = params or {}
         self.loss_fn, self.quiet, self.on_checkpoint = loss_fn, quiet, on_checkpoint
         self.opt = make_optimizer(self.model, config)
-        self.cycler = _Cycler(len(data.target), config.seed + 7919)
         self.packer = Packer(data.tokens, config.context, config.batch_size, data.mean_len)
         self.step = 0
         self.metrics: list[dict] = []
-        self.weights: list[dict] = []
         self.tokens = 0
         self.elapsed = 0.0
         self.train_sum, self.train_n = 0.0, 0
-        self.align_seconds, self.n_align = 0.0, 0
         self.step_seconds, self.n_steps_timed = 0.0, 0
         self.eval_seconds = 0.0
         self.last_checkpoint: int | None = None
         self.resumed_from: int | None = None
 
+    @property
+    def weights(self) -> list[dict]:
+        """The weight log (the mixture's): step, weights, alignment, grad_norm, target_norm, lr."""
+        return self.mix.log
+
     # ----- state
     def state(self) -> dict:
-        """Everything needed to continue exactly from ``self.step``."""
-        return {"format": CHECKPOINT_FORMAT, "step": self.step, "params": self.params, "config": asdict(self.config),
-                "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "lr_schedule": {"lr": self.config.lr, "warmup": self.config.warmup,
-                                "min_lr_ratio": self.config.min_lr_ratio, "steps": self.config.steps},
-                "mixer": self.mixer.state_dict(), "sampler": self.data.sampler.state_dict(),
-                "probe": self.data.probe.state_dict(), "target": self.cycler.state_dict(),
-                "packer": self.packer.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "metrics": list(self.metrics), "weights": list(self.weights), "tokens": self.tokens,
-                "elapsed": self.elapsed, "train_acc": (self.train_sum, self.train_n),
-                "timings": (self.align_seconds, self.n_align, self.step_seconds, self.n_steps_timed,
-                            self.eval_seconds)}
+        """Everything needed to continue exactly from ``self.step`` (plain Python / torch values)."""
+        return to_plain({"format": CHECKPOINT_FORMAT, "step": self.step, "params": self.params,
+                         "config": asdict(self.config), "model": self.model.state_dict(),
+                         "optimizer": self.opt.state_dict(),
+                         "lr_schedule": {"lr": self.config.lr, "warmup": self.config.warmup,
+                                         "min_lr_ratio": self.config.min_lr_ratio, "steps": self.config.steps},
+                         "mixture": self.mix.state_dict(), "packer": self.packer.state_dict(),
+                         "torch_rng": torch.get_rng_state(),
+                         "metrics": list(self.metrics), "tokens": self.tokens,
+                         "elapsed": self.elapsed, "train_acc": (self.train_sum, self.train_n),
+                         "timings": (self.step_seconds, self.n_steps_timed, self.eval_seconds)})
 
     def load_state(self, state: dict) -> None:
         if state.get("format", 1) != CHECKPOINT_FORMAT:
@@ -322,18 +280,14 @@ class Trainer:
                               f"{CHECKPOINT_FORMAT}); restart the run.")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
-        self.mixer.load_state_dict(state["mixer"])
-        self.data.sampler.load_state_dict(state["sampler"])
-        self.data.probe.load_state_dict(state["probe"])
-        self.cycler.load_state_dict(state["target"])
+        self.mix.load_state_dict(state["mixture"])
         self.packer.load_state_dict(state["packer"])
         torch.set_rng_state(state["torch_rng"])  # numpy's global RNG is never used: every sampler has its own
         self.step = int(state["step"])
-        self.metrics, self.weights = list(state["metrics"]), list(state["weights"])
+        self.metrics = list(state["metrics"])
         self.tokens, self.elapsed = int(state["tokens"]), float(state["elapsed"])
         self.train_sum, self.train_n = state["train_acc"]
-        (self.align_seconds, self.n_align, self.step_seconds, self.n_steps_timed,
-         self.eval_seconds) = state["timings"]
+        self.step_seconds, self.n_steps_timed, self.eval_seconds = state["timings"]
         self.last_checkpoint = self.resumed_from = self.step
 
     def save_checkpoint(self) -> None:
@@ -368,46 +322,20 @@ class Trainer:
             self.metrics.append({**row, "split": split, "loss": float(loss), "seconds": seconds})
         self._last_eval = losses
 
-    def _log_weights(self, step: int, align=None, lr: float | None = None) -> None:
-        rec = {"step": step, "weights": self.mixer.weights().copy(), "alignment": None,
-               "grad_norm": None, "target_norm": None, "lr": lr}
-        if align is not None:
-            rec.update(alignment=align.alignments.copy(), grad_norm=align.grad_norms.copy(),
-                       target_norm=align.target_norm)
-        self.weights.append(rec)
-
-    def _probe_batches(self):
-        n, cfg = self.mixer.n, self.config
-        for j in range(n):
-            onehot = np.zeros(n)
-            onehot[j] = 1.0
-            yield probe_batch(self.data.tokens, lambda m: self.data.probe.sample(m, onehot)[0],
-                              cfg.align_batch_size, cfg.context, self.data.mean_len).to(cfg.device)
-
     def _reweight(self, step: int, lr: float) -> None:
-        t0 = time.perf_counter()
-        dev = self.config.device
-        target = self.data.target.batch(self.cycler.next(self.config.target_batch_size)).to(dev)
-        align = gradient_alignments(self.model, self.loss_fn, target, self._probe_batches(),
-                                    clip=self.config.dga.clip)
-        if not (np.isfinite(align.alignments).all() and math.isfinite(align.target_norm)):
-            raise self._fail("non-finite gradient alignment (NaN or inf)", step)
+        """The mixture's step: on reweighting steps the alignments on the model as it is now."""
         try:
-            self.mixer.update(step, align.alignments, grad_norms=align.grad_norms,
-                              target_norm=align.target_norm, lr=lr)
-        except ValueError as e:
-            raise self._fail(f"mixer update failed ({e})", step) from None
-        self._log_weights(step, align, lr)
-        self.align_seconds += time.perf_counter() - t0
-        self.n_align += 1
+            self.mix.maybe_reweight(step, self.model, self.loss_fn, lr=lr, device=self.config.device)
+        except AlignmentError as e:
+            raise self._fail(e.what, step) from None
 
     def _train_step(self, step: int, lr: float) -> float:
         t0 = time.perf_counter()
         cfg = self.config
         for g in self.opt.param_groups:
             g["lr"] = lr
-        w = self.mixer.weights()
-        batch = self.packer.next(lambda m: self.data.sampler.sample(m, w)[0]).to(cfg.device)
+        w = self.mix.weights()
+        batch = self.packer.next(lambda m: self.mix.next_ids(m, w)[0]).to(cfg.device)
         loss = self.loss_fn(self.model, batch)
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -436,7 +364,7 @@ class Trainer:
         self._t_start = time.perf_counter()
         self._last_eval: dict = {}
         start = self.step
-        bar = _Bar(cfg.steps, start, self.quiet, self.data.names)
+        bar = _Bar(cfg.steps, start, self.quiet, self.mix.names)
         try:
             for step in range(start, cfg.steps):
                 resumed_here = self.resumed_from is not None and step == start
@@ -448,31 +376,29 @@ class Trainer:
                     self._sync_clock()
                     self.save_checkpoint()
                 lr = cfg.lr_at(step)
-                if self.mixer.needs_alignment(step):
-                    self._reweight(step, lr)
-                    bar.update(top=bar.top(self.mixer.weights()))
-                elif step == 0:
-                    self._log_weights(0, None, lr)
-                    bar.update(top=bar.top(self.mixer.weights()))
+                logged = len(self.mix.log)
+                self._reweight(step, lr)   # aligns on reweighting steps; logs the starting weights
+                if len(self.mix.log) != logged:
+                    bar.update(top=bar.top(self.mix.weights()))
                 loss = self._train_step(step, lr)
                 self.step = step + 1
                 bar.update(advance=1, loss=f"loss={loss:.3f}")
             if not (self.metrics and self.metrics[-1]["step"] == cfg.steps):
                 self._evaluate(cfg.steps)
             if not (self.weights and self.weights[-1]["step"] == cfg.steps):
-                self._log_weights(cfg.steps, None, cfg.lr_at(cfg.steps - 1))
+                self.mix.log_weights(cfg.steps, None, cfg.lr_at(cfg.steps - 1))
             self._sync_clock()
             if self.last_checkpoint != cfg.steps:
                 self.save_checkpoint()
         finally:
             bar.close()
-        s = self.data.sampler
+        s = self.mix.sampler
         reps = {"domain": s.index.domains.copy(), "n_docs": s.pool_sizes.copy(),
                 "draws": s.draws.copy(), "epochs": s.epochs.copy()}
         timings = {"seconds": self.elapsed,
                    "step_seconds": self.step_seconds / max(1, self.n_steps_timed),
-                   "align_seconds": self.align_seconds / max(1, self.n_align),
-                   "n_reweightings": self.n_align, "eval_seconds": self.eval_seconds}
+                   "align_seconds": self.mix.reweight_seconds / max(1, self.mix.n_reweightings),
+                   "n_reweightings": self.mix.n_reweightings, "eval_seconds": self.eval_seconds}
         return TrainResult(self.metrics, self.weights, reps, timings, cfg.steps, self.resumed_from,
                            sum(p.numel() for p in self.model.parameters()))
 
@@ -483,11 +409,11 @@ class Trainer:
         self._t_start = now
 
 
-def train(model: torch.nn.Module, data: TrainData, mixer, config: TrainConfig, *,
+def train(model: torch.nn.Module, data: TrainData, mix: OnlineMixture, config: TrainConfig, *,
           checkpoint_dir: str | Path | None = None, resume: bool = False, params: dict | None = None,
           loss_fn: Callable = lm_loss, quiet: bool = True,
           on_checkpoint: Callable[[Trainer], None] | None = None) -> TrainResult:
-    """Train ``model`` for ``config.steps`` steps on ``data`` with ``mixer``; returns the logs.
+    """Train ``model`` for ``config.steps`` steps on ``data`` with the mixture ``mix``; returns the logs.
 
     With ``resume`` and a checkpoint in ``checkpoint_dir``, continue from it (the result equals
     an uninterrupted run). ``params`` is stored in the checkpoint (run.py compares it on resume).
@@ -496,7 +422,7 @@ def train(model: torch.nn.Module, data: TrainData, mixer, config: TrainConfig, *
     devices = [torch.device(config.device).index or 0] if config.device.startswith("cuda") else []
     with torch_threads(config.threads or torch.get_num_threads()), torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
-        trainer = Trainer(model, data, mixer, config, checkpoint_dir=checkpoint_dir, params=params,
+        trainer = Trainer(model, data, mix, config, checkpoint_dir=checkpoint_dir, params=params,
                           loss_fn=loss_fn, quiet=quiet, on_checkpoint=on_checkpoint)
         path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT
         if resume and path is not None and path.exists():

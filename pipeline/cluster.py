@@ -25,6 +25,7 @@ import numpy as np
 from dgamix.pipeline.assign import EmbeddingShards, _part_complete, assign_workspace
 from dgamix.pipeline.core import manifest, validate
 from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.sources import DocTexts
 from dgamix.pipeline.core.workspace import Workspace, check_name, lock
 from dgamix.pipeline.domains import DomainStats, build_domains
 from dgamix.pipeline.engine import LOCAL, EngineConfig, require_device, session
@@ -200,7 +201,8 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
             tree.size = sizes
             stats = _with_sizes(stats, tree, n)
             assign_seconds = time.perf_counter() - t1
-            domains = build_domains(tree, sizes, collect, docs, docs_meta.get("text_column", "text"), quiet)
+            domains = build_domains(tree, sizes, collect, docs, docs_meta.get("text_column", "text"), quiet,
+                                        DocTexts(ws).reader)
             # domains first, then the tree marked complete: a crash in between just redoes this part
             manifest.write(ws.domains(name), domains, "domains", params, tree_fp)
             meta = _write_tree(ws, name, tree, params, inputs, source.fingerprint, n, "complete", _public_stats(stats))

@@ -19,6 +19,7 @@ import pyarrow as pa
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.progress import progress_bar
+from dgamix.pipeline.core.sources import portable_source
 from dgamix.pipeline.core.workspace import Workspace, lock
 from dgamix.pipeline.corpus import CorpusSpec, load_corpus
 from dgamix.pipeline.dedup import DedupConfig, near_duplicates
@@ -64,9 +65,13 @@ def embed_shard(enc: Encoder, texts: list[str], doc_ids: np.ndarray, cfg: EmbedC
     return pa.table({"doc_id": pa.array(doc_ids, pa.int64()), "embedding": manifest.embedding_array(emb, cfg.dtype)})
 
 
-def _docs_table(base: pa.Table, dup_of: np.ndarray, n_tokens: np.ndarray) -> pa.Table:
+def _docs_table(base: pa.Table, dup_of: np.ndarray, n_tokens: np.ndarray, root: Path) -> pa.Table:
     n = base.num_rows
-    cols = {"doc_id": pa.array(np.arange(n, dtype=np.int64)), "id": base["id"], "source": base["source"],
+    # sources relative to the workspace where possible (sources.portable_source): a moved project still reads
+    src = base["source"].combine_chunks().dictionary_encode()
+    portable = pa.array([portable_source(s, root) for s in src.dictionary.to_pylist()], pa.string())
+    source = portable.take(src.indices) if n else base["source"]
+    cols = {"doc_id": pa.array(np.arange(n, dtype=np.int64)), "id": base["id"], "source": source,
             "row": base["row"], "n_chars": base["n_chars"], "n_tokens": pa.array(n_tokens, pa.int64()),
             "dup_of": pa.array(dup_of, pa.int64(), mask=dup_of < 0)}
     for c in base.column_names:
@@ -156,7 +161,7 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             with progress_bar("dedup", len(texts), quiet) as tick:
                 dup_of = near_duplicates(texts, dedup, tick) if dedup else np.full(len(texts), -1, np.int64)
-            docs = _docs_table(base, dup_of, count_tokens(enc, texts))
+            docs = _docs_table(base, dup_of, count_tokens(enc, texts), ws.root)
             manifest.write(ws.docs, docs, "docs", docs_params, docs_fp,
                            extra={"skipped_empty": stats["skipped_empty"], "text_column": spec.text_column})
 

@@ -19,7 +19,8 @@ from dgamix.mixing.dga import BasisMatrix, DGAConfig
 from dgamix.mixing.inputs import general_holdout
 from dgamix.mixing.mixers import make_mixer
 from dgamix.mixing.model import ModelConfig, TinyGPT, lm_loss
-from dgamix.mixing.run import PROBE_SALT, build_inputs, train_run
+from dgamix.mixing.online import PROBE_SALT, OnlineMixture
+from dgamix.mixing.run import build_inputs, train_run
 from dgamix.mixing.sampler import MixtureSampler
 from dgamix.mixing.tokens import EOS, PAD, UNK, DocTokens, Packer, Vocab, Windows, pack_stream
 from dgamix.mixing.trainer import CHECKPOINT, CHECKPOINT_FORMAT, TrainConfig, load_checkpoint, train
@@ -127,7 +128,7 @@ def _run(ws, mixer="dga", basis="b", cfg=None, level=2, **kw):
     inp = build_inputs(ws, "c", level, "t", mixer, basis, cfg)
     torch.manual_seed(cfg.seed)
     model = TinyGPT(ModelConfig(inp["vocab"].size, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.context))
-    return train(model, inp["data"], inp["mixer"], cfg, **kw), inp
+    return train(model, inp["data"], inp["mix"], cfg, **kw), inp
 
 
 def _losses(result):
@@ -262,17 +263,19 @@ def test_resume_from_checkpoint_equals_uninterrupted(tiny_ws, tmp_path):
 def test_identity_basis_equals_domain_reweighting(tiny_ws):
     cfg = tiny_config(steps=12, checkpoint_every=0)
     dom, inp = _run(tiny_ws, basis=None, cfg=cfg)
-    assert inp["data"].kind == "domain"
+    assert inp["mix"].kind == "domain"
     inp2 = build_inputs(tiny_ws, "c", 2, "t", "dga", None, cfg)
     index = inp2["index"]
     assert index.domains.tolist() == [0, 1, 2, 3]
     eye = BasisMatrix.identity(4)
-    data = dataclasses.replace(inp2["data"], kind="basis",
-                               sampler=MixtureSampler(index, eye, seed=cfg.seed),
-                               probe=MixtureSampler(index, eye, seed=cfg.seed + PROBE_SALT))
+    dom_mix = inp2["mix"]
+    mix = OnlineMixture(MixtureSampler(index, eye, seed=cfg.seed), MixtureSampler(index, eye, seed=cfg.seed + PROBE_SALT),
+                        make_mixer("dga", 4, config=inp2["mixer"].config), dom_mix.batches, kind="basis",
+                        ids=np.arange(4), names=list("0123"), align_batch_size=cfg.align_batch_size,
+                        target_batch_size=cfg.target_batch_size, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     model = TinyGPT(ModelConfig(inp2["vocab"].size, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.context))
-    basis = train(model, data, make_mixer("dga", 4, config=inp2["mixer"].config), cfg)
+    basis = train(model, inp2["data"], mix, cfg)
     assert _losses(dom) == _losses(basis)
     for wa, wb in zip(dom.weights, basis.weights, strict=True):
         np.testing.assert_allclose(wa["weights"], wb["weights"], rtol=0, atol=1e-12)
@@ -297,7 +300,7 @@ def test_general_holdout_and_duplicates_never_sampled(tiny_ws, monkeypatch):
     monkeypatch.setattr(MixtureSampler, "sample", spy)
     torch.manual_seed(0)
     model = TinyGPT(ModelConfig(inp["vocab"].size, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.context))
-    train(model, inp["data"], inp["mixer"], cfg)
+    train(model, inp["data"], inp["mix"], cfg)
     drawn = np.concatenate(seen)
     # packed training batches read every piece of the drawn documents (+ one EOS each)
     assert (inp["data"].tokens.lengths(drawn) + 1).sum() >= 10 * cfg.batch_size * (cfg.context + 1)
@@ -515,7 +518,7 @@ def test_dga_init_target_starts_where_the_target_is(tiny_ws):
     target_assignments(tiny_ws, "t", "c")  # what `dgamix basis` does first
     inp = build_inputs(tiny_ws, "c", 2, "t", "dga", "b", tiny_config(init="target"))
     w0 = inp["mixer"].weights()
-    names = inp["data"].names
+    names = inp["mix"].names
     assert names[0] == "target" and w0[0] > 0.9 and (w0 >= INIT_FLOOR / len(w0) - 1e-12).all()
     uniform = build_inputs(tiny_ws, "c", 2, "t", "dga", "b", tiny_config())["mixer"].weights()
     np.testing.assert_allclose(uniform, 1 / len(w0))

@@ -7,8 +7,11 @@ back with :class:`TextReader` without depending on stage 1's code.
 from __future__ import annotations
 
 import json
+import os
+from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -177,27 +180,68 @@ def text_column(table: pa.Table, path: Path, name: str = "text") -> pa.Array:
     return col.cast(pa.large_string())
 
 
+def portable_source(path: str | Path, root: str | Path) -> str:
+    """How docs.parquet records an input file: relative to the workspace ``root`` (POSIX, may
+    start with ../) when the two share a folder below /, so that a project moved as a whole
+    (workspace and corpus together) still finds its texts; absolute otherwise."""
+    path, root = Path(path).resolve(), Path(root).resolve()
+    common = Path(os.path.commonpath([path, root]))
+    if common == Path(common.anchor):
+        return str(path)
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def recorded_files(source_names: list[str], files: list[str]) -> dict[str, str]:
+    """Relative source -> the absolute input file it was at embed time (docs.parquet's params
+    "corpus" list), matched by the path below the relative source's ../ steps."""
+    out = {}
+    for src in source_names:
+        if Path(src).is_absolute():
+            continue
+        tail = "/" + "/".join(part for part in Path(src).parts if part not in ("..", "."))
+        hits = [f for f in files if Path(f).as_posix().endswith(tail)]
+        if hits:
+            out[src] = hits[0]
+    return out
+
+
 class TextReader:
     """Reads documents' text back from their sources by (source, row).
 
-    Keeps the last source's text column in memory, so reading shard after shard in input
-    order reads each source file about once.
+    Keeps the text columns of the most recently used sources in memory (least recently used
+    dropped first once they hold more than ``cache_bytes``), so random access over a corpus of
+    many files reads each file about once instead of once per batch. A relative source is
+    relative to the workspace ``root``; when it is not there, ``fallback`` (relative source ->
+    absolute file at embed time, ``recorded_files``) is tried, so a project moved whole and a
+    workspace moved alone both find their corpus.
     """
 
-    def __init__(self, text_column: str = "text"):
-        self.text_column = text_column
-        self._source: str | None = None
-        self._col: pa.Array | None = None
+    def __init__(self, text_column: str = "text", root: str | Path | None = None,
+                 fallback: dict[str, str] | None = None, cache_bytes: int = 1 << 30):
+        self.text_column, self.root, self.fallback = text_column, root, dict(fallback or {})
+        self.cache_bytes = int(cache_bytes)
+        self._cols: OrderedDict[str, pa.Array] = OrderedDict()
 
     def _column(self, source: str) -> pa.Array:
-        if source != self._source:
-            path = Path(source)
-            if not path.exists():
-                raise DgamixError(f"corpus file {path} (recorded in docs.parquet) is gone; restore it or re-embed.")
-            cols = [self.text_column] if path.suffix.lower() == ".parquet" else None
-            self._col = text_column(read_table(path, cols), path, self.text_column)
-            self._source = source
-        return self._col
+        col = self._cols.get(source)
+        if col is not None:
+            self._cols.move_to_end(source)
+            return col
+        path = Path(source)
+        if not path.is_absolute() and self.root is not None:
+            path = Path(self.root) / path
+            if not path.exists() and source in self.fallback:
+                path = Path(self.fallback[source])
+        if not path.exists():
+            where = f" (recorded as {source!r}, relative to the workspace)" if path != Path(source) else ""
+            raise DgamixError(f"corpus file {path}{where} is missing; move it back there (or move the workspace "
+                              f"together with its corpus), or re-embed the corpus.")
+        cols = [self.text_column] if path.suffix.lower() == ".parquet" else None
+        col = text_column(read_table(path, cols), path, self.text_column)
+        self._cols[source] = col
+        while len(self._cols) > 1 and sum(c.nbytes for c in self._cols.values()) > self.cache_bytes:
+            self._cols.popitem(last=False)
+        return col
 
     def read(self, sources: list[str], rows: list[int]) -> list[str]:
         """Texts of the documents at (sources[i], rows[i]), in that order."""
@@ -210,4 +254,47 @@ class TextReader:
             col = self._column(sources[i])
             out[i:j] = col.take(pa.array(rows[i:j], pa.int64())).to_pylist()
             i = j
+        return out
+
+
+class DocTexts:
+    """The texts of a workspace's documents by doc id: ``DocTexts(ws)[doc_ids]`` -> list of str.
+
+    Reads docs.parquet's (source, row) columns once; each lookup groups the ids by source file
+    (one ``take`` per file) and returns the texts in the order asked. Sources recorded relative
+    to the workspace are found wherever the workspace (with its corpus) now lies.
+    """
+
+    def __init__(self, ws, cache_bytes: int = 1 << 30) -> None:
+        from dgamix.pipeline.core import manifest  # manifest reads sources' files: import here, not at the top
+
+        docs, meta = manifest.read(ws.docs, "docs", columns=["doc_id", "source", "row"])
+        doc_id = np.asarray(docs["doc_id"], dtype=np.int64)
+        if doc_id.size and not np.array_equal(doc_id, np.arange(doc_id.size)):
+            order = np.argsort(doc_id)
+            if not np.array_equal(doc_id[order], np.arange(doc_id.size)):
+                raise DgamixError(f"{ws.docs}: doc_id is not 0..n-1; re-embed the corpus.")
+        else:
+            order = np.arange(doc_id.size)
+        src = docs["source"].combine_chunks().dictionary_encode()
+        self.source_names = src.dictionary.to_pylist()                       # (S,) recorded sources
+        self.source = np.asarray(src.indices.to_numpy(zero_copy_only=False), np.int64)[order]  # (n,)
+        self.row = np.asarray(docs["row"], dtype=np.int64)[order]            # (n,)
+        text_col = meta.get("text_column") or (meta.get("params") or {}).get("text_column") or "text"
+        files = (meta.get("params") or {}).get("corpus") or []
+        self.reader = TextReader(text_col, ws.root, recorded_files(self.source_names, files), cache_bytes)
+
+    def __len__(self) -> int:
+        return self.row.size
+
+    def __getitem__(self, doc_ids) -> list[str]:
+        ids = np.asarray(doc_ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
+            raise IndexError(f"doc id {int(ids.max() if ids.max() >= len(self) else ids.min())} is outside "
+                             f"0..{len(self) - 1}")
+        order = np.argsort(self.source[ids], kind="stable")   # group by file, keep the asked order inside
+        got = self.reader.read([self.source_names[s] for s in self.source[ids][order]], self.row[ids][order].tolist())
+        out: list[str] = [""] * ids.size
+        for i, t in zip(order.tolist(), got):
+            out[i] = t
         return out
