@@ -249,7 +249,7 @@ class OnlineMixture:
     def from_workspace(cls, ws: Workspace | str | Path, clusters: str, level: int, target: str,
                        basis: str | None = None, mixer: str = "dga", config: DGAConfig | None = None,
                        seed: int = 0, collate: Callable[[list[str]], Any] | None = None, *,
-                       align_batch_size: int = 16, target_batch_size: int = 16,
+                       batches: Batches | None = None, align_batch_size: int = 16, target_batch_size: int = 16,
                        tokens_per_domain: int | None = None, general_holdout: float = 0.02,
                        eval_size: int = 64) -> "OnlineMixture":
         """The mixture of a workspace's manifests, validated as `dgamix train` validates them.
@@ -260,6 +260,8 @@ class OnlineMixture:
         config: DGA's settings (DGAConfig; its reweight_start / reweight_every decide when
         ``maybe_reweight`` works); seed: every sampler's and the target cycle's seed;
         collate(texts) -> a batch for ``loss_fn(model, batch)`` (needed by adaptive mixers);
+        batches: instead of collate, any ``Batches`` (e.g. ``tokens.PackedBatches``, what
+        `dgamix train` aligns on);
         tokens_per_domain: limited-data budget (n_tokens of docs.parquet per domain);
         general_holdout / eval_size: the held-out generic slice never trained on (as in train).
         """
@@ -269,10 +271,12 @@ class OnlineMixture:
         from dgamix.pipeline.core.sources import DocTexts
 
         texts = DocTexts(ws)
-        if inp.adaptive and collate is None:
+        if collate is not None and batches is not None:
+            raise ValueError("pass collate= or batches=, not both")
+        if inp.adaptive and collate is None and batches is None:
             raise DgamixError(f"mixer {mixer!r} aligns gradients on batches of your model: pass collate= "
                               f"(a function from a list of texts to the batch your loss_fn takes).")
-        batches = TextBatches(texts, inp.reweight_texts, collate or (lambda t: t))
+        batches = batches or TextBatches(texts, inp.reweight_texts, collate or (lambda t: t))
         return cls(inp.sampler, inp.probe, inp.mixer, batches, kind=inp.kind, ids=inp.ids, names=inp.names,
                    align_batch_size=align_batch_size, target_batch_size=target_batch_size, seed=seed,
                    texts=texts, ws=ws, params={**inp.params, "align_batch_size": align_batch_size,

@@ -61,3 +61,12 @@ def real_ws(tmp_path_factory):
         r = run_cli(*args)
         assert r.exit_code == 0, (args, r.output)
     return ws
+
+
+@pytest.fixture(scope="session")
+def tiny_ws(tmp_path_factory):
+    """Real texts (160 Wikipedia summaries), a hand-written clustering 'c' (levels 2,2), target 't'
+    (GSM8K), bases 'b' (level 2: target / generic / pocket) and 'b1' (level 1): tests.helpers.train_workspace."""
+    from tests.helpers import train_workspace
+
+    return train_workspace(tmp_path_factory.mktemp("trainws") / "ws")

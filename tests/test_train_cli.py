@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import run_cli
-from tests.test_trainer import build_workspace
+from tests.helpers import train_workspace
 
 TINY = ["--context", 32, "--vocab-size", 512, "--d-model", 32, "--n-layer", 1, "--batch-size", 4,
         "--align-batch-size", 4, "--target-batch-size", 4, "--eval-batches", 1, "--reweight-every", 5, "--reweight-start", 4,
@@ -23,7 +23,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    return build_workspace(tmp_path_factory.mktemp("traincli") / "ws")
+    return train_workspace(tmp_path_factory.mktemp("traincli") / "ws")
 
 
 def train(ws, *args):

@@ -7,11 +7,9 @@ assignments and basis) and a tiny model (d_model 32, 1 layer, context 32) keep t
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import pytest
 import torch
 
@@ -26,13 +24,6 @@ from dgamix.mixing.tokens import EOS, PAD, UNK, DocTokens, Packer, Vocab, Window
 from dgamix.mixing.trainer import CHECKPOINT, CHECKPOINT_FORMAT, TrainConfig, load_checkpoint, train
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
-from dgamix.pipeline.core.workspace import Workspace
-from tests.conftest import DATA
-from tests.helpers import fake_workspace
-
-N_DOCS = 160
-TOPICS_PER_DOMAIN = 3  # level_2 domain = (topic index // 3) % 4 -> 4 domains; level_1 = level_2 // 2
-
 
 DGA_KEYS = tuple(f.name for f in dataclasses.fields(DGAConfig))
 
@@ -46,68 +37,6 @@ def tiny_config(**kw) -> TrainConfig:
     return TrainConfig(**base, dga=DGAConfig(**dga))
 
 
-def build_workspace(root: Path) -> Workspace:
-    """Real texts, hand-written clustering 'c' (levels 2,2), target 't', bases 'b' (level 2), 'b1' (level 1)."""
-    wiki = pl.read_parquet(DATA / "wiki_vital_en.parquet").sample(N_DOCS, seed=3)
-    texts = wiki["text"].to_list()
-    topics = sorted(set(wiki["topic"].to_list()))
-    dom2 = np.array([(topics.index(t) // TOPICS_PER_DOMAIN) % 4 for t in wiki["topic"].to_list()], np.int64)
-    rng = np.random.default_rng(0)
-    vecs = rng.normal(size=(N_DOCS, 8)).astype(np.float32)
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    ws = fake_workspace(root, vecs, texts)
-    # the trainer needs the real encoder's tokenizer: record the packaged model as the encoder
-    table, meta = manifest.read(ws.embeddings, "embeddings")
-    manifest.write(ws.embeddings, table, "embeddings", {**meta["params"], "model": "all-MiniLM-L6-v2"},
-                   meta["inputs"], extra={"n_docs": N_DOCS})
-    # docs 5 and 6 are duplicates of 4: never trained on
-    docs, dmeta = manifest.read(ws.docs, "docs")
-    dup = np.full(N_DOCS, None, dtype=object)
-    dup[[5, 6]] = 4
-    docs = docs.set_column(docs.column_names.index("dup_of"), "dup_of", pa.array(dup.tolist(), pa.int64()))
-    manifest.write(ws.docs, docs, "docs", dmeta["params"], dmeta["inputs"], extra={"text_column": "text"})
-    # clustering 'c': branching 2,2
-    sizes2 = np.bincount(dom2, minlength=4)
-    rows = [(1, d, -1, int(sizes2[2 * d:2 * d + 2].sum())) for d in range(2)] + \
-           [(2, d, d // 2, int(sizes2[d])) for d in range(4)]
-    tree = pa.table({"level": pa.array([r[0] for r in rows], pa.int64()),
-                     "domain": pa.array([r[1] for r in rows], pa.int64()),
-                     "parent": pa.array([r[2] for r in rows], pa.int64()),
-                     "size": pa.array([r[3] for r in rows], pa.int64()),
-                     "centroid": pa.array([[0.0] * 8] * len(rows), pa.list_(pa.float32(), 8))})
-    manifest.write(ws.tree("c"), tree, "tree", {"levels": [2, 2], "seed": 0}, "fp-c")
-    # its centroids' checksum, so that the target's examples can descend it (all-zero centroids
-    # and embeddings: every example lands in domain 0 at each level)
-    from dgamix.pipeline.cluster import Tree
-
-    manifest.write(ws.tree("c"), tree, "tree", {"levels": [2, 2], "seed": 0}, "fp-c",
-                   extra={"centroids_checksum": Tree.read(ws.tree("c"), (2, 2)).checksum()})
-    parts = pa.table({"doc_id": pa.array(np.arange(N_DOCS), pa.int64()),
-                      "level_1": pa.array(dom2 // 2, pa.int64()), "level_2": pa.array(dom2, pa.int64())})
-    from dgamix.pipeline.core import validate
-
-    manifest.write(ws.assignment_part("c", 0), parts, "assignments-part", {"levels": [2, 2]},
-                   validate.tree_fingerprint(manifest.read_meta(ws.tree("c"), "tree")))
-    # target 't': 40 GSM8K problems, 30 reweight + 10 holdout
-    gsm = pl.read_parquet(DATA / "targets" / "gsm8k.parquet").head(40)
-    n = gsm.height
-    ex = pa.table({"example_id": pa.array(np.arange(n), pa.int64()), "id": gsm["id"].cast(pl.Utf8).to_list(),
-                   "group": pa.nulls(n, pa.string()), "split": ["reweight"] * 30 + ["holdout"] * 10,
-                   "n_tokens": pa.array(np.full(n, 100), pa.int64()), "text": gsm["text"].to_list(),
-                   "embedding": pa.array([[0.0] * 8] * n, pa.list_(pa.float32(), 8))})
-    manifest.write(ws.target_dir("t") / "examples.parquet", ex, "target", {"holdout": 0.25}, "fp-t")
-    # basis 'b' at level 2: 3 bases, one named "target"
-    b = [(0, "target", 0, 0.7), (0, "target", 1, 0.3), (1, "generic", 0, 0.25), (1, "generic", 1, 0.25),
-         (1, "generic", 2, 0.25), (1, "generic", 3, 0.25), (2, "pocket", 3, 1.0)]
-    table = pa.table({"basis": pa.array([r[0] for r in b], pa.int64()), "name": [r[1] for r in b],
-                      "domain": pa.array([r[2] for r in b], pa.int64()), "weight": [r[3] for r in b]})
-    manifest.write(ws.basis("b"), table, "basis", {"clusters": "c", "level": 2, "target": "t"}, "fp-b")
-    t1 = pa.table({"basis": pa.array([0, 0], pa.int64()), "name": ["target", "target"],
-                   "domain": pa.array([0, 1], pa.int64()), "weight": [0.5, 0.5]})
-    manifest.write(ws.basis("b1"), t1, "basis", {"clusters": "c", "level": 1, "target": "t"}, "fp-b1")
-    return ws
-
-
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP spin-waits
@@ -116,11 +45,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def tiny_ws(tmp_path_factory) -> Workspace:
-    return build_workspace(tmp_path_factory.mktemp("trainws") / "ws")
 
 
 def _run(ws, mixer="dga", basis="b", cfg=None, level=2, **kw):
