@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
         args.steps = 20
     from dgamix.mixing.mixers import make_mixer
     from dgamix.mixing.model import ModelConfig, TinyGPT
+    from dgamix.mixing.online import OnlineMixture
     from dgamix.mixing.sampler import MixtureSampler
-    from dgamix.mixing.tokens import pack_stream
+    from dgamix.mixing.tokens import PackedBatches, pack_stream
     from dgamix.mixing.trainer import TrainConfig, TrainData, train
 
     torch.set_num_threads(args.threads)
@@ -110,11 +111,13 @@ def main(argv: list[str] | None = None) -> dict:
         rows[label] = {"seconds": sec, "tokens_per_s": need / sec, "final_train_loss": loss}
     k = len(index)
     target = pack_stream(tokens.stream(order[:200]), cfg.context)
-    data = TrainData(tokens, MixtureSampler(index, seed=0), MixtureSampler(index, seed=1), target,
-                     {"general": pack_stream(tokens.stream(order[-64:]), cfg.context, 32)}, "domain",
-                     index.domains.copy(), names, float(tokens.lengths().mean()))
+    mean_len = float(tokens.lengths().mean())
+    data = TrainData(tokens, {"general": pack_stream(tokens.stream(order[-64:]), cfg.context, 32)}, mean_len)
+    mix = OnlineMixture(MixtureSampler(index, seed=0), MixtureSampler(index, seed=1), make_mixer("uniform", k),
+                        PackedBatches(tokens, target, cfg.context, mean_len), kind="domain",
+                        ids=index.domains.copy(), names=names, rank=0, world_size=1)
     t0 = time.perf_counter()
-    res = train(model(), data, make_mixer("uniform", k), cfg)
+    res = train(model(), data, mix, cfg)
     sec = time.perf_counter() - t0
     trained = res.metrics[-1]["tokens"]
     rows["trainer (uniform)"] = {"seconds": sec, "tokens_per_s": trained / sec,
