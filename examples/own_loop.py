@@ -42,7 +42,7 @@ opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 mix = OnlineMixture.from_workspace(args.workspace, args.clusters, args.level, args.target, basis=args.basis,  # dgamix
                                    config=DGAConfig(reweight_every=5, reweight_start=5), collate=collate)  # dgamix
 os.makedirs(args.out, exist_ok=True)
-ckpt, start = os.path.join(args.out, "ckpt.pt"), 0
+ckpt, start, loss = os.path.join(args.out, "ckpt.pt"), 0, torch.tensor(float("nan"))
 if args.resume and os.path.exists(ckpt):
     state = torch.load(ckpt, weights_only=True)
     model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"]), mix.load_state_dict(state["mix"])  # dgamix

@@ -23,6 +23,7 @@ loader by the batches already trained; the dataset answers those with placeholde
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -30,8 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from dgamix.mixing.online import OnlineMixture, from_plain, to_plain
-from dgamix.pipeline.core import manifest
+from dgamix.mixing.online import OnlineMixture, from_plain, load_state, save_state, to_plain
 from dgamix.pipeline.core.errors import DgamixError
 
 try:
@@ -112,12 +112,16 @@ class MixtureCallback(TrainerCallback):
 
     loss_fn(model, batch) -> scalar (default ``model(**batch).loss``); run: when set, the run is
     written to WS/runs/RUN/ at the end of training (``OnlineMixture.write_run``, the Trainer's logged
-    losses as metrics), for `dgamix report`.
+    losses as metrics), for `dgamix report`; resume_from: the checkpoint folder the Trainer resumes
+    from when it is not args.output_dir/checkpoint-<step> (the Trainer does not tell callbacks).
+    A saved state records the Trainer's log history, and a resume whose log history differs (another
+    run's checkpoint) is refused. One process only: a multi-process Trainer is refused.
     """
 
     def __init__(self, mix: OnlineMixture, dataset: MixtureDataset, loss_fn: Callable | None = None,
-                 run: str | None = None) -> None:
+                 run: str | None = None, resume_from: str | os.PathLike | None = None) -> None:
         self.mix, self.dataset, self.loss_fn, self.run = mix, dataset, loss_fn, run
+        self.resume_from = resume_from
         self.ga = 1
         self.lag: list[tuple[int, int]] = []   # (step, draws made before the update reaches a draw - step * ga)
 
@@ -127,13 +131,22 @@ class MixtureCallback(TrainerCallback):
                               f"per_device_train_batch_size is {args.per_device_train_batch_size}; make them equal.")
         if args.dataloader_num_workers:
             raise DgamixError("MixtureDataset needs dataloader_num_workers=0: its state lives in the training process.")
+        if args.world_size > 1:
+            raise DgamixError(f"MixtureCallback runs in one process; this Trainer has {args.world_size} (accelerate "
+                              f"dispatches an iterable dataset from rank 0): use OnlineMixture in your own DDP loop.")
         self.ga = args.gradient_accumulation_steps
-        if state.global_step > 0:  # resumed: the Trainer restored its own state from checkpoint-<step>
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_FILE
+        if state.global_step > 0:  # resumed: the Trainer restored its own state from a checkpoint
+            folder = Path(self.resume_from or Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            path = folder / STATE_FILE
             if not path.exists():
                 raise DgamixError(f"resuming at step {state.global_step} but {path} is missing: resume from a "
-                                  f"checkpoint that MixtureCallback saved, in args.output_dir.")
-            self.dataset.load_state(torch.load(path, map_location="cpu", weights_only=True))
+                                  f"checkpoint that MixtureCallback saved (pass MixtureCallback(resume_from=FOLDER) "
+                                  f"when it is not in args.output_dir).")
+            saved = load_state(path)
+            if saved.get("log_history") != _history(state):
+                raise DgamixError(f"{path} belongs to another run than the checkpoint the Trainer resumed (their "
+                                  f"logged losses differ); pass MixtureCallback(resume_from=THE_CHECKPOINT_FOLDER).")
+            self.dataset.load_state(saved)
             if not args.ignore_data_skip:  # the Trainer will discard this many batches: placeholders
                 self.dataset.skip = state.global_step * self.ga
 
@@ -148,8 +161,8 @@ class MixtureCallback(TrainerCallback):
     def on_save(self, args, state, control, **kw):
         trained = state.global_step * self.ga
         if args.should_save:
-            with manifest.atomic_file(Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_FILE) as tmp:
-                torch.save(self.dataset.state_at(trained), tmp)
+            save_state({**self.dataset.state_at(trained), "log_history": _history(state)},
+                       Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_FILE)
         self.dataset.forget(trained)
 
     def on_train_end(self, args, state, control, **kw):
@@ -161,6 +174,6 @@ class MixtureCallback(TrainerCallback):
         self.mix.write_run(self.run, metrics=rows, step=state.global_step)
 
 
-def checkpoint_state(folder: str | os.PathLike) -> dict:
-    """The mixture state saved in a Trainer checkpoint folder (plain types)."""
-    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+def _history(state) -> str:
+    """The Trainer's log history as text: what identifies a run's checkpoint at a step."""
+    return json.dumps(state.log_history, sort_keys=True)

