@@ -149,7 +149,7 @@ def is_budget(args, regime: dict) -> int:
 
 def dga_options(args, over: dict) -> dict:
     o = {k: getattr(args, k) for k in ("eta", "ema_beta", "reweight_every", "reweight_start", "normalise", "clip",
-                                       "init")}
+                                       "init", "align_params")}
     o.update({k: v for k, v in over.items() if k in o})
     return o
 
@@ -162,7 +162,7 @@ def config_of(args, seed: int, mixer: str, tpd: int | None, over: dict):
     o = dga_options(args, over) if mixer.startswith("dga") else asdict(DGAConfig())
     dga = DGAConfig(eta=o["eta"], ema_beta=o["ema_beta"] if mixer == "dga" else None,
                     reweight_every=o["reweight_every"], reweight_start=o["reweight_start"],
-                    normalise=o["normalise"], clip=o["clip"], init=o["init"])
+                    normalise=o["normalise"], clip=o["clip"], init=o["init"], align_params=o["align_params"])
     return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, dga=dga,
                        align_batch_size=args.align_batch_size, target_batch_size=args.target_batch_size,
                        eval_every=args.eval_every, eval_batches=args.eval_batches, checkpoint_every=0,
@@ -183,6 +183,7 @@ def cli_line(args, job: dict) -> str:
                      + (f" --ema-beta {o['ema_beta']}" if mixer == "dga" and o["ema_beta"] is not None else "")
                      + f" --normalise {o['normalise']}" + (f" --clip {o['clip']}" if o["clip"] else "")
                      + (f" --init {o['init']}" if o["init"] != "uniform" else "")
+                     + (f" --align-params '{o['align_params']}'" if o["align_params"] else "")
                      + f" --align-batch-size {args.align_batch_size} --target-batch-size {args.target_batch_size}")
     parts.append(f"--seed {job['seed']} --threads {args.threads} --overwrite --quiet --name {job['name']}")
     return " ".join(p for p in parts if p)
@@ -428,6 +429,8 @@ def make_jobs(args, regime_name: str, mixers: list[str], seeds: list[int], log: 
                 + (f"-{label.replace(' ', '').replace(',', '').replace(':', '')}" if label else "")
             if m.startswith("dga") and args.init != "uniform":  # keep runs of both starts side by side
                 name += f"-init{args.init}"
+            if m.startswith("dga") and args.align_params:  # and runs aligning on a parameter subset
+                name += "-subset"
             jobs.append({"args": args, "regime": regime, "regime_name": regime_name, "mixer": m, "seed": s,
                          "basis": is_basis if m == "is" else basis if m.startswith("dga") else None,
                          "tpd": tpd, "over": over, "label": label or m, "name": name[:100]})
@@ -477,6 +480,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--normalise", default=d.normalise, choices=NORMALISE_MODES)
     ap.add_argument("--clip", type=float, default=None)
     ap.add_argument("--init", default=d.init, choices=("uniform", "target"))
+    ap.add_argument("--align-params", default=None, help="align on the parameters matching this regex only")
     ap.add_argument("--align-batch-size", type=int, default=8)
     ap.add_argument("--target-batch-size", type=int, default=16)
     ap.add_argument("--eval-every", type=int, default=50)

@@ -45,6 +45,10 @@ def train(
                                              "domains that best explains the target's examples: where IS starts)."),
     clip: Optional[float] = typer.Option(_DGA.clip, min=0.0, help="Clip every alignment gradient to this L2 norm "
                                                                   "before the dot product (default: no clipping)."),
+    align_params: Optional[str] = typer.Option(_DGA.align_params, help="Compare only the gradients of the parameters "
+                                               "whose names match this regular expression (e.g. 'blocks\\.3\\.|ln_f' "
+                                               "for the last block of the default 4-layer model: a shorter backward). "
+                                               "Default: every parameter."),
     align_batch_size: int = typer.Option(16, min=1, help="Windows per basis/domain probe batch at each reweighting."),
     target_batch_size: int = typer.Option(16, min=1, help="Target windows per reweighting."),
     tokens_per_domain: Optional[int] = typer.Option(None, min=1, help="Limited-data budget: each domain keeps a seeded "
@@ -75,7 +79,7 @@ def train(
 
     try:  # DGA's settings go into their one config; the trainer's into TrainConfig, which holds it
         dga = DGAConfig(eta=eta, ema_beta=ema_beta, reweight_every=reweight_every, reweight_start=reweight_start,
-                        normalise=normalise, clip=clip or None, init=init)
+                        normalise=normalise, clip=clip or None, init=init, align_params=align_params)
         cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, dga=dga,
                           align_batch_size=align_batch_size, target_batch_size=target_batch_size,
                           eval_every=eval_every, eval_batches=eval_batches, checkpoint_every=checkpoint_every,

@@ -7,6 +7,7 @@ of accumulating into ``.grad``: the training step's gradients and the optimiser 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -55,19 +56,38 @@ def _clip_scale(norm: float, clip: float | None) -> float:
     return 1.0 if clip is None or norm <= clip else clip / norm
 
 
+def select_params(model: torch.nn.Module, pattern: str | None) -> list[torch.Tensor]:
+    """The trainable parameters whose names (``named_parameters``) match the regular expression
+    ``pattern`` (re.search; None = all). A pattern that matches none is a ValueError naming some."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if pattern is None:
+        return [p for _, p in named]
+    rx = re.compile(pattern)
+    chosen = [p for n, p in named if rx.search(n)]
+    if not chosen:
+        names = [n for n, _ in named]
+        raise ValueError(f"align_params {pattern!r} matches none of the model's trainable parameters "
+                         f"({', '.join(names[:4])}, ..., {', '.join(names[-3:])})")
+    return chosen
+
+
 def gradient_alignments(model: torch.nn.Module,
                         loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
                         target_batch: Any, batches: Iterable[Any], *,
-                        clip: float | None = None) -> Alignments:
+                        clip: float | None = None, params: str | None = None) -> Alignments:
     """Alignments of N batches (one per domain or basis) with the target batch.
 
     loss_fn(model, batch) -> scalar loss tensor. ``batches`` may be a generator (streamed).
     The model is used in whatever mode (train / eval) it is in. Parameters without a
     gradient count as zero. ``clip``: rescale each gradient to norm <= clip before the dot.
+    ``params``: a regular expression on parameter names; only those gradients are compared
+    (``select_params``). Backward then stops at the earliest matched layer, so e.g. the last
+    block costs a forward pass and a short backward instead of a full one (a tied input/output
+    embedding is used at both ends: matching it means a full backward).
     """
     if clip is not None and not clip > 0:
         raise ValueError(f"clip must be > 0, got {clip}")
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = select_params(model, params)
     with torch.enable_grad():
         g_spe = _grads(model, loss_fn, target_batch, params)
         t_norm = _dot(g_spe, g_spe) ** 0.5

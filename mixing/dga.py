@@ -46,6 +46,9 @@ class DGAConfig:
     clip: if set, every gradient (each probe's and the target's) is rescaled to L2 norm <= clip
         before the dot product (``gradient_alignments``); None disables.
     eta_schedule: "constant", or "lr" for eta_t = eta * lr_t / lr_0 (lr_0 = lr of the first update).
+    align_params: None (every trainable parameter), or a regular expression on parameter names
+        (``named_parameters``): the alignments compare only those gradients, e.g. the last block and
+        the final norm (cheaper: backward stops there; see ``alignment.gradient_alignments``).
     init: the starting weights: "uniform" (1/n), or "target": the mixture of the n entries that
         best explains the target's own examples (``target_mixture``: for group bases, each group's
         share of the examples, i.e. DGA starts where importance sampling is), mixed with uniform
@@ -61,6 +64,7 @@ class DGAConfig:
     clip: float | None = None
     eta_schedule: Literal["constant", "lr"] = "constant"
     init: Literal["uniform", "target"] = "uniform"
+    align_params: str | None = None
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.eta) and self.eta >= 0):
@@ -81,6 +85,13 @@ class DGAConfig:
             raise ValueError(f"eta_schedule must be constant|lr, got {self.eta_schedule!r}")
         if self.init not in ("uniform", "target"):
             raise ValueError(f"init must be uniform|target, got {self.init!r}")
+        if self.align_params is not None:
+            import re
+
+            try:
+                re.compile(self.align_params)
+            except re.error as e:
+                raise ValueError(f"align_params {self.align_params!r} is not a regular expression ({e})") from None
 
     def due(self, step: int) -> bool:
         """Whether ``step`` is a reweighting step: from reweight_start on, every reweight_every steps."""

@@ -395,7 +395,10 @@ class OnlineMixture:
         model.eval()
         try:
             align = gradient_alignments(model, loss_fn, target, (_to(b, dev) for b in self._probes(owned)),
-                                        clip=None if cfg is None else cfg.clip)
+                                        clip=None if cfg is None else cfg.clip,
+                                        params=None if cfg is None else cfg.align_params)
+        except ValueError as e:  # a loss_fn that is no scalar, an align_params matching nothing
+            raise DgamixError(f"cannot align at step {step}: {e}.") from None
         finally:
             model.train(was_training)
         if self.world_size > 1:

@@ -70,3 +70,15 @@ def tiny_ws(tmp_path_factory):
     from tests.helpers import train_workspace
 
     return train_workspace(tmp_path_factory.mktemp("trainws") / "ws")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP spin-waits that made a
+    1 ms step take 100+ ms when another process holds the second core (use with pytest.mark.usefixtures)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

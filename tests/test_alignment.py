@@ -107,3 +107,28 @@ def test_half_precision_parameters_accumulate_in_float32():
     cast = [(x.to(torch.bfloat16), y) for x, y in [target, *batches]]
     al = gradient_alignments(half, lambda m, b: _ce(m, b).float(), cast[0], cast[1:])
     np.testing.assert_allclose(al.alignments, ref.alignments, rtol=0.1, atol=1e-3)
+
+
+def test_a_parameter_subset_equals_the_dots_of_those_gradients_only():
+    model, (target, *batches) = _mlp(), _batches(4, seed=3)
+    al = gradient_alignments(model, _ce, target, batches, params=r"^2\.")  # the output layer only
+
+    def head_grad(batch):
+        w, b = model[2].weight, model[2].bias
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(_ce(model, batch), [w, b])])
+
+    g_t = head_grad(target)
+    np.testing.assert_allclose(al.alignments, [torch.dot(head_grad(b), g_t).item() for b in batches], rtol=1e-5)
+    np.testing.assert_allclose(al.target_norm, g_t.norm().item(), rtol=1e-5)
+    full = gradient_alignments(model, _ce, target, batches)
+    assert not np.allclose(full.alignments, al.alignments)  # the subset really is a subset
+    with pytest.raises(ValueError, match=r"matches none of the model's trainable parameters \(0\.weight"):
+        gradient_alignments(model, _ce, target, batches, params="nothing-like-this")
+
+
+def test_align_params_is_a_checked_regular_expression():
+    from dgamix.mixing.dga import DGAConfig
+
+    assert DGAConfig(align_params=r"blocks\.3\.|ln_f").align_params == r"blocks\.3\.|ln_f"
+    with pytest.raises(ValueError, match="not a regular expression"):
+        DGAConfig(align_params="blocks[")

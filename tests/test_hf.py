@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate: pip install -e '.[hf]'")
 
@@ -20,15 +19,7 @@ from dgamix.mixing.hf import STATE_FILE  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 from tests.helpers import tiny_gpt2  # noqa: E402
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def run(ws, out, steps=8, ga=1, resume=None, ignore_data_skip=False, user_run=None, dropout=0.0, seed=0,

@@ -32,13 +32,7 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THR
            TOKENIZERS_PARALLELISM="false")
 DGA = DGAConfig(reweight_every=2, reweight_start=2)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests.conftest
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-import torch
 
 from tests.conftest import run_cli
 from tests.helpers import train_workspace
@@ -12,13 +11,7 @@ TINY = ["--context", 32, "--vocab-size", 512, "--d-model", 32, "--n-layer", 1, "
         "--align-batch-size", 4, "--target-batch-size", 4, "--eval-batches", 1, "--reweight-every", 5, "--reweight-start", 4,
         "--eval-every", 10, "--checkpoint-every", 10, "--quiet"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests.conftest
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,8 @@ from dgamix.pipeline.core.errors import DgamixError
 
 DGA_KEYS = tuple(f.name for f in dataclasses.fields(DGAConfig))
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests.conftest
+
 
 def tiny_config(**kw) -> TrainConfig:
     base = dict(steps=20, batch_size=4, lr=3e-3, warmup=4, reweight_every=5, reweight_start=4, align_batch_size=4,
@@ -35,16 +37,6 @@ def tiny_config(**kw) -> TrainConfig:
     base.update(kw)
     dga = {k: base.pop(k) for k in list(base) if k in DGA_KEYS}
     return TrainConfig(**base, dga=DGAConfig(**dga))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP spin-waits
-    that made a 1 ms step take 100+ ms when another process holds the second core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _run(ws, mixer="dga", basis="b", cfg=None, level=2, **kw):
