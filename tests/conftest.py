@@ -7,6 +7,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the dgamix command sets it: idle FAISS threads sleep
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray binds 127.0.0.1 only with this set before `import ray` (ray_constants reads it at import):
+# tests talk to loopback only. Set for the tests, never by the product.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -82,3 +85,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def local_ws(tmp_path_factory, wiki_sample):
+    """The reference for the Ray engine tests: wiki_sample embedded and clustered with the local
+    engine (tests.test_ray.COMMON and CLUSTER: 60 documents in 12 shards, levels 3,2)."""
+    import re
+
+    from tests.test_ray import CLUSTER, COMMON, cli_ok
+
+    ws = tmp_path_factory.mktemp("local") / "ws"
+    assert re.search(r"engine\s+: local\n", cli_ok("embed", wiki_sample, "--workspace", ws, *COMMON))
+    cli_ok(*CLUSTER, "--workspace", ws)
+    return ws

@@ -54,15 +54,6 @@ COMMON = ("--shard-size", 5, "--max-seq-length", 64, "-q")  # 60 documents: 12 s
 CLUSTER = ("cluster", "--levels", "3,2", "--name", "k", "-q")  # level 2: three k-means nodes (Ray tasks)
 
 
-@pytest.fixture(scope="module")
-def local_ws(tmp_path_factory, wiki_sample):
-    """The reference: wiki_sample embedded and clustered with the local engine."""
-    ws = tmp_path_factory.mktemp("local") / "ws"
-    assert re.search(r"engine\s+: local\n", cli_ok("embed", wiki_sample, "--workspace", ws, *COMMON))
-    cli_ok(*CLUSTER, "--workspace", ws)
-    return ws
-
-
 @pytest.mark.slow
 def test_ray_engine_writes_the_same_manifests_as_local(tmp_path, wiki_sample, local_ws, ray_instance):
     import logging
