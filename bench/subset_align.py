@@ -39,7 +39,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workspace", type=Path, default=ROOT / "ws" / "minipile",
-                    help="the workspace bench/efficacy.py builds (clustering k64-64, target mmlu)")
+                    help="the workspace bench/efficacy.py builds (clustering k64-64, target mmlu); when it is "
+                         "missing, bench/online.py's (1,500 slice documents, k16)")
     ap.add_argument("--clusters", default="k64-64")
     ap.add_argument("--level", type=int, default=1)
     ap.add_argument("--target", default="mmlu")
@@ -53,8 +54,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.steps = 100
     if not (args.workspace / "clusters" / args.clusters).exists():
-        print(f"skipped: {args.workspace} has no clustering {args.clusters}; build it with bench/efficacy.py first")
-        return {}
+        # no efficacy workspace (a fresh clone): the small one bench/online.py builds from data/minipile
+        from online import quick_workspace
+
+        print(f"{args.workspace} has no clustering {args.clusters}: using bench/online.py's workspace")
+        args.workspace, args.clusters, args.level, args.target, _ = quick_workspace(1500)
     from dgamix.mixing.alignment import gradient_alignments
     from dgamix.mixing.model import ModelConfig, TinyGPT, lm_loss
     from dgamix.mixing.run import build_inputs

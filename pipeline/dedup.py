@@ -6,8 +6,10 @@ earliest such doc_id and is left out of embedding and clustering.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
@@ -49,3 +51,95 @@ def near_duplicates(texts: list[str], cfg: DedupConfig = DedupConfig(), progress
         if progress is not None:
             progress(1)
     return dup_of
+
+
+# --------------------------------------------------------------------------- at corpus scale
+
+def lsh_shape(cfg: DedupConfig) -> tuple[int, int]:
+    """(bands b, rows per band r) that datasketch's MinHashLSH uses for cfg's threshold and num_perm."""
+    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
+    return lsh.b, lsh.r
+
+
+def signature_shard(texts: list[str], cfg: DedupConfig, path: str) -> int:
+    """Per-shard work: the MinHash signatures of ``texts``, (n, num_perm) uint64, saved to ``path``
+    (.npy, written atomically; a plain function, so local and Ray engines run the same code).
+    Returns n. The same values as ``near_duplicates`` computes (datasketch MinHash.bulk)."""
+    from dgamix.pipeline.core.manifest import atomic_path
+
+    sig = np.zeros((0, cfg.num_perm), np.uint64)
+    if texts:
+        sig = np.stack([m.hashvalues for m in MinHash.bulk([list(shingles(t, cfg.shingle)) for t in texts],
+                                                           num_perm=cfg.num_perm, seed=cfg.seed)])
+    tmp = atomic_path(path)
+    with open(tmp, "wb") as f:
+        np.save(f, sig.astype(np.uint64))
+    os.replace(tmp, path)
+    return len(texts)
+
+
+def near_duplicates_sharded(shards: list[list[str]], cfg: DedupConfig, folder: str | Path,
+                            engine=None, progress=None) -> np.ndarray:
+    """``near_duplicates`` of the concatenated shards, with bounded memory and on any engine.
+
+    1. signatures: one task per shard (``signature_shard``, local or Ray), each written to
+       ``folder``/sig-NNNNN.npy on shared storage, never held by the driver all at once;
+    2. buckets: band by band (datasketch's b bands of r rows), the (n, r) band keys are sorted and
+       only documents that share a bucket with another are kept (memory: one band's keys, plus the
+       colliding documents);
+    3. the sequential rule of ``near_duplicates``: in corpus order, a colliding document is a
+       near-duplicate of the earliest *kept* earlier document it shares a bucket with whose MinHash
+       Jaccard estimate reaches the threshold (its predecessors merged in order, stopping at the
+       first hit). The result equals ``near_duplicates(sum(shards, []), cfg)`` exactly.
+    Returns dup_of, int64 (n,): -1 when kept. ``folder`` is created and its signature files removed.
+    """
+    import heapq
+
+    from dgamix.pipeline.engine import LOCAL, map_tasks
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"sig-{i:05d}.npy" for i in range(len(shards))]
+    try:
+        for n in map_tasks(signature_shard, [(s, cfg, str(p)) for s, p in zip(shards, paths)], engine or LOCAL):
+            if progress is not None:
+                progress(n)
+        sigs = [np.load(p, mmap_mode="r") for p in paths]
+        offsets = np.r_[0, np.cumsum([s.shape[0] for s in sigs])].astype(np.int64)
+        n = int(offsets[-1])
+
+        def row(i: int) -> np.ndarray:
+            s = int(np.searchsorted(offsets, i, side="right")) - 1
+            return sigs[s][i - offsets[s]]
+
+        b, r = lsh_shape(cfg)
+        bands = []  # per band: colliding docs sorted by (bucket, doc), each one's bucket start, doc -> position
+        for k in range(b):
+            keys = np.concatenate([np.ascontiguousarray(s[:, k * r:(k + 1) * r]) for s in sigs]) if n else \
+                np.zeros((0, r), np.uint64)
+            keys = keys.view(np.dtype((np.void, 8 * r))).ravel()
+            _, bucket, counts = np.unique(keys, return_inverse=True, return_counts=True)
+            docs = np.flatnonzero(counts[bucket] > 1)
+            order = np.lexsort((docs, bucket[docs]))
+            docs, g = docs[order], bucket[docs][order]
+            start = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+            starts = np.repeat(start, np.diff(np.r_[start, docs.size]))
+            bands.append((docs, starts, dict(zip(docs.tolist(), range(docs.size)))))
+        dup_of = np.full(n, -1, dtype=np.int64)
+        kept = np.ones(n, dtype=bool)
+        colliding = sorted(set().union(*(band[2] for band in bands))) if bands else []
+        for i in colliding:
+            preds = [docs[starts[p]:p] for docs, starts, where in bands if (p := where.get(i)) is not None]
+            sig_i, last = row(i), -1
+            for j in heapq.merge(*preds):
+                if j == last or not kept[j]:
+                    continue
+                last = j
+                # MinHash.jaccard's own arithmetic, so the threshold compares exactly as it does there
+                if np.float64(np.count_nonzero(row(j) == sig_i)) / np.float64(cfg.num_perm) >= cfg.threshold:
+                    dup_of[i], kept[i] = j, False
+                    break
+        return dup_of
+    finally:
+        for p in paths:
+            p.unlink(missing_ok=True)

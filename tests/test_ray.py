@@ -156,3 +156,17 @@ def test_ray_options_without_engine_ray_and_cuda_without_gpus_are_user_errors(tm
                        (("--engine", "ray", "--num-workers", 0), "--num-workers 0")):
         r = run_cli("embed", wiki_sample, "--workspace", tmp_path / "ws", "-q", *extra)
         assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_sharded_dedup_on_ray_equals_in_memory(tmp_path, ray_instance):
+    from dgamix.pipeline.dedup import DedupConfig, near_duplicates, near_duplicates_sharded
+    from dgamix.pipeline.engine import EngineConfig, session
+    from tests.test_dedup import planted_corpus
+
+    texts = planted_corpus(300)
+    engine = EngineConfig("ray", num_workers=2)
+    with session(engine):  # the signature shards run as Ray tasks and write to the shared folder
+        got = near_duplicates_sharded([texts[i:i + 60] for i in range(0, len(texts), 60)], DedupConfig(),
+                                      tmp_path / "sig", engine=engine)
+    np.testing.assert_array_equal(got, near_duplicates(texts, DedupConfig()))
+    assert (got >= 0).sum() > 20

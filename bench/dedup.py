@@ -1,0 +1,117 @@
+"""Near-duplicate removal at scale: docs/s per core and peak memory, in-memory vs sharded.
+
+  in-memory   pipeline.dedup.near_duplicates: every MinHash object and the LSH index in one process,
+              one core (what `dgamix embed` ran until now);
+  sharded     near_duplicates_sharded: signatures per shard of --shard-size texts written as .npy,
+              the LSH bands bucketed one at a time (the same answer, checked here), on the local
+              engine (1 core) and on Ray with --workers workers (tasks of 1 CPU).
+
+Each method runs in its own process on the same texts (the mini-Pile pool from ../shared when it
+is there, else data/minipile/slice.parquet; perturbed copies, one word dropped, fill up to --docs,
+so ~27% of them are planted near-duplicates at 100k), and peak RSS is that process's ru_maxrss
+minus its RSS after loading the texts (what dedup itself adds). docs/s per core = docs/s / cores used.
+
+    python bench/dedup.py [--docs 100000] [--workers 2]      # JSON in bench/results/dedup.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+# bench/ holds a script named ray.py: take bench/ off the path so that `import ray` finds the package
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before `import ray`: bind loopback only
+POOL = ROOT.parent / "shared" / "data" / "minipile" / "pool.parquet"
+
+
+def corpus(n: int) -> list[str]:
+    import polars as pl
+
+    src = POOL if POOL.exists() else ROOT / "data" / "minipile" / "slice.parquet"
+    texts = pl.read_parquet(src, columns=["text"])["text"].to_list()[:n]
+    rng = np.random.default_rng(0)
+    while len(texts) < n:  # near-duplicates: a copy with one word dropped
+        w = texts[int(rng.integers(0, len(texts)))].split()
+        k = int(rng.integers(0, max(1, len(w))))
+        texts.append(" ".join(w[:k] + w[k + 1:]))
+    return texts
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def one(method: str, n: int, workers: int, shard: int, out: str) -> None:
+    """Runs in its own process: one method on n docs; writes its figures (and dup_of) to ``out``."""
+    from dgamix.pipeline.dedup import DedupConfig, near_duplicates, near_duplicates_sharded
+    from dgamix.pipeline.engine import EngineConfig, session
+
+    texts = corpus(n)
+    base = rss_mib()
+    cfg = DedupConfig()
+    t0 = time.perf_counter()
+    if method == "in-memory":
+        dup, cores = near_duplicates(texts, cfg), 1
+    else:
+        engine = EngineConfig("ray", num_workers=workers) if method == "sharded-ray" else EngineConfig("local")
+        cores = workers if method == "sharded-ray" else 1
+        with session(engine), tempfile.TemporaryDirectory() as folder:
+            t0 = time.perf_counter()  # Ray's start-up is not dedup's cost
+            dup = near_duplicates_sharded([texts[i:i + shard] for i in range(0, n, shard)], cfg, folder, engine)
+    sec = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    np.save(out + ".npy", dup)
+    Path(out).write_text(json.dumps({"method": method, "docs": n, "seconds": sec, "docs_per_s": n / sec,
+                                     "cores": cores, "docs_per_s_per_core": n / sec / cores,
+                                     "peak_rss_mib": peak, "dedup_rss_mib": peak - base,
+                                     "duplicates": int((dup >= 0).sum())}))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--docs", type=int, default=100_000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--shard-size", type=int, default=5000)
+    ap.add_argument("--quick", action="store_true", help="(make bench) the same 100k documents: the goal's size")
+    ap.add_argument("--methods", default="in-memory,sharded-local,sharded-ray")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dedup.json")
+    ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one:
+        one(args.one[0], args.docs, args.workers, args.shard_size, args.one[1])
+        return {}
+    rows, dups = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for m in args.methods.split(","):
+            f = str(Path(tmp) / m)
+            subprocess.run([sys.executable, __file__, "--one", m, f, "--docs", str(args.docs), "--workers",
+                            str(args.workers), "--shard-size", str(args.shard_size)], check=True, cwd=ROOT)
+            rows[m] = json.loads(Path(f).read_text())
+            dups[m] = np.load(f + ".npy")
+    same = all(np.array_equal(d, next(iter(dups.values()))) for d in dups.values())
+    out = {"command": "python bench/dedup.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "docs": args.docs, "shard_size": args.shard_size, "source": str(POOL if POOL.exists() else "slice"),
+           "rows": rows, "identical_dup_of": same}
+    print(f"{'method':<15}{'docs/s':>9}{'per core':>10}{'peak RSS MiB':>14}{'dedup adds':>12}{'dups':>8}")
+    for m, r in rows.items():
+        print(f"{m:<15}{r['docs_per_s']:>9.0f}{r['docs_per_s_per_core']:>10.0f}{r['peak_rss_mib']:>14.0f}"
+              f"{r['dedup_rss_mib']:>12.0f}{r['duplicates']:>8}")
+    print(f"{args.docs:,} documents; identical dup_of across methods: {same}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
