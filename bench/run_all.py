@@ -92,7 +92,7 @@ def main() -> None:
         runs[script.stem] = {"command": " ".join(["python", *cmd[1:]]), "returncode": rc,
                              "seconds": round(time.perf_counter() - t, 1)}
         # only what this run wrote; some scripts keep quick results apart from full ones
-        fresh = [r for r in (BENCH / "results" / f"{script.stem}{s}.json" for s in ("", "-quick"))
+        fresh = [r for r in (BENCH / "results" / f"{script.stem}{s}.json" for s in ("", "-quick", "-process"))
                  if r.exists() and r.stat().st_mtime >= start]
         res = fresh[-1] if fresh else BENCH / "results" / f"{script.stem}.json"
         if fresh:

@@ -36,7 +36,8 @@ def embed(
                                   "with bf16 units); int8 (ONNX Runtime, dynamic per-channel quantisation, CPU; needs "
                                   "`pip install onnxruntime onnx`, exported once and cached); fp16 (torch autocast "
                                   "float16, --device cuda only); auto (the fastest that keeps "
-                                  "mean cosine >= 0.99 to fp32 on a sample of the corpus, measured once per workspace; "
+                                  "mean cosine >= 0.99 to fp32 on a sample of the corpus; measured once per machine, model and "
+                                  "settings (the decision is cached in auto/ under $DGAMIX_CACHE, default ~/.cache/dgamix); "
                                   "fp32 for corpora under 2,000 documents after de-duplication). The choice and its cosine are "
                                   "recorded in embeddings.parquet; pass fp32 for byte-identical reruns on other machines."),
     dtype: str = typer.Option("float32", help="Storage dtype of the vectors: float32 or float16."),

@@ -5,11 +5,15 @@ local loop here and a Ray actor pool (`ShardEmbedder`) both run. `embed_corpus` 
 corpus files -> docs.parquet (+ near-duplicate marks) -> embeddings/part-NNNNN.parquet ->
 embeddings.parquet. The encoder and its precision choice are `dgamix.pipeline.encoder`'s; the
 precision used, its measured cosine to fp32 and the model fingerprint are recorded here in the
-embeddings manifests, so a resumed run keeps them.
+embeddings manifests, so a resumed run keeps them. ``auto``'s decision itself is remembered per
+machine, model and settings outside the workspace (`encoder.cached_decision`), so a new workspace
+on the same machine does not measure again.
 """
 from __future__ import annotations
 
 import shutil
+import time
+import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -22,7 +26,7 @@ from dgamix.pipeline.core.progress import progress_bar
 from dgamix.pipeline.core.sources import portable_source
 from dgamix.pipeline.core.workspace import Workspace, lock
 from dgamix.pipeline.corpus import CorpusSpec, load_corpus
-from dgamix.pipeline.dedup import DedupConfig, near_duplicates
+from dgamix.pipeline.dedup import DedupConfig, near_duplicates_sharded
 from dgamix.pipeline.encoder import (
     CONCRETE,
     VALIDATION_DOCS,
@@ -36,7 +40,7 @@ from dgamix.pipeline.encoder import (
     encode,
     load_encoder,
     measure_precision,
-    model_fingerprint,
+    weights_fingerprint,
 )
 from dgamix.pipeline.engine import LOCAL, EngineConfig, map_shards, session, threads_per_worker
 
@@ -114,7 +118,7 @@ class ShardEmbedder:
         enc = self.encoder
         if enc is None:
             enc = load_encoder(self.cfg)
-            if model_fingerprint(self.cfg.model) != self.params["model_fingerprint"]:
+            if weights_fingerprint(enc, self.cfg) != self.params["model_fingerprint"]:
                 raise DgamixError(f"the model '{self.cfg.model}' on this Ray node has other weights than on the "
                                   f"driver; install the same model on every node (or pass --model with a path on "
                                   f"shared storage).")
@@ -134,22 +138,27 @@ class ShardEmbedder:
 def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec(),
                  cfg: EmbedConfig = EmbedConfig(), dedup: DedupConfig | None = DedupConfig(),
                  overwrite: bool = False, quiet: bool = False, engine: EngineConfig = LOCAL) -> dict:
-    """The embed stage. Returns a summary dict (docs, duplicates, empty, shards embedded/skipped, precision).
+    """The embed stage. Returns a summary dict (docs, duplicates, empty, shards embedded/skipped,
+    precision and where its choice came from, seconds of set-up before the shards and of the shards).
 
     The precision actually used (auto resolved), its cosine to fp32 on a validation sample of
     the corpus and the model fingerprint are recorded in the embeddings manifests' params; a
-    rerun (resume) reuses the recorded choice instead of measuring again. The shards still to
-    do run on ``engine`` (see :mod:`dgamix.pipeline.engine`); the files do not depend on it.
+    rerun (resume) reuses the recorded choice instead of measuring again, and ``auto`` on a new
+    workspace reuses this machine's cached decision (see ``encoder.resolve_precision``). The
+    shards still to do run on ``engine`` (see :mod:`dgamix.pipeline.engine`); the files do not
+    depend on it.
     """
+    t0 = time.perf_counter()
     check_precision(cfg.precision, cfg.device)
     engine.check()
     if cfg.shard_size < 1 or cfg.batch_size < 1 or cfg.max_seq_length < 1:
         raise DgamixError("--shard-size, --batch-size and --max-seq-length must be positive integers.")
-    with lock(ws, "embed"):
+    # one engine session for the near-duplicate signatures and the shards (a local Ray instance starts once)
+    with lock(ws, "embed"), session(engine):
         base, stats = load_corpus(inputs, spec)
         texts = stats.pop("texts").to_pylist()
         enc = load_encoder(cfg)
-        model_fp = model_fingerprint(cfg.model)
+        model_fp = weights_fingerprint(enc, cfg)  # kept on the encoder: the int8 cache key reuses it
         docs_params = {"corpus": stats["files"], **asdict(spec), "dedup": asdict(dedup) if dedup else None,
                        "tokenizer": model_fp}
         docs_fp = manifest.fingerprint(stats["checksums"], docs_params)
@@ -160,16 +169,20 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
             for p in (ws.embeddings, ws.embeddings_dir):  # embeddings of another corpus are void
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             with progress_bar("dedup", len(texts), quiet) as tick:
-                dup_of = near_duplicates(texts, dedup, tick) if dedup else np.full(len(texts), -1, np.int64)
+                dup_of = _near_duplicates(ws, texts, dedup, cfg.shard_size, engine, tick)
             docs = _docs_table(base, dup_of, count_tokens(enc, texts), ws.root)
             manifest.write(ws.docs, docs, "docs", docs_params, docs_fp,
                            extra={"skipped_empty": stats["skipped_empty"], "text_column": spec.text_column})
 
         kept = np.asarray(docs["doc_id"])[np.asarray(docs["dup_of"].is_null())]
         sample = [texts[i] for i in _spread(kept.tolist(), VALIDATION_DOCS)]
-        rep = _recorded_precision(ws, cfg, model_fp) or _auto_small_corpus(cfg, len(kept))
+        rep, source = _recorded_precision(ws, cfg, model_fp), "recorded in the workspace"
         if rep is None:
+            rep, source = _auto_small_corpus(cfg, len(kept)), f"fewer than {AUTO_MIN_DOCS} documents: not measured"
+        if rep is None:  # auto: this machine's cached decision, else measured (encoder.resolve_precision)
             rep = measure_precision(enc, cfg, sample, cfg.precision)
+            source = "requested" if cfg.precision != "auto" else (
+                rep.cached or f"measured on {rep.sample} documents in {rep.seconds:.1f} s")
         elif rep.precision == "int8":  # recorded: is this dgamix's int8 export the one that made the parts?
             rep.recipe = check_int8_export(enc, cfg, None if overwrite else rep.recipe, sample,
                                            str(ws.embeddings_dir), "pass --overwrite to re-embed, or use another "
@@ -187,6 +200,7 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
 
         shards = [kept[i:i + cfg.shard_size] for i in range(0, len(kept), cfg.shard_size)]
         rows, jobs, skipped = [], [], 0
+        t1 = time.perf_counter()
         with progress_bar("embed", len(kept), quiet, unit="docs") as tick:
             for s, ids in enumerate(shards):
                 part = ws.embedding_part(s)
@@ -203,7 +217,7 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
             with session(engine):
                 for k, res in enumerate(map_shards(work, jobs, engine, tick, weight=lambda job: len(job["doc_ids"]))):
                     rows[jobs[k]["params"]["shard"]]["checksum"] = res["checksum"]  # read by the worker, not here
-        done = len(jobs)
+        done, t2 = len(jobs), time.perf_counter()
         for row in rows:
             if "checksum" not in row:  # a part kept from an earlier run
                 row["checksum"] = manifest.file_checksum(ws.root / row["path"])
@@ -215,7 +229,22 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
         return {"workspace": str(ws.root), "docs": docs.num_rows, "embedded": int(len(kept)), "duplicates": n_dup,
                 "skipped_empty": int(manifest.read_meta(ws.docs).get("skipped_empty", 0)),
                 "shards": len(shards), "shards_embedded": done, "shards_skipped": skipped, "engine": engine.name,
-                "precision": rep.precision, "precision_cosine_mean": round(rep.cosine_mean, 4)}
+                "precision": rep.precision, "precision_cosine_mean": round(rep.cosine_mean, 4),
+                "precision_source": source, "setup_s": round(t1 - t0, 1), "embed_s": round(t2 - t1, 1)}
+
+
+def _near_duplicates(ws: Workspace, texts: list[str], dedup: DedupConfig | None, shard_size: int,
+                     engine: EngineConfig, tick) -> np.ndarray:
+    """dup_of of every text (-1: kept): MinHash signatures per shard of ``shard_size`` texts on
+    ``engine``, written under WS/cache/ (shared storage on a cluster) and removed after."""
+    if dedup is None:
+        return np.full(len(texts), -1, np.int64)
+    folder = ws.root / "cache" / f".dedup-{uuid.uuid4().hex[:8]}"
+    try:
+        return near_duplicates_sharded([texts[i:i + shard_size] for i in range(0, len(texts), shard_size)],
+                                       dedup, folder, engine, tick)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _part_is_complete(part: Path, emb_fp: str, shard_params: dict, overwrite: bool) -> bool:
@@ -251,5 +280,5 @@ def _recorded_precision(ws: Workspace, cfg: EmbedConfig, model_fp: str) -> Preci
             choice = p.get("precision_choice") or {}
             return PrecisionReport(cfg.precision, p["precision"], p["precision_cosine_mean"], p["precision_cosine_min"],
                                    p.get("precision_sample", 0), p.get("int8_recipe"), choice.get("docs_per_s", {}),
-                                   choice.get("cosine", {}), choice.get("skipped", {}))
+                                   choice.get("cosine", {}), choice.get("skipped", {}), choice.get("cached"))
     return None

@@ -22,7 +22,8 @@ intra-op threads (created when first needed).
 The cache folder is ``$DGAMIX_CACHE`` or ``$XDG_CACHE_HOME/dgamix`` or ``~/.cache/dgamix``; each
 export lives in ``onnx/<fingerprint>-<EXPORT_VERSION>/`` (``model.int8.onnx`` + ``meta.json``),
 written to a temporary folder and renamed, so a crash or a concurrent export never leaves a
-half model under the final name.
+half model under the final name. ``--precision auto``'s decisions live beside them, in ``auto/``
+(see ``encoder.cached_decision``).
 """
 from __future__ import annotations
 
@@ -99,6 +100,7 @@ def onnxruntime_available() -> bool:
 
 
 def cache_root() -> Path:
+    """dgamix's per-user cache folder (int8 exports, auto's decisions); never inside a workspace."""
     env = os.environ.get("DGAMIX_CACHE")
     if env:
         return Path(env)

@@ -1,7 +1,8 @@
 """Encoder precisions (fp32 / bf16 / int8 / auto) on the real packaged MiniLM model and real text.
 
-The int8 export goes to a per-session temporary cache (DGAMIX_CACHE), so it runs once per test
-session (about 15 s on 2 cores) and the cache test can watch it being reused.
+The int8 export and auto's decisions go to a per-module temporary cache (DGAMIX_CACHE, set for
+every test here: the user's real cache is never written), so the export runs once per test
+session (about 15 s on 2 cores) and the cache tests can watch it being reused.
 """
 import dataclasses
 import json
@@ -24,7 +25,7 @@ from tests.conftest import DATA
 needs_ort = pytest.mark.skipif(not onnxruntime_available(), reason="int8 needs `pip install onnxruntime onnx`")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def int8_cache(tmp_path_factory):
     old = os.environ.get("DGAMIX_CACHE")
     os.environ["DGAMIX_CACHE"] = str(tmp_path_factory.mktemp("dgamix-cache"))
@@ -273,3 +274,26 @@ def test_quiet_logging_restores_the_users_level():
         assert logging.root.manager.disable == logging.NOTSET
     finally:
         logging.disable(before)
+
+
+@pytest.mark.slow
+def test_auto_measures_once_per_machine(encoder, monkeypatch):
+    """The real measurement on a 64-document sample; a second process (a new Encoder) on this
+    machine reuses the decision from the cache (this module's DGAMIX_CACHE) without measuring."""
+    import dgamix.pipeline.encoder as E
+
+    texts = pl.read_parquet(DATA / "wiki_vital_en.parquet").sample(64, seed=11)["text"].to_list()
+    cfg = EmbedConfig(precision="auto")
+    rep = E.resolve_precision(E.Encoder(encoder.model), cfg, texts)
+    if rep.failed:
+        pytest.skip(f"a candidate failed on this machine, so nothing is cached: {rep.skipped}")
+    assert rep.cached is None and rep.sample == 64 and set(rep.docs_per_s) >= {"fp32"}
+    assert rep.precision == "fp32" or (rep.cosine_mean >= 0.99 and rep.cosine_min >= 0.95)
+
+    def fail(*a):
+        raise AssertionError("measured again although the decision is cached")
+
+    monkeypatch.setattr(E, "measure_auto", fail)
+    again = E.resolve_precision(E.Encoder(encoder.model), cfg, texts)
+    assert again.cached.startswith("cached decision from ") and again.precision == rep.precision
+    assert (again.docs_per_s, again.cosines, again.recipe) == (rep.docs_per_s, rep.cosines, rep.recipe)
