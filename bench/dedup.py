@@ -65,8 +65,12 @@ def one(method: str, n: int, workers: int, shard: int, out: str) -> None:
         dup, cores = near_duplicates(texts, cfg), 1
     else:
         engine = EngineConfig("ray", num_workers=workers) if method == "sharded-ray" else EngineConfig("local")
-        cores = workers if method == "sharded-ray" else 1
+        cores = 1
         with session(engine), tempfile.TemporaryDirectory() as folder:
+            if engine.is_ray:  # the signature tasks take every CPU of the instance
+                import ray
+
+                cores = int(ray.cluster_resources().get("CPU", 1))
             t0 = time.perf_counter()  # Ray's start-up is not dedup's cost
             dup = near_duplicates_sharded([texts[i:i + shard] for i in range(0, n, shard)], cfg, folder, engine)
     sec = time.perf_counter() - t0

@@ -43,7 +43,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from dgamix.mixing.alignment import select_params
 from dgamix.mixing.dga import DGAConfig
+from dgamix.mixing.mixers import ADAPTIVE
 from dgamix.mixing.model import lm_loss, lm_loss_sum
 from dgamix.mixing.online import AlignmentError, OnlineMixture, load_state, save_state
 from dgamix.mixing.tokens import DocTokens, Packer, Windows
@@ -237,6 +239,11 @@ class Trainer:
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.params = params or {}
         self.loss_fn, self.quiet, self.on_checkpoint = loss_fn, quiet, on_checkpoint
+        if self.mixer.name in ADAPTIVE:
+            try:  # a --align-params that matches no parameter: now, not at the first reweighting
+                select_params(self.model, self.mixer.config.align_params)
+            except ValueError as e:
+                raise DgamixError(f"--align-params: {e}.") from None
         self.opt = make_optimizer(self.model, config)
         self.packer = Packer(data.tokens, config.context, config.batch_size, data.mean_len)
         self.step = 0

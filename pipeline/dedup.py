@@ -85,8 +85,9 @@ def near_duplicates_sharded(shards: list[list[str]], cfg: DedupConfig, folder: s
     1. signatures: one task per shard (``signature_shard``, local or Ray), each written to
        ``folder``/sig-NNNNN.npy on shared storage, never held by the driver all at once;
     2. buckets: band by band (datasketch's b bands of r rows), the (n, r) band keys are sorted and
-       only documents that share a bucket with another are kept (memory: one band's keys, plus the
-       colliding documents);
+       only documents that share a bucket with another are kept (memory: one band's keys, n x r x 8
+       bytes, plus ~100 bytes per colliding document and band; every signature file is read once
+       per band; the texts themselves are the caller's, and on Ray each shard's texts travel to its task);
     3. the sequential rule of ``near_duplicates``: in corpus order, a colliding document is a
        near-duplicate of the earliest *kept* earlier document it shares a bucket with whose MinHash
        Jaccard estimate reaches the threshold (its predecessors merged in order, stopping at the
@@ -97,7 +98,7 @@ def near_duplicates_sharded(shards: list[list[str]], cfg: DedupConfig, folder: s
 
     from dgamix.pipeline.engine import LOCAL, map_tasks
 
-    folder = Path(folder)
+    folder = Path(folder).absolute()  # Ray workers do not share the driver's working folder
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"sig-{i:05d}.npy" for i in range(len(shards))]
     try:

@@ -153,8 +153,7 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
     engine.check()
     if cfg.shard_size < 1 or cfg.batch_size < 1 or cfg.max_seq_length < 1:
         raise DgamixError("--shard-size, --batch-size and --max-seq-length must be positive integers.")
-    # one engine session for the near-duplicate signatures and the shards (a local Ray instance starts once)
-    with lock(ws, "embed"), session(engine):
+    with lock(ws, "embed"):
         base, stats = load_corpus(inputs, spec)
         texts = stats.pop("texts").to_pylist()
         enc = load_encoder(cfg)
@@ -239,10 +238,14 @@ def _near_duplicates(ws: Workspace, texts: list[str], dedup: DedupConfig | None,
     ``engine``, written under WS/cache/ (shared storage on a cluster) and removed after."""
     if dedup is None:
         return np.full(len(texts), -1, np.int64)
-    folder = ws.root / "cache" / f".dedup-{uuid.uuid4().hex[:8]}"
+    for old in (ws.root / "cache").glob(".dedup-*"):  # a killed run's signatures (we hold the embed lock)
+        shutil.rmtree(old, ignore_errors=True)
+    folder = (ws.root / "cache" / f".dedup-{uuid.uuid4().hex[:8]}").absolute()
     try:
-        return near_duplicates_sharded([texts[i:i + shard_size] for i in range(0, len(texts), shard_size)],
-                                       dedup, folder, engine, tick)
+        # its own engine session: a local Ray instance is gone again before auto times the precisions
+        with session(engine):
+            return near_duplicates_sharded([texts[i:i + shard_size] for i in range(0, len(texts), shard_size)],
+                                           dedup, folder, engine, tick)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -36,9 +36,26 @@ def test_sharded_equals_in_memory_exactly(tmp_path, shard, cfg):
     got = near_duplicates_sharded(shards, cfg, tmp_path / "sig", progress=seen.append)
     np.testing.assert_array_equal(got, want)
     assert sum(seen) == len(texts) and not list((tmp_path / "sig").iterdir())  # signatures cleaned up
-    assert lsh_shape(cfg)[0] * lsh_shape(cfg)[1] <= cfg.num_perm
+    b, r = lsh_shape(cfg)
+    assert b * r <= cfg.num_perm and b > 1
 
 
 def test_sharded_on_empty_and_single_shards(tmp_path):
     assert near_duplicates_sharded([], DedupConfig(), tmp_path / "a").shape == (0,)
     assert near_duplicates_sharded([["x y z"], []], DedupConfig(), tmp_path / "b").tolist() == [-1]
+
+
+def test_the_earliest_kept_document_rule_on_a_chain(tmp_path):
+    """A ~ B and B ~ C but A !~ C: B is a duplicate of A and is not kept, so C (compared with kept
+    documents only) stays; both versions agree."""
+    words = [f"w{i}" for i in range(400)]
+    a = " ".join(words)
+    b = " ".join(words[:360] + [f"x{i}" for i in range(40)])          # ~0.82 of A's shingles
+    c = " ".join(words[:320] + [f"x{i}" for i in range(40)] + [f"y{i}" for i in range(40)])
+    cfg = DedupConfig(threshold=0.7)
+    want = near_duplicates([a, b, c], cfg)
+    got = near_duplicates_sharded([[a], [b, c]], cfg, tmp_path / "s")
+    np.testing.assert_array_equal(got, want)
+    assert want[1] == 0 and want[2] == -1, want
+    assert near_duplicates([b, c], cfg).tolist() == [-1, 0]  # C is B's near-duplicate when B is kept
+    assert near_duplicates([a, c], cfg).tolist() == [-1, -1]  # and not A's

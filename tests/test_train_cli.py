@@ -61,6 +61,10 @@ def test_cli_dga_with_basis_runs_and_writes_the_run(ws):
     (["--clusters", "c", "--level", 2, "--target", "t", "--mixer", "is"], ["needs --basis"]),
     (["--clusters", "c", "--level", 2, "--target", "t", "--mixer", "magic"], ["unknown --mixer"]),
     (["--clusters", "c", "--level", 2, "--target", "t", "--mixer", "uniform", "--basis", "b"], ["drop --basis"]),
+    (["--clusters", "c", "--level", 2, "--target", "t", "--mixer", "dga", "--align-params", "blocks["],
+     ["not a regular expression"]),
+    (["--clusters", "c", "--level", 2, "--target", "t", "--mixer", "dga", "--align-params", "nothing-like-this"],
+     ["--align-params", "matches none of the model's trainable parameters"]),
 ])
 def test_cli_bad_inputs_exit_2_with_one_line(ws, args, needles):
     one_line_error(train(ws, *args, "--steps", 2, "--name", "bad"), *needles)
