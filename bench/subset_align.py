@@ -49,8 +49,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="100 steps (make bench)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "subset_align.json")
+    ap.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/subset_align[-quick].json)")
     args = ap.parse_args(argv)
+    args.out = args.out or ROOT / "bench" / "results" / ("subset_align-quick.json" if args.quick else "subset_align.json")
     if args.quick:
         args.steps = 100
     if not (args.workspace / "clusters" / args.clusters).exists():
