@@ -377,9 +377,8 @@ def resolve_precision(enc: Encoder, cfg: EmbedConfig, texts: list[str]) -> Preci
         # fp32 on THIS corpus's sample (two short passes, no timing) and record that one
         check = measure_precision(enc, cfg, texts, rep.precision)
         if check.cosine_mean >= MIN_MEAN_COSINE and check.cosine_min >= MIN_MIN_COSINE:
+            # the manifests' cosine is this corpus's; docs_per_s / cosines stay what the choice was made from
             rep.cosine_mean, rep.cosine_min, rep.sample = check.cosine_mean, check.cosine_min, check.sample
-            rep.cosines = {**rep.cosines, rep.precision: [round(check.cosine_mean, 5), round(check.cosine_min, 5)]}
-            rep.recipe = check.recipe or rep.recipe
         else:
             rep = None  # not good enough on this corpus: measure every candidate on it
     if rep is None:

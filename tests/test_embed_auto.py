@@ -203,6 +203,9 @@ def test_an_int8_decision_holds_for_its_export_only(encoder, cache, measured, mo
                                       {"fp32": 10.0, "int8": 30.0}, {"fp32": [1.0, 1.0], "int8": [0.995, 0.98]})
     recipe = {"now": "v2/s8-rr"}
     monkeypatch.setattr(E, "int8_encoder", lambda enc, cfg, texts: types.SimpleNamespace(recipe=recipe["now"]))
+    # a reused int8 choice is checked against fp32 on the new corpus: the stand-in cannot encode, so stub it
+    monkeypatch.setattr(E, "measure_precision", lambda enc, cfg, texts, p: PrecisionReport(
+        "int8", p, 0.996, 0.985, E.VALIDATION_DOCS, recipe["now"]))
     resolve_precision(fresh(encoder), CFG, TEXTS)
     rep = resolve_precision(fresh(encoder), CFG, TEXTS)
     assert rep.cached and rep.precision == "int8" and rep.recipe == "v2/s8-rr" and len(measured.calls) == 1
@@ -222,3 +225,20 @@ def test_machine_fingerprint_names_what_the_choice_depends_on():
     assert set(m["cpu_flags"]) <= set(E.CPU_FLAGS)  # only flags that change the ranking
     assert {"torch", "onnxruntime", "sentence-transformers"} <= set(m["libraries"])
     assert np.all([isinstance(v, (str, type(None))) for v in m["libraries"].values()])
+
+
+def test_a_cached_choice_below_the_bounds_on_a_new_corpus_is_measured_again(encoder, cache, measured, monkeypatch):
+    """The speed is the machine's, the quality the corpus's: a cached int8 choice whose cosine to fp32
+    on this corpus's sample is below the bounds is not reused; a good one records this corpus's cosine."""
+    measured.report = PrecisionReport("auto", "int8", 0.995, 0.98, E.VALIDATION_DOCS, "v2/s8-rr",
+                                      {"fp32": 10.0, "int8": 30.0}, {"fp32": [1.0, 1.0], "int8": [0.995, 0.98]})
+    monkeypatch.setattr(E, "int8_encoder", lambda enc, cfg, texts: types.SimpleNamespace(recipe="v2/s8-rr"))
+    quality = {"mean": 0.997}
+    monkeypatch.setattr(E, "measure_precision", lambda enc, cfg, texts, p: PrecisionReport(
+        "int8", p, quality["mean"], 0.97, 17, "v2/s8-rr"))
+    resolve_precision(fresh(encoder), CFG, TEXTS)
+    rep = resolve_precision(fresh(encoder), CFG, TEXTS)
+    assert rep.cached and len(measured.calls) == 1
+    assert (rep.cosine_mean, rep.cosine_min, rep.sample) == (0.997, 0.97, 17)  # this corpus's check
+    quality["mean"] = 0.95  # below MIN_MEAN_COSINE on another corpus
+    assert resolve_precision(fresh(encoder), CFG, TEXTS).cached is None and len(measured.calls) == 2
