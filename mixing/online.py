@@ -485,11 +485,10 @@ class OnlineMixture:
 
 def _to(batch: Any, device) -> Any:
     """``batch`` (a tensor, or a mapping / list of tensors) on ``device``."""
-    if isinstance(batch, torch.Tensor):
+    if hasattr(batch, "to"):  # a tensor, or a tokenizer's BatchEncoding
         return batch.to(device)
     if isinstance(batch, Mapping):
-        return type(batch)({k: _to(v, device) for k, v in batch.items()}) if not hasattr(batch, "to") \
-            else batch.to(device)
+        return type(batch)({k: _to(v, device) for k, v in batch.items()})
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to(v, device) for v in batch)
     return batch

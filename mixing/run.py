@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 from dgamix.mixing.inputs import HOLDOUT_SEED
-from dgamix.mixing.mixers import MIXER_NAMES
 from dgamix.mixing.model import ModelConfig, TinyGPT
 from dgamix.mixing.online import OnlineMixture, mixture_inputs, resolve_config
 from dgamix.mixing.runlog import write_outputs
@@ -72,10 +71,10 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
                  basis: str | None, config: TrainConfig, quiet: bool = True) -> dict:
     """Everything a run needs, from the manifests; clear DgamixErrors for bad inputs. The mixture is
     the ``OnlineMixture`` a user's loop gets from ``from_workspace``, with packed token batches."""
-    config = resolve_ema_beta(mixer_name, config) if mixer_name in MIXER_NAMES else config
     eval_size = config.eval_batches * config.eval_batch_size
     inp = mixture_inputs(ws, clusters, level, target, mixer_name, basis, config.dga, config.seed,
                          config.tokens_per_domain, config.general_holdout, eval_size)
+    config = replace(config, dga=inp.config)  # the EMA weight the mixer really runs with, recorded
     full, held = inp.pool.full, inp.pool.held
     tokens, vocab, tok, token_key = corpus_tokens(ws, config.vocab_size, quiet=quiet)
     if len(tokens) <= int(full.docs.max()):
@@ -93,17 +92,16 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
     general_eval = eval_windows(tokens, held, config.context, eval_size)
 
     mean_len = float(tokens.lengths(full.docs).mean()) if full.docs.size else 1.0
-    batches = PackedBatches(tokens, target_w, config.context, mean_len)
-    mix = OnlineMixture(inp.sampler, inp.probe, inp.mixer, batches, kind=inp.kind, ids=inp.ids, names=inp.names,
-                        align_batch_size=config.align_batch_size, target_batch_size=config.target_batch_size,
-                        seed=config.seed, ws=ws, rank=0, world_size=1)
-    data = TrainData(tokens, {"target": target_eval, "general": general_eval}, mean_len)
     p = inp.params
     params = {"clusters": clusters, "level": level, "target": target, "mixer": mixer_name, "basis": basis,
               **recorded_params(config), "corpus": p["corpus"], "tokens": token_key,
               "target_file": p["target_file"], "basis_file": p["basis_file"], "clusters_file": p["clusters_file"],
               "n_general_holdout": p["n_general_holdout"]}
-    mix.params = params
+    batches = PackedBatches(tokens, target_w, config.context, mean_len)
+    mix = OnlineMixture(inp.sampler, inp.probe, inp.mixer, batches, kind=inp.kind, ids=inp.ids, names=inp.names,
+                        align_batch_size=config.align_batch_size, target_batch_size=config.target_batch_size,
+                        seed=config.seed, ws=ws, params=params, rank=0, world_size=1)
+    data = TrainData(tokens, {"target": target_eval, "general": general_eval}, mean_len)
     return {"data": data, "mix": mix, "mixer": mix.mixer, "vocab": vocab, "params": params, "held": held,
             "index": inp.pool.index}
 

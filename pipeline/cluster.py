@@ -169,7 +169,7 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
     params = {"levels": list(levels), "seed": int(seed), "niter": int(niter),
               "max_points_per_centroid": int(max_points_per_centroid), "init": init, "dim": source.dim}
     inputs = manifest.fingerprint(source.fingerprint, params)
-    docs, docs_meta = manifest.read(ws.docs, "docs", columns=["doc_id", "n_tokens", "source", "row"])
+    docs, _ = manifest.read(ws.docs, "docs", columns=["doc_id", "n_tokens"])
 
     with lock(ws, f"cluster-{name}"), session(engine):
         t0 = time.perf_counter()
@@ -201,7 +201,7 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
             tree.size = sizes
             stats = _with_sizes(stats, tree, n)
             assign_seconds = time.perf_counter() - t1
-            domains = build_domains(tree, sizes, collect, docs, DocTexts(ws).reader, quiet)
+            domains = build_domains(tree, sizes, collect, DocTexts(ws), quiet)
             # domains first, then the tree marked complete: a crash in between just redoes this part
             manifest.write(ws.domains(name), domains, "domains", params, tree_fp)
             meta = _write_tree(ws, name, tree, params, inputs, source.fingerprint, n, "complete", _public_stats(stats))

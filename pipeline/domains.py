@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from dgamix.pipeline.core.progress import progress_bar
-from dgamix.pipeline.core.sources import TextReader
+from dgamix.pipeline.core.sources import DocTexts
 from dgamix.pipeline.kmeans import Tree
 
 EXEMPLARS = 3
@@ -156,23 +156,18 @@ def top_terms(texts: list[str], leaf_pos: np.ndarray, leaf_weight: np.ndarray, t
     return out[::-1]
 
 
-def build_domains(tree: Tree, sizes: list[np.ndarray], stats: DomainStats, docs: pa.Table, reader: TextReader,
+def build_domains(tree: Tree, sizes: list[np.ndarray], stats: DomainStats, texts: DocTexts,
                   quiet: bool = True) -> pa.Table:
-    """The domains table (see module doc). ``docs``: docs.parquet's doc_id, source, row columns;
-    ``reader``: reads the texts back (``sources.DocTexts(ws).reader``: relative sources resolved)."""
-    doc_id = docs["doc_id"].to_numpy()
-    sources, rows = docs["source"], docs["row"].to_numpy()
+    """The domains table (see module doc). ``texts``: the workspace's texts by doc id."""
 
     def texts_of(ids: np.ndarray, chars: int) -> dict[int, str]:
         ids = np.unique(ids)
-        at = np.searchsorted(doc_id, ids)
         out: dict[int, str] = {}
         with progress_bar("read texts", len(ids), quiet, unit="docs") as tick:
             for a in range(0, len(ids), 50_000):
-                sl = at[a:a + 50_000]
-                got = reader.read(sources.take(pa.array(sl)).to_pylist(), rows[sl].tolist())
-                out.update((int(i), t[:chars] if t else "") for i, t in zip(ids[a:a + 50_000], got))
-                tick(len(sl))
+                chunk = ids[a:a + 50_000]
+                out.update((int(i), t[:chars] if t else "") for i, t in zip(chunk, texts[chunk]))
+                tick(len(chunk))
         return out
 
     ex = [e.result() for e in stats.exemplars]
