@@ -65,7 +65,7 @@ from dgamix.pipeline.encoder import (  # noqa: E402
     machine_fingerprint,
     model_fingerprint,
 )
-from dgamix.pipeline.onnx_int8 import EXPORT_VERSION, cache_root, cores, onnxruntime_available  # noqa: E402
+from dgamix.pipeline.onnx_int8 import EXPORT_VERSION, FP32_FILE, cache_root, cores, onnxruntime_available  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -234,7 +234,7 @@ def _prime_int8(cache: Path, tmp: Path, env: dict, dgamix: list[str]) -> dict:
         return {"int8": "onnxruntime / onnx not installed"}
     name = f"{model_fingerprint(DEFAULT_MODEL)}-{EXPORT_VERSION}"
     mine = cache_root() / "onnx" / name
-    if (mine / "meta.json").exists() and (mine / "model.int8.onnx").exists():
+    if all((mine / f).exists() for f in ("meta.json", "model.int8.onnx", FP32_FILE)):
         shutil.copytree(mine, cache / "onnx" / name)
         meta = json.loads((mine / "meta.json").read_text())
         return {"int8_export": f"copied from {mine}", "export_seconds": round(meta.get("export_seconds", 0.0), 1)}

@@ -116,20 +116,45 @@ def model_fingerprint(name: str) -> str:
 
 
 class Encoder:
-    """A loaded sentence-transformers model and what dgamix keeps for it: the int8 ONNX Runtime
-    session, ``auto``'s decisions, the weights' fingerprint and a thread cap. Kept here rather than
-    on the third-party model object. ``model``: the SentenceTransformer; ``threads``: intra-op
-    threads for encoding (None = the cores this process may use; a Ray actor sets its share)."""
+    """A sentence-transformers model and what dgamix keeps for it: the int8 ONNX Runtime session,
+    ``auto``'s decisions, the weights' fingerprint and a thread cap. Kept here rather than on the
+    third-party model object. ``threads``: intra-op threads for encoding (None = the cores this
+    process may use; a Ray actor sets its share).
 
-    def __init__(self, model, threads: int | None = None) -> None:
-        self.model = model
+    ``model`` (the SentenceTransformer) is loaded on first use: a run that only tokenises and runs
+    the cached int8 export (a warm ``auto`` or ``int8`` run) never imports torch or
+    sentence-transformers, which is most of a short run's set-up (importing them took 7-11 s of a
+    28 s run on 2 cores). Tokenisation then goes through the model's own tokenizer.json with the
+    ``tokenizers`` library (:class:`FastTokenizer`): the features sentence-transformers makes,
+    exactly (tests/test_precision.py), for the plain models where that holds.
+    """
+
+    def __init__(self, model=None, threads: int | None = None, cfg: EmbedConfig | None = None) -> None:
+        if model is None and cfg is None:
+            raise ValueError("Encoder needs a loaded model or the EmbedConfig to load it from")
+        self._model = model
+        self._cfg = cfg
         self.threads = threads
         self.int8 = None                          # the Int8Encoder, once exported / loaded
         self.auto: dict[tuple, PrecisionReport] = {}  # auto's decision per (max_seq_length, batch, device)
         self.fingerprint: tuple[str, str] | None = None  # (model name, fingerprint of its weights)
+        self.fast = FastTokenizer.of(cfg) if model is None else None
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the SentenceTransformer (and so torch) is loaded."""
+        return self._model is not None
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = _sentence_transformer(self._cfg)
+        return self._model
 
     @property
     def dim(self) -> int:
+        if self._model is None and self.fast is not None:
+            return self.fast.dim
         m = self.model
         return m.get_embedding_dimension() if hasattr(m, "get_embedding_dimension") \
             else m.get_sentence_embedding_dimension()
@@ -139,9 +164,69 @@ class Encoder:
         return self.model.tokenizer
 
 
+class FastTokenizer:
+    """The features sentence-transformers makes for a plain text model (Transformer + Pooling
+    [+ Normalize], no prompts, no lower-casing of its own, right padding), made with the
+    ``tokenizers`` library from the model's tokenizer.json: truncation to ``max_seq_length``
+    word pieces (special tokens included), padding to the longest text of the call."""
+
+    def __init__(self, path: Path, max_seq_length: int, dim: int) -> None:
+        from tokenizers import Tokenizer
+
+        self.tok = Tokenizer.from_file(str(path))
+        self.max_seq_length, self.dim = max_seq_length, dim
+        pad = self.tok.token_to_id("[PAD]")
+        self.pad_id = 0 if pad is None else pad
+
+    @classmethod
+    def of(cls, cfg: EmbedConfig) -> FastTokenizer | None:
+        """The fast tokenizer of ``cfg.model``, or None when it is not a local folder of that plain
+        kind (then the SentenceTransformer tokenises, as before)."""
+        folder = Path(model_path(cfg.model))
+        try:
+            modules = json.loads((folder / "modules.json").read_text())
+            st = json.loads((folder / "sentence_bert_config.json").read_text())
+            tc = json.loads((folder / "tokenizer_config.json").read_text())
+            pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
+            extra = folder / "config_sentence_transformers.json"
+            prompts = json.loads(extra.read_text()) if extra.exists() else {}
+        except (OSError, ValueError):
+            return None
+        types = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
+        plain = (types[:2] == ["Transformer", "Pooling"] and set(types[2:]) <= {"Normalize"}
+                 and [m.get("path") for m in modules[:2]] == ["", "1_Pooling"]
+                 and not st.get("do_lower_case") and tc.get("padding_side", "right") == "right"
+                 and not prompts.get("prompts") and not prompts.get("default_prompt_name")
+                 and (folder / "tokenizer.json").is_file()
+                 and isinstance(pooling.get("word_embedding_dimension"), int))
+        if not plain:
+            return None
+        try:
+            return cls(folder / "tokenizer.json", cfg.max_seq_length, pooling["word_embedding_dimension"])
+        except Exception:  # noqa: BLE001 - a tokenizer.json this library cannot read: sentence-transformers can
+            return None
+
+    def features(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """input_ids, token_type_ids, attention_mask: int64 (n, longest)."""
+        self.tok.enable_truncation(self.max_seq_length)
+        self.tok.enable_padding(pad_id=self.pad_id, pad_token=self.tok.id_to_token(self.pad_id) or "[PAD]")
+        out = self.tok.encode_batch(texts)
+        return {"input_ids": np.array([e.ids for e in out], np.int64),
+                "token_type_ids": np.array([e.type_ids for e in out], np.int64),
+                "attention_mask": np.array([e.attention_mask for e in out], np.int64)}
+
+    def count(self, texts: list[str]) -> np.ndarray:
+        """Untruncated word pieces per text, special tokens left out: int64 (n,)."""
+        self.tok.no_truncation()
+        self.tok.no_padding()
+        out = self.tok.encode_batch(texts, add_special_tokens=False)
+        return np.fromiter((len(e.ids) for e in out), np.int64, len(out))
+
+
 def load_encoder(cfg: EmbedConfig) -> Encoder:
     """The :class:`Encoder` of ``cfg``'s sentence-transformers model (offline: the hub is never
-    contacted by default).
+    contacted by default). The model itself is loaded here when dgamix cannot tokenise for it
+    without it (or it runs on a GPU), else on first use (see :class:`Encoder`).
 
     For --precision int8 the ONNX Runtime session is made on first use (the export is cached on
     disk, see pipeline/onnx_int8.py); a missing onnxruntime is reported here already.
@@ -154,6 +239,14 @@ def load_encoder(cfg: EmbedConfig) -> Encoder:
             raise DgamixError(f"--precision int8 runs on the CPU (ONNX Runtime); use --device cpu, or "
                               f"--precision fp32/bf16 on {cfg.device}.")
         require_onnxruntime()
+    enc = Encoder(cfg=cfg)
+    if enc.fast is None or not cfg.device.startswith("cpu"):
+        enc.model  # noqa: B018 - load now: a bad --model fails before any work
+    return enc
+
+
+def _sentence_transformer(cfg: EmbedConfig):
+    """``cfg.model`` loaded with sentence-transformers, from local files only."""
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
@@ -171,7 +264,7 @@ def load_encoder(cfg: EmbedConfig) -> Encoder:
             hf_logging.enable_progress_bar()
     model.max_seq_length = cfg.max_seq_length
     model.eval()
-    return Encoder(model)
+    return model
 
 
 def weights_fingerprint(enc: Encoder, cfg: EmbedConfig) -> str:
@@ -202,6 +295,9 @@ def tokenize(enc: Encoder, texts: list[str]) -> tuple[dict[str, np.ndarray], np.
 
     Returns (features: name -> int64 array (n, longest), token lengths (n,), left_padded).
     """
+    if enc.fast is not None:
+        arrays = enc.fast.features(texts)
+        return arrays, arrays["attention_mask"].sum(1).astype(np.int64), False
     import torch
 
     model = enc.model
@@ -298,7 +394,8 @@ def int8_encoder(enc: Encoder, cfg: EmbedConfig, sample_texts: list[str]):
         c = _cosines(ref[0], _run_features(candidate, feats, lengths, left, cfg))
         return float(c.mean()), float(c.min())
 
-    enc.int8 = load_int8(enc.model, weights_fingerprint(enc, cfg), score if sample else None, threads=enc.threads)
+    enc.int8 = load_int8(lambda: enc.model, weights_fingerprint(enc, cfg), score if sample else None,
+                         threads=enc.threads)
     return enc.int8
 
 
@@ -341,8 +438,15 @@ def encode(enc: Encoder, texts: list[str], cfg: EmbedConfig, tick=None) -> np.nd
     precision = resolve_precision(enc, cfg, texts).precision if cfg.precision == "auto" else cfg.precision
     run = _runner(enc, cfg, precision, texts)
     feats, lengths, left = tokenize(enc, texts)
-    with torch_threads(enc.threads or cores()):
+    # torch's threads only where torch runs: a run on the cached int8 export never imports it
+    with torch_threads(enc.threads or cores()) if enc.loaded else contextlib.nullcontext():
         return _run_features(run, feats, lengths, left, cfg, tick, enc.dim)
+
+
+def _embed_with(enc: Encoder, run, texts: list[str], cfg: EmbedConfig) -> np.ndarray:
+    """``encode`` with a given runner (no precision resolution)."""
+    feats, lengths, left = tokenize(enc, texts)
+    return _run_features(run, feats, lengths, left, cfg, dim=enc.dim)
 
 
 def measure_precision(enc: Encoder, cfg: EmbedConfig, texts: list[str], precision: str) -> PrecisionReport:
@@ -353,9 +457,14 @@ def measure_precision(enc: Encoder, cfg: EmbedConfig, texts: list[str], precisio
     sample = _spread(texts, VALIDATION_DOCS)
     rep = PrecisionReport(cfg.precision, precision, sample=len(sample))
     if precision != "fp32" and sample:
-        fp32 = replace(cfg, precision="fp32")
-        ref = encode(enc, sample, fp32)
+        # int8's fp32 reference is its own fp32 export when cached beside it: no torch to load
+        export = int8_encoder(enc, cfg, sample).reference() if precision == "int8" and not enc.loaded else None
+        ref = encode(enc, sample, replace(cfg, precision="fp32")) if export is None else _embed_with(enc, export, sample, cfg)
         c = _cosines(ref, encode(enc, sample, replace(cfg, precision=precision)))
+        if precision == "int8" and export is None:  # torch is loaded now: add the fp32 export for next time
+            from dgamix.pipeline.onnx_int8 import keep_fp32
+
+            keep_fp32(enc.int8, enc.model)
         rep.cosine_mean, rep.cosine_min = float(c.mean()), float(c.min())
     if precision == "int8":
         rep.recipe = int8_encoder(enc, cfg, sample).recipe
@@ -591,6 +700,9 @@ def store_decision(enc: Encoder, cfg: EmbedConfig, rep: PrecisionReport) -> Path
 
 def count_tokens(enc: Encoder, texts: list[str], batch: int = 4096) -> np.ndarray:
     """Untruncated word-piece counts (no special tokens), int64 (n,)."""
+    if enc.fast is not None:
+        parts = [enc.fast.count(texts[i:i + batch]) for i in range(0, len(texts), batch)]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
     tok = enc.tokenizer
     out = []
     for i in range(0, len(texts), batch):

@@ -62,6 +62,7 @@ RECIPES: list[tuple[str, dict, dict]] = [
     ("s8-all", {}, {"per_channel": True, "weight_type": "QInt8"}),   # v1's recipe: also the embedding table
 ]
 FUSIONS = {"enable_skip_layer_norm": False}   # see the module docstring
+FP32_FILE = "model.fp32.onnx"  # the unquantised export, kept beside the int8 one (see Int8Encoder.reference)
 TOKENS_PER_BATCH = 512  # padded tokens per int8 batch (one thread each); 256-512 measured ~5% faster than 1024
 DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 
@@ -142,6 +143,18 @@ class Int8Encoder:
             return self._run(self._wide, features)
         return self._run(self.session, features)
 
+    def reference(self) -> Int8Encoder | None:
+        """The same runner over the fp32 export this int8 model was quantised from (same graph, no
+        quantisation: cosine to torch's fp32 >= 0.99999, tests/test_precision.py), or None for a
+        cache made before dgamix kept that file. Lets a cosine check run without torch."""
+        fp32 = self.path.parent / FP32_FILE
+        if not fp32.is_file():
+            return None
+        try:
+            return _encoder(fp32, "fp32-export", self.threads, False, {})
+        except Exception:  # noqa: BLE001 - an unreadable file: the caller uses torch instead
+            return None
+
     def map(self, batch: Callable[[object], dict], keys: list):
         if self.threads == 1 or len(keys) < self.threads:
             yield from (self(batch(k)) for k in keys)
@@ -180,9 +193,11 @@ def _open(folder: Path, threads: int, exported: bool) -> Int8Encoder:
     return _encoder(folder / "model.int8.onnx", recipe, threads, exported, meta)
 
 
-def load_int8(model, model_fp: str, score: Callable[[Int8Encoder], tuple[float, float]] | None = None,
+def load_int8(load_model: Callable[[], object], model_fp: str,
+              score: Callable[[Int8Encoder], tuple[float, float]] | None = None,
               threads: int | None = None) -> Int8Encoder:
-    """The cached int8 encoder of ``model`` (fingerprint ``model_fp``), exporting it on first use.
+    """The cached int8 encoder of the model with fingerprint ``model_fp``, exporting it on first use
+    (only then is ``load_model()``, which returns the SentenceTransformer, called).
 
     ``score(encoder) -> (mean_cosine, min_cosine)`` compares a candidate to fp32 on a validation
     sample; it picks the quantisation recipe at export time (without it, the first recipe is used).
@@ -196,7 +211,22 @@ def load_int8(model, model_fp: str, score: Callable[[Int8Encoder], tuple[float, 
         except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, never fatal
             shutil.rmtree(folder, ignore_errors=True)
     require_onnxruntime(for_export=True)
-    return _export(model, folder, score, threads)
+    return _export(load_model(), folder, score, threads)
+
+
+def keep_fp32(int8: Int8Encoder, model) -> None:
+    """Add the fp32 export to a cache folder made before dgamix kept it (see ``Int8Encoder.reference``),
+    so that later runs check their cosine without torch. Best effort, written atomically; called
+    where torch and the model are loaded anyway."""
+    dest = int8.path.parent / FP32_FILE
+    if dest.exists():
+        return
+    tmp = dest.with_name(f".{FP32_FILE}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        _export_fp32(model, tmp)
+        os.replace(tmp, dest)
+    except Exception:  # noqa: BLE001 - without it the next run uses torch, as this one did
+        tmp.unlink(missing_ok=True)
 
 
 def _transformer(model):
@@ -334,6 +364,8 @@ def _export(model, folder: Path, score, threads: int) -> Int8Encoder:
         final = work / "final"
         final.mkdir()
         os.replace(out, final / "model.int8.onnx")
+        # the fp32 export too: the fp32 reference of a later cosine check, without torch (FP32_FILE)
+        os.replace(work / "model.onnx", final / FP32_FILE)
         import onnxruntime
         import torch
 

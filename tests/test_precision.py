@@ -109,6 +109,108 @@ def test_int8_close_to_fp32_and_export_is_cached(int8_cache, encoder, texts50, f
     assert cos(rev[::-1], got).min() >= 0.99
 
 
+EDGE_TEXTS = ["   leading and trailing   ", "\t\ttabs\n\nnew lines  ", "Ünïcödé, 中文字符 and an emoji 😀",
+              "\u00a0no-break\u2028line separator", "a" * 3000, "word " * 700, "x"]
+
+
+@pytest.mark.parametrize("seq", [256, 128, 512])
+def test_fast_tokenizer_gives_sentence_transformers_features_exactly(encoder, texts50, seq):
+    """The torch-free tokenisation (tokenizers + tokenizer.json) == sentence-transformers' own, for
+    the packaged model: features at three truncation lengths and the untruncated counts."""
+    from dgamix.pipeline.encoder import Encoder, count_tokens, tokenize
+
+    texts = texts50 + EDGE_TEXTS
+    fast = Encoder(cfg=EmbedConfig(max_seq_length=seq))
+    assert fast.fast is not None and not fast.loaded
+    model = fast.model  # the same folder through sentence-transformers
+    slow = Encoder(model)
+    assert slow.fast is None
+    f1, n1, left1 = tokenize(fast, texts)
+    f2, n2, left2 = tokenize(slow, texts)
+    assert sorted(f1) == sorted(f2) and left1 == left2 is False
+    for k in f1:
+        assert f1[k].dtype == f2[k].dtype == np.int64 and np.array_equal(f1[k], f2[k]), k
+    assert np.array_equal(n1, n2) and n1.max() == seq
+    assert np.array_equal(count_tokens(fast, texts, batch=16), count_tokens(slow, texts, batch=16))
+    assert fast.dim == slow.dim == 384
+
+
+def test_fast_tokenizer_only_for_plain_models(tmp_path):
+    """A model folder with a module dgamix does not replicate (or a name that is not a folder)
+    is tokenised by sentence-transformers."""
+    import shutil
+
+    from dgamix.pipeline.encoder import FastTokenizer, model_path
+
+    src = model_path("all-MiniLM-L6-v2")
+    assert FastTokenizer.of(EmbedConfig()) is not None
+    modules = json.loads(open(os.path.join(src, "modules.json")).read())
+    dense = {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"}
+    for name, file, content in [
+            ("lower", "sentence_bert_config.json", {"max_seq_length": 256, "do_lower_case": True}),
+            ("prompt", "config_sentence_transformers.json", {"prompts": {"query": "query: "},
+                                                              "default_prompt_name": "query"}),
+            ("dense", "modules.json", modules + [dense]),
+            ("left", "tokenizer_config.json", {"padding_side": "left"})]:
+        folder = tmp_path / name
+        shutil.copytree(src, folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.onnx"))
+        (folder / file).write_text(json.dumps(content))
+        assert FastTokenizer.of(EmbedConfig(model=str(folder))) is None, name
+    plain = tmp_path / "lower"
+    (plain / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 256, "do_lower_case": False}))
+    assert FastTokenizer.of(EmbedConfig(model=str(plain))) is not None  # the copy itself qualifies
+    assert FastTokenizer.of(EmbedConfig(model="not-a-folder-or-model")) is None
+
+
+@needs_ort
+@pytest.mark.slow
+def test_warm_int8_run_needs_no_torch(int8_cache, encoder, texts50, fp32_ref, tmp_path):
+    """With the export cached, an int8 embed tokenises with tokenizers and checks its cosine
+    against the cached fp32 export: a new process never imports torch or sentence-transformers,
+    and its vectors equal those of the torch-tokenised path."""
+    import subprocess
+    import sys
+
+    from dgamix.pipeline.encoder import Encoder, _embed_with, int8_encoder
+
+    cfg = EmbedConfig(precision="int8")
+    ref = encode(Encoder(encoder.model), texts50, cfg)  # exports (or reads) the cache, tokenised by ST
+    from dgamix.pipeline.encoder import measure_precision
+    from dgamix.pipeline.onnx_int8 import FP32_FILE
+
+    int8 = int8_encoder(Encoder(encoder.model), cfg, texts50)
+    assert int8.reference() is not None, "the export keeps its fp32 graph beside the int8 one"
+    (int8.path.parent / FP32_FILE).unlink()  # a cache made before dgamix kept it ...
+    assert int8.reference() is None
+    rep = measure_precision(Encoder(encoder.model), cfg, texts50, "int8")  # ... checked against torch, once
+    assert rep.cosine_mean >= 0.99 and (int8.path.parent / FP32_FILE).is_file()
+    run = int8.reference()
+    c = cos(_embed_with(Encoder(encoder.model), run, texts50, cfg), fp32_ref)
+    assert c.min() >= 0.99999, c.min()  # the fp32 export is torch's fp32, to float rounding
+
+    corpus = tmp_path / "c.parquet"
+    pl.DataFrame({"id": [str(i) for i in range(len(texts50))], "text": texts50}).write_parquet(corpus)
+    code = ("import sys, numpy as np\n"
+            "from dgamix.pipeline.core.workspace import Workspace\n"
+            "from dgamix.pipeline.embed import embed_corpus\n"
+            "from dgamix.pipeline.encoder import EmbedConfig\n"
+            f"s = embed_corpus(Workspace({str(tmp_path / 'ws')!r}), [{str(corpus)!r}], "
+            "cfg=EmbedConfig(precision='int8'), quiet=True)\n"
+            "print(s['precision'], s['precision_cosine_mean'], 'torch' in sys.modules, "
+            "'sentence_transformers' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "DGAMIX_CACHE": int8_cache})
+    assert out.returncode == 0, out.stderr[-2000:]
+    precision, cosine, torch_loaded, st_loaded = out.stdout.split()
+    assert (precision, torch_loaded, st_loaded) == ("int8", "False", "False")
+    assert float(cosine) >= 0.99
+    ws = Workspace(tmp_path / "ws")
+    e = pl.read_parquet(ws.embeddings_dir / "*.parquet").sort("doc_id")
+    vec = np.asarray(e["embedding"].to_list(), dtype=np.float32)
+    # the same vectors as the torch-tokenised path (same batches: one shard of 50; stored float32)
+    assert vec.shape == ref.shape and np.abs(vec - ref).max() < 1e-5
+
+
 @needs_ort
 @pytest.mark.slow
 def test_int8_batches_run_at_once_give_the_sequential_result(int8_cache, encoder, texts50):
