@@ -165,68 +165,95 @@ class Encoder:
 
 
 class FastTokenizer:
-    """The features sentence-transformers makes for a plain text model (Transformer + Pooling
-    [+ Normalize], no prompts, no lower-casing of its own, right padding), made with the
-    ``tokenizers`` library from the model's tokenizer.json: truncation to ``max_seq_length``
-    word pieces (special tokens included), padding to the longest text of the call."""
+    """The features sentence-transformers makes for a plain BERT-style text model, made with the
+    ``tokenizers`` library from the model's tokenizer.json: truncation to ``max_seq_length`` word
+    pieces (special tokens included), padding to the longest text of the call.
 
-    def __init__(self, path: Path, max_seq_length: int, dim: int) -> None:
+    Used only where that equality is known to hold (see :meth:`of`): Transformer + one Pooling mode
+    [+ Normalize], no prompts, a WordPiece tokenizer with a BERT normaliser whose settings
+    tokenizer_config.json does not override. Anything else is tokenised by sentence-transformers.
+    """
+
+    def __init__(self, path: Path, max_seq_length: int, dim: int, pad_token: str) -> None:
         from tokenizers import Tokenizer
 
-        self.tok = Tokenizer.from_file(str(path))
+        # two instances, each configured once: truncation/padding are state of the tokenizer object
+        self._features, self._count = Tokenizer.from_file(str(path)), Tokenizer.from_file(str(path))
+        pad_id = self._features.token_to_id(pad_token)
+        if pad_id is None:
+            raise ValueError(f"pad token {pad_token!r} is not in the vocabulary")
+        self._features.enable_truncation(max_seq_length)
+        self._features.enable_padding(pad_id=pad_id, pad_token=pad_token, pad_type_id=0)
+        self._count.no_truncation()
+        self._count.no_padding()
         self.max_seq_length, self.dim = max_seq_length, dim
-        pad = self.tok.token_to_id("[PAD]")
-        self.pad_id = 0 if pad is None else pad
 
     @classmethod
     def of(cls, cfg: EmbedConfig) -> FastTokenizer | None:
         """The fast tokenizer of ``cfg.model``, or None when it is not a local folder of that plain
         kind (then the SentenceTransformer tokenises, as before)."""
         folder = Path(model_path(cfg.model))
+
+        def read(name: str, default=None):
+            path = folder / name
+            return json.loads(path.read_text()) if default is None or path.exists() else default
+
         try:
-            modules = json.loads((folder / "modules.json").read_text())
-            st = json.loads((folder / "sentence_bert_config.json").read_text())
-            tc = json.loads((folder / "tokenizer_config.json").read_text())
-            pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
-            extra = folder / "config_sentence_transformers.json"
-            prompts = json.loads(extra.read_text()) if extra.exists() else {}
+            modules, st, tc = read("modules.json"), read("sentence_bert_config.json"), read("tokenizer_config.json")
+            pooling, spec = read("1_Pooling/config.json"), read("tokenizer.json")
+            extra = read("config_sentence_transformers.json", {})
         except (OSError, ValueError):
             return None
-        types = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
-        plain = (types[:2] == ["Transformer", "Pooling"] and set(types[2:]) <= {"Normalize"}
-                 and [m.get("path") for m in modules[:2]] == ["", "1_Pooling"]
-                 and not st.get("do_lower_case") and tc.get("padding_side", "right") == "right"
-                 and not prompts.get("prompts") and not prompts.get("default_prompt_name")
-                 and (folder / "tokenizer.json").is_file()
-                 and isinstance(pooling.get("word_embedding_dimension"), int))
+        if not all(isinstance(x, dict) for x in (st, tc, pooling, spec, extra)) or not isinstance(modules, list):
+            return None
+        types = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules if isinstance(m, dict)]
+        modes = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v]
+        dim = pooling.get("word_embedding_dimension", pooling.get("embedding_dimension"))
+        norm, model = spec.get("normalizer") or {}, spec.get("model") or {}
+        pad = tc.get("pad_token", "[PAD]")
+        pad = pad.get("content") if isinstance(pad, dict) else pad
+        prompts = extra.get("prompts") or {}
+        plain = (
+            types[:2] == ["Transformer", "Pooling"] and set(types[2:]) <= {"Normalize"} and len(types) == len(modules)
+            and [m.get("path") for m in modules[:2]] == ["", "1_Pooling"]
+            and set(st) <= {"max_seq_length", "do_lower_case"} and not st.get("do_lower_case")
+            and len(modes) == 1 and isinstance(dim, int)      # one mode: the vector is dim wide
+            and not (isinstance(prompts, dict) and any(prompts.values())) and not extra.get("default_prompt_name")
+            # a BERT WordPiece tokenizer that transformers loads as tokenizer.json says (it rebuilds
+            # the normaliser when tokenizer_config.json's settings differ from it)
+            and model.get("type") == "WordPiece" and norm.get("type") == "BertNormalizer"
+            and tc.get("tokenizer_class") in ("BertTokenizer", "BertTokenizerFast")
+            and bool(norm.get("lowercase", True)) == bool(tc.get("do_lower_case", True))
+            and norm.get("strip_accents") == tc.get("strip_accents")
+            and bool(norm.get("handle_chinese_chars", True)) == bool(tc.get("tokenize_chinese_chars", True))
+            and tc.get("padding_side", "right") == "right"
+            and tc.get("model_input_names") in (None, ["input_ids", "token_type_ids", "attention_mask"])
+            and isinstance(pad, str))
         if not plain:
             return None
         try:
-            return cls(folder / "tokenizer.json", cfg.max_seq_length, pooling["word_embedding_dimension"])
+            return cls(folder / "tokenizer.json", cfg.max_seq_length, dim, pad)
         except Exception:  # noqa: BLE001 - a tokenizer.json this library cannot read: sentence-transformers can
             return None
 
     def features(self, texts: list[str]) -> dict[str, np.ndarray]:
         """input_ids, token_type_ids, attention_mask: int64 (n, longest)."""
-        self.tok.enable_truncation(self.max_seq_length)
-        self.tok.enable_padding(pad_id=self.pad_id, pad_token=self.tok.id_to_token(self.pad_id) or "[PAD]")
-        out = self.tok.encode_batch(texts)
+        out = self._features.encode_batch(texts)
         return {"input_ids": np.array([e.ids for e in out], np.int64),
                 "token_type_ids": np.array([e.type_ids for e in out], np.int64),
                 "attention_mask": np.array([e.attention_mask for e in out], np.int64)}
 
     def count(self, texts: list[str]) -> np.ndarray:
         """Untruncated word pieces per text, special tokens left out: int64 (n,)."""
-        self.tok.no_truncation()
-        self.tok.no_padding()
-        out = self.tok.encode_batch(texts, add_special_tokens=False)
+        out = self._count.encode_batch(texts, add_special_tokens=False)
         return np.fromiter((len(e.ids) for e in out), np.int64, len(out))
 
 
 def load_encoder(cfg: EmbedConfig) -> Encoder:
     """The :class:`Encoder` of ``cfg``'s sentence-transformers model (offline: the hub is never
-    contacted by default). The model itself is loaded here when dgamix cannot tokenise for it
-    without it (or it runs on a GPU), else on first use (see :class:`Encoder`).
+    contacted by default). The model itself is loaded here (so a bad --model fails before any
+    work), except where a run may not need it at all: int8 / auto on the CPU with this model's
+    int8 export already cached and a :class:`FastTokenizer` for it (see :class:`Encoder`).
 
     For --precision int8 the ONNX Runtime session is made on first use (the export is cached on
     disk, see pipeline/onnx_int8.py); a missing onnxruntime is reported here already.
@@ -240,9 +267,20 @@ def load_encoder(cfg: EmbedConfig) -> Encoder:
                               f"--precision fp32/bf16 on {cfg.device}.")
         require_onnxruntime()
     enc = Encoder(cfg=cfg)
-    if enc.fast is None or not cfg.device.startswith("cpu"):
-        enc.model  # noqa: B018 - load now: a bad --model fails before any work
+    if not _export_cached(enc, cfg):
+        enc.model  # noqa: B018 - load now
     return enc
+
+
+def _export_cached(enc: Encoder, cfg: EmbedConfig) -> bool:
+    """Whether this run may get by without the SentenceTransformer: see :func:`load_encoder`. (The
+    export exists only for weights that loaded once, under their fingerprint.)"""
+    if enc.fast is None or cfg.precision not in ("int8", "auto") or not cfg.device.startswith("cpu"):
+        return False
+    from dgamix.pipeline.onnx_int8 import cache_dir
+
+    folder = cache_dir(weights_fingerprint(enc, cfg))
+    return (folder / "meta.json").is_file() and (folder / "model.int8.onnx").is_file()
 
 
 def _sentence_transformer(cfg: EmbedConfig):

@@ -152,7 +152,8 @@ class Int8Encoder:
             return None
         try:
             return _encoder(fp32, "fp32-export", self.threads, False, {})
-        except Exception:  # noqa: BLE001 - an unreadable file: the caller uses torch instead
+        except Exception:  # noqa: BLE001 - unreadable: the caller uses torch, and keep_fp32 writes it anew
+            fp32.unlink(missing_ok=True)
             return None
 
     def map(self, batch: Callable[[object], dict], keys: list):
@@ -218,15 +219,34 @@ def keep_fp32(int8: Int8Encoder, model) -> None:
     """Add the fp32 export to a cache folder made before dgamix kept it (see ``Int8Encoder.reference``),
     so that later runs check their cosine without torch. Best effort, written atomically; called
     where torch and the model are loaded anyway."""
-    dest = int8.path.parent / FP32_FILE
+    folder = int8.path.parent
+    dest = folder / FP32_FILE
     if dest.exists():
         return
-    tmp = dest.with_name(f".{FP32_FILE}.{uuid.uuid4().hex[:8]}.tmp")
+    for old in folder.glob(".fp32-*"):  # a killed run's (a concurrent writer only loses its best-effort copy)
+        shutil.rmtree(old, ignore_errors=True)
     try:
-        _export_fp32(model, tmp)
-        os.replace(tmp, dest)
+        work = Path(tempfile.mkdtemp(prefix=".fp32-", dir=folder))
+    except OSError:
+        return
+    try:
+        _export_fp32(model, work / FP32_FILE)
+        if _self_contained(work / FP32_FILE):
+            os.replace(work / FP32_FILE, dest)
     except Exception:  # noqa: BLE001 - without it the next run uses torch, as this one did
-        tmp.unlink(missing_ok=True)
+        pass
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _self_contained(path: Path) -> bool:
+    """Whether the ONNX file holds all its weights: a model over 2 GB keeps them in side files,
+    which a rename of the file alone would leave behind (then no fp32 reference is kept)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return not any(uses_external_data(t) for t in graph.initializer)
 
 
 def _transformer(model):
@@ -365,7 +385,8 @@ def _export(model, folder: Path, score, threads: int) -> Int8Encoder:
         final.mkdir()
         os.replace(out, final / "model.int8.onnx")
         # the fp32 export too: the fp32 reference of a later cosine check, without torch (FP32_FILE)
-        os.replace(work / "model.onnx", final / FP32_FILE)
+        if _self_contained(work / "model.onnx"):
+            os.replace(work / "model.onnx", final / FP32_FILE)
         import onnxruntime
         import torch
 

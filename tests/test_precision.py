@@ -136,30 +136,57 @@ def test_fast_tokenizer_gives_sentence_transformers_features_exactly(encoder, te
 
 
 def test_fast_tokenizer_only_for_plain_models(tmp_path):
-    """A model folder with a module dgamix does not replicate (or a name that is not a folder)
-    is tokenised by sentence-transformers."""
+    """A model folder with anything dgamix does not replicate exactly (or a name that is not a
+    folder) is tokenised by sentence-transformers; a bad --model still fails in load_encoder."""
     import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     from dgamix.pipeline.encoder import FastTokenizer, model_path
 
     src = model_path("all-MiniLM-L6-v2")
     assert FastTokenizer.of(EmbedConfig()) is not None
-    modules = json.loads(open(os.path.join(src, "modules.json")).read())
-    dense = {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"}
-    for name, file, content in [
-            ("lower", "sentence_bert_config.json", {"max_seq_length": 256, "do_lower_case": True}),
-            ("prompt", "config_sentence_transformers.json", {"prompts": {"query": "query: "},
-                                                              "default_prompt_name": "query"}),
-            ("dense", "modules.json", modules + [dense]),
-            ("left", "tokenizer_config.json", {"padding_side": "left"})]:
+
+    def variant(name, file, change):
         folder = tmp_path / name
         shutil.copytree(src, folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.onnx"))
-        (folder / file).write_text(json.dumps(content))
-        assert FastTokenizer.of(EmbedConfig(model=str(folder))) is None, name
-    plain = tmp_path / "lower"
-    (plain / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 256, "do_lower_case": False}))
-    assert FastTokenizer.of(EmbedConfig(model=str(plain))) is not None  # the copy itself qualifies
+        path = folder / file
+        path.write_text(json.dumps(change(json.loads(path.read_text()))))
+        return FastTokenizer.of(EmbedConfig(model=str(folder)))
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))  # a RoBERTa-like byte-level BPE tokenizer.json
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(["the quick brown fox", "jumps over the lazy dog"] * 20,
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>"]))
+    dense = {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"}
+    rejected = {
+        "st lower-cases": ("sentence_bert_config.json", lambda d: {**d, "do_lower_case": True}),
+        "other st settings": ("sentence_bert_config.json", lambda d: {**d, "processing_kwargs": {"text": {}}}),
+        "a prompt": ("config_sentence_transformers.json", lambda d: {**d, "prompts": {"query": "query: "}}),
+        "a default prompt": ("config_sentence_transformers.json", lambda d: {**d, "default_prompt_name": "q"}),
+        "a Dense module": ("modules.json", lambda d: d + [dense]),
+        "left padding": ("tokenizer_config.json", lambda d: {**d, "padding_side": "left"}),
+        "case setting overridden": ("tokenizer_config.json", lambda d: {**d, "do_lower_case": False}),
+        "accents setting overridden": ("tokenizer_config.json", lambda d: {**d, "strip_accents": True}),
+        "another tokenizer class": ("tokenizer_config.json", lambda d: {**d, "tokenizer_class": "RobertaTokenizer"}),
+        "no token_type_ids": ("tokenizer_config.json", lambda d: {**d, "model_input_names": ["input_ids",
+                                                                                              "attention_mask"]}),
+        "a pad token not in the vocabulary": ("tokenizer_config.json", lambda d: {**d, "pad_token": "<pad>"}),
+        "two pooling modes (a 768-wide vector)": ("1_Pooling/config.json",
+                                                  lambda d: {**d, "pooling_mode_max_tokens": True}),
+        "a BPE tokenizer": ("tokenizer.json", lambda d: json.loads(bpe.to_str())),
+    }
+    for why, (file, change) in rejected.items():
+        assert variant(why.replace(" ", "-"), file, change) is None, why
+    accepted = variant("empty-prompts", "config_sentence_transformers.json",
+                       lambda d: {**d, "prompts": {"query": "", "document": ""}, "default_prompt_name": None})
+    assert accepted is not None and accepted.dim == 384
     assert FastTokenizer.of(EmbedConfig(model="not-a-folder-or-model")) is None
+
+    bad = tmp_path / "empty-prompts"  # a plain folder whose weights are broken: one error, at load time
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(DgamixError, match="cannot load model"):
+        load_encoder(EmbedConfig(model=str(bad), precision="fp32"))
 
 
 @needs_ort
