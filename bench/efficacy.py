@@ -14,6 +14,8 @@ windows (mixing/tokens.py), from the same seeds for every mixer:
                subject + one generic basis (natural cluster sizes), N = 58:
                uniform | is (histogram over the 4,096 domains) | dga (over the 58 bases)
     regime c-few  as c with only 64 target examples to reweight with (IS sees <= 64 domains)
+    regime c-budget  as c with --tokens-per-domain set as in b (aimed at IS re-reading its domains
+               >= 10 times): the paper's fine-grained experiment under a limited token budget
 
 Each regime prints final target loss (MMLU holdout) and general loss (held-out pool documents),
 mean +- std over seeds, the paired difference to IS and to uniform per seed, IS's repetitions,
@@ -25,6 +27,7 @@ bench/results/efficacy-<regime>.json / .png.
     python bench/efficacy.py --regime c --seeds 0 --steps 100   # a quick look
     python bench/efficacy.py --ablate --jobs 2             # Pareto plot: one point per DGA setting
     python bench/efficacy.py --regime a --mixers dga --normalise cosine --eta 2 --tag try   # one setting
+    python bench/efficacy.py --persistence 'eff-c-dga-s[0-9]'   # how stable the alignments are
 
 Workspace: ``--workspace`` (default ws/minipile, git-ignored), built on first use with the CLI:
 embed (int8, 128 word pieces), cluster --levels 64,64, the targets (mmlu with its subjects as
@@ -61,6 +64,7 @@ REGIMES = {  # basis: what DGA reweights (None = the k domains; "group" = one ba
     "b": {"level": 1, "target": "mmlu", "basis": None, "tpd": "auto", "mixers": ("uniform", "is", "dga", "dga-noema")},
     "c": {"level": 2, "target": "mmlu", "basis": "group", "tpd": None, "mixers": ("uniform", "is", "dga")},
     "c-few": {"level": 2, "target": "mmlu64", "basis": "group", "tpd": None, "mixers": ("uniform", "is", "dga")},
+    "c-budget": {"level": 2, "target": "mmlu", "basis": "group", "tpd": "auto", "mixers": ("uniform", "is", "dga")},
 }
 TARGETS = {"mmlu64": "mmlu"}  # target name -> file in --targets (default: the same name)
 # Regime b: the budget T is set from IS's histogram alpha so that total * sum(alpha^2) / T = MIN_IS_EPOCHS
@@ -431,6 +435,10 @@ def make_jobs(args, regime_name: str, mixers: list[str], seeds: list[int], log: 
                 name += f"-init{args.init}"
             if m.startswith("dga") and args.align_params:  # and runs aligning on a parameter subset
                 name += "-subset"
+            if m.startswith("dga") and args.basis_by:  # and other basis builders (they overwrote the default's)
+                name += "-" + args.basis_by.replace(":", "")
+            if m.startswith("dga") and (args.align_batch_size, args.target_batch_size) != (8, 16):
+                name += f"-ab{args.align_batch_size}-tb{args.target_batch_size}"
             jobs.append({"args": args, "regime": regime, "regime_name": regime_name, "mixer": m, "seed": s,
                          "basis": is_basis if m == "is" else basis if m.startswith("dga") else None,
                          "tpd": tpd, "over": over, "label": label or m, "name": name[:100]})
@@ -448,6 +456,33 @@ def run_jobs(args, jobs: list[dict]) -> list[dict]:
 
 def strip(r: dict) -> dict:
     return {k: v for k, v in r.items() if k != "args"}
+
+
+def alignment_persistence(run: Path) -> list[float]:
+    """Spearman rank correlation between the alignments of each DGA update and the next one's
+    (weights.parquet): near 1, every update sees the same ranking of bases/domains; near 0, the
+    alignments are mostly noise of the probe batches and the mirror step takes a random walk."""
+    import polars as pl
+    from scipy.stats import spearmanr
+
+    w = pl.read_parquet(run / "weights.parquet").filter(pl.col("alignment").is_not_null())
+    entry = pl.coalesce("basis", "domain")
+    a = [w.filter(pl.col("step") == s).sort(entry)["alignment"].to_numpy() for s in sorted(w["step"].unique())]
+    return [float(spearmanr(x, y)[0]) for x, y in zip(a, a[1:])]
+
+
+def persistence_report(workspace: Path, patterns: list[str]) -> dict:
+    """Print and return alignment_persistence of the runs matching each glob pattern in WS/runs/."""
+    out = {}
+    for pat in patterns:
+        runs = sorted(p for p in (workspace / "runs").glob(pat) if (p / "weights.parquet").exists())
+        per = {r.name: alignment_persistence(r) for r in runs}
+        pairs = [x for v in per.values() for x in v]
+        out[pat] = {"runs": {k: round(float(np.mean(v)), 3) if v else None for k, v in per.items()},
+                    "pairs": len(pairs), "mean": round(float(np.mean(pairs)), 3) if pairs else None}
+        print(f"{pat}: {out[pat]['mean']} over {len(pairs)} pairs of consecutive updates ({len(runs)} runs: "
+              + ", ".join(f"{k} {v}" for k, v in out[pat]["runs"].items()) + ")")
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -491,9 +526,14 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--reuse", action="store_true", help="read a finished run of WS/runs/ trained with the same "
                                                          "settings instead of training it again")
     ap.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/efficacy-<regime>.json)")
+    ap.add_argument("--persistence", nargs="+", default=None, metavar="GLOB",
+                    help="only report alignment_persistence of the finished runs WS/runs/GLOB (no training)")
     args = ap.parse_args(argv)
+    if args.persistence:
+        return persistence_report(args.workspace.resolve(), args.persistence)
     if args.quick:
         args.regime, args.seeds, args.steps, args.eval_every = "a", "0", 60, 20
+        args.tag = "quick" if args.tag == "eff" else args.tag  # not over the 300-step runs of the same names
         args.out = args.out or ROOT / "bench" / "results" / "efficacy-quick.json"
     if not args.pool.exists() and not (args.workspace / "embeddings.parquet").exists():
         print(f"skipped: the mini-Pile is not here ({args.pool}); it lives in ../shared/data/minipile, which a "
