@@ -4,7 +4,10 @@
               one core (what `dgamix embed` ran until now);
   sharded     near_duplicates_sharded: signatures per shard of --shard-size texts written as .npy,
               the LSH bands bucketed one at a time (the same answer, checked here), on the local
-              engine (1 core) and on Ray with --workers workers (tasks of 1 CPU).
+              engine (1 core) and on Ray with --workers workers (tasks of 1 CPU);
+  sharded-files  as `dgamix embed` runs it: the corpus is a Parquet file (row groups of --shard-size),
+              the process reads only (source, row) of each document (load_corpus without texts) and
+              every signature task reads its shard's texts itself (TextRefs), local engine.
 
 Each method runs in its own process on the same texts (the mini-Pile pool from ../shared when it
 is there, else data/minipile/slice.parquet; perturbed copies, one word dropped, fill up to --docs,
@@ -52,27 +55,39 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def one(method: str, n: int, workers: int, shard: int, out: str) -> None:
+def one(method: str, n: int, workers: int, shard: int, out: str, files: str) -> None:
     """Runs in its own process: one method on n docs; writes its figures (and dup_of) to ``out``."""
     from dgamix.pipeline.dedup import DedupConfig, near_duplicates, near_duplicates_sharded
     from dgamix.pipeline.engine import EngineConfig, session
 
-    texts = corpus(n)
-    base = rss_mib()
     cfg = DedupConfig()
-    t0 = time.perf_counter()
-    if method == "in-memory":
-        dup, cores = near_duplicates(texts, cfg), 1
-    else:
-        engine = EngineConfig("ray", num_workers=workers) if method == "sharded-ray" else EngineConfig("local")
-        cores = 1
-        with session(engine), tempfile.TemporaryDirectory() as folder:
-            if engine.is_ray:  # the signature tasks take every CPU of the instance
-                import ray
+    if method == "sharded-files":  # texts never loaded here: only what load_corpus keeps per document
+        from dgamix.pipeline.core.sources import DocTexts
+        from dgamix.pipeline.corpus import CorpusSpec, load_corpus
 
-                cores = int(ray.cluster_resources().get("CPU", 1))
-            t0 = time.perf_counter()  # Ray's start-up is not dedup's cost
-            dup = near_duplicates_sharded([texts[i:i + shard] for i in range(0, n, shard)], cfg, folder, engine)
+        docs, _ = load_corpus([files], CorpusSpec(), keep_texts=False)
+        refs = DocTexts.of_table(docs, "text")
+        base, cores = rss_mib(), 1
+        with tempfile.TemporaryDirectory() as folder:
+            t0 = time.perf_counter()
+            dup = near_duplicates_sharded([refs.refs(np.arange(i, min(i + shard, n))) for i in range(0, n, shard)],
+                                          cfg, folder, EngineConfig("local"))
+    else:
+        texts = corpus(n)
+        base = rss_mib()
+        t0 = time.perf_counter()
+        if method == "in-memory":
+            dup, cores = near_duplicates(texts, cfg), 1
+        else:
+            engine = EngineConfig("ray", num_workers=workers) if method == "sharded-ray" else EngineConfig("local")
+            cores = 1
+            with session(engine), tempfile.TemporaryDirectory() as folder:
+                if engine.is_ray:  # the signature tasks take every CPU of the instance
+                    import ray
+
+                    cores = int(ray.cluster_resources().get("CPU", 1))
+                t0 = time.perf_counter()  # Ray's start-up is not dedup's cost
+                dup = near_duplicates_sharded([texts[i:i + shard] for i in range(0, n, shard)], cfg, folder, engine)
     sec = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
     np.save(out + ".npy", dup)
@@ -88,18 +103,24 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--shard-size", type=int, default=5000)
     ap.add_argument("--quick", action="store_true", help="(make bench) the same 100k documents: the goal's size")
-    ap.add_argument("--methods", default="in-memory,sharded-local,sharded-ray")
+    ap.add_argument("--methods", default="in-memory,sharded-local,sharded-ray,sharded-files")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dedup.json")
-    ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
-        one(args.one[0], args.docs, args.workers, args.shard_size, args.one[1])
+        one(args.one[0], args.docs, args.workers, args.shard_size, args.one[1], args.one[2])
         return {}
     rows, dups = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
+        files = str(Path(tmp) / "corpus.parquet")
+        if "sharded-files" in args.methods:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.table({"text": corpus(args.docs)}), files, row_group_size=args.shard_size)
         for m in args.methods.split(","):
             f = str(Path(tmp) / m)
-            subprocess.run([sys.executable, __file__, "--one", m, f, "--docs", str(args.docs), "--workers",
+            subprocess.run([sys.executable, __file__, "--one", m, f, files, "--docs", str(args.docs), "--workers",
                             str(args.workers), "--shard-size", str(args.shard_size)], check=True, cwd=ROOT)
             rows[m] = json.loads(Path(f).read_text())
             dups[m] = np.load(f + ".npy")

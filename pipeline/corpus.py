@@ -86,8 +86,13 @@ def _concat(parts: list[pa.Table], files: list[Path], spec: CorpusSpec, keep_opt
                           f"input files; give each column one type in every file.") from None
 
 
-def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "--keep-columns") -> tuple[pa.Table, dict]:
+def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "--keep-columns",
+                keep_texts: bool = True) -> tuple[pa.Table, dict]:
     """Read every input; returns (docs table without doc_id/n_tokens/dup_of, stats).
+
+    ``stats["texts"]`` holds the kept documents' texts (large_string, in docs order) when
+    ``keep_texts``; without it only one file's text is in memory at a time (the embed stage reads
+    texts back by (source, row) shard by shard, :class:`dgamix.pipeline.core.sources.TextRefs`).
 
     Rows whose text is null, empty or whitespace are skipped and counted. User ids are the
     id column when present (cast to string), else "<file stem>:<row>" (the file's relative path
@@ -123,7 +128,9 @@ def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "-
             generated.append((len(parts), path, n, keep))
         parts.append(pa.table(cols).filter(keep))
         part_files.append(path)
-        texts.append(text.filter(keep))
+        if keep_texts:
+            texts.append(text.filter(keep))
+        del table, text
     # made-up ids "<prefix>:<row>": the file stem, or its relative path where stems clash among these files
     for (k, path, n, keep), prefix in zip(generated, _id_prefixes([g[1] for g in generated])):
         ids = pa.array([f"{prefix}:{i}" for i in range(n)], pa.string()).filter(keep)
@@ -140,4 +147,6 @@ def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "-
                           f"make ids unique or pass --id-column of a unique column.")
     stats = {"files": [str(f) for f in files], "skipped_empty": int(skipped), "n_docs": docs.num_rows,
              "checksums": {str(f): file_checksum(f) for f in files}}
-    return docs, {"texts": pa.chunked_array(texts).combine_chunks(), **stats}
+    if keep_texts:
+        stats["texts"] = pa.chunked_array(texts, pa.large_string()).combine_chunks()
+    return docs, stats

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
+from dgamix.pipeline.core.sources import TextRefs
+
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -61,11 +63,15 @@ def lsh_shape(cfg: DedupConfig) -> tuple[int, int]:
     return lsh.b, lsh.r
 
 
-def signature_shard(texts: list[str], cfg: DedupConfig, path: str) -> int:
-    """Per-shard work: the MinHash signatures of ``texts``, (n, num_perm) uint64, saved to ``path``
-    (.npy, written atomically; a plain function, so local and Ray engines run the same code).
-    Returns n. The same values as ``near_duplicates`` computes (datasketch MinHash.bulk)."""
+def signature_shard(texts: list[str] | TextRefs, cfg: DedupConfig, path: str) -> int:
+    """Per-shard work: the MinHash signatures of ``texts`` (or of the texts ``TextRefs`` points at,
+    read here: on Ray the worker reads them, not the driver), (n, num_perm) uint64, saved to
+    ``path`` (.npy, written atomically; a plain function, so local and Ray engines run the same
+    code). Returns n. The same values as ``near_duplicates`` computes (datasketch MinHash.bulk)."""
     from dgamix.pipeline.core.manifest import atomic_path
+
+    if isinstance(texts, TextRefs):
+        texts = texts.read()
 
     sig = np.zeros((0, cfg.num_perm), np.uint64)
     if texts:
@@ -78,7 +84,7 @@ def signature_shard(texts: list[str], cfg: DedupConfig, path: str) -> int:
     return len(texts)
 
 
-def near_duplicates_sharded(shards: list[list[str]], cfg: DedupConfig, folder: str | Path,
+def near_duplicates_sharded(shards: list[list[str] | TextRefs], cfg: DedupConfig, folder: str | Path,
                             engine=None, progress=None) -> np.ndarray:
     """``near_duplicates`` of the concatenated shards, with bounded memory and on any engine.
 
@@ -87,7 +93,7 @@ def near_duplicates_sharded(shards: list[list[str]], cfg: DedupConfig, folder: s
     2. buckets: band by band (datasketch's b bands of r rows), the (n, r) band keys are sorted and
        only documents that share a bucket with another are kept (memory: one band's keys, n x r x 8
        bytes, plus ~100 bytes per colliding document and band; every signature file is read once
-       per band; the texts themselves are the caller's, and on Ray each shard's texts travel to its task);
+       per band; a shard given as texts travels to its task, one given as ``TextRefs`` is read there);
     3. the sequential rule of ``near_duplicates``: in corpus order, a colliding document is a
        near-duplicate of the earliest *kept* earlier document it shares a bucket with whose MinHash
        Jaccard estimate reaches the threshold (its predecessors merged in order, stopping at the

@@ -23,7 +23,7 @@ import pyarrow as pa
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.progress import progress_bar
-from dgamix.pipeline.core.sources import portable_source
+from dgamix.pipeline.core.sources import DocTexts, TextReader, TextRefs, portable_source
 from dgamix.pipeline.core.workspace import Workspace, lock
 from dgamix.pipeline.corpus import CorpusSpec, load_corpus
 from dgamix.pipeline.dedup import DedupConfig, near_duplicates_sharded
@@ -110,6 +110,7 @@ class ShardEmbedder:
     params: dict                    # the embeddings params; int8_recipe / model_fingerprint are checked
     threads: int | None = None      # intra-op threads of a worker (None: all cores it may use)
     encoder: Encoder | None = None  # the driver's encoder (local engine)
+    text_column: str = "text"       # of the corpus files the jobs' TextRefs point at
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "encoder": None}
@@ -127,8 +128,11 @@ class ShardEmbedder:
                 check_int8_export(enc, self.cfg, self.params.get("int8_recipe"), [], "the driver's workspace",
                                   "copy the driver's int8 cache (pipeline/onnx_int8.py) to every Ray node.")
 
+        reader = TextReader(self.text_column)  # this worker's: a JSON Lines file is read once, not per shard
+
         def work(job: dict, tick=None) -> dict:
-            table = embed_shard(enc, job["texts"], job["doc_ids"], self.cfg, tick)
+            texts = job["texts"].read(reader) if isinstance(job["texts"], TextRefs) else job["texts"]
+            table = embed_shard(enc, texts, job["doc_ids"], self.cfg, tick)
             manifest.write(job["part"], table, "embeddings-part", job["params"], self.inputs)
             return {"rows": table.num_rows, "checksum": manifest.file_checksum(job["part"])}
 
@@ -154,8 +158,11 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
     if cfg.shard_size < 1 or cfg.batch_size < 1 or cfg.max_seq_length < 1:
         raise DgamixError("--shard-size, --batch-size and --max-seq-length must be positive integers.")
     with lock(ws, "embed"):
-        base, stats = load_corpus(inputs, spec)
-        texts = stats.pop("texts").to_pylist()
+        # the texts stay in their files: every shard's job reads its own (TextRefs), so the driver
+        # never holds the corpus (one file's text at a time while load_corpus checks it)
+        base, stats = load_corpus(inputs, spec, keep_texts=False)
+        corpus, n = DocTexts.of_table(base, spec.text_column), base.num_rows
+        chunks = [np.arange(i, min(i + cfg.shard_size, n)) for i in range(0, n, cfg.shard_size)]
         enc = load_encoder(cfg)
         model_fp = weights_fingerprint(enc, cfg)  # kept on the encoder: the int8 cache key reuses it
         docs_params = {"corpus": stats["files"], **asdict(spec), "dedup": asdict(dedup) if dedup else None,
@@ -167,14 +174,16 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
         else:
             for p in (ws.embeddings, ws.embeddings_dir):  # embeddings of another corpus are void
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            with progress_bar("dedup", len(texts), quiet) as tick:
-                dup_of = _near_duplicates(ws, texts, dedup, cfg.shard_size, engine, tick)
-            docs = _docs_table(base, dup_of, count_tokens(enc, texts), ws.root)
+            with progress_bar("dedup", n, quiet) as tick:
+                dup_of = _near_duplicates(ws, [corpus.refs(c) for c in chunks], n, dedup, engine, tick)
+            n_tokens = np.concatenate([count_tokens(enc, corpus.refs(c).read(corpus.reader)) for c in chunks]) \
+                if n else np.zeros(0, np.int64)
+            docs = _docs_table(base, dup_of, n_tokens, ws.root)
             manifest.write(ws.docs, docs, "docs", docs_params, docs_fp,
                            extra={"skipped_empty": stats["skipped_empty"], "text_column": spec.text_column})
 
         kept = np.asarray(docs["doc_id"])[np.asarray(docs["dup_of"].is_null())]
-        sample = [texts[i] for i in _spread(kept.tolist(), VALIDATION_DOCS)]
+        sample = corpus.refs(_spread(kept.tolist(), VALIDATION_DOCS)).read(corpus.reader)
         rep, source = _recorded_precision(ws, cfg, model_fp), "recorded in the workspace"
         if rep is None:
             rep, source = _auto_small_corpus(cfg, len(kept)), f"fewer than {AUTO_MIN_DOCS} documents: not measured"
@@ -209,10 +218,10 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
                     skipped += 1
                     tick(len(ids))
                 else:  # absolute paths: a Ray actor may run in another folder (or on another node)
-                    jobs.append({"part": str(part.absolute()), "texts": [texts[i] for i in ids], "doc_ids": ids,
+                    jobs.append({"part": str(part.absolute()), "texts": corpus.refs(ids), "doc_ids": ids,
                                  "params": {**emb_params, **shard_params}})
             work = ShardEmbedder(run_cfg, emb_fp, emb_params, threads_per_worker(engine) if engine.is_ray else None,
-                                 None if engine.is_ray else enc)
+                                 None if engine.is_ray else enc, spec.text_column)
             with session(engine):
                 for k, res in enumerate(map_shards(work, jobs, engine, tick, weight=lambda job: len(job["doc_ids"]))):
                     rows[jobs[k]["params"]["shard"]]["checksum"] = res["checksum"]  # read by the worker, not here
@@ -232,20 +241,20 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
                 "precision_source": source, "setup_s": round(t1 - t0, 1), "embed_s": round(t2 - t1, 1)}
 
 
-def _near_duplicates(ws: Workspace, texts: list[str], dedup: DedupConfig | None, shard_size: int,
+def _near_duplicates(ws: Workspace, shards: list[TextRefs], n: int, dedup: DedupConfig | None,
                      engine: EngineConfig, tick) -> np.ndarray:
-    """dup_of of every text (-1: kept): MinHash signatures per shard of ``shard_size`` texts on
-    ``engine``, written under WS/cache/ (shared storage on a cluster) and removed after."""
+    """dup_of of each of the ``n`` documents (-1: kept): MinHash signatures per shard on ``engine``
+    (each task reads its shard's texts), written under WS/cache/ (shared storage on a cluster) and
+    removed after."""
     if dedup is None:
-        return np.full(len(texts), -1, np.int64)
+        return np.full(n, -1, np.int64)
     for old in (ws.root / "cache").glob(".dedup-*"):  # a killed run's signatures (we hold the embed lock)
         shutil.rmtree(old, ignore_errors=True)
     folder = (ws.root / "cache" / f".dedup-{uuid.uuid4().hex[:8]}").absolute()
     try:
         # its own engine session: a local Ray instance is gone again before auto times the precisions
         with session(engine):
-            return near_duplicates_sharded([texts[i:i + shard_size] for i in range(0, len(texts), shard_size)],
-                                           dedup, folder, engine, tick)
+            return near_duplicates_sharded(shards, dedup, folder, engine, tick)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -190,3 +190,68 @@ def test_loading_the_encoder_leaves_the_environment_alone():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-1500:]
     assert out.stdout.strip() == "(1, 384) True []"  # Hugging Face's progress bars are left on
+
+
+def test_shards_read_their_own_texts_by_file_and_row(tmp_path, monkeypatch):
+    """TextRefs (what a shard's job carries instead of its texts) read exactly the texts load_corpus
+    reads: Parquet by row group (only the groups holding the rows are read), JSON Lines and text
+    files whole (once per worker with a reader); a row past the end of a changed file is one line."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dgamix.pipeline.core import sources
+    from dgamix.pipeline.core.errors import DgamixError
+    from dgamix.pipeline.core.sources import DocTexts, TextReader
+    from dgamix.pipeline.corpus import CorpusSpec, load_corpus
+
+    rng = np.random.default_rng(5)
+    texts = [f"doc {i}: " + _long_text(rng)[:80] for i in range(50)]
+    texts[7] = "   "  # skipped by load_corpus: rows keep their file numbering
+    pq.write_table(pa.table({"id": [f"p{i}" for i in range(50)], "body": texts}), tmp_path / "a.parquet",
+                   row_group_size=8)
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"id": f"j{i}", "body": f"json {i}"}) for i in range(5)))
+    (tmp_path / "c.txt").write_text("one plain text file")
+    files = [str(tmp_path / f) for f in ("a.parquet", "b.jsonl", "c.txt")]
+    base, stats = load_corpus(files, CorpusSpec(text_column="body"), keep_texts=False)
+    assert "texts" not in stats
+    want = load_corpus(files, CorpusSpec(text_column="body"))[1]["texts"].to_pylist()
+    corpus = DocTexts.of_table(base, "body")
+    groups = []
+    real = pq.ParquetFile.read_row_groups
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", lambda self, g, **k: groups.append(list(g)) or real(self, g, **k))
+    ids = [53, 2, 40, 41, 50, 0, 54, 9]          # any order, across the three files
+    assert corpus.refs(ids).read() == [want[i] for i in ids]
+    assert groups == [[0, 1, 5]]                  # rows 0, 2, 10 (doc 9), 41, 42 of a.parquet: 3 of its 7 groups
+    reader = TextReader("body")
+    assert corpus.refs(range(len(want))).read(reader) == want
+    assert corpus.refs(range(49, 54)).read(reader) == want[49:54]
+    assert set(reader._cols) == {files[1], files[2]}  # kept for the next shard; Parquet needs no cache
+    with pytest.raises(DgamixError, match="has 50 rows but docs.parquet names row 50"):
+        sources.read_rows(tmp_path / "a.parquet", "body", np.array([3, 50]))
+
+
+def test_embedding_reads_texts_shard_by_shard_with_the_same_result(tmp_path):
+    """A multi-file corpus with small Parquet row groups embeds, dedups and counts tokens as the
+    in-memory texts give (near-duplicates across files found; vectors equal to encoding the texts)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dgamix.pipeline.encoder import count_tokens, encode, load_encoder
+
+    rng = np.random.default_rng(6)
+    a = [_long_text(rng) for _ in range(12)]
+    b = [_long_text(rng) for _ in range(5)] + [a[3]]   # the last one repeats a's 4th document
+    pq.write_table(pa.table({"id": [f"a{i}" for i in range(12)], "text": a}), tmp_path / "a.parquet", row_group_size=5)
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"id": f"b{i}", "text": t}) for i, t in enumerate(b)))
+    ws = Workspace(tmp_path / "ws")
+    cfg = EmbedConfig(shard_size=4)
+    out = embed_corpus(ws, [str(tmp_path / "a.parquet"), str(tmp_path / "b.jsonl")], cfg=cfg, quiet=True)
+    docs = pl.read_parquet(ws.docs)
+    assert out["duplicates"] == 1 and docs["dup_of"].to_list()[-1] == 3
+    enc = load_encoder(cfg)
+    assert docs["n_tokens"].to_list() == count_tokens(enc, a + b).tolist()
+    ids, x = embeddings_of(ws)
+    assert ids.tolist() == list(range(17))
+    kept = (a + b)[:17]
+    ref = np.concatenate([encode(enc, kept[i:i + 4], cfg) for i in range(0, 17, 4)])  # the same shards
+    assert np.abs(x - ref).max() < 1e-5

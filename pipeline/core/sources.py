@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,72 @@ def recorded_files(source_names: list[str], files: list[str]) -> dict[str, str]:
     return out
 
 
+def _row_bound(source: str, n: int, row: int) -> DgamixError:
+    return DgamixError(f"corpus file {source} has {n:,} rows but docs.parquet names row {row:,}: the file changed "
+                       f"since it was embedded; restore it or re-embed the corpus.")
+
+
+def read_rows(path: Path, text_col: str, rows: np.ndarray) -> list[str]:
+    """The texts at ``rows`` (int64, any order) of one input file. A Parquet file reads only the row
+    groups that hold them, so a shard of a large file costs its own rows, not the whole file."""
+    rows = np.asarray(rows, np.int64)
+    if rows.size == 0:
+        return []
+    if path.suffix.lower() != ".parquet":
+        col = text_column(read_table(path, None), path, text_col)
+        if rows.max() >= len(col):
+            raise _row_bound(str(path), len(col), int(rows.max()))
+        return col.take(pa.array(rows)).to_pylist()
+    try:
+        pf = pq.ParquetFile(path)
+        sizes = np.array([pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)], np.int64)
+        starts = np.r_[0, np.cumsum(sizes)]
+        if rows.max() >= starts[-1]:
+            raise _row_bound(str(path), int(starts[-1]), int(rows.max()))
+        group = np.searchsorted(starts, rows, side="right") - 1        # row group of each row
+        groups = np.unique(group)
+        table = pf.read_row_groups(groups.tolist(), columns=[text_col] if text_col in pf.schema_arrow.names else None)
+    except DgamixError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DgamixError(f"{path}: cannot read as parquet ({(str(e).splitlines() or [type(e).__name__])[0]}); "
+                          f"check the file is complete and in that format.") from None
+    first = np.r_[0, np.cumsum(sizes[groups])][:-1]                    # where each read group starts in ``table``
+    local = rows - starts[group] + first[np.searchsorted(groups, group)]
+    return text_column(table, path, text_col).take(pa.array(local)).to_pylist()
+
+
+@dataclass(frozen=True)
+class TextRefs:
+    """Where some documents' texts are: the input file and row of each, in the documents' order.
+    What a shard's job carries instead of its texts: whoever runs the shard (the driver, a Ray
+    worker on another node reading shared storage) reads them, so the driver never holds them."""
+
+    text_column: str
+    files: tuple[str, ...]      # absolute paths of the files used
+    file: np.ndarray            # (n,) int64: index into ``files`` of each document
+    row: np.ndarray             # (n,) int64: its row in that file
+
+    def __len__(self) -> int:
+        return int(self.row.size)
+
+    def read(self, reader: TextReader | None = None) -> list[str]:
+        """The texts, in order: one read per file, of only the row groups needed for Parquet. A JSON
+        Lines or text file has no row index and is read whole; ``reader`` (a :class:`TextReader`
+        kept by the caller across shards) then keeps it for the next shard of the same file."""
+        out: list[str] = [""] * len(self)
+        for f in np.unique(self.file).tolist():
+            at = np.flatnonzero(self.file == f)
+            path = Path(self.files[f])
+            if reader is not None and path.suffix.lower() != ".parquet":
+                got = reader.read([self.files[f]] * at.size, self.row[at].tolist())
+            else:
+                got = read_rows(path, self.text_column, self.row[at])
+            for i, t in zip(at.tolist(), got):
+                out[i] = t
+        return out
+
+
 class TextReader:
     """Reads documents' text back from their sources by (source, row).
 
@@ -226,11 +293,8 @@ class TextReader:
         self.cache_bytes = int(cache_bytes)
         self._cols: OrderedDict[str, pa.Array] = OrderedDict()
 
-    def _column(self, source: str) -> pa.Array:
-        col = self._cols.get(source)
-        if col is not None:
-            self._cols.move_to_end(source)
-            return col
+    def path(self, source: str) -> Path:
+        """The file of a recorded source (see the class docstring); a one-line error if it is missing."""
         path = Path(source)
         if not path.is_absolute() and self.root is not None:
             path = Path(self.root) / path
@@ -240,6 +304,14 @@ class TextReader:
             where = f" (recorded as {source!r}, relative to the workspace)" if path != Path(source) else ""
             raise DgamixError(f"corpus file {path}{where} is missing; move it back there (or move the workspace "
                               f"together with its corpus), or re-embed the corpus.")
+        return path
+
+    def _column(self, source: str) -> pa.Array:
+        col = self._cols.get(source)
+        if col is not None:
+            self._cols.move_to_end(source)
+            return col
+        path = self.path(source)
         cols = [self.text_column] if path.suffix.lower() == ".parquet" else None
         col = text_column(read_table(path, cols), path, self.text_column)
         self._cols[source] = col
@@ -257,9 +329,7 @@ class TextReader:
                 j += 1
             col = self._column(sources[i])
             if max(rows[i:j]) >= len(col):
-                raise DgamixError(f"corpus file {sources[i]} has {len(col):,} rows but docs.parquet names row "
-                                  f"{max(rows[i:j]):,}: the file changed since it was embedded; restore it or "
-                                  f"re-embed the corpus.")
+                raise _row_bound(sources[i], len(col), max(rows[i:j]))
             out[i:j] = col.take(pa.array(rows[i:j], pa.int64())).to_pylist()
             i = j
         return out
@@ -284,22 +354,44 @@ class DocTexts:
                 raise DgamixError(f"{ws.docs}: doc_id is not 0..n-1; re-embed the corpus.")
         else:
             order = np.arange(doc_id.size)
-        src = docs["source"].combine_chunks().dictionary_encode()
-        self.source_names = src.dictionary.to_pylist()                       # (S,) recorded sources
-        self.source = np.asarray(src.indices.to_numpy(zero_copy_only=False), np.int64)[order]  # (n,)
-        self.row = np.asarray(docs["row"], dtype=np.int64)[order]            # (n,)
         text_col = meta.get("text_column") or (meta.get("params") or {}).get("text_column") or "text"
         files = (meta.get("params") or {}).get("corpus") or []
-        self.reader = TextReader(text_col, ws.root, recorded_files(self.source_names, files), cache_bytes)
+        self._index(docs.take(pa.array(order)), text_col, ws.root, files, cache_bytes)
+
+    @classmethod
+    def of_table(cls, docs: pa.Table, text_column: str, cache_bytes: int = 1 << 30) -> DocTexts:
+        """The texts of a table with (source, row) columns whose sources are absolute paths (the
+        embed stage's corpus before docs.parquet exists); doc id i is the table's row i."""
+        self = cls.__new__(cls)
+        self._index(docs, text_column, None, [], cache_bytes)
+        return self
+
+    def _index(self, docs: pa.Table, text_col: str, root, files: list[str], cache_bytes: int) -> None:
+        src = docs["source"].combine_chunks().dictionary_encode()
+        self.source_names = src.dictionary.to_pylist()                       # (S,) recorded sources
+        self.source = np.asarray(src.indices.to_numpy(zero_copy_only=False), np.int64)  # (n,)
+        self.row = np.asarray(docs["row"], dtype=np.int64)                   # (n,)
+        self.reader = TextReader(text_col, root, recorded_files(self.source_names, files), cache_bytes)
 
     def __len__(self) -> int:
         return self.row.size
 
-    def __getitem__(self, doc_ids) -> list[str]:
+    def _ids(self, doc_ids) -> np.ndarray:
         ids = np.asarray(doc_ids, dtype=np.int64).reshape(-1)
         if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
             raise IndexError(f"doc id {int(ids.max() if ids.max() >= len(self) else ids.min())} is outside "
                              f"0..{len(self) - 1}")
+        return ids
+
+    def refs(self, doc_ids) -> TextRefs:
+        """Where the texts of ``doc_ids`` are, for a shard's job (:class:`TextRefs`, absolute files)."""
+        ids = self._ids(doc_ids)
+        used, file = np.unique(self.source[ids], return_inverse=True)
+        files = tuple(str(self.reader.path(self.source_names[u]).absolute()) for u in used.tolist())
+        return TextRefs(self.reader.text_column, files, file.astype(np.int64).reshape(-1), self.row[ids])
+
+    def __getitem__(self, doc_ids) -> list[str]:
+        ids = self._ids(doc_ids)
         order = np.argsort(self.source[ids], kind="stable")   # group by file, keep the asked order inside
         got = self.reader.read([self.source_names[s] for s in self.source[ids][order]], self.row[ids][order].tolist())
         out: list[str] = [""] * ids.size
