@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.manifest import file_checksum
@@ -86,13 +87,37 @@ def _concat(parts: list[pa.Table], files: list[Path], spec: CorpusSpec, keep_opt
                           f"input files; give each column one type in every file.") from None
 
 
+PIECE_ROWS = 65_536  # rows per batch when a large Parquet file is read without keeping its texts
+
+
+def _pieces(path: Path, stream: bool):
+    """One input file as tables of consecutive rows: with ``stream`` a Parquet file of more than
+    PIECE_ROWS rows batch by batch (memory: one batch of its text), else the whole file."""
+    if stream and path.suffix.lower() == ".parquet":
+        try:
+            pf = pq.ParquetFile(path)
+            big = pf.metadata.num_rows > PIECE_ROWS
+        except (pa.ArrowException, OSError, ValueError):
+            big = False  # read_table below says what is wrong, in one line
+        if big:
+            try:
+                for batch in pf.iter_batches(batch_size=PIECE_ROWS):
+                    yield pa.Table.from_batches([batch])
+            except (pa.ArrowException, OSError, ValueError) as e:
+                raise DgamixError(f"{path}: cannot read as parquet ({(str(e).splitlines() or [type(e).__name__])[0]}); "
+                                  f"check the file is complete and in that format.") from None
+            return
+    yield read_table(path)
+
+
 def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "--keep-columns",
                 keep_texts: bool = True) -> tuple[pa.Table, dict]:
     """Read every input; returns (docs table without doc_id/n_tokens/dup_of, stats).
 
     ``stats["texts"]`` holds the kept documents' texts (large_string, in docs order) when
-    ``keep_texts``; without it only one file's text is in memory at a time (the embed stage reads
-    texts back by (source, row) shard by shard, :class:`dgamix.pipeline.core.sources.TextRefs`).
+    ``keep_texts``; without it no texts are kept, and a large Parquet file is read PIECE_ROWS rows
+    at a time (the embed stage reads texts back by (source, row) shard by shard,
+    :class:`dgamix.pipeline.core.sources.TextRefs`).
 
     Rows whose text is null, empty or whitespace are skipped and counted. User ids are the
     id column when present (cast to string), else "<file stem>:<row>" (the file's relative path
@@ -107,30 +132,36 @@ def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "-
     parts, part_files, skipped, texts = [], [], 0, []
     generated = []  # (part index, file, rows, kept rows) of the files whose ids are made up
     for path in files:
-        table = read_table(path)
-        text = text_column(table, path, spec.text_column)
-        n = len(text)
-        if n == 0 and not table.column_names:
-            continue  # an empty JSON Lines file
-        has_ids = spec.id_column in table.column_names
-        ids = _id_column(table, path, spec) if has_ids else pa.nulls(n, pa.string())
-        # blank = only Unicode whitespace (as str.isspace: also \xa0, \x85, \u2028, \x1c-\x1f)
-        keep = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
-        skipped += n - pc.sum(keep).as_py() if n else 0
-        cols = {"id": ids, "source": pa.array([str(path)] * n, pa.string()),
-                "row": pa.array(range(n), pa.int64()),
-                "n_chars": pc.fill_null(pc.utf8_length(text), 0).cast(pa.int64())}
-        for c in spec.keep_columns:
-            if c not in table.column_names:
-                raise DgamixError(f"{path} has no column {c!r} for {keep_option} (columns: {table.column_names}).")
-            cols[c] = column(table, c, path, keep_option)
+        pieces, keeps, offset, has_ids = [], [], 0, False
+        for table in _pieces(path, stream=not keep_texts):
+            text = text_column(table, path, spec.text_column)
+            n = len(text)
+            if n == 0 and not table.column_names:
+                continue  # an empty JSON Lines file
+            has_ids = spec.id_column in table.column_names
+            ids = _id_column(table, path, spec) if has_ids else pa.nulls(n, pa.string())
+            # blank = only Unicode whitespace (as str.isspace: also \xa0, \x85, \u2028, \x1c-\x1f)
+            keep = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
+            skipped += n - pc.sum(keep).as_py() if n else 0
+            cols = {"id": ids, "source": pa.array([str(path)] * n, pa.string()),
+                    "row": pa.array(range(offset, offset + n), pa.int64()),
+                    "n_chars": pc.fill_null(pc.utf8_length(text), 0).cast(pa.int64())}
+            for c in spec.keep_columns:
+                if c not in table.column_names:
+                    raise DgamixError(f"{path} has no column {c!r} for {keep_option} (columns: {table.column_names}).")
+                cols[c] = column(table, c, path, keep_option)
+            pieces.append(pa.table(cols).filter(keep))
+            keeps.append(keep)
+            if keep_texts:
+                texts.append(text.filter(keep))
+            offset += n
+            del table, text
+        if not pieces:
+            continue
         if not has_ids:
-            generated.append((len(parts), path, n, keep))
-        parts.append(pa.table(cols).filter(keep))
+            generated.append((len(parts), path, offset, pa.chunked_array(keeps).combine_chunks()))
+        parts.append(pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces))
         part_files.append(path)
-        if keep_texts:
-            texts.append(text.filter(keep))
-        del table, text
     # made-up ids "<prefix>:<row>": the file stem, or its relative path where stems clash among these files
     for (k, path, n, keep), prefix in zip(generated, _id_prefixes([g[1] for g in generated])):
         ids = pa.array([f"{prefix}:{i}" for i in range(n)], pa.string()).filter(keep)

@@ -108,7 +108,7 @@ def near_duplicates_sharded(shards: list[list[str] | TextRefs], cfg: DedupConfig
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"sig-{i:05d}.npy" for i in range(len(shards))]
     try:
-        for n in map_tasks(signature_shard, [(s, cfg, str(p)) for s, p in zip(shards, paths)], engine or LOCAL):
+        for n in map_tasks(signature_shard, ((s, cfg, str(p)) for s, p in zip(shards, paths)), engine or LOCAL):
             if progress is not None:
                 progress(n)
         sigs = [np.load(p, mmap_mode="r") for p in paths]

@@ -111,9 +111,10 @@ class ShardEmbedder:
     threads: int | None = None      # intra-op threads of a worker (None: all cores it may use)
     encoder: Encoder | None = None  # the driver's encoder (local engine)
     text_column: str = "text"       # of the corpus files the jobs' TextRefs point at
+    reader: TextReader | None = None  # the driver's cached reader (local engine)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "encoder": None}
+        return {**self.__dict__, "encoder": None, "reader": None}
 
     def __call__(self):
         enc = self.encoder
@@ -128,7 +129,8 @@ class ShardEmbedder:
                 check_int8_export(enc, self.cfg, self.params.get("int8_recipe"), [], "the driver's workspace",
                                   "copy the driver's int8 cache (pipeline/onnx_int8.py) to every Ray node.")
 
-        reader = TextReader(self.text_column)  # this worker's: a JSON Lines file is read once, not per shard
+        # a worker's cached reader: a file that is read whole (JSON Lines, large row groups) once, not per shard
+        reader = self.reader or TextReader(self.text_column)
 
         def work(job: dict, tick=None) -> dict:
             texts = job["texts"].read(reader) if isinstance(job["texts"], TextRefs) else job["texts"]
@@ -161,7 +163,7 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
         # the texts stay in their files: every shard's job reads its own (TextRefs), so the driver
         # never holds the corpus (one file's text at a time while load_corpus checks it)
         base, stats = load_corpus(inputs, spec, keep_texts=False)
-        corpus, n = DocTexts.of_table(base, spec.text_column), base.num_rows
+        corpus, n = DocTexts.of_table(base, spec.text_column, group_rows=2 * cfg.shard_size), base.num_rows
         chunks = [np.arange(i, min(i + cfg.shard_size, n)) for i in range(0, n, cfg.shard_size)]
         enc = load_encoder(cfg)
         model_fp = weights_fingerprint(enc, cfg)  # kept on the encoder: the int8 cache key reuses it
@@ -175,7 +177,7 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
             for p in (ws.embeddings, ws.embeddings_dir):  # embeddings of another corpus are void
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             with progress_bar("dedup", n, quiet) as tick:
-                dup_of = _near_duplicates(ws, [corpus.refs(c) for c in chunks], n, dedup, engine, tick)
+                dup_of = _near_duplicates(ws, [corpus.refs(c) for c in chunks], corpus.reader, n, dedup, engine, tick)
             n_tokens = np.concatenate([count_tokens(enc, corpus.refs(c).read(corpus.reader)) for c in chunks]) \
                 if n else np.zeros(0, np.int64)
             docs = _docs_table(base, dup_of, n_tokens, ws.root)
@@ -221,7 +223,7 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
                     jobs.append({"part": str(part.absolute()), "texts": corpus.refs(ids), "doc_ids": ids,
                                  "params": {**emb_params, **shard_params}})
             work = ShardEmbedder(run_cfg, emb_fp, emb_params, threads_per_worker(engine) if engine.is_ray else None,
-                                 None if engine.is_ray else enc, spec.text_column)
+                                 None if engine.is_ray else enc, spec.text_column, corpus.reader)
             with session(engine):
                 for k, res in enumerate(map_shards(work, jobs, engine, tick, weight=lambda job: len(job["doc_ids"]))):
                     rows[jobs[k]["params"]["shard"]]["checksum"] = res["checksum"]  # read by the worker, not here
@@ -241,13 +243,29 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
                 "precision_source": source, "setup_s": round(t1 - t0, 1), "embed_s": round(t2 - t1, 1)}
 
 
-def _near_duplicates(ws: Workspace, shards: list[TextRefs], n: int, dedup: DedupConfig | None,
+class _ReadInTurn:
+    """Shards' texts read by this process through ``reader`` as the local engine reaches each shard:
+    one shard's texts in memory at a time, each whole-read file read once (the reader keeps it)."""
+
+    def __init__(self, refs: list[TextRefs], reader: TextReader) -> None:
+        self.refs, self.reader = refs, reader
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __iter__(self):
+        return (r.read(self.reader) for r in self.refs)
+
+
+def _near_duplicates(ws: Workspace, refs: list[TextRefs], reader: TextReader, n: int, dedup: DedupConfig | None,
                      engine: EngineConfig, tick) -> np.ndarray:
-    """dup_of of each of the ``n`` documents (-1: kept): MinHash signatures per shard on ``engine``
-    (each task reads its shard's texts), written under WS/cache/ (shared storage on a cluster) and
-    removed after."""
+    """dup_of of each of the ``n`` documents (-1: kept): MinHash signatures per shard on ``engine``,
+    written under WS/cache/ (shared storage on a cluster) and removed after. Locally the shards'
+    texts are read in turn here; a Ray task reads its own shard's where that is cheap (indexed
+    Parquet), else this process reads them for it (a task would read whole files, once per shard)."""
     if dedup is None:
         return np.full(n, -1, np.int64)
+    shards = [r if r.cheap else r.read(reader) for r in refs] if engine.is_ray else _ReadInTurn(refs, reader)
     for old in (ws.root / "cache").glob(".dedup-*"):  # a killed run's signatures (we hold the embed lock)
         shutil.rmtree(old, ignore_errors=True)
     folder = (ws.root / "cache" / f".dedup-{uuid.uuid4().hex[:8]}").absolute()

@@ -226,16 +226,30 @@ def test_shards_read_their_own_texts_by_file_and_row(tmp_path, monkeypatch):
     assert corpus.refs(range(len(want))).read(reader) == want
     assert corpus.refs(range(49, 54)).read(reader) == want[49:54]
     assert set(reader._cols) == {files[1], files[2]}  # kept for the next shard; Parquet needs no cache
-    with pytest.raises(DgamixError, match="has 50 rows but docs.parquet names row 50"):
+    with pytest.raises(DgamixError, match="has 50 rows but dgamix recorded a document at row 50"):
         sources.read_rows(tmp_path / "a.parquet", "body", np.array([3, 50]))
 
+    # row groups larger than group_rows: read whole, through the caller's reader (once for all shards)
+    big = DocTexts.of_table(base, "body", group_rows=7)
+    refs = big.refs(range(0, 20))
+    assert refs.indexed == (False,) and not refs.cheap and corpus.refs(range(0, 20)).cheap
+    groups.clear()
+    assert refs.read(reader) == want[:20] and groups == [] and files[0] in reader._cols
 
-def test_embedding_reads_texts_shard_by_shard_with_the_same_result(tmp_path):
+    # a file that changes under a run: one line, never other texts
+    refs = corpus.refs([50, 51])
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"id": f"j{i}", "body": f"JSON {i}"}) for i in range(5)))
+    with pytest.raises(DgamixError, match="b.jsonl changed while dgamix was reading it"):
+        refs.read()
+
+
+def test_embedding_reads_texts_shard_by_shard_with_the_same_result(tmp_path, monkeypatch):
     """A multi-file corpus with small Parquet row groups embeds, dedups and counts tokens as the
     in-memory texts give (near-duplicates across files found; vectors equal to encoding the texts)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from dgamix.pipeline.core.sources import TextRefs
     from dgamix.pipeline.encoder import count_tokens, encode, load_encoder
 
     rng = np.random.default_rng(6)
@@ -245,7 +259,18 @@ def test_embedding_reads_texts_shard_by_shard_with_the_same_result(tmp_path):
     (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"id": f"b{i}", "text": t}) for i, t in enumerate(b)))
     ws = Workspace(tmp_path / "ws")
     cfg = EmbedConfig(shard_size=4)
+    seen = []  # what the embed jobs carry: where their texts are, not the texts
+    real_map = embed_mod.map_shards
+    monkeypatch.setattr(embed_mod, "map_shards", lambda work, jobs, *a, **k: seen.extend(jobs) or real_map(work, jobs, *a, **k))
+    real_load = embed_mod.load_corpus
+    monkeypatch.setattr(embed_mod, "load_corpus", lambda *a, **k: real_load(*a, **k) if k.get("keep_texts") is False
+                        else pytest.fail("the embed stage asked load_corpus for the texts"))
     out = embed_corpus(ws, [str(tmp_path / "a.parquet"), str(tmp_path / "b.jsonl")], cfg=cfg, quiet=True)
+    assert len(seen) == 5 and all(isinstance(j["texts"], TextRefs) for j in seen)
+    fa, fb = str(tmp_path / "a.parquet"), str(tmp_path / "b.jsonl")
+    assert [len(j["texts"]) for j in seen] == [4, 4, 4, 4, 1]
+    assert [j["texts"].files for j in seen] == [(fa,), (fa,), (fa,), (fb,), (fb,)]
+    assert [j["texts"].indexed for j in seen] == [(True,)] * 3 + [(False,)] * 2  # row groups of 5 <= 2 x 4
     docs = pl.read_parquet(ws.docs)
     assert out["duplicates"] == 1 and docs["dup_of"].to_list()[-1] == 3
     enc = load_encoder(cfg)
@@ -255,3 +280,30 @@ def test_embedding_reads_texts_shard_by_shard_with_the_same_result(tmp_path):
     kept = (a + b)[:17]
     ref = np.concatenate([encode(enc, kept[i:i + 4], cfg) for i in range(0, 17, 4)])  # the same shards
     assert np.abs(x - ref).max() < 1e-5
+
+
+def test_load_corpus_streams_large_parquet_files_in_batches(tmp_path, monkeypatch):
+    """Without texts, a Parquet file of more than PIECE_ROWS rows is read batch by batch: the same
+    docs table (rows numbered across batches, blank rows skipped, made-up and given ids, kept columns)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dgamix.pipeline import corpus as corpus_mod
+    from dgamix.pipeline.corpus import CorpusSpec, load_corpus
+
+    texts = [f"text {i}" if i % 7 else " " for i in range(50)]
+    pq.write_table(pa.table({"text": texts, "topic": [f"t{i % 3}" for i in range(50)]}), tmp_path / "a.parquet",
+                   row_group_size=9)
+    pq.write_table(pa.table({"id": [f"b{i}" for i in range(30)], "text": texts[:30], "topic": ["x"] * 30}),
+                   tmp_path / "b.parquet")
+    files, spec = [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")], CorpusSpec(keep_columns=("topic",))
+    whole, stats = load_corpus(files, spec)
+    batches = []
+    real = pq.ParquetFile.iter_batches
+    monkeypatch.setattr(corpus_mod, "PIECE_ROWS", 8)
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", lambda self, **k: (batches.append(1) or b
+                                                                           for b in real(self, **k)))
+    streamed, stats2 = load_corpus(files, spec, keep_texts=False)
+    assert streamed.equals(whole) and stats2["skipped_empty"] == stats["skipped_empty"] == 8 + 5
+    assert len(batches) == 7 + 4 and "texts" not in stats2          # 50 and 30 rows in batches of 8
+    assert streamed["row"].to_pylist()[:7] == [1, 2, 3, 4, 5, 6, 8] and streamed["id"][0].as_py() == "a:1"

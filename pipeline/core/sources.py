@@ -211,8 +211,8 @@ def recorded_files(source_names: list[str], files: list[str]) -> dict[str, str]:
 
 
 def _row_bound(source: str, n: int, row: int) -> DgamixError:
-    return DgamixError(f"corpus file {source} has {n:,} rows but docs.parquet names row {row:,}: the file changed "
-                       f"since it was embedded; restore it or re-embed the corpus.")
+    return DgamixError(f"corpus file {source} has {n:,} rows but dgamix recorded a document at row {row:,}: the "
+                       f"file changed since dgamix read it; restore it, or embed the corpus again.")
 
 
 def read_rows(path: Path, text_col: str, rows: np.ndarray) -> list[str]:
@@ -245,35 +245,63 @@ def read_rows(path: Path, text_col: str, rows: np.ndarray) -> list[str]:
     return text_column(table, path, text_col).take(pa.array(local)).to_pylist()
 
 
+def file_stamp(path: str | Path) -> tuple[int, int]:
+    """(size in bytes, modification time in ns) of a file: what :class:`TextRefs` checks on reading."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
 @dataclass(frozen=True)
 class TextRefs:
     """Where some documents' texts are: the input file and row of each, in the documents' order.
     What a shard's job carries instead of its texts: whoever runs the shard (the driver, a Ray
-    worker on another node reading shared storage) reads them, so the driver never holds them."""
+    worker on another node reading shared storage) reads them, so the driver need not hold them."""
 
     text_column: str
-    files: tuple[str, ...]      # absolute paths of the files used
-    file: np.ndarray            # (n,) int64: index into ``files`` of each document
-    row: np.ndarray             # (n,) int64: its row in that file
+    files: tuple[str, ...]               # absolute paths of the files used
+    file: np.ndarray                     # (n,) int64: index into ``files`` of each document
+    row: np.ndarray                      # (n,) int64: its row in that file
+    stamps: tuple[tuple[int, int], ...]  # file_stamp of each file when the corpus was read
+    indexed: tuple[bool, ...]            # whether a file's rows can be read alone (Parquet with small
+                                         # row groups); others are read whole
 
     def __len__(self) -> int:
         return int(self.row.size)
 
+    @property
+    def cheap(self) -> bool:
+        """Whether reading these texts costs about their own size (every file indexed)."""
+        return all(self.indexed)
+
     def read(self, reader: TextReader | None = None) -> list[str]:
-        """The texts, in order: one read per file, of only the row groups needed for Parquet. A JSON
-        Lines or text file has no row index and is read whole; ``reader`` (a :class:`TextReader`
-        kept by the caller across shards) then keeps it for the next shard of the same file."""
+        """The texts, in order: one read per file, of only the row groups needed where the file is
+        indexed. Other files are read whole; ``reader`` (a :class:`TextReader` the caller keeps
+        across shards) then keeps them for the next shard of the same file. A file that changed
+        since the corpus was read is a one-line error, not other texts."""
         out: list[str] = [""] * len(self)
         for f in np.unique(self.file).tolist():
             at = np.flatnonzero(self.file == f)
             path = Path(self.files[f])
-            if reader is not None and path.suffix.lower() != ".parquet":
+            self._check(f)
+            if reader is not None and not self.indexed[f]:
                 got = reader.read([self.files[f]] * at.size, self.row[at].tolist())
             else:
                 got = read_rows(path, self.text_column, self.row[at])
+            if any(t is None or not t.strip() for t in got):  # a document read back blank: the file changed
+                self._check(f, force=True)
             for i, t in zip(at.tolist(), got):
                 out[i] = t
         return out
+
+    def _check(self, f: int, force: bool = False) -> None:
+        try:
+            same = file_stamp(self.files[f]) == tuple(self.stamps[f])
+        except OSError as e:
+            raise DgamixError(f"corpus file {self.files[f]} cannot be read here ({e.strerror or e}); with --engine "
+                              f"ray every node must see the corpus at the same path (shared storage).") from None
+        if force or not same:
+            raise DgamixError(f"corpus file {self.files[f]} changed while dgamix was reading it (its size, time "
+                              f"or texts differ from when the run started); leave the corpus as it is and rerun.")
 
 
 class TextReader:
@@ -359,11 +387,14 @@ class DocTexts:
         self._index(docs.take(pa.array(order)), text_col, ws.root, files, cache_bytes)
 
     @classmethod
-    def of_table(cls, docs: pa.Table, text_column: str, cache_bytes: int = 1 << 30) -> DocTexts:
+    def of_table(cls, docs: pa.Table, text_column: str, cache_bytes: int = 1 << 30,
+                 group_rows: int = 20_000) -> DocTexts:
         """The texts of a table with (source, row) columns whose sources are absolute paths (the
-        embed stage's corpus before docs.parquet exists); doc id i is the table's row i."""
+        embed stage's corpus before docs.parquet exists); doc id i is the table's row i. A Parquet
+        file whose row groups hold at most ``group_rows`` rows counts as indexed in :meth:`refs`."""
         self = cls.__new__(cls)
         self._index(docs, text_column, None, [], cache_bytes)
+        self.group_rows = group_rows
         return self
 
     def _index(self, docs: pa.Table, text_col: str, root, files: list[str], cache_bytes: int) -> None:
@@ -372,6 +403,22 @@ class DocTexts:
         self.source = np.asarray(src.indices.to_numpy(zero_copy_only=False), np.int64)  # (n,)
         self.row = np.asarray(docs["row"], dtype=np.int64)                   # (n,)
         self.reader = TextReader(text_col, root, recorded_files(self.source_names, files), cache_bytes)
+        self.group_rows = 20_000                              # see of_table
+        self._files: dict[int, tuple[str, tuple[int, int], bool]] = {}  # source -> (path, stamp, indexed)
+
+    def _file(self, s: int) -> tuple[str, tuple[int, int], bool]:
+        """(absolute path, file_stamp, indexed) of recorded source ``s``, looked up once."""
+        if s not in self._files:
+            path = self.reader.path(self.source_names[s]).absolute()
+            indexed = False
+            if path.suffix.lower() == ".parquet":
+                try:
+                    md = pq.ParquetFile(path).metadata
+                    indexed = all(md.row_group(g).num_rows <= self.group_rows for g in range(md.num_row_groups))
+                except (pa.ArrowException, OSError, ValueError):
+                    indexed = False  # read whole; its reading reports what is wrong with it
+            self._files[s] = (str(path), file_stamp(path), indexed)
+        return self._files[s]
 
     def __len__(self) -> int:
         return self.row.size
@@ -387,8 +434,9 @@ class DocTexts:
         """Where the texts of ``doc_ids`` are, for a shard's job (:class:`TextRefs`, absolute files)."""
         ids = self._ids(doc_ids)
         used, file = np.unique(self.source[ids], return_inverse=True)
-        files = tuple(str(self.reader.path(self.source_names[u]).absolute()) for u in used.tolist())
-        return TextRefs(self.reader.text_column, files, file.astype(np.int64).reshape(-1), self.row[ids])
+        info = [self._file(u) for u in used.tolist()]
+        return TextRefs(self.reader.text_column, tuple(i[0] for i in info), file.astype(np.int64).reshape(-1),
+                        self.row[ids], tuple(i[1] for i in info), tuple(i[2] for i in info))
 
     def __getitem__(self, doc_ids) -> list[str]:
         ids = self._ids(doc_ids)
