@@ -1,8 +1,9 @@
 """Reading user text files: one input file (Parquet, JSON Lines or plain text) as an Arrow table,
 its text column, and documents' texts back from their sources by (source, row).
 
-Part of the kernel: stage 1 reads corpora and targets with it, and stage 3 reads training texts
-back with :class:`TextReader` without depending on stage 1's code.
+Part of the kernel: stage 1 reads corpora and targets with it (each embed shard reads its own
+texts through :class:`TextRefs`), and stage 3 reads training texts back with :class:`DocTexts` /
+:class:`TextReader` without depending on stage 1's code.
 """
 from __future__ import annotations
 
