@@ -16,7 +16,16 @@ import pyarrow.parquet as pq
 
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.manifest import file_checksum
-from dgamix.pipeline.core.sources import TABLE_SUFFIXES, TEXT_SUFFIXES, column, label_column, read_table, text_column
+from dgamix.pipeline.core.sources import (
+    TABLE_SUFFIXES,
+    TEXT_SUFFIXES,
+    check_unique_names,
+    column,
+    file_stamp,
+    label_column,
+    read_table,
+    text_column,
+)
 
 
 @dataclass(frozen=True)
@@ -54,12 +63,14 @@ RESERVED_COLUMNS = ("doc_id", "id", "source", "row", "n_chars", "n_tokens", "dup
 
 def _id_column(table: pa.Table, path: Path, spec: CorpusSpec) -> pa.Array:
     """The user's ids as strings; integers, floats, booleans, dates and UTF-8 bytes are converted,
-    nested values (lists, structs) are an error."""
-    ids = label_column(table, spec.id_column, path, "--id-column", "ids")
-    if ids.null_count:
-        raise DgamixError(f"{path}: column {spec.id_column!r} has {ids.null_count} empty ids; fill them "
+    nested values (lists, structs) are an error (empty ids too: see ``_no_empty_ids``)."""
+    return label_column(table, spec.id_column, path, "--id-column", "ids")
+
+
+def _no_empty_ids(path: Path, spec: CorpusSpec, empty: int) -> None:
+    if empty:
+        raise DgamixError(f"{path}: column {spec.id_column!r} has {empty} empty ids; fill them "
                           f"or pass --id-column of a complete column.")
-    return ids
 
 
 def _id_prefixes(files: list[Path]) -> list[str]:
@@ -100,6 +111,7 @@ def _pieces(path: Path, stream: bool):
         except (pa.ArrowException, OSError, ValueError):
             big = False  # read_table below says what is wrong, in one line
         if big:
+            check_unique_names(path)  # as read_table would: a duplicated column name is an error
             try:
                 for batch in pf.iter_batches(batch_size=PIECE_ROWS):
                     yield pa.Table.from_batches([batch])
@@ -131,8 +143,10 @@ def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "-
     files = expand_inputs(paths)
     parts, part_files, skipped, texts = [], [], 0, []
     generated = []  # (part index, file, rows, kept rows) of the files whose ids are made up
+    stamps = {}  # before reading: a change from here on is seen when a shard reads the file again
     for path in files:
-        pieces, keeps, offset, has_ids = [], [], 0, False
+        stamps[str(path)] = file_stamp(path)
+        pieces, keeps, offset, has_ids, empty_ids = [], [], 0, False, 0
         for table in _pieces(path, stream=not keep_texts):
             text = text_column(table, path, spec.text_column)
             n = len(text)
@@ -140,6 +154,7 @@ def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "-
                 continue  # an empty JSON Lines file
             has_ids = spec.id_column in table.column_names
             ids = _id_column(table, path, spec) if has_ids else pa.nulls(n, pa.string())
+            empty_ids += ids.null_count if has_ids else 0
             # blank = only Unicode whitespace (as str.isspace: also \xa0, \x85, \u2028, \x1c-\x1f)
             keep = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
             skipped += n - pc.sum(keep).as_py() if n else 0
@@ -156,6 +171,7 @@ def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "-
                 texts.append(text.filter(keep))
             offset += n
             del table, text
+        _no_empty_ids(path, spec, empty_ids)
         if not pieces:
             continue
         if not has_ids:
@@ -176,7 +192,7 @@ def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "-
         example = dup[0]["values"].as_py()
         raise DgamixError(f"duplicate ids in column {spec.id_column!r} ({len(dup)} ids repeat, e.g. {example!r}); "
                           f"make ids unique or pass --id-column of a unique column.")
-    stats = {"files": [str(f) for f in files], "skipped_empty": int(skipped), "n_docs": docs.num_rows,
+    stats = {"files": [str(f) for f in files], "skipped_empty": int(skipped), "n_docs": docs.num_rows, "stamps": stamps,
              "checksums": {str(f): file_checksum(f) for f in files}}
     if keep_texts:
         stats["texts"] = pa.chunked_array(texts, pa.large_string()).combine_chunks()

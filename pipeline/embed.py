@@ -163,7 +163,8 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
         # the texts stay in their files: every shard's job reads its own (TextRefs), so the driver
         # never holds the corpus (one file's text at a time while load_corpus checks it)
         base, stats = load_corpus(inputs, spec, keep_texts=False)
-        corpus, n = DocTexts.of_table(base, spec.text_column, group_rows=2 * cfg.shard_size), base.num_rows
+        corpus = DocTexts.of_table(base, spec.text_column, group_rows=2 * cfg.shard_size, stamps=stats["stamps"])
+        n = base.num_rows
         chunks = [np.arange(i, min(i + cfg.shard_size, n)) for i in range(0, n, cfg.shard_size)]
         enc = load_encoder(cfg)
         model_fp = weights_fingerprint(enc, cfg)  # kept on the encoder: the int8 cache key reuses it
@@ -244,17 +245,19 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
 
 
 class _ReadInTurn:
-    """Shards' texts read by this process through ``reader`` as the local engine reaches each shard:
-    one shard's texts in memory at a time, each whole-read file read once (the reader keeps it)."""
+    """Shards' texts read by this process through ``reader`` as the engine asks for the next shard
+    (locally one at a time; Ray keeps a bounded number of tasks in flight, see ``map_tasks``), each
+    whole-read file read once per pass (the reader keeps it). With ``keep_cheap`` a shard whose
+    files are indexed stays TextRefs: its Ray task reads its own rows."""
 
-    def __init__(self, refs: list[TextRefs], reader: TextReader) -> None:
-        self.refs, self.reader = refs, reader
+    def __init__(self, refs: list[TextRefs], reader: TextReader, keep_cheap: bool = False) -> None:
+        self.refs, self.reader, self.keep_cheap = refs, reader, keep_cheap
 
     def __len__(self) -> int:
         return len(self.refs)
 
     def __iter__(self):
-        return (r.read(self.reader) for r in self.refs)
+        return (r if self.keep_cheap and r.cheap else r.read(self.reader) for r in self.refs)
 
 
 def _near_duplicates(ws: Workspace, refs: list[TextRefs], reader: TextReader, n: int, dedup: DedupConfig | None,
@@ -265,7 +268,7 @@ def _near_duplicates(ws: Workspace, refs: list[TextRefs], reader: TextReader, n:
     Parquet), else this process reads them for it (a task would read whole files, once per shard)."""
     if dedup is None:
         return np.full(n, -1, np.int64)
-    shards = [r if r.cheap else r.read(reader) for r in refs] if engine.is_ray else _ReadInTurn(refs, reader)
+    shards = _ReadInTurn(refs, reader, keep_cheap=engine.is_ray)
     for old in (ws.root / "cache").glob(".dedup-*"):  # a killed run's signatures (we hold the embed lock)
         shutil.rmtree(old, ignore_errors=True)
     folder = (ws.root / "cache" / f".dedup-{uuid.uuid4().hex[:8]}").absolute()

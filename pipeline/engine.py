@@ -230,14 +230,30 @@ def _call(fn: Callable, args: tuple) -> Any:
 
 
 def map_tasks(fn: Callable, calls: Iterable[tuple], engine: EngineConfig = LOCAL) -> Iterator[Any]:
-    """``fn(*args)`` for every args tuple, yielded in order: locally lazily one by one; on Ray all
-    submitted at once as tasks of 1 CPU (numpy BLAS single-threaded inside, like the local fit)."""
+    """``fn(*args)`` for every args tuple, yielded in order: locally lazily one by one; on Ray as
+    tasks of 1 CPU (numpy BLAS single-threaded inside, like the local fit), at most
+    TASKS_PER_CPU x the cluster's CPUs in flight, so that ``calls`` (which may make each task's
+    arguments, e.g. read a shard's texts, only when asked for the next one) is drawn from lazily."""
     if not engine.is_ray:
         for args in calls:
             yield fn(*args)
         return
+    import collections
+
     ray = require_ray()
     remote = ray.remote(num_cpus=1)(_call)
-    refs = [remote.remote(fn, args) for args in calls]
-    for ref in refs:
-        yield _check(ray.get(ref))
+    window = max(2, TASKS_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
+    calls, pending = iter(calls), collections.deque()
+    for args in calls:
+        pending.append(remote.remote(fn, args))
+        if len(pending) >= window:
+            break
+    while pending:
+        out = _check(ray.get(pending.popleft()))
+        nxt = next(calls, None)
+        if nxt is not None:
+            pending.append(remote.remote(fn, nxt))
+        yield out
+
+
+TASKS_PER_CPU = 2  # map_tasks on Ray: tasks in flight per CPU (enough to keep every CPU busy)

@@ -1,5 +1,6 @@
 """Stage 1a: the embed stage with the real packaged MiniLM model, resume, dedup and bad inputs."""
 import json
+import os
 
 import numpy as np
 import polars as pl
@@ -239,7 +240,9 @@ def test_shards_read_their_own_texts_by_file_and_row(tmp_path, monkeypatch):
     # a file that changes under a run: one line, never other texts
     refs = corpus.refs([50, 51])
     (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"id": f"j{i}", "body": f"JSON {i}"}) for i in range(5)))
-    with pytest.raises(DgamixError, match="b.jsonl changed while dgamix was reading it"):
+    st = os.stat(tmp_path / "b.jsonl")  # same size: make sure the time moves too, whatever the filesystem's clock
+    os.utime(tmp_path / "b.jsonl", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(DgamixError, match="b.jsonl differs from what dgamix read when the run started"):
         refs.read()
 
 
@@ -307,3 +310,11 @@ def test_load_corpus_streams_large_parquet_files_in_batches(tmp_path, monkeypatc
     assert streamed.equals(whole) and stats2["skipped_empty"] == stats["skipped_empty"] == 8 + 5
     assert len(batches) == 7 + 4 and "texts" not in stats2          # 50 and 30 rows in batches of 8
     assert streamed["row"].to_pylist()[:7] == [1, 2, 3, 4, 5, 6, 8] and streamed["id"][0].as_py() == "a:1"
+    # errors over a streamed file are the whole file's: all its empty ids counted, duplicated names refused
+    from dgamix.pipeline.core.errors import DgamixError
+
+    pq.write_table(pa.table({"id": [None if i % 10 == 0 else f"c{i}" for i in range(30)], "text": ["t"] * 30}),
+                   tmp_path / "c.parquet")
+    for keep in (True, False):
+        with pytest.raises(DgamixError, match="'id' has 3 empty ids"):
+            load_corpus([str(tmp_path / "c.parquet")], CorpusSpec(), keep_texts=keep)

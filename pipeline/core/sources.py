@@ -57,12 +57,12 @@ def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
         raise
     except (pa.ArrowException, OSError, ValueError) as e:
         if suffix == ".parquet":
-            _check_unique_names(path)
+            check_unique_names(path)
         raise DgamixError(f"{path}: cannot read as {suffix[1:]} ({(str(e).splitlines() or [type(e).__name__])[0]}); "
                           f"check the file is complete and in that format.") from None
 
 
-def _check_unique_names(path: Path) -> None:
+def check_unique_names(path: Path) -> None:
     """A one-line error when the Parquet file ``path`` has several columns of one name (Arrow cannot read those)."""
     try:
         names = pq.read_schema(path).names
@@ -301,8 +301,9 @@ class TextRefs:
             raise DgamixError(f"corpus file {self.files[f]} cannot be read here ({e.strerror or e}); with --engine "
                               f"ray every node must see the corpus at the same path (shared storage).") from None
         if force or not same:
-            raise DgamixError(f"corpus file {self.files[f]} changed while dgamix was reading it (its size, time "
-                              f"or texts differ from when the run started); leave the corpus as it is and rerun.")
+            raise DgamixError(f"corpus file {self.files[f]} differs from what dgamix read when the run started (its "
+                              f"size, modification time or texts; changed since, or another copy on this node): "
+                              f"leave the corpus as it is during a run, with one copy on shared storage, and rerun.")
 
 
 class TextReader:
@@ -381,21 +382,22 @@ class DocTexts:
             order = np.argsort(doc_id)
             if not np.array_equal(doc_id[order], np.arange(doc_id.size)):
                 raise DgamixError(f"{ws.docs}: doc_id is not 0..n-1; re-embed the corpus.")
-        else:
-            order = np.arange(doc_id.size)
+            docs = docs.take(pa.array(order))
         text_col = meta.get("text_column") or (meta.get("params") or {}).get("text_column") or "text"
         files = (meta.get("params") or {}).get("corpus") or []
-        self._index(docs.take(pa.array(order)), text_col, ws.root, files, cache_bytes)
+        self._index(docs, text_col, ws.root, files, cache_bytes)
 
     @classmethod
     def of_table(cls, docs: pa.Table, text_column: str, cache_bytes: int = 1 << 30,
-                 group_rows: int = 20_000) -> DocTexts:
+                 group_rows: int = 20_000, stamps: dict[str, tuple[int, int]] | None = None) -> DocTexts:
         """The texts of a table with (source, row) columns whose sources are absolute paths (the
         embed stage's corpus before docs.parquet exists); doc id i is the table's row i. A Parquet
-        file whose row groups hold at most ``group_rows`` rows counts as indexed in :meth:`refs`."""
+        file whose row groups hold at most ``group_rows`` rows counts as indexed in :meth:`refs`.
+        ``stamps``: each file's file_stamp from before it was first read (load_corpus's), which
+        :class:`TextRefs` checks; files without one are stamped when first referred to."""
         self = cls.__new__(cls)
         self._index(docs, text_column, None, [], cache_bytes)
-        self.group_rows = group_rows
+        self.group_rows, self._stamps = group_rows, dict(stamps or {})
         return self
 
     def _index(self, docs: pa.Table, text_col: str, root, files: list[str], cache_bytes: int) -> None:
@@ -405,6 +407,7 @@ class DocTexts:
         self.row = np.asarray(docs["row"], dtype=np.int64)                   # (n,)
         self.reader = TextReader(text_col, root, recorded_files(self.source_names, files), cache_bytes)
         self.group_rows = 20_000                              # see of_table
+        self._stamps: dict[str, tuple[int, int]] = {}         # see of_table
         self._files: dict[int, tuple[str, tuple[int, int], bool]] = {}  # source -> (path, stamp, indexed)
 
     def _file(self, s: int) -> tuple[str, tuple[int, int], bool]:
@@ -418,7 +421,7 @@ class DocTexts:
                     indexed = all(md.row_group(g).num_rows <= self.group_rows for g in range(md.num_row_groups))
                 except (pa.ArrowException, OSError, ValueError):
                     indexed = False  # read whole; its reading reports what is wrong with it
-            self._files[s] = (str(path), file_stamp(path), indexed)
+            self._files[s] = (str(path), self._stamps.get(str(path)) or file_stamp(path), indexed)
         return self._files[s]
 
     def __len__(self) -> int:
