@@ -25,6 +25,7 @@ from dgamix.pipeline.core.sources import (
     label_column,
     read_table,
     text_column,
+    unreadable,
 )
 
 
@@ -116,8 +117,7 @@ def _pieces(path: Path, stream: bool):
                 for batch in pf.iter_batches(batch_size=PIECE_ROWS):
                     yield pa.Table.from_batches([batch])
             except (pa.ArrowException, OSError, ValueError) as e:
-                raise DgamixError(f"{path}: cannot read as parquet ({(str(e).splitlines() or [type(e).__name__])[0]}); "
-                                  f"check the file is complete and in that format.") from None
+                raise unreadable(path, e) from None
             return
     yield read_table(path)
 

@@ -160,8 +160,8 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
     if cfg.shard_size < 1 or cfg.batch_size < 1 or cfg.max_seq_length < 1:
         raise DgamixError("--shard-size, --batch-size and --max-seq-length must be positive integers.")
     with lock(ws, "embed"):
-        # the texts stay in their files: every shard's job reads its own (TextRefs), so the driver
-        # never holds the corpus (one file's text at a time while load_corpus checks it)
+        # the texts stay in their files: every shard's job reads its own (TextRefs), so the driver holds
+        # at most one shard's texts and its reader's cache (files without a row index), not the corpus
         base, stats = load_corpus(inputs, spec, keep_texts=False)
         corpus = DocTexts.of_table(base, spec.text_column, group_rows=2 * cfg.shard_size, stamps=stats["stamps"])
         n = base.num_rows

@@ -44,6 +44,13 @@ def _read_text_file(path: Path) -> str:
     return _decode(path, raw)
 
 
+def unreadable(path: Path, e: Exception) -> DgamixError:
+    """The one-line error for an input file its reader fails on (``e``: the library's exception)."""
+    return DgamixError(f"{path}: cannot read as {path.suffix.lower()[1:]} "
+                       f"({(str(e).splitlines() or [type(e).__name__])[0]}); check the file is complete and in "
+                       f"that format.")
+
+
 def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
     """One input file as an Arrow table (a .txt file is one row with column 'text')."""
     suffix = path.suffix.lower()
@@ -58,8 +65,7 @@ def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
     except (pa.ArrowException, OSError, ValueError) as e:
         if suffix == ".parquet":
             check_unique_names(path)
-        raise DgamixError(f"{path}: cannot read as {suffix[1:]} ({(str(e).splitlines() or [type(e).__name__])[0]}); "
-                          f"check the file is complete and in that format.") from None
+        raise unreadable(path, e) from None
 
 
 def check_unique_names(path: Path) -> None:
@@ -239,8 +245,7 @@ def read_rows(path: Path, text_col: str, rows: np.ndarray) -> list[str]:
     except DgamixError:
         raise
     except (pa.ArrowException, OSError, ValueError) as e:
-        raise DgamixError(f"{path}: cannot read as parquet ({(str(e).splitlines() or [type(e).__name__])[0]}); "
-                          f"check the file is complete and in that format.") from None
+        raise unreadable(path, e) from None
     first = np.r_[0, np.cumsum(sizes[groups])][:-1]                    # where each read group starts in ``table``
     local = rows - starts[group] + first[np.searchsorted(groups, group)]
     return text_column(table, path, text_col).take(pa.array(local)).to_pylist()
@@ -365,6 +370,9 @@ class TextReader:
         return out
 
 
+GROUP_ROWS = 20_000  # DocTexts.refs: a Parquet file whose row groups hold at most this many rows is indexed
+
+
 class DocTexts:
     """The texts of a workspace's documents by doc id: ``DocTexts(ws)[doc_ids]`` -> list of str.
 
@@ -389,25 +397,25 @@ class DocTexts:
 
     @classmethod
     def of_table(cls, docs: pa.Table, text_column: str, cache_bytes: int = 1 << 30,
-                 group_rows: int = 20_000, stamps: dict[str, tuple[int, int]] | None = None) -> DocTexts:
+                 group_rows: int = GROUP_ROWS, stamps: dict[str, tuple[int, int]] | None = None) -> DocTexts:
         """The texts of a table with (source, row) columns whose sources are absolute paths (the
         embed stage's corpus before docs.parquet exists); doc id i is the table's row i. A Parquet
         file whose row groups hold at most ``group_rows`` rows counts as indexed in :meth:`refs`.
         ``stamps``: each file's file_stamp from before it was first read (load_corpus's), which
         :class:`TextRefs` checks; files without one are stamped when first referred to."""
         self = cls.__new__(cls)
-        self._index(docs, text_column, None, [], cache_bytes)
-        self.group_rows, self._stamps = group_rows, dict(stamps or {})
+        self._index(docs, text_column, None, [], cache_bytes, group_rows, stamps)
         return self
 
-    def _index(self, docs: pa.Table, text_col: str, root, files: list[str], cache_bytes: int) -> None:
+    def _index(self, docs: pa.Table, text_col: str, root, files: list[str], cache_bytes: int,
+               group_rows: int = GROUP_ROWS, stamps: dict[str, tuple[int, int]] | None = None) -> None:
         src = docs["source"].combine_chunks().dictionary_encode()
         self.source_names = src.dictionary.to_pylist()                       # (S,) recorded sources
         self.source = np.asarray(src.indices.to_numpy(zero_copy_only=False), np.int64)  # (n,)
         self.row = np.asarray(docs["row"], dtype=np.int64)                   # (n,)
         self.reader = TextReader(text_col, root, recorded_files(self.source_names, files), cache_bytes)
-        self.group_rows = 20_000                              # see of_table
-        self._stamps: dict[str, tuple[int, int]] = {}         # see of_table
+        self.group_rows = group_rows                          # see of_table
+        self._stamps = dict(stamps or {})                     # see of_table
         self._files: dict[int, tuple[str, tuple[int, int], bool]] = {}  # source -> (path, stamp, indexed)
 
     def _file(self, s: int) -> tuple[str, tuple[int, int], bool]:
