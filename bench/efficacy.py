@@ -16,6 +16,10 @@ windows (mixing/tokens.py), from the same seeds for every mixer:
     regime c-few  as c with only 64 target examples to reweight with (IS sees <= 64 domains)
     regime c-budget  as c with --tokens-per-domain set as in b (aimed at IS re-reading its domains
                >= 10 times): the paper's fine-grained experiment under a limited token budget
+    regime c-temper  fine-grained, 4,096 domains, with bases of graded sharpness: the target's
+               histogram tempered by its density ratio to the corpus at gamma = 0, 1, 2 (`dgamix
+               basis --by single --temper 0,1,2`) + one generic basis, N = 4:
+               uniform | is | is-t1, is-t2 (static: each tempered histogram alone) | dga
 
 Each regime prints final target loss (MMLU holdout) and general loss (held-out pool documents),
 mean +- std over seeds, the paired difference to IS and to uniform per seed, IS's repetitions,
@@ -65,7 +69,12 @@ REGIMES = {  # basis: what DGA reweights (None = the k domains; "group" = one ba
     "c": {"level": 2, "target": "mmlu", "basis": "group", "tpd": None, "mixers": ("uniform", "is", "dga")},
     "c-few": {"level": 2, "target": "mmlu64", "basis": "group", "tpd": None, "mixers": ("uniform", "is", "dga")},
     "c-budget": {"level": 2, "target": "mmlu", "basis": "group", "tpd": "auto", "mixers": ("uniform", "is", "dga")},
+    "c-temper": {"level": 2, "target": "mmlu", "basis": "single", "temper": "0,1,2", "tpd": None,
+                 "mixers": ("uniform", "is", "is-t1", "is-t2", "dga")},
 }
+# A mixer "is-tG" is importance sampling from the target's histogram tempered by gamma = G (`--temper G`):
+# `dgamix train --mixer is` on that basis. It is the static control for DGA over tempered bases.
+STATIC_TEMPERED = "is-t"
 TARGETS = {"mmlu64": "mmlu"}  # target name -> file in --targets (default: the same name)
 # Regime b: the budget T is set from IS's histogram alpha so that total * sum(alpha^2) / T = MIN_IS_EPOCHS
 # passes; measured, IS then re-reads its documents ~0.7x that often (draw-weighted mean), so 14 gives >= 10.
@@ -111,8 +120,14 @@ def exists(path: Path, kind: str) -> bool:
         return False
 
 
-def basis_name(regime: dict, by: str, generic: str) -> str:
-    return f"{regime['target']}-l{regime['level']}-{by.replace(':', '')}-{generic}"
+def basis_name(regime: dict, by: str, generic: str, temper: str = "0") -> str:
+    return f"{regime['target']}-l{regime['level']}-{by.replace(':', '')}-{generic}" + \
+        ("" if temper == "0" else "-t" + temper.replace(",", "_"))
+
+
+def train_mixer(mixer: str) -> str:
+    """The `dgamix train --mixer` of a bench mixer label ("is-t1" is `--mixer is` on a tempered basis)."""
+    return "is" if mixer.startswith(STATIC_TEMPERED) else mixer
 
 
 def prepare(args, log: list[str]) -> dict:
@@ -132,10 +147,11 @@ def prepare(args, log: list[str]) -> dict:
     return {"seconds": time.perf_counter() - t0}
 
 
-def ensure_basis(args, regime: dict, name: str, by: str, generic: str, log: list[str]) -> None:
+def ensure_basis(args, regime: dict, name: str, by: str, generic: str, log: list[str], temper: str = "0") -> None:
     if not (args.workspace / "bases" / f"{name}.parquet").exists():
         dgamix("basis", "--workspace", str(args.workspace), "--clusters", CLUSTERS, "--level", str(regime["level"]),
-               "--target", regime["target"], "--by", by, "--generic", generic, "--name", name, log=log)
+               "--target", regime["target"], "--by", by, "--generic", generic, "--name", name,
+               *(("--temper", temper) if temper != "0" else ()), log=log)
 
 
 def is_budget(args, regime: dict) -> int:
@@ -177,7 +193,7 @@ def config_of(args, seed: int, mixer: str, tpd: int | None, over: dict):
 def cli_line(args, job: dict) -> str:
     r, mixer, o = job["regime"], job["mixer"], dga_options(args, job["over"])
     parts = [f"dgamix train --workspace {args.workspace} --clusters {CLUSTERS} --level {r['level']}",
-             f"--target {r['target']} --mixer {mixer}" + (f" --basis {job['basis']}" if job["basis"] else ""),
+             f"--target {r['target']} --mixer {train_mixer(mixer)}" + (f" --basis {job['basis']}" if job["basis"] else ""),
              f"--steps {args.steps} --batch-size {args.batch_size} --lr {args.lr} --warmup {args.warmup}",
              f"--context {args.context} --vocab-size {args.vocab_size}",
              f"--tokens-per-domain {job['tpd']}" if job["tpd"] else "",
@@ -208,7 +224,7 @@ def expected_params(args, job: dict) -> dict:
 
     r = job["regime"]
     cfg = resolve_ema_beta(job["mixer"], config_of(args, job["seed"], job["mixer"], job["tpd"], job["over"]))
-    return {"clusters": CLUSTERS, "level": r["level"], "target": r["target"], "mixer": job["mixer"],
+    return {"clusters": CLUSTERS, "level": r["level"], "target": r["target"], "mixer": train_mixer(job["mixer"]),
             "basis": job["basis"], **recorded_params(cfg)}
 
 
@@ -245,7 +261,7 @@ def run_one(job: dict) -> dict:
     t0 = time.perf_counter()
     run = finished_run(args, job) if args.reuse else None
     if run is None:
-        summary = train_run(args.workspace, CLUSTERS, r["level"], r["target"], mixer, job["basis"],
+        summary = train_run(args.workspace, CLUSTERS, r["level"], r["target"], train_mixer(mixer), job["basis"],
                             config_of(args, job["seed"], mixer, job["tpd"], job["over"]), name, overwrite=True,
                             quiet=True)
         run = args.workspace / "runs" / name
@@ -298,7 +314,8 @@ def ms(s: dict, sign: bool = False) -> str:
 def aggregate(runs: list[dict], mixers: list[str]) -> dict:
     agg = {}
     by = {m: sorted((r for r in runs if r["mixer"] == m), key=lambda r: r["seed"]) for m in mixers}
-    refs = {ref: {r["seed"]: r for r in by.get(ref, [])} for ref in ("is", "uniform")}
+    statics = tuple(m for m in mixers if m.startswith(STATIC_TEMPERED))
+    refs = {ref: {r["seed"]: r for r in by.get(ref, [])} for ref in ("is", "uniform", *statics)}
     for m, rs in by.items():
         if not rs:
             continue
@@ -319,13 +336,13 @@ def aggregate(runs: list[dict], mixers: list[str]) -> dict:
 
 
 def table(agg: dict) -> str:
-    head = ["mixer", "target loss", "general loss", "target − IS", "target − uniform", "epochs (mean / max)",
-            "weight TV (total / max step)"]
+    statics = [m for m in agg if m.startswith(STATIC_TEMPERED)]
+    head = ["mixer", "target loss", "general loss", "target − IS", "target − uniform",
+            *(f"target − {m}" for m in statics), "epochs (mean / max)", "weight TV (total / max step)"]
     rows = []
     for m, a in agg.items():
-        d_is, d_u = a.get("target_minus_is"), a.get("target_minus_uniform")
-        rows.append([m, ms(a["final_target"]), ms(a["final_general"]), "-" if d_is is None else ms(d_is, True),
-                     "-" if d_u is None else ms(d_u, True),
+        diffs = [a.get(f"target_minus_{ref}") for ref in ("is", "uniform", *statics)]
+        rows.append([m, ms(a["final_target"]), ms(a["final_general"]), *("-" if d is None else ms(d, True) for d in diffs),
                      f"{a['mean_epochs']['mean']:.1f} / {a['max_epochs']['mean']:.0f}",
                      f"{a['tv_total']['mean']:.3f} / {a['tv_max_step']['mean']:.3f}" if "tv_total" in a else "-"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -421,8 +438,14 @@ def make_jobs(args, regime_name: str, mixers: list[str], seeds: list[int], log: 
     basis = None
     if regime["basis"]:
         by, generic = over.get("basis_by", args.basis_by or regime["basis"]), over.get("generic", "natural")
-        basis = basis_name(regime, by, generic)
-        ensure_basis(args, regime, basis, by, generic, log)
+        temper = over.get("temper", args.temper or regime.get("temper", "0"))
+        basis = basis_name(regime, by, generic, temper)
+        ensure_basis(args, regime, basis, by, generic, log, temper)
+    static = {}  # is-tG -> its tempered histogram
+    for m in mixers:
+        if m.startswith(STATIC_TEMPERED):
+            static[m] = basis_name(regime, "single", "none", m[len(STATIC_TEMPERED):])
+            ensure_basis(args, regime, static[m], "single", "none", log, m[len(STATIC_TEMPERED):])
     tpd = max(1, int(is_budget(args, regime) * over.get("tpd_factor", 1.0))) if regime["tpd"] == "auto" else None
     if args.tokens_per_domain:
         tpd = args.tokens_per_domain
@@ -437,10 +460,12 @@ def make_jobs(args, regime_name: str, mixers: list[str], seeds: list[int], log: 
                 name += "-subset"
             if m.startswith("dga") and args.basis_by:  # and other basis builders (they overwrote the default's)
                 name += "-" + args.basis_by.replace(":", "")
+            if m.startswith("dga") and args.temper:
+                name += "-t" + args.temper.replace(",", "_")
             if m.startswith("dga") and (args.align_batch_size, args.target_batch_size) != (8, 16):
                 name += f"-ab{args.align_batch_size}-tb{args.target_batch_size}"
             jobs.append({"args": args, "regime": regime, "regime_name": regime_name, "mixer": m, "seed": s,
-                         "basis": is_basis if m == "is" else basis if m.startswith("dga") else None,
+                         "basis": is_basis if m == "is" else static.get(m, basis if m.startswith("dga") else None),
                          "tpd": tpd, "over": over, "label": label or m, "name": name[:100]})
     return jobs
 
@@ -496,6 +521,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--targets", type=Path, default=MINIPILE / "targets")
     ap.add_argument("--mixers", default="", help="default: the regime's mixers")
     ap.add_argument("--basis-by", default="", help="regimes c / c-few: another basis builder for DGA (e.g. kmeans:8)")
+    ap.add_argument("--temper", default="", help="regimes c*: DGA's bases tempered by these exponents (`dgamix basis "
+                                                 "--temper`, e.g. 0,1,2; default: the regime's)")
     ap.add_argument("--target", default="", help="another target of --targets (default: the regime's, mmlu)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=300)

@@ -20,6 +20,9 @@ def basis(
     smoothing: float = typer.Option(0.0, help="Additive count on every populated domain (0 = faithful importance sampling)."),
     pocket_min: int = typer.Option(5, help="Warn about target examples in domains with fewer corpus docs than this."),
     seed: int = typer.Option(0, help="Seed for --by kmeans:N."),
+    temper: str = typer.Option("0", help="Exponents gamma, comma-separated: each target basis is emitted once per "
+                                         "gamma, sharpened to h * (h / corpus share)^gamma (0 = the plain histogram; "
+                                         "1 draws documents by their domain's target/corpus density ratio squared)."),
     name: str = typer.Option(..., help="Name of the basis (WS/bases/NAME.parquet)."),
     overwrite: bool = typer.Option(False, help="Replace an existing basis of this name."),
 ):
@@ -31,7 +34,7 @@ def basis(
     from dgamix.pipeline.core.workspace import Workspace
 
     out = build_basis(Workspace(workspace), clusters, level, target, by, name, generic=generic, smoothing=smoothing,
-                      pocket_min=pocket_min, seed=seed, overwrite=overwrite)
+                      pocket_min=pocket_min, seed=seed, temper=temper, overwrite=overwrite)
     table = Table(title=f"bases -> {out['path']}")
     for col in ("basis", "name", "domains", "eff. domains", "top domains (weight: terms)"):
         table.add_column(col)

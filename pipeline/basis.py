@@ -4,6 +4,7 @@ A basis is a distribution over the k populated level-L domains (those holding co
 Builders (DGA.md, "Stage 2"): `single` (the IS histogram), `group` (one per target group),
 `kmeans:N` (one per k-means group of the target embeddings), `levels` (the target histogram
 at each level <= L, lifted to L), plus an optional generic basis (natural or uniform).
+``--temper G1,G2,...`` emits every target-derived basis once per exponent gamma (``temper``).
 The pure functions here work on arrays; `build_basis` is the stage over manifests.
 """
 from __future__ import annotations
@@ -54,6 +55,29 @@ def lift(coarse_ids: np.ndarray, coarse_hist: np.ndarray, ancestor: np.ndarray, 
     return mass * sizes / np.where(per_coarse[pos] > 0, per_coarse[pos], 1.0)
 
 
+MAX_TEMPER = 8.0  # (density ratio)^gamma with gamma > 8 is a point mass on the densest domain in all but name
+
+
+def temper(h: np.ndarray, sizes: np.ndarray, gamma: float) -> np.ndarray:
+    """A target histogram h (k,) sharpened by its density ratio to the corpus: h * (h / s)^gamma, normalised.
+
+    s = sizes / sum(sizes) (k,) is the corpus's share of documents per domain. Sampling a domain
+    from h and then a document uniformly in it draws each document in proportion to its domain's
+    ratio r = h / s (importance sampling); the tempered basis draws it in proportion to r^(1 + gamma),
+    so gamma > 0 leans towards the domains densest in target examples (those made mostly of
+    target-like documents) and gamma = 0 returns h unchanged. Domains with h = 0 stay 0.
+    Computed in log space: r^gamma spans many orders of magnitude for gamma of a few.
+    """
+    if gamma == 0.0:
+        return h
+    live = (h > 0) & (sizes > 0)
+    logw = np.full(h.shape, -np.inf)
+    s = sizes[live] / sizes.sum()
+    logw[live] = np.log(h[live]) + gamma * (np.log(h[live]) - np.log(s))
+    w = np.exp(logw - logw[live].max()) if live.any() else np.zeros_like(h)
+    return w / w.sum() if w.sum() > 0 else w
+
+
 def kmeans_groups(emb: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Labels (n_examples,) of spherical faiss k-means of the target embeddings into n groups."""
     import faiss
@@ -68,10 +92,12 @@ def kmeans_groups(emb: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def build_rows(by: str, assigned: np.ndarray, level: int, dom: Domains, *, groups: np.ndarray | None = None,
                emb: np.ndarray | None = None, generic: str = "none", smoothing: float = 0.0,
-               seed: int = 0) -> list[tuple[str, np.ndarray]]:
+               seed: int = 0, tempers: tuple[float, ...] = (0.0,)) -> list[tuple[str, np.ndarray]]:
     """The bases as (name, weights over dom.ids (k,)) pairs.
 
     assigned: (n, >= level) int64 target domain ids per level (reweighting examples only).
+    tempers: every target-derived basis is emitted once per exponent (``temper``), in this order;
+    a basis tempered by gamma != 0 is named "<name>^<gamma>".
     """
     fine = assigned[:, level - 1]
     if by == "single":
@@ -99,6 +125,7 @@ def build_rows(by: str, assigned: np.ndarray, level: int, dom: Domains, *, group
             raise DgamixError(f"basis '{name}': its target examples fall only in domains with no corpus "
                               f"documents at level {level}; use a coarser --level, --smoothing > 0, or a "
                               f"corpus closer to the target.")
+    rows = [(name if g == 0 else f"{name}^{g:g}", temper(w, dom.sizes, g)) for g in tempers for name, w in rows]
     if generic == "natural":
         rows.append(("generic:natural", dom.sizes / dom.sizes.sum()))
     elif generic == "uniform":
@@ -169,7 +196,20 @@ def kmeans_count(by: str) -> int:
     return n
 
 
-def check_options(by: str, generic: str, smoothing: float, pocket_min: int, seed: int) -> None:
+def parse_tempers(text: str) -> tuple[float, ...]:
+    """``--temper`` "0,1,2" -> (0.0, 1.0, 2.0): distinct finite exponents in [0, MAX_TEMPER], else a one-line error."""
+    try:
+        out = tuple(float(x) for x in str(text).split(","))
+    except ValueError:
+        raise DgamixError(f"--temper {text}: give comma-separated numbers, e.g. 0 or 0,1,2.") from None
+    if not all(math.isfinite(g) and 0 <= g <= MAX_TEMPER for g in out):
+        raise DgamixError(f"--temper {text}: every exponent must be in [0, {MAX_TEMPER:g}] (0 = the plain histogram).")
+    if len(set(out)) != len(out):
+        raise DgamixError(f"--temper {text}: an exponent is repeated.")
+    return tuple(g + 0.0 for g in out)  # -0.0 -> 0.0: one name, one basis
+
+
+def check_options(by: str, generic: str, smoothing: float, pocket_min: int, seed: int, temper: str = "0") -> None:
     """The basis options, checked before anything is read or written (one-line errors)."""
     if by not in ("single", "group", "levels") and not by.startswith("kmeans:"):
         raise DgamixError(f"--by {by} is unknown; use single, group, kmeans:N or levels.")
@@ -184,10 +224,12 @@ def check_options(by: str, generic: str, smoothing: float, pocket_min: int, seed
         raise DgamixError(f"--pocket-min {pocket_min} must be >= 0 (corpus documents).")
     if not 0 <= seed <= MAX_SEED:
         raise DgamixError(f"--seed {seed} must be in [0, {MAX_SEED}].")
+    parse_tempers(temper)
 
 
 def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, *, generic: str = "none",
-                smoothing: float = 0.0, pocket_min: int = 5, seed: int = 0, overwrite: bool = False) -> dict:
+                smoothing: float = 0.0, pocket_min: int = 5, seed: int = 0, temper: str = "0",
+                overwrite: bool = False) -> dict:
     """The basis stage: writes WS/bases/<name>.parquet (basis, name, domain, weight) and
     WS/bases/<name>.summary.parquet; returns the summary rows and the path."""
     import pyarrow as pa
@@ -196,7 +238,8 @@ def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, 
     from dgamix.pipeline.core import manifest, validate
     from dgamix.pipeline.target import load_target, target_assignments
 
-    check_options(by, generic, smoothing, pocket_min, seed)
+    check_options(by, generic, smoothing, pocket_min, seed, temper)
+    tempers = parse_tempers(temper)
     out = ws.basis(name)
     if out.exists() and not overwrite:
         raise DgamixError(f"basis '{name}' already exists ({out}); pass --overwrite or choose another --name.")
@@ -216,7 +259,8 @@ def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, 
     if by.startswith("kmeans:"):
         ex, _ = load_target(ws, target)
         emb = manifest.embedding_matrix(ex["embedding"])[reweight]
-    rows = build_rows(by, assigned, level, dom, groups=groups, emb=emb, generic=generic, smoothing=smoothing, seed=seed)
+    rows = build_rows(by, assigned, level, dom, groups=groups, emb=emb, generic=generic, smoothing=smoothing, seed=seed,
+                      tempers=tempers)
     parts = [(j, nm, dom.ids[w > 0], w[w > 0]) for j, (nm, w) in enumerate(rows)]
     table = pa.table({"basis": pa.array(np.concatenate([np.full(len(d), j) for j, _, d, _ in parts]), pa.int64()),
                       "name": pa.array([nm for _, nm, d, _ in parts for _ in range(len(d))], pa.string()),
@@ -224,6 +268,8 @@ def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, 
                       "weight": pa.array(np.concatenate([w for *_, w in parts]), pa.float64())})
     params = {"clusters": clusters, "level": level, "target": target, "by": by, "generic": generic,
               "smoothing": smoothing, "seed": seed, "names": [nm for nm, _ in rows]}
+    if tempers != (0.0,):  # only when used: the fingerprints of bases built without it stay as they were
+        params["temper"] = list(tempers)
     fp = manifest.fingerprint(params, tmeta.get("inputs"), tree.checksum())
     summary = describe(rows, dom, assigned[:, level - 1], pocket_min)
     terms = _top_terms(ws, clusters, level)

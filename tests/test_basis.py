@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dgamix.pipeline.basis import Domains, build_rows, describe, histogram, lift
+from dgamix.pipeline.basis import Domains, build_rows, describe, histogram, lift, parse_tempers, temper
 from dgamix.pipeline.core.errors import DgamixError
 
 # Two levels, branching 2 x 3: level-1 domains {0, 1}; level-2 ids parent*3 + child.
@@ -47,6 +47,36 @@ def test_lift_spreads_by_corpus_size_and_conserves_mass():
     assert np.isclose(w.sum(), 1.0)
 
 
+def test_temper_draws_documents_by_the_density_ratio_to_the_power_one_plus_gamma():
+    h, sizes = np.array([0.5, 0.25, 0.25, 0.0]), np.array([1, 1, 2, 4])  # corpus share s = [1, 1, 2, 4] / 8
+    assert temper(h, sizes, 0.0) is h                                       # gamma 0: the IS histogram itself
+    w = temper(h, sizes, 1.0)
+    assert np.allclose(w, np.array([2.0, 0.5, 0.25, 0.0]) / 2.75, atol=1e-15)  # h * (h / s) = h * [4, 2, 1, -]
+    per_doc = w / sizes                                                     # a document's draw probability
+    assert np.allclose(per_doc[:3] / per_doc[2], [16, 4, 1])               # ratio r = [4, 2, 1]: r^2
+    w2 = temper(h, sizes, 2.0)
+    assert np.allclose((w2 / sizes)[:3] / (w2 / sizes)[2], [64, 8, 1]) and w2[3] == 0
+    # no overflow where r^gamma spans hundreds of orders of magnitude
+    big = temper(np.array([1 - 1e-300, 1e-300]), np.array([1, 10 ** 6]), 8.0)
+    assert np.isfinite(big).all() and big[0] == 1.0
+
+
+def test_tempers_emit_every_target_basis_once_per_exponent_before_the_generic_one():
+    fine = np.array([0, 0, 1, 3, 4, 4])
+    assigned = np.stack([fine // 3, fine], 1)
+    groups = np.array(["x", "x", "x", "y", "y", "y"], dtype=object)
+    rows = build_rows("group", assigned, 2, DOM, groups=groups, generic="natural", tempers=(0.0, 1.0))
+    assert [r[0] for r in rows] == ["group:x", "group:y", "group:x^1", "group:y^1", "generic:natural"]
+    plain = build_rows("group", assigned, 2, DOM, groups=groups)
+    assert np.array_equal(rows[0][1], plain[0][1]) and np.array_equal(rows[1][1], plain[1][1])
+    assert np.allclose(rows[2][1], temper(plain[0][1], DOM.sizes, 1.0))
+    assert parse_tempers("0,1,2.5") == (0.0, 1.0, 2.5) and parse_tempers("-0") == (0.0,)
+    for bad, msg in (("x", "comma-separated"), ("-1", "in \\[0, 8\\]"), ("nan", "in \\["), ("9", "in \\["),
+                     ("1,1", "repeated"), ("", "comma-separated")):
+        with pytest.raises(DgamixError, match=msg):
+            parse_tempers(bad)
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.integers(0, 5), min_size=1, max_size=40), st.floats(0, 3), st.sampled_from(["none", "natural", "uniform"]))
 def test_every_builder_is_on_the_simplex(fine, smoothing, generic):
@@ -57,7 +87,8 @@ def test_every_builder_is_on_the_simplex(fine, smoothing, generic):
     groups = np.array(["a", "b"] * len(fine))[: len(fine)].astype(object)
     for by in ("single", "levels", "group"):
         try:
-            rows = build_rows(by, assigned, 2, DOM, groups=groups, generic=generic, smoothing=smoothing)
+            rows = build_rows(by, assigned, 2, DOM, groups=groups, generic=generic, smoothing=smoothing,
+                              tempers=(0.0, 1.5))
         except DgamixError:
             continue  # a group whose examples all fall into the empty domain
         for _, w in rows:

@@ -392,7 +392,8 @@ def test_target_cli_inputs_and_options(ws_copy, encoder, data, args):
     "--level": st.sampled_from(["1", "2", "0", "3", "-1"]), "--target": st.sampled_from(["gsm8k", "recipes"]),
     "--generic": st.sampled_from(["natural", "uniform", "none", "x"]),
     "--smoothing": st.sampled_from(["nan", "inf", "-inf", "-1", "0", "0.5", "1e308", "-0.0"]),
-    "--seed": INTS, "--pocket-min": st.sampled_from(["-1", "0", "5", "x"])}))
+    "--seed": INTS, "--pocket-min": st.sampled_from(["-1", "0", "5", "x"]),
+    "--temper": st.sampled_from(["0", "0,1", "8", "8.5", "-1", "nan", "1,1", "x", ""])}))
 def test_basis_cli_options(ws_copy, args):
     ws = ws_copy / "ws"
     before = snapshot(ws_copy)

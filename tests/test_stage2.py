@@ -40,6 +40,27 @@ def test_single_basis_equals_polars_histogram(real_ws):
     assert set(b["domain"].to_list()) <= set(tree["domain"].to_list())
 
 
+def test_tempered_bases_follow_the_plain_histogram_and_are_recorded(real_ws):
+    from dgamix.pipeline.basis import temper
+    from dgamix.pipeline.core import manifest
+
+    for name, extra in (("plain", ()), ("tempered", ("--temper", "0,1", "--generic", "natural"))):
+        r = run_cli("basis", "--workspace", real_ws, "--clusters", "k3x2", "--level", 2, "--target", "recipes",
+                    "--by", "single", "--name", name, *extra)
+        assert r.exit_code == 0, r.output
+    plain, t = basis_df(real_ws, "plain"), basis_df(real_ws, "tempered")
+    assert t["name"].unique(maintain_order=True).to_list() == ["target", "target^1", "generic:natural"]
+    assert t.filter(pl.col("basis") == 0).drop("basis").equals(plain.drop("basis"))
+    tree = pl.read_parquet(Workspace(real_ws).tree("k3x2")).filter((pl.col("level") == 2) & (pl.col("size") > 0))
+    h = np.zeros(tree.height)
+    h[np.searchsorted(tree["domain"].to_numpy(), plain["domain"].to_numpy())] = plain["weight"].to_numpy()
+    want = temper(h, tree["size"].to_numpy(), 1.0)
+    got = t.filter(pl.col("basis") == 1)
+    assert np.allclose(got["weight"].to_numpy(), want[want > 0], atol=1e-12)
+    assert manifest.read_meta(Workspace(real_ws).basis("tempered"), "basis")["params"]["temper"] == [0.0, 1.0]
+    assert "temper" not in manifest.read_meta(Workspace(real_ws).basis("plain"), "basis")["params"]
+
+
 def test_levels_builder_at_level_one_equals_single(real_ws):
     for by, name in (("levels", "lv1"), ("single", "s1")):
         r = run_cli("basis", "--workspace", real_ws, "--clusters", "k3x2", "--level", 1, "--target", "gsm8k",
@@ -68,6 +89,7 @@ def test_group_kmeans_and_generic_bases_are_on_the_simplex(real_ws):
     (("--clusters", "k3x2", "--level", 2, "--target", "gsm8k", "--by", "group"), "--group-column"),
     (("--clusters", "k3x2", "--level", 2, "--target", "gsm8k", "--by", "kmeans:500"), "more groups"),
     (("--clusters", "k3x2", "--level", 2, "--target", "gsm8k", "--by", "bogus"), "unknown"),
+    (("--clusters", "k3x2", "--level", 2, "--target", "gsm8k", "--temper", "0,0"), "repeated"),
 ])
 def test_basis_bad_inputs(real_ws, args, message):
     r = run_cli("basis", "--workspace", real_ws, *args, "--name", "bad")
