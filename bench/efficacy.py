@@ -22,7 +22,8 @@ windows (mixing/tokens.py), from the same seeds for every mixer:
                uniform | is | is-t1, is-t2 (static: each tempered histogram alone) | dga
 
 Each regime prints final target loss (MMLU holdout) and general loss (held-out pool documents),
-mean +- std over seeds, the paired difference to IS and to uniform per seed, IS's repetitions,
+mean +- std over seeds, the paired difference to IS, to uniform and to each static is-tG per
+seed, IS's repetitions,
 and DGA's weight movement: total variation of the trajectory (sum over updates of
 0.5 |w_t - w_t-1|_1), its largest single update, and 0.5 |w_end - w_0|_1. JSON and a plot go to
 bench/results/efficacy-<regime>.json / .png.
@@ -356,7 +357,8 @@ def plot(runs: list[dict], mixers: list[str], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"uniform": "tab:gray", "is": "tab:blue", "dga": "tab:red", "dga-noema": "tab:orange"}
+    colours = {"uniform": "tab:gray", "is": "tab:blue", "dga": "tab:red", "dga-noema": "tab:orange",
+               "is-t1": "tab:cyan", "is-t2": "tab:purple"}
     dga_runs = [r for r in runs if r["mixer"] == "dga" and r["weights"]]
     fig, axes = plt.subplots(1, 3 if dga_runs else 2, figsize=(15 if dga_runs else 10, 4.2))
     for ax, split, label in ((axes[0], "target", "target loss (target holdout examples)"),
@@ -368,8 +370,8 @@ def plot(runs: list[dict], mixers: list[str], path: Path, title: str) -> None:
             steps = np.asarray(rs[0]["curves"][split]["step"])
             ys = np.asarray([r["curves"][split]["loss"] for r in rs])
             mean, std = ys.mean(0), ys.std(0)
-            ax.plot(steps, mean, label=f"{m} (n={len(rs)})", color=colours.get(m), lw=1.8)
-            ax.fill_between(steps, mean - std, mean + std, color=colours.get(m), alpha=0.15, lw=0)
+            line, = ax.plot(steps, mean, label=f"{m} (n={len(rs)})", color=colours.get(m), lw=1.8)
+            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15, lw=0)
         late = [v for r in runs for s, v in zip(r["curves"][split]["step"], r["curves"][split]["loss"])
                 if s >= r["curves"][split]["step"][-1] // 3]
         if late:
@@ -460,7 +462,7 @@ def make_jobs(args, regime_name: str, mixers: list[str], seeds: list[int], log: 
                 name += "-subset"
             if m.startswith("dga") and args.basis_by:  # and other basis builders (they overwrote the default's)
                 name += "-" + args.basis_by.replace(":", "")
-            if m.startswith("dga") and args.temper:
+            if m.startswith("dga") and args.temper and regime["basis"]:
                 name += "-t" + args.temper.replace(",", "_")
             if m.startswith("dga") and (args.align_batch_size, args.target_batch_size) != (8, 16):
                 name += f"-ab{args.align_batch_size}-tb{args.target_batch_size}"
@@ -510,6 +512,35 @@ def persistence_report(workspace: Path, patterns: list[str]) -> dict:
     return out
 
 
+def source_share(workspace: Path, basis: str, src: str) -> dict:
+    """Per basis row: the share of the documents it draws (domain c ~ row, then a document uniform in c)
+    whose pool ``src`` column is ``src``, e.g. the pool's own MMLU questions. A diagnosis with the
+    pool's labels, which no mixer sees; approximate, as it counts the documents the trainer holds
+    out for the general loss too."""
+    import polars as pl
+
+    docs = pl.read_parquet(workspace / "docs.parquet", columns=["doc_id", "src", "dup_of"]).filter(
+        pl.col("dup_of").is_null())
+    from dgamix.pipeline.core import manifest
+
+    path = workspace / "bases" / f"{basis}.parquet"
+    if not path.exists():
+        sys.exit(f"no basis {path}")
+    b = pl.read_parquet(path)
+    params = manifest.read_meta(path, "basis")["params"]
+    lv = params["level"]
+    a = pl.read_parquet(workspace / "clusters" / params["clusters"] / "assignments" / "*.parquet",
+                        columns=["doc_id", f"level_{lv}"])
+    per = a.join(docs, on="doc_id").group_by(f"level_{lv}").agg(n=pl.len(), hit=(pl.col("src") == src).sum())
+    share = (b.join(per.rename({f"level_{lv}": "domain"}), on="domain", how="left").fill_null(0)
+             .group_by("basis", "name", maintain_order=True)
+             .agg((pl.col("weight") * pl.col("hit") / pl.col("n").clip(1)).sum().alias("share")))
+    out = dict(zip(share["name"].to_list(), share["share"].to_list()))
+    for name, v in out.items():
+        print(f"{basis}: {name}: {v:.1%} of the drawn documents have src = {src}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--regime", choices=sorted(REGIMES), default="a")
@@ -555,7 +586,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/efficacy-<regime>.json)")
     ap.add_argument("--persistence", nargs="+", default=None, metavar="GLOB",
                     help="only report alignment_persistence of the finished runs WS/runs/GLOB (no training)")
+    ap.add_argument("--source-share", default=None, metavar="BASIS",
+                    help="only report, per row of WS/bases/BASIS, the share of drawn documents whose pool src is "
+                         "--source (no training)")
+    ap.add_argument("--source", default="mmlu", help="with --source-share: the pool src value to count")
     args = ap.parse_args(argv)
+    if args.source_share:
+        return source_share(args.workspace.resolve(), args.source_share, args.source)
     if args.persistence:
         return persistence_report(args.workspace.resolve(), args.persistence)
     if args.quick:

@@ -58,15 +58,16 @@ def lift(coarse_ids: np.ndarray, coarse_hist: np.ndarray, ancestor: np.ndarray, 
 MAX_TEMPER = 8.0  # (density ratio)^gamma with gamma > 8 is a point mass on the densest domain in all but name
 
 
-def temper(h: np.ndarray, sizes: np.ndarray, gamma: float) -> np.ndarray:
+def tempered(h: np.ndarray, sizes: np.ndarray, gamma: float) -> np.ndarray:
     """A target histogram h (k,) sharpened by its density ratio to the corpus: h * (h / s)^gamma, normalised.
 
     s = sizes / sum(sizes) (k,) is the corpus's share of documents per domain. Sampling a domain
     from h and then a document uniformly in it draws each document in proportion to its domain's
     ratio r = h / s (importance sampling); the tempered basis draws it in proportion to r^(1 + gamma),
     so gamma > 0 leans towards the domains densest in target examples (those made mostly of
-    target-like documents) and gamma = 0 returns h unchanged. Domains with h = 0 stay 0.
-    Computed in log space: r^gamma spans many orders of magnitude for gamma of a few.
+    target-like documents) and gamma = 0 returns h unchanged. Domains with h = 0 (or no corpus
+    documents) get 0. Computed in log space and shifted by the maximum, so no power under- or
+    overflows before the normalisation.
     """
     if gamma == 0.0:
         return h
@@ -125,7 +126,11 @@ def build_rows(by: str, assigned: np.ndarray, level: int, dom: Domains, *, group
             raise DgamixError(f"basis '{name}': its target examples fall only in domains with no corpus "
                               f"documents at level {level}; use a coarser --level, --smoothing > 0, or a "
                               f"corpus closer to the target.")
-    rows = [(name if g == 0 else f"{name}^{g:g}", temper(w, dom.sizes, g)) for g in tempers for name, w in rows]
+    rows = [(name if g == 0 else f"{name}^{g:g}", tempered(w, dom.sizes, g)) for g in tempers for name, w in rows]
+    names = [name for name, _ in rows]
+    if len(set(names)) != len(names):  # e.g. a group literally named "a^1" beside group "a" tempered by 1
+        dup = next(n for n in names if names.count(n) > 1)
+        raise DgamixError(f"two bases would both be named '{dup}'; rename the target's groups or change --temper.")
     if generic == "natural":
         rows.append(("generic:natural", dom.sizes / dom.sizes.sum()))
     elif generic == "uniform":
@@ -201,11 +206,11 @@ def parse_tempers(text: str) -> tuple[float, ...]:
     try:
         out = tuple(float(x) for x in str(text).split(","))
     except ValueError:
-        raise DgamixError(f"--temper {text}: give comma-separated numbers, e.g. 0 or 0,1,2.") from None
+        raise DgamixError(f"--temper {text!r}: give comma-separated numbers, e.g. 0 or 0,1,2.") from None
     if not all(math.isfinite(g) and 0 <= g <= MAX_TEMPER for g in out):
-        raise DgamixError(f"--temper {text}: every exponent must be in [0, {MAX_TEMPER:g}] (0 = the plain histogram).")
-    if len(set(out)) != len(out):
-        raise DgamixError(f"--temper {text}: an exponent is repeated.")
+        raise DgamixError(f"--temper {text!r}: every exponent must be in [0, {MAX_TEMPER:g}] (0 = the plain histogram).")
+    if len({f"{g:g}" for g in out}) != len(out):  # equal as printed = one basis name
+        raise DgamixError(f"--temper {text!r}: an exponent is repeated.")
     return tuple(g + 0.0 for g in out)  # -0.0 -> 0.0: one name, one basis
 
 
@@ -224,7 +229,9 @@ def check_options(by: str, generic: str, smoothing: float, pocket_min: int, seed
         raise DgamixError(f"--pocket-min {pocket_min} must be >= 0 (corpus documents).")
     if not 0 <= seed <= MAX_SEED:
         raise DgamixError(f"--seed {seed} must be in [0, {MAX_SEED}].")
-    parse_tempers(temper)
+    if parse_tempers(temper) != (0.0,) and smoothing > 0:
+        raise DgamixError("--temper with --smoothing > 0 would sharpen the pseudo-counts: tiny domains that no "
+                          "target example falls in would get the largest ratios; use one or the other.")
 
 
 def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, *, generic: str = "none",

@@ -5,8 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dgamix.pipeline.basis import Domains, build_rows, describe, histogram, lift, parse_tempers, temper
+from dgamix.pipeline.basis import Domains, build_rows, check_options, describe, histogram, lift, parse_tempers, tempered
 from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.workspace import Workspace
 
 # Two levels, branching 2 x 3: level-1 domains {0, 1}; level-2 ids parent*3 + child.
 # Domain 5 is empty in the corpus (absent from ids).
@@ -49,16 +50,28 @@ def test_lift_spreads_by_corpus_size_and_conserves_mass():
 
 def test_temper_draws_documents_by_the_density_ratio_to_the_power_one_plus_gamma():
     h, sizes = np.array([0.5, 0.25, 0.25, 0.0]), np.array([1, 1, 2, 4])  # corpus share s = [1, 1, 2, 4] / 8
-    assert temper(h, sizes, 0.0) is h                                       # gamma 0: the IS histogram itself
-    w = temper(h, sizes, 1.0)
+    assert tempered(h, sizes, 0.0) is h                                     # gamma 0: the IS histogram itself
+    w = tempered(h, sizes, 1.0)
     assert np.allclose(w, np.array([2.0, 0.5, 0.25, 0.0]) / 2.75, atol=1e-15)  # h * (h / s) = h * [4, 2, 1, -]
     per_doc = w / sizes                                                     # a document's draw probability
     assert np.allclose(per_doc[:3] / per_doc[2], [16, 4, 1])               # ratio r = [4, 2, 1]: r^2
-    w2 = temper(h, sizes, 2.0)
+    w2 = tempered(h, sizes, 2.0)
     assert np.allclose((w2 / sizes)[:3] / (w2 / sizes)[2], [64, 8, 1]) and w2[3] == 0
-    # no overflow where r^gamma spans hundreds of orders of magnitude
-    big = temper(np.array([1 - 1e-300, 1e-300]), np.array([1, 10 ** 6]), 8.0)
-    assert np.isfinite(big).all() and big[0] == 1.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(1, 10 ** 6)), min_size=1, max_size=30),
+       st.sampled_from([0.5, 1.0, 2.0, 8.0]))
+def test_tempered_agrees_with_the_formula_in_linear_space(rows, gamma):
+    counts = np.array([c for c, _ in rows], dtype=np.float64)
+    sizes = np.array([n for _, n in rows])
+    if counts.sum() == 0:
+        return
+    h = counts / counts.sum()
+    q = sizes / sizes.sum()
+    ref = h * (h / q) ** gamma  # counts <= 50, sizes <= 1e6: no under- or overflow in float64 here
+    w = tempered(h, sizes, gamma)
+    assert np.allclose(w, ref / ref.sum(), rtol=1e-9, atol=1e-15) and abs(w.sum() - 1) < 1e-12
 
 
 def test_tempers_emit_every_target_basis_once_per_exponent_before_the_generic_one():
@@ -69,12 +82,28 @@ def test_tempers_emit_every_target_basis_once_per_exponent_before_the_generic_on
     assert [r[0] for r in rows] == ["group:x", "group:y", "group:x^1", "group:y^1", "generic:natural"]
     plain = build_rows("group", assigned, 2, DOM, groups=groups)
     assert np.array_equal(rows[0][1], plain[0][1]) and np.array_equal(rows[1][1], plain[1][1])
-    assert np.allclose(rows[2][1], temper(plain[0][1], DOM.sizes, 1.0))
+    assert np.allclose(rows[2][1], tempered(plain[0][1], DOM.sizes, 1.0))
     assert parse_tempers("0,1,2.5") == (0.0, 1.0, 2.5) and parse_tempers("-0") == (0.0,)
     for bad, msg in (("x", "comma-separated"), ("-1", "in \\[0, 8\\]"), ("nan", "in \\["), ("9", "in \\["),
-                     ("1,1", "repeated"), ("", "comma-separated")):
+                     ("1,1", "repeated"), ("1,1.0000001", "repeated"), ("", "comma-separated")):
         with pytest.raises(DgamixError, match=msg):
             parse_tempers(bad)
+    with pytest.raises(DgamixError, match="two bases would both be named 'group:x\\^1'"):
+        build_rows("group", assigned, 2, DOM, groups=np.array(["x", "x", "x", "x^1", "x^1", "x^1"], dtype=object),
+                   tempers=(0.0, 1.0))
+    with pytest.raises(DgamixError, match="--temper with --smoothing"):
+        check_options("single", "none", 1.0, 5, 0, "0,1")
+    check_options("single", "none", 1.0, 5, 0, "0")  # smoothing alone is fine
+
+
+def test_a_stale_tempered_basis_is_rebuilt_with_its_tempers():
+    from dgamix.pipeline.core.validate import basis_command
+
+    p = {"clusters": "k", "level": 2, "target": "t", "by": "single", "generic": "natural", "temper": [0.0, 1.0, 2.5]}
+    cmd = basis_command(Workspace("/ws"), "b", p)
+    assert cmd.endswith("--by single --generic natural --temper 0,1,2.5 --name b --overwrite"), cmd
+    assert "--temper" not in basis_command(Workspace("/ws"), "b", {**p, "temper": None})
+    assert "--temper" not in basis_command(Workspace("/ws"), "b", {k: v for k, v in p.items() if k != "temper"})
 
 
 @settings(max_examples=50, deadline=None)

@@ -41,7 +41,7 @@ def test_single_basis_equals_polars_histogram(real_ws):
 
 
 def test_tempered_bases_follow_the_plain_histogram_and_are_recorded(real_ws):
-    from dgamix.pipeline.basis import temper
+    from dgamix.pipeline.basis import tempered
     from dgamix.pipeline.core import manifest
 
     for name, extra in (("plain", ()), ("tempered", ("--temper", "0,1", "--generic", "natural"))):
@@ -54,7 +54,7 @@ def test_tempered_bases_follow_the_plain_histogram_and_are_recorded(real_ws):
     tree = pl.read_parquet(Workspace(real_ws).tree("k3x2")).filter((pl.col("level") == 2) & (pl.col("size") > 0))
     h = np.zeros(tree.height)
     h[np.searchsorted(tree["domain"].to_numpy(), plain["domain"].to_numpy())] = plain["weight"].to_numpy()
-    want = temper(h, tree["size"].to_numpy(), 1.0)
+    want = tempered(h, tree["size"].to_numpy(), 1.0)
     got = t.filter(pl.col("basis") == 1)
     assert np.allclose(got["weight"].to_numpy(), want[want > 0], atol=1e-12)
     assert manifest.read_meta(Workspace(real_ws).basis("tempered"), "basis")["params"]["temper"] == [0.0, 1.0]

@@ -159,6 +159,8 @@ def target(ws: Workspace, name: str) -> dict:
 def basis_command(ws: Workspace, name: str, p: dict) -> str:
     opts = "".join(f" --{k} {p[k]}" for k, d in (("generic", "none"), ("smoothing", 0.0), ("seed", 0))
                    if p.get(k, d) != d)
+    if p.get("temper"):  # recorded only when not the default (basis.py: build_basis)
+        opts += " --temper " + ",".join(f"{g:g}" for g in p["temper"])
     return (f"dgamix basis --workspace {ws.root} --clusters {p.get('clusters')} --level {p.get('level')} "
             f"--target {p.get('target')} --by {p.get('by')}{opts} --name {name} --overwrite")
 
