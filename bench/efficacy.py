@@ -94,6 +94,9 @@ ABLATIONS = [
     ("budget x0.25", "b", {"tpd_factor": 0.25}), ("budget x4", "b", {"tpd_factor": 4.0}),
     ("default", "c", {}), ("basis kmeans:8", "c", {"basis_by": "kmeans:8"}),
     ("basis group, no generic", "c", {"generic": "none"}),
+    ("default", "c-temper", {}), ("eta 0 (frozen start)", "c-temper", {"eta": 0.0}),
+    ("eta 0.1", "c-temper", {"eta": 0.1}), ("eta 1", "c-temper", {"eta": 1.0}),
+    ("beta 0.5", "c-temper", {"ema_beta": 0.5}), ("beta 0.9", "c-temper", {"ema_beta": 0.9}),
 ]
 
 
@@ -389,11 +392,13 @@ def plot(runs: list[dict], mixers: list[str], path: Path, title: str) -> None:
         names = dga_runs[0]["weights"]["names"]
         for j in top:
             ax.step(steps, W[:, j], where="post", label=str(names[j])[:24], lw=1.5)
-        ax.step(steps, W[:, [j for j in range(W.shape[1]) if j not in set(top)]].sum(axis=1) if W.shape[1] > 8
-                else np.zeros(len(steps)), where="post", color="k", ls=":", label="all others")
+        if W.shape[1] > 8:
+            ax.step(steps, W[:, [j for j in range(W.shape[1]) if j not in set(top)]].sum(axis=1), where="post",
+                    color="k", ls=":", label="all others")
         ax.set_xlabel("step")
         ax.set_ylabel("weight")
-        ax.set_title(f"dga weights, top 8 of {W.shape[1]} (mean over seeds)", fontsize=10)
+        ax.set_title(f"dga weights, {'top 8 of ' if W.shape[1] > 8 else 'all '}{W.shape[1]} (mean over seeds)",
+                     fontsize=10)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -402,7 +407,7 @@ def plot(runs: list[dict], mixers: list[str], path: Path, title: str) -> None:
 
 
 def pareto(runs: list[dict], refs: dict, path: Path, title: str) -> None:
-    """Target loss vs general loss, one point per setting; uniform and IS of the same regime as references."""
+    """Target loss vs general loss, one point per setting; the static mixers of the same regime as references."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -411,8 +416,8 @@ def pareto(runs: list[dict], refs: dict, path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, len(refs), figsize=(6.5 * len(refs), 5), squeeze=False)
     for ax, (regime, ref_runs) in zip(axes[0], refs.items()):
         for r in ref_runs:
-            ax.scatter(r["final_general"], r["final_target"], marker="s", s=60, color="k" if r["mixer"] == "uniform"
-                       else "tab:blue", zorder=3)
+            ax.scatter(r["final_general"], r["final_target"], marker="s", s=60, zorder=3,
+                       color={"uniform": "k", "is-t1": "tab:cyan", "is-t2": "tab:purple"}.get(r["mixer"], "tab:blue"))
             ax.annotate(r["mixer"], (r["final_general"], r["final_target"]), fontsize=8, xytext=(4, 4),
                         textcoords="offset points")
         for r in (r for r in runs if r["regime"] == regime):
@@ -623,7 +628,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         jobs = [j for label, regime, over in chosen
                 for j in make_jobs(args, regime, ["dga"], seeds[:1], log, label, over)]
         regimes = sorted({j["regime_name"] for j in jobs})
-        ref_jobs = [j for rg in regimes for j in make_jobs(args, rg, ["uniform", "is"], seeds[:1], log)]
+        ref_jobs = [j for rg in regimes for j in make_jobs(args, rg, [m for m in REGIMES[rg]["mixers"]
+                                                                      if not m.startswith("dga")], seeds[:1], log)]
         runs = run_jobs(args, ref_jobs + jobs)
         refs = {rg: [r for r in runs[:len(ref_jobs)] if r["regime"] == rg] for rg in regimes}
         runs = runs[len(ref_jobs):]
@@ -640,7 +646,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                   f"{w['tv_total']:.3f} / {w['tv_max_step']:.3f} |")
         res.update(runs=[strip(r) for r in runs], references={k: [strip(r) for r in v] for k, v in refs.items()})
     else:
-        regime = REGIMES[args.regime]
+        regime = dict(REGIMES[args.regime], target=args.target or REGIMES[args.regime]["target"])
         mixers = [m.strip() for m in args.mixers.split(",") if m.strip()] or list(regime["mixers"])
         jobs = make_jobs(args, args.regime, mixers, seeds, log)
         print(f"\nregime {args.regime}: {len(jobs)} runs ({', '.join(mixers)} x seeds {seeds}); {args.steps} steps x "
