@@ -76,6 +76,8 @@ REGIMES = {  # basis: what DGA reweights (None = the k domains; "group" = one ba
 # A mixer "is-tG" is importance sampling from the target's histogram tempered by gamma = G (`--temper G`):
 # `dgamix train --mixer is` on that basis. It is the static control for DGA over tempered bases.
 STATIC_TEMPERED = "is-t"
+COLOURS = {"uniform": "tab:gray", "is": "tab:blue", "dga": "tab:red", "dga-noema": "tab:orange",
+           "is-t1": "tab:cyan", "is-t2": "tab:purple"}
 TARGETS = {"mmlu64": "mmlu"}  # target name -> file in --targets (default: the same name)
 # Regime b: the budget T is set from IS's histogram alpha so that total * sum(alpha^2) / T = MIN_IS_EPOCHS
 # passes; measured, IS then re-reads its documents ~0.7x that often (draw-weighted mean), so 14 gives >= 10.
@@ -127,6 +129,11 @@ def exists(path: Path, kind: str) -> bool:
 def basis_name(regime: dict, by: str, generic: str, temper: str = "0") -> str:
     return f"{regime['target']}-l{regime['level']}-{by.replace(':', '')}-{generic}" + \
         ("" if temper == "0" else "-t" + temper.replace(",", "_"))
+
+
+def regime_of(args, name: str) -> dict:
+    """REGIMES[name] with --target, if given, in place of its own target."""
+    return dict(REGIMES[name], target=args.target or REGIMES[name]["target"])
 
 
 def train_mixer(mixer: str) -> str:
@@ -360,8 +367,6 @@ def plot(runs: list[dict], mixers: list[str], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"uniform": "tab:gray", "is": "tab:blue", "dga": "tab:red", "dga-noema": "tab:orange",
-               "is-t1": "tab:cyan", "is-t2": "tab:purple"}
     dga_runs = [r for r in runs if r["mixer"] == "dga" and r["weights"]]
     fig, axes = plt.subplots(1, 3 if dga_runs else 2, figsize=(15 if dga_runs else 10, 4.2))
     for ax, split, label in ((axes[0], "target", "target loss (target holdout examples)"),
@@ -373,7 +378,7 @@ def plot(runs: list[dict], mixers: list[str], path: Path, title: str) -> None:
             steps = np.asarray(rs[0]["curves"][split]["step"])
             ys = np.asarray([r["curves"][split]["loss"] for r in rs])
             mean, std = ys.mean(0), ys.std(0)
-            line, = ax.plot(steps, mean, label=f"{m} (n={len(rs)})", color=colours.get(m), lw=1.8)
+            line, = ax.plot(steps, mean, label=f"{m} (n={len(rs)})", color=COLOURS.get(m), lw=1.8)
             ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15, lw=0)
         late = [v for r in runs for s, v in zip(r["curves"][split]["step"], r["curves"][split]["loss"])
                 if s >= r["curves"][split]["step"][-1] // 3]
@@ -417,7 +422,7 @@ def pareto(runs: list[dict], refs: dict, path: Path, title: str) -> None:
     for ax, (regime, ref_runs) in zip(axes[0], refs.items()):
         for r in ref_runs:
             ax.scatter(r["final_general"], r["final_target"], marker="s", s=60, zorder=3,
-                       color={"uniform": "k", "is-t1": "tab:cyan", "is-t2": "tab:purple"}.get(r["mixer"], "tab:blue"))
+                       color="k" if r["mixer"] == "uniform" else COLOURS.get(r["mixer"], "tab:blue"))
             ax.annotate(r["mixer"], (r["final_general"], r["final_target"]), fontsize=8, xytext=(4, 4),
                         textcoords="offset points")
         for r in (r for r in runs if r["regime"] == regime):
@@ -439,7 +444,7 @@ def pareto(runs: list[dict], refs: dict, path: Path, title: str) -> None:
 def make_jobs(args, regime_name: str, mixers: list[str], seeds: list[int], log: list[str], label: str = "",
               over: dict | None = None) -> list[dict]:
     over = over or {}
-    regime = dict(REGIMES[regime_name], target=args.target or REGIMES[regime_name]["target"])
+    regime = regime_of(args, regime_name)
     is_basis = basis_name(regime, "single", "none")
     ensure_basis(args, regime, is_basis, "single", "none", log)
     basis = None
@@ -451,8 +456,9 @@ def make_jobs(args, regime_name: str, mixers: list[str], seeds: list[int], log: 
     static = {}  # is-tG -> its tempered histogram
     for m in mixers:
         if m.startswith(STATIC_TEMPERED):
-            static[m] = basis_name(regime, "single", "none", m[len(STATIC_TEMPERED):])
-            ensure_basis(args, regime, static[m], "single", "none", log, m[len(STATIC_TEMPERED):])
+            gamma = m[len(STATIC_TEMPERED):]
+            static[m] = basis_name(regime, "single", "none", gamma)
+            ensure_basis(args, regime, static[m], "single", "none", log, gamma)
     tpd = max(1, int(is_budget(args, regime) * over.get("tpd_factor", 1.0))) if regime["tpd"] == "auto" else None
     if args.tokens_per_domain:
         tpd = args.tokens_per_domain
@@ -524,13 +530,13 @@ def source_share(workspace: Path, basis: str, src: str) -> dict:
     out for the general loss too."""
     import polars as pl
 
-    docs = pl.read_parquet(workspace / "docs.parquet", columns=["doc_id", "src", "dup_of"]).filter(
-        pl.col("dup_of").is_null())
     from dgamix.pipeline.core import manifest
 
     path = workspace / "bases" / f"{basis}.parquet"
     if not path.exists():
         sys.exit(f"no basis {path}")
+    docs = pl.read_parquet(workspace / "docs.parquet", columns=["doc_id", "src", "dup_of"]).filter(
+        pl.col("dup_of").is_null())
     b = pl.read_parquet(path)
     params = manifest.read_meta(path, "basis")["params"]
     lv = params["level"]
@@ -646,7 +652,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                   f"{w['tv_total']:.3f} / {w['tv_max_step']:.3f} |")
         res.update(runs=[strip(r) for r in runs], references={k: [strip(r) for r in v] for k, v in refs.items()})
     else:
-        regime = dict(REGIMES[args.regime], target=args.target or REGIMES[args.regime]["target"])
+        regime = regime_of(args, args.regime)
         mixers = [m.strip() for m in args.mixers.split(",") if m.strip()] or list(regime["mixers"])
         jobs = make_jobs(args, args.regime, mixers, seeds, log)
         print(f"\nregime {args.regime}: {len(jobs)} runs ({', '.join(mixers)} x seeds {seeds}); {args.steps} steps x "

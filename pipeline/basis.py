@@ -72,11 +72,13 @@ def tempered(h: np.ndarray, sizes: np.ndarray, gamma: float) -> np.ndarray:
     if gamma == 0.0:
         return h
     live = (h > 0) & (sizes > 0)
+    if not live.any():
+        return np.zeros_like(h)
     logw = np.full(h.shape, -np.inf)
     s = sizes[live] / sizes.sum()
     logw[live] = np.log(h[live]) + gamma * (np.log(h[live]) - np.log(s))
-    w = np.exp(logw - logw[live].max()) if live.any() else np.zeros_like(h)
-    return w / w.sum() if w.sum() > 0 else w
+    w = np.exp(logw - logw[live].max())
+    return w / w.sum()
 
 
 def kmeans_groups(emb: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -214,8 +216,10 @@ def parse_tempers(text: str) -> tuple[float, ...]:
     return tuple(g + 0.0 for g in out)  # -0.0 -> 0.0: one name, one basis
 
 
-def check_options(by: str, generic: str, smoothing: float, pocket_min: int, seed: int, temper: str = "0") -> None:
-    """The basis options, checked before anything is read or written (one-line errors)."""
+def check_options(by: str, generic: str, smoothing: float, pocket_min: int, seed: int,
+                  temper: str = "0") -> tuple[float, ...]:
+    """The basis options, checked before anything is read or written (one-line errors); returns the
+    parsed ``--temper`` exponents."""
     if by not in ("single", "group", "levels") and not by.startswith("kmeans:"):
         raise DgamixError(f"--by {by} is unknown; use single, group, kmeans:N or levels.")
     if by.startswith("kmeans:"):
@@ -229,9 +233,11 @@ def check_options(by: str, generic: str, smoothing: float, pocket_min: int, seed
         raise DgamixError(f"--pocket-min {pocket_min} must be >= 0 (corpus documents).")
     if not 0 <= seed <= MAX_SEED:
         raise DgamixError(f"--seed {seed} must be in [0, {MAX_SEED}].")
-    if parse_tempers(temper) != (0.0,) and smoothing > 0:
+    tempers = parse_tempers(temper)
+    if tempers != (0.0,) and smoothing > 0:
         raise DgamixError("--temper with --smoothing > 0 would sharpen the pseudo-counts: tiny domains that no "
                           "target example falls in would get the largest ratios; use one or the other.")
+    return tempers
 
 
 def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, *, generic: str = "none",
@@ -245,8 +251,7 @@ def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, 
     from dgamix.pipeline.core import manifest, validate
     from dgamix.pipeline.target import load_target, target_assignments
 
-    check_options(by, generic, smoothing, pocket_min, seed, temper)
-    tempers = parse_tempers(temper)
+    tempers = check_options(by, generic, smoothing, pocket_min, seed, temper)
     out = ws.basis(name)
     if out.exists() and not overwrite:
         raise DgamixError(f"basis '{name}' already exists ({out}); pass --overwrite or choose another --name.")

@@ -165,7 +165,6 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
         base, stats = load_corpus(inputs, spec, keep_texts=False)
         corpus = DocTexts.of_table(base, spec.text_column, group_rows=2 * cfg.shard_size, stamps=stats["stamps"])
         n = base.num_rows
-        chunks = [np.arange(i, min(i + cfg.shard_size, n)) for i in range(0, n, cfg.shard_size)]
         enc = load_encoder(cfg)
         model_fp = weights_fingerprint(enc, cfg)  # kept on the encoder: the int8 cache key reuses it
         docs_params = {"corpus": stats["files"], **asdict(spec), "dedup": asdict(dedup) if dedup else None,
@@ -177,9 +176,10 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
         else:
             for p in (ws.embeddings, ws.embeddings_dir):  # embeddings of another corpus are void
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            refs = [corpus.refs(np.arange(i, min(i + cfg.shard_size, n))) for i in range(0, n, cfg.shard_size)]
             with progress_bar("dedup", n, quiet) as tick:
-                dup_of = _near_duplicates(ws, [corpus.refs(c) for c in chunks], corpus.reader, n, dedup, engine, tick)
-            n_tokens = np.concatenate([count_tokens(enc, corpus.refs(c).read(corpus.reader)) for c in chunks]) \
+                dup_of = _near_duplicates(ws, refs, corpus.reader, n, dedup, engine, tick)
+            n_tokens = np.concatenate([count_tokens(enc, r.read(corpus.reader)) for r in refs]) \
                 if n else np.zeros(0, np.int64)
             docs = _docs_table(base, dup_of, n_tokens, ws.root)
             manifest.write(ws.docs, docs, "docs", docs_params, docs_fp,

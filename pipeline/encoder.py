@@ -277,10 +277,9 @@ def _export_cached(enc: Encoder, cfg: EmbedConfig) -> bool:
     export exists only for weights that loaded once, under their fingerprint.)"""
     if enc.fast is None or cfg.precision not in ("int8", "auto") or not cfg.device.startswith("cpu"):
         return False
-    from dgamix.pipeline.onnx_int8 import cache_dir
+    from dgamix.pipeline.onnx_int8 import export_cached
 
-    folder = cache_dir(weights_fingerprint(enc, cfg))
-    return (folder / "meta.json").is_file() and (folder / "model.int8.onnx").is_file()
+    return export_cached(weights_fingerprint(enc, cfg))
 
 
 def _sentence_transformer(cfg: EmbedConfig):

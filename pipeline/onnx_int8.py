@@ -113,6 +113,13 @@ def cache_dir(model_fp: str) -> Path:
     return cache_root() / "onnx" / f"{model_fp}-{EXPORT_VERSION}"
 
 
+def export_cached(model_fp: str) -> bool:
+    """Whether the int8 export of the model with fingerprint ``model_fp`` is in the cache (its
+    model and meta.json; ``load_int8`` then opens it without the model)."""
+    folder = cache_dir(model_fp)
+    return (folder / "meta.json").exists() and (folder / "model.int8.onnx").exists()
+
+
 @dataclass
 class Int8Encoder:
     """ONNX Runtime over the quantised model: features (numpy int64) -> embeddings.
@@ -206,7 +213,7 @@ def load_int8(load_model: Callable[[], object], model_fp: str,
     require_onnxruntime()
     threads = threads or cores()
     folder = cache_dir(model_fp)
-    if (folder / "meta.json").exists() and (folder / "model.int8.onnx").exists():
+    if export_cached(model_fp):
         try:
             return _open(folder, threads, exported=False)
         except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, never fatal
