@@ -20,10 +20,13 @@ def target(
     holdout: float = typer.Option(0.2, help="Fraction of examples held out for evaluation only (never used to reweight)."),
     seed: int = typer.Option(0, help="Seed of the reweight/holdout split."),
     overwrite: bool = typer.Option(False, help="Replace an existing target of this name made from other inputs."),
+    model: Optional[str] = typer.Option(None, help="The encoder's folder, when the corpus was embedded with one other "
+                                        "than the packaged default (a folder found only in the workspace is never "
+                                        "loaded); its weights must match the corpus's."),
 ):
     """Embed target examples with the corpus's encoder and split them into reweight / holdout parts."""
     from dgamix.pipeline.core.workspace import Workspace
     from dgamix.pipeline.target import TargetConfig, build_target
 
     cfg = TargetConfig(text_column, id_column, group_column, holdout, seed)
-    show(build_target(Workspace(workspace), str(target_file), name, cfg, overwrite))
+    show(build_target(Workspace(workspace), str(target_file), name, cfg, overwrite, model=model))

@@ -64,6 +64,10 @@ def train(
     d_model: int = typer.Option(128, min=8, help="Model width."),
     n_layer: int = typer.Option(4, min=1, help="Transformer blocks."),
     seed: int = typer.Option(0, help="Seeds the model, the samplers and the target batches."),
+    model: Optional[str] = typer.Option(None, "--model", help="The encoder folder the workspace was embedded with "
+                                                               "(`dgamix embed --model PATH`), whose tokenizer the "
+                                                               "run uses; a path found only in the workspace is never "
+                                                               "loaded. Default: the packaged all-MiniLM-L6-v2."),
     device: str = typer.Option("cpu", help="Torch device: cpu or cuda."),
     threads: int = typer.Option(0, min=0, help="Torch CPU threads (0 = torch's default); 1 is faster on a busy "
                                                "machine whose other cores are taken."),
@@ -84,7 +88,7 @@ def train(
                           align_batch_size=align_batch_size, target_batch_size=target_batch_size,
                           eval_every=eval_every, eval_batches=eval_batches, checkpoint_every=checkpoint_every,
                           tokens_per_domain=tokens_per_domain, seed=seed, device=device, threads=threads,
-                          context=context, vocab_size=vocab_size, d_model=d_model, n_layer=n_layer)
+                          context=context, vocab_size=vocab_size, d_model=d_model, n_layer=n_layer, model=model)
     except ValueError as e:
         raise DgamixError(f"invalid training option: {e}.") from None
     summary = train_run(workspace, clusters, level, target, mixer, basis, cfg, name, resume=resume,

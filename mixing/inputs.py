@@ -48,11 +48,8 @@ def load_index(ws: Workspace, clusters: str, level: int, exclude: np.ndarray | N
     tmeta = check_level(ws, clusters, level, assignments=True)  # one validation of the tree and its parts
     import polars as pl
 
-    try:
-        a = pl.scan_parquet(f"{ws.assignments_dir(clusters)}/*.parquet").select("doc_id", f"level_{level}").collect()
-    except Exception as e:  # noqa: BLE001 - polars raises several types for missing/corrupt parts
-        raise DgamixError(f"cannot read assignments of '{clusters}' ({str(e).splitlines()[0][:160]}); rerun "
-                          f"`dgamix cluster --workspace {ws.root} --name {clusters}`.") from None
+    parts = sorted(ws.assignments_dir(clusters).glob("part-*.parquet"))
+    a = pl.from_arrow(manifest.read_parts(parts, "assignments-part", ["doc_id", f"level_{level}"]))
     if tmeta.get("n_docs") is not None and a.height != tmeta["n_docs"]:
         raise DgamixError(f"{ws.assignments_dir(clusters)} holds {a.height:,} assignments but clusters/{clusters} "
                           f"has {tmeta['n_docs']:,} documents (parts missing or extra); rerun "

@@ -27,6 +27,8 @@ and holds the same weights. Pass the unwrapped model or the DDP wrapper (its ``.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -57,6 +59,7 @@ PROBE_SALT = 1_000_003    # probe sampler seed = seed + PROBE_SALT
 TARGET_SALT = 7919        # target cycle seed = seed + TARGET_SALT
 MAX_DOMAIN_PROBES = 1024  # domain reweighting costs k + 1 backward passes per reweighting
 STATE_FORMAT = 1
+CHECKSUM_KEY = "dgamix_sha256"  # save_state's files: the sha256 of the state's torch.save bytes
 
 
 # --------------------------------------------------------------------------- plain state
@@ -76,17 +79,34 @@ def to_plain(obj: Any) -> Any:
 
 
 def save_state(state: dict, path: str | Path) -> None:
-    """``torch.save`` of ``to_plain(state)``, atomically (a crash leaves the previous file)."""
-    from dgamix.pipeline.core.manifest import atomic_file
+    """``torch.save`` of ``to_plain(state)`` with the sha256 of those bytes, atomically: the file holds
+    ``{CHECKSUM_KEY: sha256, "state": the bytes as a uint8 tensor}``, so a flipped byte is found on load
+    (torch itself does not check), and a crash or a full disk leaves the previous file (one-line error)."""
+    from dgamix.pipeline.core import files
 
-    with atomic_file(path) as tmp:
-        torch.save(to_plain(state), tmp)
+    inner = io.BytesIO()
+    torch.save(to_plain(state), inner)
+    data = inner.getbuffer()
+    outer = io.BytesIO()
+    torch.save({CHECKSUM_KEY: hashlib.sha256(data).hexdigest(), "state": torch.frombuffer(data, dtype=torch.uint8)},
+               outer)
+    del data
+    # written by Python, not by torch's writer, whose disk errors arrive as RuntimeErrors without the errno
+    with files.atomic_file(path) as tmp:
+        tmp.write_bytes(outer.getbuffer())
 
 
-def load_state(path: str | Path) -> dict:
+def load_state(path: str | Path, fix: str = "delete it and start again") -> dict:
     """A state written by ``save_state`` (or ``torch.save`` of a ``state_dict``), read with
-    ``weights_only=True``: plain values only, nothing executed."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    ``weights_only=True``: plain values only, nothing executed. A file whose bytes do not match the
+    sha256 saved with them is refused (one line naming the file and ``fix``)."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not (isinstance(obj, dict) and CHECKSUM_KEY in obj):
+        return obj  # a plain torch.save: nothing to verify
+    blob = obj["state"].numpy()
+    if hashlib.sha256(blob).hexdigest() != obj[CHECKSUM_KEY]:
+        raise DgamixError(f"{path} is corrupted: its bytes do not match the sha256 saved with them; {fix}.")
+    return torch.load(io.BytesIO(blob.tobytes()), map_location="cpu", weights_only=True)
 
 
 def from_plain(obj: Any) -> Any:

@@ -13,6 +13,7 @@ import polars as pl
 
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.stage import run_stage
 from dgamix.pipeline.core.workspace import Workspace, valid_name
 
 TOP = 8  # weight trajectories show the top entries by peak weight, the rest as "other"
@@ -123,7 +124,17 @@ def write_report(ws: Workspace, runs: list[str] | None = None) -> Path:
     if not clusters and not runs:
         raise DgamixError(f"nothing to report in {ws.root}: no clusterings or runs yet; run the stages first.")
     loaded = {r: _run(ws, r) for r in runs}  # every run readable before anything is written
-    out = ws.root / "report"
+
+    # the report folder is rebuilt whole and replaces the old one at the end, under the report's lock
+    with run_stage(ws, "report", ["report"], replace_now=True) as st:
+        out = st.ws.at("report")
+        _write(ws, out, clusters, loaded)
+    return ws.root / "report" / "report.md"
+
+
+def _write(ws: Workspace, out: Path, clusters: list[str], loaded: dict) -> None:
+    """report.md and its plots into the folder ``out``."""
+    runs = list(loaded)
     out.mkdir(parents=True, exist_ok=True)
     md = [f"# dgamix report: {ws.root}", ""]
     if runs:
@@ -148,7 +159,4 @@ def write_report(ws: Workspace, runs: list[str] | None = None) -> Path:
         for c in clusters:
             cluster_sizes_plot(ws, c, out / f"clusters-{c}.png")
             md += [f"### {c}", "", f"![cluster sizes of {c}](clusters-{c}.png)", ""]
-    path = out / "report.md"
-    with manifest.atomic_file(path) as tmp:
-        tmp.write_text("\n".join(md) + "\n")
-    return path
+    (out / "report.md").write_text("\n".join(md) + "\n")

@@ -24,7 +24,6 @@ mixer, basis, clusters, level and target, so every update can be recomputed from
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -45,7 +44,8 @@ from dgamix.mixing.trainer import (
     train,
 )
 from dgamix.pipeline.core.errors import DgamixError
-from dgamix.pipeline.core.workspace import Workspace, check_name, lock
+from dgamix.pipeline.core.stage import run_stage
+from dgamix.pipeline.core.workspace import Workspace, check_name
 
 # --------------------------------------------------------------------------- inputs
 
@@ -55,8 +55,9 @@ def resolve_ema_beta(mixer_name: str, config: TrainConfig) -> TrainConfig:
 
 
 def recorded_params(config: TrainConfig) -> dict:
-    """The run's settings as one flat dict (DGA's beside the trainer's), without device and threads."""
-    flat = {k: v for k, v in asdict(config).items() if k not in ("device", "threads", "dga")}
+    """The run's settings as one flat dict (DGA's beside the trainer's), without device, threads and the
+    model folder (the tokens key records the model's identity)."""
+    flat = {k: v for k, v in asdict(config).items() if k not in ("device", "threads", "dga", "model")}
     return {**flat, **asdict(config.dga)}
 
 
@@ -76,7 +77,7 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
                          config.tokens_per_domain, config.general_holdout, eval_size)
     config = replace(config, dga=inp.config)  # the EMA weight the mixer really runs with, recorded
     full, held = inp.pool.full, inp.pool.held
-    tokens, vocab, tok, token_key = corpus_tokens(ws, config.vocab_size, quiet=quiet)
+    tokens, vocab, tok, token_key = corpus_tokens(ws, config.vocab_size, model=config.model, quiet=quiet)
     if len(tokens) <= int(full.docs.max()):
         raise DgamixError(f"assignments of '{clusters}' name doc_id {int(full.docs.max())} but docs.parquet has "
                           f"{len(tokens)} documents; rerun `dgamix cluster` after `dgamix embed`.")
@@ -138,13 +139,13 @@ def train_run(ws: Workspace | str | Path, clusters: str, level: int, target: str
     check_name(name, "run", "--name")
     if resume and overwrite:
         raise DgamixError("--resume and --overwrite contradict each other; pass one.")
-    run_dir = ws.run_dir(name)
-    ckpt = run_dir / "checkpoint" / CHECKPOINT
-    exists = run_dir.exists() and any(run_dir.iterdir())
-    if exists and not (resume or overwrite):
-        raise DgamixError(f"run '{name}' already exists ({run_dir}); pass --resume to continue it, --overwrite "
-                          f"to replace it, or choose another --name.")
-    with lock(ws, f"train-{name}"):
+    exists = (f"run '{name}' already exists ({ws.run_dir(name)}); pass --resume to continue it, --overwrite "
+              f"to replace it, or choose another --name.")
+    # --overwrite trains into a staging folder: the complete old run stays until the new one is complete
+    with run_stage(ws, f"train-{name}", [f"runs/{name}"], overwrite=overwrite, exists=None if resume else exists) as st:
+        out = st.ws
+        run_dir = out.run_dir(name)
+        ckpt = run_dir / "checkpoint" / CHECKPOINT
         inp = build_inputs(ws, clusters, level, target, mixer_name, basis, config, quiet)
         data, mix, params = inp["data"], inp["mix"], inp["params"]
         resuming = resume and ckpt.exists()
@@ -155,21 +156,19 @@ def train_run(ws: Workspace | str | Path, clusters: str, level: int, target: str
                                   f"(checkpoint format {saved.get('format', 1)}, this one reads {CHECKPOINT_FORMAT}); "
                                   f"pass --overwrite to restart the run.")
             _compare(saved.get("params", {}), params)
-        elif overwrite and run_dir.exists():
-            shutil.rmtree(run_dir)
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, the caller's RNG left as it was
             torch.manual_seed(config.seed)
             model = TinyGPT(ModelConfig(inp["vocab"].size, config.d_model, config.n_layer, config.n_head,
                                         config.context))
 
         def snapshot(tr) -> None:  # partial logs beside every checkpoint
-            write_outputs(ws, name, tr.metrics, mix.log, mix.kind, mix.ids, mix.names, params)
+            write_outputs(out, name, tr.metrics, mix.log, mix.kind, mix.ids, mix.names, params)
 
         result: TrainResult = train(model, data, mix, config, checkpoint_dir=run_dir / "checkpoint",
                                     resume=resuming, params=params, quiet=quiet, on_checkpoint=snapshot)
-        write_outputs(ws, name, result.metrics, result.weights, mix.kind, mix.ids, mix.names, params,
+        write_outputs(out, name, result.metrics, result.weights, mix.kind, mix.ids, mix.names, params,
                       result.repetitions)
-    return summarise(name, run_dir, result, mix, params)
+    return summarise(name, ws.run_dir(name), result, mix, params)
 
 
 def summarise(name: str, run_dir: Path, result: TrainResult, mix: OnlineMixture, params: dict) -> dict:

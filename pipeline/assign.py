@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dgamix.pipeline.core import manifest, validate
+from dgamix.pipeline.core import files, manifest, validate
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.progress import progress_bar
 from dgamix.pipeline.core.runtime import numpy_blas_single_thread
@@ -94,9 +94,10 @@ class EmbeddingShards:
         x = manifest.embedding_matrix(table["embedding"], self.dim)
         bad = ~np.isfinite(x).all(axis=1)
         if bad.any():
-            raise DgamixError(f"{path}: {int(bad.sum())} embedding(s) contain NaN or infinite values (first at "
-                              f"doc_id {int(doc_ids[bad][0])}); re-embed with `dgamix embed ... --precision fp32 "
-                              f"--overwrite`.")
+            raise DgamixError(f"{path}: {int(bad.sum())} embedding(s) are not finite (NaN or infinite, first at "
+                              f"doc_id {int(doc_ids[bad][0])}): the file may be corrupted, or the encoder's precision "
+                              f"overflowed; re-embed with `dgamix embed ... --overwrite` (--precision fp32 if it "
+                              f"was another).")
         return doc_ids, x
 
 
@@ -255,5 +256,5 @@ def assign_workspace(ws: Workspace, name: str, source: EmbeddingShards, tree: Tr
     known = {ws.assignment_part(name, int(s)).name for s in source.shard_ids}
     for stale in ws.assignments_dir(name).glob("part-*.parquet"):
         if stale.name not in known:
-            stale.unlink()
+            files.remove(stale, ws.root)
     return {"sizes": sizes, "assigned": done, "skipped": skipped}

@@ -245,16 +245,28 @@ def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, 
                 overwrite: bool = False) -> dict:
     """The basis stage: writes WS/bases/<name>.parquet (basis, name, domain, weight) and
     WS/bases/<name>.summary.parquet; returns the summary rows and the path."""
+    from dgamix.pipeline.core.stage import run_stage
+
+    tempers = check_options(by, generic, smoothing, pocket_min, seed, temper)
+    exists = f"basis '{name}' already exists ({ws.basis(name)}); pass --overwrite or choose another --name."
+    # its two files are replaced together, at the end, under the basis's lock
+    with run_stage(ws, f"basis-{name}", [f"bases/{name}.parquet", f"bases/{name}.summary.parquet"],
+                   overwrite=overwrite, exists=exists, replace_now=True) as st:
+        summary = _build_basis(ws, st.ws, clusters, level, target, by, name, generic, smoothing, pocket_min, seed,
+                               tempers)
+    return {"path": str(ws.basis(name)), "bases": summary, "pocket_min": pocket_min}
+
+
+def _build_basis(ws, out_ws, clusters, level, target, by, name, generic, smoothing, pocket_min, seed,
+                 tempers) -> list[dict]:
+    """Compute the bases and write both files through ``out_ws`` (the staged workspace)."""
     import pyarrow as pa
 
     from dgamix.pipeline.cluster import load_tree
     from dgamix.pipeline.core import manifest, validate
     from dgamix.pipeline.target import load_target, target_assignments
 
-    tempers = check_options(by, generic, smoothing, pocket_min, seed, temper)
-    out = ws.basis(name)
-    if out.exists() and not overwrite:
-        raise DgamixError(f"basis '{name}' already exists ({out}); pass --overwrite or choose another --name.")
+    out = out_ws.basis(name)
     tree, tmeta = load_tree(ws, clusters)
     if not 1 <= level <= tree.depth:
         raise DgamixError(f"--level {level} is out of range: clustering '{clusters}' has levels 1..{tree.depth}.")
@@ -291,6 +303,6 @@ def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, 
              # target_assignments validated the target above; only its fingerprint is needed here
              f"targets/{target}": manifest.read_meta(validate.target_path(ws, target), "target").get("inputs")}
     manifest.write(out, table, "basis", params, fp, extra={"built_from": built})
-    manifest.write(ws.basis_summary(name), pa.Table.from_pylist(summary), "basis-summary", params, fp,
+    manifest.write(out_ws.basis_summary(name), pa.Table.from_pylist(summary), "basis-summary", params, fp,
                    extra={"built_from": built})
-    return {"path": str(out), "bases": summary, "pocket_min": pocket_min}
+    return summary

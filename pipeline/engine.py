@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.errors import DgamixError, first_line
 
 ENGINES = ("local", "ray")
 INSTALL_HINT = "pip install -e '.[ray]'"
@@ -102,7 +102,7 @@ def session(engine: EngineConfig):
             ray.init(address=engine.address or "local", **kwargs)
         except (ConnectionError, ValueError, RuntimeError) as e:
             where = f"at --ray-address {engine.address}" if engine.address else "locally"
-            raise DgamixError(f"cannot start or reach Ray {where} ({str(e).splitlines()[0][:200]}); start a "
+            raise DgamixError(f"cannot start or reach Ray {where} ({first_line(e)}); start a "
                               f"cluster with `ray start --head` and pass --ray-address auto, or leave out "
                               f"--ray-address to start a local instance.") from None
         started = True

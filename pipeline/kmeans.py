@@ -31,7 +31,7 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
-from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.errors import DgamixError, first_line
 from dgamix.pipeline.core.manifest import embedding_matrix
 from dgamix.pipeline.core.progress import progress_bar
 from dgamix.pipeline.core.runtime import numpy_blas_single_thread
@@ -177,7 +177,7 @@ class Tree:
         import pyarrow.parquet as pq
 
         try:
-            pf = pq.ParquetFile(path, pre_buffer=False)
+            pf = pq.ParquetFile(path, pre_buffer=False, page_checksum_verification=True)
             table = pf.read(columns=["level", "domain", "parent", "size"])
             dim = pf.schema_arrow.field("centroid").type.list_size
             cent = np.empty((table.num_rows, dim), np.float32)
@@ -187,8 +187,8 @@ class Tree:
                 cent[i:i + len(v)] = v
                 i += len(v)
         except (KeyError, pa.ArrowException, OSError) as e:
-            raise DgamixError(f"{path} is corrupt or not a dgamix tree ({e}); rerun `dgamix cluster` with "
-                              f"--overwrite.") from None
+            raise DgamixError(f"{path} is corrupt or not a dgamix tree ({first_line(e)}); nothing of it was used: "
+                              f"rerun `dgamix cluster` with --overwrite.") from None
         return cls.from_table(table, levels, cent)
 
     @classmethod

@@ -31,17 +31,15 @@ import contextlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core import files
+from dgamix.pipeline.core.errors import DgamixError, first_line
 
 EXPORT_VERSION = "v2"          # bump when the export recipe changes: old caches are then ignored
 MIN_MEAN_COSINE = 0.99         # a quantisation recipe must keep this mean cosine to fp32
@@ -113,10 +111,27 @@ def cache_dir(model_fp: str) -> Path:
     return cache_root() / "onnx" / f"{model_fp}-{EXPORT_VERSION}"
 
 
+def writable_cache(folder: Path) -> Path:
+    """``folder`` (inside :func:`cache_root`) created, or one line naming the cache and how to move it:
+    DGAMIX_CACHE a file, a read-only or full disk."""
+    root = cache_root()
+    if root.exists() and not root.is_dir():
+        raise DgamixError(f"the dgamix cache {root} is a file, not a folder; set DGAMIX_CACHE to a writable folder "
+                          f"(or remove the file), or use --precision fp32.")
+    try:
+        return files.make_dir(folder, root)
+    except DgamixError as e:
+        raise DgamixError(f"{str(e).rstrip('.')}; the dgamix cache is {root}: set DGAMIX_CACHE to a writable "
+                          f"folder, or use --precision fp32.") from None
+
+
 def export_cached(model_fp: str) -> bool:
     """Whether the int8 export of the model with fingerprint ``model_fp`` is in the cache (its
     model and meta.json; ``load_int8`` then opens it without the model)."""
-    folder = cache_dir(model_fp)
+    return _complete(cache_dir(model_fp))
+
+
+def _complete(folder: Path) -> bool:
     return (folder / "meta.json").exists() and (folder / "model.int8.onnx").exists()
 
 
@@ -160,7 +175,7 @@ class Int8Encoder:
         try:
             return _encoder(fp32, "fp32-export", self.threads, False, {})
         except Exception:  # noqa: BLE001 - unreadable: the caller uses torch, and keep_fp32 writes it anew
-            fp32.unlink(missing_ok=True)
+            files.discard(fp32)
             return None
 
     def map(self, batch: Callable[[object], dict], keys: list):
@@ -217,8 +232,9 @@ def load_int8(load_model: Callable[[], object], model_fp: str,
         try:
             return _open(folder, threads, exported=False)
         except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, never fatal
-            shutil.rmtree(folder, ignore_errors=True)
+            files.remove(folder, cache_root())
     require_onnxruntime(for_export=True)
+    writable_cache(folder.parent)  # before the model is loaded: an unusable cache is one line at once
     return _export(load_model(), folder, score, threads)
 
 
@@ -230,20 +246,19 @@ def keep_fp32(int8: Int8Encoder, model) -> None:
     dest = folder / FP32_FILE
     if dest.exists():
         return
-    for old in folder.glob(".fp32-*"):  # a killed run's (a concurrent writer only loses its best-effort copy)
-        shutil.rmtree(old, ignore_errors=True)
+    for old in folder.glob(".fp32-*"):  # an older dgamix's temporaries, named without their writer's PID
+        files.discard(old)
+    work = files.temp_name(dest)  # a folder: a model over 2 GB writes side files beside the .onnx
     try:
-        work = Path(tempfile.mkdtemp(prefix=".fp32-", dir=folder))
-    except OSError:
-        return
-    try:
+        files.sweep_orphans(dest)
+        files.make_dir(work, cache_root())
         _export_fp32(model, work / FP32_FILE)
         if _self_contained(work / FP32_FILE):
-            os.replace(work / FP32_FILE, dest)
+            files.replace(work / FP32_FILE, dest, cache_root())
     except Exception:  # noqa: BLE001 - without it the next run uses torch, as this one did
         pass
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        files.discard(work)
 
 
 def _self_contained(path: Path) -> bool:
@@ -306,9 +321,11 @@ def _export_fp32(model, dest: Path) -> list[str]:
             torch.onnx.export(_wrap(model, names), args, str(dest), input_names=names,
                               output_names=["embedding"], dynamic_axes=axes, opset_version=OPSET,
                               do_constant_folding=True, dynamo=False)
+    except OSError:
+        raise  # a full or read-only disk: the caller names the file
     except Exception as e:  # noqa: BLE001 - any exporter failure is reported as one line
         raise DgamixError(f"could not export the model to ONNX for --precision int8 "
-                          f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); "
+                          f"({first_line(e)}); "
                           f"use --precision fp32.") from None
     finally:
         if tr is not None and old_attn not in (None, "eager"):
@@ -363,62 +380,56 @@ def _quantise(src: Path, dest: Path, kw: dict) -> None:
 
 
 def _export(model, folder: Path, score, threads: int) -> Int8Encoder:
+    """Export, quantise and cache ``model`` in ``folder``: built in a temporary folder named after this
+    process and renamed into place, so the folder appears complete or not at all; a full or read-only
+    disk is one line, with nothing left behind."""
     t0 = time.perf_counter()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    root = cache_root()
+    writable_cache(folder.parent)
     try:
-        _export_fp32(model, work / "model.onnx")
-        conf = getattr(_transformer(model), "config", None)
-        heads, hidden = int(getattr(conf, "num_attention_heads", 0) or 0), int(getattr(conf, "hidden_size", 0) or 0)
-        graphs: dict[str, tuple[Path, dict]] = {}  # fusion options -> optimised graph
-        tried = []
-        for name, fuse, kw in RECIPES:
-            key = json.dumps(fuse, sort_keys=True)
-            if key not in graphs:
-                graphs[key] = _optimise(work / "model.onnx", work / f"model.opt{len(graphs)}.onnx", heads, hidden, fuse)
-            fused, fusions = graphs[key]
-            out = work / f"{name}.onnx"
-            _quantise(fused, out, kw)
-            if score is None:
-                tried.append((name, out, (float("nan"), float("nan")), fusions))
-                break
-            mean, low = score(_encoder(out, name, threads, True, {}))
-            tried.append((name, out, (mean, low), fusions))
-            if mean >= MIN_MEAN_COSINE and low >= MIN_MIN_COSINE:
-                break
-        name, out, (mean, low), fusions = tried[-1] if score is None else max(
-            tried, key=lambda t: (t[2][0] >= MIN_MEAN_COSINE and t[2][1] >= MIN_MIN_COSINE, t[2][0]))
-        final = work / "final"
-        final.mkdir()
-        os.replace(out, final / "model.int8.onnx")
-        # the fp32 export too: the fp32 reference of a later cosine check, without torch (FP32_FILE)
-        if _self_contained(work / "model.onnx"):
-            os.replace(work / "model.onnx", final / FP32_FILE)
-        import onnxruntime
-        import torch
+        with files.atomic_dir(folder, root) as final:
+            work = files.make_dir(final / "work", root)
+            _export_fp32(model, work / "model.onnx")
+            conf = getattr(_transformer(model), "config", None)
+            heads, hidden = int(getattr(conf, "num_attention_heads", 0) or 0), int(getattr(conf, "hidden_size", 0) or 0)
+            graphs: dict[str, tuple[Path, dict]] = {}  # fusion options -> optimised graph
+            tried = []
+            for name, fuse, kw in RECIPES:
+                key = json.dumps(fuse, sort_keys=True)
+                if key not in graphs:
+                    graphs[key] = _optimise(work / "model.onnx", work / f"model.opt{len(graphs)}.onnx", heads, hidden,
+                                            fuse)
+                fused, fusions = graphs[key]
+                out = work / f"{name}.onnx"
+                _quantise(fused, out, kw)
+                if score is None:
+                    tried.append((name, out, (float("nan"), float("nan")), fusions))
+                    break
+                mean, low = score(_encoder(out, name, threads, True, {}))
+                tried.append((name, out, (mean, low), fusions))
+                if mean >= MIN_MEAN_COSINE and low >= MIN_MIN_COSINE:
+                    break
+            name, out, (mean, low), fusions = tried[-1] if score is None else max(
+                tried, key=lambda t: (t[2][0] >= MIN_MEAN_COSINE and t[2][1] >= MIN_MIN_COSINE, t[2][0]))
+            files.replace(out, final / "model.int8.onnx", root)
+            # the fp32 export too: the fp32 reference of a later cosine check, without torch (FP32_FILE)
+            if _self_contained(work / "model.onnx"):
+                files.replace(work / "model.onnx", final / FP32_FILE, root)
+            import onnxruntime
+            import torch
 
-        meta = {"recipe": name, "export_version": EXPORT_VERSION, "export_seconds": time.perf_counter() - t0,
-                "cosine": {"mean": mean, "min": low},
-                "tried": {n: {"mean": c[0], "min": c[1]} for n, _, c, _ in tried},
-                "fused_ops": fusions, "torch": torch.__version__,
-                "onnxruntime": onnxruntime.__version__, "opset": OPSET}
-        (final / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.replace(final, folder)  # atomic: the folder appears complete or not at all
-        except OSError:  # another process finished the same export first: use theirs
-            if not (folder / "meta.json").exists():
-                aside = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.old")
-                os.replace(folder, aside)
-                shutil.rmtree(aside, ignore_errors=True)
-                os.replace(final, folder)
-    except OSError as e:
-        raise DgamixError(f"could not write the int8 model cache under {folder.parent}: {e.strerror or e}; "
-                          f"set DGAMIX_CACHE to a writable folder.") from e
+            meta = {"recipe": name, "export_version": EXPORT_VERSION, "export_seconds": time.perf_counter() - t0,
+                    "cosine": {"mean": mean, "min": low},
+                    "tried": {n: {"mean": c[0], "min": c[1]} for n, _, c, _ in tried},
+                    "fused_ops": fusions, "torch": torch.__version__,
+                    "onnxruntime": onnxruntime.__version__, "opset": OPSET}
+            (final / "meta.json").write_text(json.dumps(meta, indent=1))
+            files.remove(work, root)
     except DgamixError:
-        raise
+        if not _complete(folder):
+            raise
+        # another process renamed the same export into place first: use theirs
     except Exception as e:  # noqa: BLE001 - torch.onnx / the optimiser / quantize_dynamic on an unusual model
-        raise DgamixError(f"the int8 export of this model failed ({type(e).__name__}: {str(e)[:200]}); use "
-                          f"--precision fp32 (or auto, which then leaves int8 out).") from e
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        raise DgamixError(f"the int8 export of this model failed ({type(e).__name__}: {first_line(e)}); use "
+                          f"--precision fp32 (or auto, which then leaves int8 out).") from None
     return _open(folder, threads, exported=True)

@@ -14,10 +14,12 @@ import pyarrow as pa
 
 from dgamix.pipeline.core import manifest, validate
 from dgamix.pipeline.core.errors import DgamixError
-from dgamix.pipeline.core.workspace import Workspace, lock
+from dgamix.pipeline.core.models import model_fingerprint, trusted_model
+from dgamix.pipeline.core.stage import run_stage
+from dgamix.pipeline.core.workspace import Workspace
 from dgamix.pipeline.corpus import CorpusSpec, load_corpus
 from dgamix.pipeline.embed import embed_shard
-from dgamix.pipeline.encoder import EmbedConfig, check_int8_export, count_tokens, load_encoder, model_fingerprint
+from dgamix.pipeline.encoder import EmbedConfig, check_int8_export, count_tokens, load_encoder
 
 SPLITS = ("reweight", "holdout")
 
@@ -31,11 +33,13 @@ class TargetConfig:
     seed: int = 0                     # seeds the reweight/holdout split
 
 
-def workspace_encoder(ws: Workspace) -> EmbedConfig:
-    """The encoder settings the corpus was embedded with, read from embeddings.parquet."""
+def workspace_encoder(ws: Workspace, model: str | None = None) -> EmbedConfig:
+    """The encoder settings the corpus was embedded with, read from embeddings.parquet; the model is the
+    packaged default or ``model``, a folder the user passed (never a path found in the metadata alone)."""
     meta = manifest.read_meta(ws.require(ws.embeddings, "dgamix embed CORPUS --workspace WS"), "embeddings")
     p = meta["params"]
-    cfg = EmbedConfig(model=p["model"], max_seq_length=p["max_seq_length"], precision=p["precision"],
+    use = trusted_model(str(p["model"]), p.get("model_fingerprint"), model, str(ws.embeddings))
+    cfg = EmbedConfig(model=use, max_seq_length=p["max_seq_length"], precision=p["precision"],
                       dtype=p.get("dtype", "float32"), batch_size=p.get("batch_size", 64))
     if p.get("model_fingerprint") not in (None, "fake") and model_fingerprint(cfg.model) != p["model_fingerprint"]:
         raise DgamixError(f"the model '{cfg.model}' on this machine differs from the one that embedded "
@@ -84,10 +88,11 @@ def _groups(base: pa.Table, by_file: dict[str, pa.Array]) -> pa.Array:
 
 
 def build_target(ws: Workspace, path: str, name: str, cfg: TargetConfig = TargetConfig(),
-                 overwrite: bool = False, encoder=None) -> dict:
-    """Embed target examples from ``path`` into WS/targets/<name>/examples.parquet; returns a summary."""
+                 overwrite: bool = False, encoder=None, model: str | None = None) -> dict:
+    """Embed target examples from ``path`` into WS/targets/<name>/examples.parquet; returns a summary.
+    ``model``: the encoder's folder when the corpus was embedded with one other than the packaged default."""
     check_options(cfg)
-    enc_cfg = workspace_encoder(ws)
+    enc_cfg = workspace_encoder(ws, model)
     by_file = _group_columns(path, cfg.group_column) if cfg.group_column else None
     base, stats = load_corpus([path], CorpusSpec(cfg.text_column, cfg.id_column))
     n = base.num_rows
@@ -96,12 +101,12 @@ def build_target(ws: Workspace, path: str, name: str, cfg: TargetConfig = Target
     out = ws.target_dir(name) / "examples.parquet"
     params = {**asdict(cfg), "source": stats["files"], "encoder": asdict(enc_cfg)}
     fp = manifest.fingerprint(stats["checksums"], params)
-    if out.exists() and not overwrite:
-        if manifest.read_meta(out).get("inputs") == fp:
-            return summarise(ws, name)
-        raise DgamixError(f"target '{name}' already exists in {ws.root} from other inputs; pass --overwrite "
-                          f"or choose another --name.")
-    with lock(ws, f"target-{name}"):
+    if out.exists() and not overwrite and manifest.read_meta(out).get("inputs") == fp:
+        return summarise(ws, name)
+    exists = f"target '{name}' already exists in {ws.root} from other inputs; pass --overwrite or choose another --name."
+    # --overwrite embeds into a staging folder: the complete old target stays until the new one is complete
+    with run_stage(ws, f"target-{name}", [f"targets/{name}"], overwrite=overwrite, exists=exists) as st:
+        out = st.ws.target_dir(name) / "examples.parquet"
         texts = stats["texts"].to_pylist()
         enc = encoder or load_encoder(enc_cfg)
         emb_params = manifest.read_meta(ws.embeddings, "embeddings")["params"]

@@ -6,7 +6,7 @@ MODE 'write': right after the NTH record batch written to the temporary of a fil
 matches PATTERN (fnmatch): part of the data is on disk, the file has no footer yet.
 MODE 'commit': when the NTH such file is complete under its temporary name, before the rename.
 At that point the process creates FILE and sleeps; the test kills it with SIGKILL. Production
-code is not changed for this: the hooks wrap pyarrow's writer and dgamix.pipeline.core.manifest._commit.
+code is not changed for this: the hooks wrap pyarrow's writer and dgamix.pipeline.core.files._commit.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from dgamix.pipeline.core import manifest
+from dgamix.pipeline.core import files
 
 MODE, PATTERN, NTH = os.environ["DGAMIX_FAULT"].split(":")
 MARK = Path(os.environ["DGAMIX_FAULT_MARK"])
@@ -37,18 +37,18 @@ def _hit(name: str) -> None:
 
 
 def _final_name(tmp: str | Path) -> str:
-    """'.NAME.PID.RANDOM.tmp' -> 'NAME' (manifest.atomic_path)."""
+    """'.NAME.PID.RANDOM.tmp' -> 'NAME' (files.temp_name)."""
     return Path(tmp).name[1:].rsplit(".", 3)[0]
 
 
 if MODE == "commit":
-    _real_commit = manifest._commit
+    _real_commit = files._commit
 
     def _commit(tmp, path):
         _hit(Path(path).name)
         return _real_commit(tmp, path)
 
-    manifest._commit = _commit
+    files._commit = _commit
 elif MODE == "write":
     _real_write_table = pq.ParquetWriter.write_table  # write_batch goes through write_table
 

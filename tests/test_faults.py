@@ -177,11 +177,12 @@ def test_sigkill_schedule_mid_stream_keeps_the_old_file_and_rerun_equals_clean(t
     assert run_cli(*sched[:-4], "--steps", 10, "--batch-size", 8, "--name", "s").exit_code == 0  # an earlier schedule
     old = ws.schedule("s").read_bytes()
     kill_at(tmp_path, "write:s.parquet:1", *sched, "--name", "s", "--overwrite")
-    assert ws.schedule("s").read_bytes() == old and len(list(ws.schedule("s").parent.glob(".s.parquet.*.tmp"))) == 1
+    # the replacement is staged beside the workspace's files (pipeline/core/stage.py): the old one is intact
+    assert ws.schedule("s").read_bytes() == old and len(list(ws.root.glob(".stage-schedule-s.*/**/.s.parquet.*.tmp"))) == 1
     r = run_cli(*sched, "--name", "s", "--overwrite")
     assert r.exit_code == 0, r.output
     assert ws.schedule("s").read_bytes() == ws.schedule("clean").read_bytes()
-    assert not list(ws.root.rglob("*.tmp"))
+    assert not list(ws.root.rglob("*.tmp")) and not list(ws.root.glob(".stage-*"))
 
 
 def test_disk_full_mid_clustering_names_the_file_keeps_earlier_outputs_and_resumes(tmp_path, monkeypatch):

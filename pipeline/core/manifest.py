@@ -9,11 +9,8 @@ turns every low-level failure into a :class:`DgamixError` that names the file an
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dgamix import __version__
-from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core import files
+from dgamix.pipeline.core.errors import DgamixError, first_line
 
 SCHEMA_VERSION = 1
 META_KEY = b"dgamix"
@@ -43,37 +41,8 @@ def file_checksum(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def atomic_path(path: str | Path) -> Path:
-    """A temporary sibling of ``path``: same folder (so rename is atomic), hidden, unique, and
-    named after the writing process (``.NAME.PID.RANDOM.tmp``) so orphans can be recognised."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. EPERM: it exists, owned by someone else
-        return True
-    return True
-
-
-def sweep_orphans(path: str | Path) -> int:
-    """Delete temporaries of ``path`` left by a killed writer (its process is gone); returns how many.
-
-    A SIGKILL between "write the temporary" and "rename it" leaves ``.NAME.PID.RANDOM.tmp``
-    behind; the next write of NAME removes it. Temporaries of a live process are left alone.
-    """
-    path = Path(path)
-    n = 0
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp") if path.parent.is_dir() else []:
-        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-            n += 1
-    return n
+atomic_path = files.temp_name
+sweep_orphans = files.sweep_orphans
 
 
 def embedding_array(emb: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
@@ -100,17 +69,6 @@ def _meta_bytes(kind: str, params: dict | None, inputs: str | None, extra: dict 
     return json.dumps(meta, default=str).encode()
 
 
-def _commit(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb") as f:  # the bytes reach the disk before the name does
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_error(path: Path, e: OSError) -> DgamixError:
-    return DgamixError(f"could not write {path}: {e.strerror or e}. Check free disk space and "
-                       f"write permission on {path.parent}; earlier outputs are intact.")
-
-
 def write(path: str | Path, table: pa.Table, kind: str, params: dict | None = None,
           inputs: str | None = None, extra: dict | None = None) -> Path:
     """Write ``table`` to ``path`` atomically, with dgamix metadata. Returns the path.
@@ -123,24 +81,7 @@ def write(path: str | Path, table: pa.Table, kind: str, params: dict | None = No
     return Path(path)
 
 
-@contextlib.contextmanager
-def atomic_file(path: str | Path):
-    """Yield a temporary sibling of ``path`` to write; on success it is fsynced and renamed to
-    ``path``, on any failure removed. Temporaries of killed writers of ``path`` are swept first.
-    The one atomic writer: manifests, checkpoints and report.md all go through it."""
-    path = Path(path)
-    tmp = atomic_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sweep_orphans(path)
-        yield tmp
-        _commit(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise _write_error(path, e) from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+atomic_file = files.atomic_file  # the one atomic writer: manifests, checkpoints and report.md
 
 
 @contextlib.contextmanager
@@ -152,7 +93,8 @@ def writer(path: str | Path, schema: pa.Schema, kind: str, params: dict | None =
     block completes, so an interrupted stream leaves no file that looks complete.
     """
     schema = schema.with_metadata({**(schema.metadata or {}), META_KEY: _meta_bytes(kind, params, inputs, extra)})
-    with atomic_file(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as w:
+    # a CRC32 per page: every read verifies it (read, open_verified), so a flipped byte is never used
+    with atomic_file(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd", write_page_checksum=True) as w:
         yield w
 
 
@@ -236,15 +178,37 @@ def read(path: str | Path, kind: str | None = None, columns: list[str] | None = 
     path = Path(path)
     meta = read_meta(path, kind)
     try:
-        table = pq.read_table(path, columns=columns)
+        table = pq.read_table(path, columns=columns, page_checksum_verification=True)
     except (pa.ArrowException, OSError) as e:
-        raise DgamixError(f"{path} is corrupt or truncated ({e}); delete it and rerun the stage "
-                          f"that writes it.") from e
+        raise corrupt(path, e) from None
     if columns:
         missing = [c for c in columns if c not in table.column_names]
         if missing:
             raise DgamixError(f"{path} lacks columns {missing}; rebuild it with this dgamix version.")
     return table, meta
+
+
+def corrupt(path: str | Path, e: Exception) -> DgamixError:
+    """The one line for a manifest whose bytes are damaged (a page checksum fails, a truncated file)."""
+    why = "a page checksum failed: the file was modified or damaged on disk" if "CRC" in str(e) or "checksum" in str(
+        e) else f"{first_line(e)}"
+    return DgamixError(f"{path} is corrupt ({why}); nothing of it was used. Rerun the stage that writes it with "
+                       f"--overwrite (or delete it and rerun).")
+
+
+def open_verified(path: str | Path) -> pq.ParquetFile:
+    """A ParquetFile of a manifest whose pages are verified against their checksums as they are read
+    (for streamed reads; wrap the reads in ``except (pa.ArrowException, OSError)`` -> :func:`corrupt`)."""
+    try:
+        return pq.ParquetFile(path, pre_buffer=False, page_checksum_verification=True)
+    except (pa.ArrowException, OSError) as e:
+        raise corrupt(path, e) from None
+
+
+def read_parts(paths: list[Path], kind: str, columns: list[str] | None = None) -> pa.Table:
+    """The parts of a sharded manifest (assignments, embeddings) read, verified and concatenated."""
+    tables = [read(p, kind, columns)[0] for p in paths]
+    return pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns or []})
 
 
 def require_columns(names: list[str], required: list[str], where: str, fix: str) -> None:

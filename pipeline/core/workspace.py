@@ -4,9 +4,6 @@ All paths of a workspace are computed here so no stage spells a file name twice.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,31 +39,54 @@ def check_name(name: object, what: str, option: str | None = None) -> str:
 @dataclass(frozen=True)
 class Workspace:
     """Paths of one workspace folder ``root``; every artefact name is checked by ``check_name``, so no
-    path computed here leaves ``root``."""
+    path computed here leaves ``root``.
+
+    ``staged`` maps outputs (paths relative to ``root``, e.g. ``runs/r1``) to where a stage that
+    replaces them writes now (:mod:`dgamix.pipeline.core.stage`): the stage's code computes its
+    paths here as usual and writes beside the complete old output until it is complete itself."""
 
     root: Path
+    staged: tuple[tuple[str, Path], ...] = ()
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, staged: tuple[tuple[str, Path], ...] = ()):
         object.__setattr__(self, "root", Path(root))
+        object.__setattr__(self, "staged", tuple(staged))
+
+    def at(self, *parts: str) -> Path:
+        """The path of ``parts`` under the root, or where it is being staged."""
+        rel = "/".join(parts)
+        for out, where in self.staged:
+            if rel == out:
+                return where
+            if rel.startswith(out + "/"):
+                return where / rel[len(out) + 1:]
+        return self.root.joinpath(*parts)
+
+    def relative(self, path: Path) -> str:
+        """``path`` (under the root or staged) as the root-relative name it has once complete."""
+        for out, where in self.staged:
+            if path == where or where in path.parents:
+                return "/".join([out, *path.relative_to(where).parts])
+        return path.relative_to(self.root).as_posix()
 
     # stage 1
     @property
     def docs(self) -> Path:
-        return self.root / "docs.parquet"
+        return self.at("docs.parquet")
 
     @property
     def embeddings_dir(self) -> Path:
-        return self.root / "embeddings"
+        return self.at("embeddings")
 
     @property
     def embeddings(self) -> Path:
-        return self.root / "embeddings.parquet"
+        return self.at("embeddings.parquet")
 
     def embedding_part(self, shard: int) -> Path:
-        return self.embeddings_dir / f"part-{shard:05d}.parquet"
+        return self.at("embeddings", f"part-{shard:05d}.parquet")
 
     def clusters_dir(self, name: str) -> Path:
-        return self.root / "clusters" / check_name(name, "clustering")
+        return self.at("clusters", check_name(name, "clustering"))
 
     def tree(self, name: str) -> Path:
         return self.clusters_dir(name) / "tree.parquet"
@@ -82,20 +102,20 @@ class Workspace:
 
     # stage 2
     def target_dir(self, name: str) -> Path:
-        return self.root / "targets" / check_name(name, "target")
+        return self.at("targets", check_name(name, "target"))
 
     def basis(self, name: str) -> Path:
-        return self.root / "bases" / f"{check_name(name, 'basis')}.parquet"
+        return self.at("bases", f"{check_name(name, 'basis')}.parquet")
 
     def basis_summary(self, name: str) -> Path:
-        return self.root / "bases" / f"{check_name(name, 'basis')}.summary.parquet"
+        return self.at("bases", f"{check_name(name, 'basis')}.summary.parquet")
 
     # stage 3
     def run_dir(self, name: str) -> Path:
-        return self.root / "runs" / check_name(name, "run")
+        return self.at("runs", check_name(name, "run"))
 
     def schedule(self, name: str) -> Path:
-        return self.root / "schedules" / f"{check_name(name, 'schedule')}.parquet"
+        return self.at("schedules", f"{check_name(name, 'schedule')}.parquet")
 
     def clusterings(self) -> list[str]:
         """Names of the clusterings that have a tree."""
@@ -110,26 +130,15 @@ class Workspace:
         return path
 
 
-@contextlib.contextmanager
 def lock(ws: Workspace, stage: str):
     """Hold an exclusive lock on ``stage`` of the workspace for the duration of the block.
 
     A second dgamix process writing the same stage fails at once with a clear message instead
-    of interleaving shards. The lock is an flock, so a killed process releases it.
-    """
+    of interleaving shards. The lock is an flock, so a killed process releases it."""
+    from dgamix.pipeline.core import files
+
+    if ws.root.exists() and not ws.root.is_dir():
+        raise DgamixError(f"the workspace {ws.root} is a file, not a folder; pass a folder to --workspace.")
     path = ws.root / f".lock-{stage}"
-    try:
-        ws.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise DgamixError(f"cannot write to the workspace {ws.root} (creating {path}: {e.strerror or e}); check "
-                          f"write permission and free disk space there. Nothing was changed.") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DgamixError(f"another dgamix process is writing '{stage}' in {ws.root} (lock {path}); "
-                              f"wait for it to finish, then rerun (a rerun resumes).") from None
-        yield
-    finally:
-        os.close(fd)
+    return files.flock(path, f"another dgamix process is writing '{stage}' in {ws.root} (lock {path}); wait for it "
+                             f"to finish, then rerun (a rerun resumes).", root=ws.root, where="the workspace")
