@@ -7,9 +7,11 @@ from typing import Optional
 import typer
 
 from dgamix.cli.common import WS_HELP, show, user_errors
+from dgamix.mixing.config import TrainConfig
 from dgamix.mixing.dga import DEFAULT_EMA_BETA, DGAConfig
 
-_DGA = DGAConfig()  # one home for DGA's defaults: the options below show them
+_DGA = DGAConfig()  # the one home of DGA's defaults, and TrainConfig of the trainer's: the options show them
+_T = TrainConfig()
 
 
 @user_errors
@@ -25,11 +27,11 @@ def train(
     basis: Optional[str] = typer.Option(None, help="Basis name (WS/bases/B.parquet): dga/dga-noema/doge reweight its N "
                                                    "bases (distribution reweighting); without it they reweight the "
                                                    "domains. is: its basis named 'target' (else the first)."),
-    steps: int = typer.Option(300, min=1, help="Training steps (optimiser updates)."),
-    batch_size: int = typer.Option(16, min=1, help="Training windows per step (context+1 word pieces each, packed "
+    steps: int = typer.Option(_T.steps, min=1, help="Training steps (optimiser updates)."),
+    batch_size: int = typer.Option(_T.batch_size, min=1, help="Training windows per step (context+1 word pieces each, packed "
                                                    "from whole documents)."),
-    lr: float = typer.Option(3e-3, min=0.0, help="Peak learning rate (AdamW; linear warmup, then cosine decay to 10%)."),
-    warmup: int = typer.Option(20, min=0, help="Learning-rate warmup, in steps."),
+    lr: float = typer.Option(_T.lr, min=0.0, help="Peak learning rate (AdamW; linear warmup, then cosine decay to 10%)."),
+    warmup: int = typer.Option(_T.warmup, min=0, help="Learning-rate warmup, in steps."),
     reweight_every: int = typer.Option(_DGA.reweight_every, min=1, help="Steps between DGA reweightings (T_r)."),
     reweight_start: int = typer.Option(_DGA.reweight_start, min=0, help="First step at which DGA may reweight (earlier steps keep the "
                                                        "initial weights; the default skips the lr warmup)."),
@@ -49,27 +51,27 @@ def train(
                                                "whose names match this regular expression (e.g. 'blocks\\.3\\.|ln_f' "
                                                "for the last block of the default 4-layer model: a shorter backward). "
                                                "Default: every parameter."),
-    align_batch_size: int = typer.Option(16, min=1, help="Windows per basis/domain probe batch at each reweighting."),
-    target_batch_size: int = typer.Option(16, min=1, help="Target windows per reweighting."),
+    align_batch_size: int = typer.Option(_T.align_batch_size, min=1, help="Windows per basis/domain probe batch at each reweighting."),
+    target_batch_size: int = typer.Option(_T.target_batch_size, min=1, help="Target windows per reweighting."),
     tokens_per_domain: Optional[int] = typer.Option(None, min=1, help="Limited-data budget: each domain keeps a seeded "
                                                                       "subset of its documents of at most this many "
                                                                       "tokens (encoder word pieces, all of which are "
                                                                       "trained on); repeats count as epochs."),
-    eval_every: int = typer.Option(25, min=1, help="Steps between evaluations of the target / general / train losses."),
-    eval_batches: int = typer.Option(2, min=1, help="Evaluation set size, in batches of 32 windows, per split."),
-    checkpoint_every: int = typer.Option(100, min=0, help="Steps between checkpoints (0 = only at the end)."),
-    context: int = typer.Option(64, min=1, help="Word pieces per training window (model context)."),
-    vocab_size: int = typer.Option(4096, min=1, help="Word pieces kept in the model's vocabulary (the most frequent "
+    eval_every: int = typer.Option(_T.eval_every, min=1, help="Steps between evaluations of the target / general / train losses."),
+    eval_batches: int = typer.Option(_T.eval_batches, min=1, help="Evaluation set size, in batches of 32 windows, per split."),
+    checkpoint_every: int = typer.Option(_T.checkpoint_every, min=0, help="Steps between checkpoints (0 = only at the end)."),
+    context: int = typer.Option(_T.context, min=1, help="Word pieces per training window (model context)."),
+    vocab_size: int = typer.Option(_T.vocab_size, min=1, help="Word pieces kept in the model's vocabulary (the most frequent "
                                                      "in the corpus; others become unk)."),
-    d_model: int = typer.Option(128, min=8, help="Model width."),
-    n_layer: int = typer.Option(4, min=1, help="Transformer blocks."),
-    seed: int = typer.Option(0, help="Seeds the model, the samplers and the target batches."),
+    d_model: int = typer.Option(_T.d_model, min=8, help="Model width."),
+    n_layer: int = typer.Option(_T.n_layer, min=1, help="Transformer blocks."),
+    seed: int = typer.Option(_T.seed, help="Seeds the model, the samplers and the target batches."),
     model: Optional[str] = typer.Option(None, "--model", help="The encoder folder the workspace was embedded with "
                                                                "(`dgamix embed --model PATH`), whose tokenizer the "
                                                                "run uses; a path found only in the workspace is never "
                                                                "loaded. Default: the packaged all-MiniLM-L6-v2."),
-    device: str = typer.Option("cpu", help="Torch device: cpu or cuda."),
-    threads: int = typer.Option(0, min=0, help="Torch CPU threads (0 = torch's default); 1 is faster on a busy "
+    device: str = typer.Option(_T.device, help="Torch device: cpu or cuda."),
+    threads: int = typer.Option(_T.threads, min=0, help="Torch CPU threads (0 = torch's default); 1 is faster on a busy "
                                                "machine whose other cores are taken."),
     resume: bool = typer.Option(False, "--resume", help="Continue run NAME from its last checkpoint "
                                                         "(same parameters required)."),
@@ -78,7 +80,6 @@ def train(
 ):
     """Train a small decoder-only LM on the mixture; writes WS/runs/NAME/{metrics,weights,repetitions}.parquet."""
     from dgamix.mixing.run import train_run
-    from dgamix.mixing.trainer import TrainConfig
     from dgamix.pipeline.core.errors import DgamixError
 
     try:  # DGA's settings go into their one config; the trainer's into TrainConfig, which holds it
