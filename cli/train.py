@@ -35,7 +35,7 @@ def train(
     reweight_every: int = typer.Option(_DGA.reweight_every, min=1, help="Steps between DGA reweightings (T_r)."),
     reweight_start: int = typer.Option(_DGA.reweight_start, min=0, help="First step at which DGA may reweight (earlier steps keep the "
                                                        "initial weights; the default skips the lr warmup)."),
-    eta: float = typer.Option(_DGA.eta, min=0.0, help="DGA step size, in 1 / alignment units (see --normalise)."),
+    eta: float = typer.Option(_DGA.eta, help="DGA step size, in 1 / alignment units (see --normalise)."),
     ema_beta: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="--mixer dga: EMA weight on the previous "
                                                                        f"weights (0 = no EMA, 1 = frozen) [default: "
                                                                        f"{DEFAULT_EMA_BETA}]; "

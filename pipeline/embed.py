@@ -190,7 +190,10 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
             docs, _ = manifest.read(ws.docs, "docs")
         else:
             ws = st.ws  # embeddings of another corpus are void: all staged when replacing
-            if not st.replacing:  # leftovers of an interrupted first run
+            if not st.replacing and ws.embeddings.exists() and not overwrite:
+                raise DgamixError(f"{ws.root} holds embeddings but no docs.parquet; pass --overwrite to rebuild "
+                                  f"them, or use another --workspace.")
+            if not st.replacing:  # parts of an interrupted first run, or embeddings replaced under --overwrite
                 for p in (ws.embeddings, ws.embeddings_dir):
                     files.remove(p, ws.root)
             refs = [corpus.refs(np.arange(i, min(i + cfg.shard_size, n))) for i in range(0, n, cfg.shard_size)]

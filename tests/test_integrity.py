@@ -393,3 +393,39 @@ def test_embed_rerun_reembeds_a_damaged_part_instead_of_adopting_its_hash(real_w
     assert sums[1] == manifest.file_checksum(part)
     np.testing.assert_allclose(manifest.embedding_matrix(manifest.read(part)[0]["embedding"]),
                                manifest.embedding_matrix(pq.read_table(pa.BufferReader(good))["embedding"]), atol=1e-3)
+
+
+def test_recovery_takes_only_its_own_stage_and_any_pid(tmp_path):
+    """Under the stage's lock every journalled swap of that stage is completed, whatever its PID (ours
+    too: PID 1 in a container), and a staging folder of another name sharing the prefix is left alone."""
+    ws = Workspace(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "a").mkdir()
+    (tmp_path / "runs" / "a" / "f").write_text("old")
+    mine = tmp_path / f".stage-train-a.{os.getpid()}.0123abcd"
+    (mine / "new" / "runs" / "a").mkdir(parents=True)
+    (mine / "new" / "runs" / "a" / "f").write_text("new")
+    import json
+
+    (mine / "swap.json").write_text(json.dumps([["runs/a", os.stat(mine / "new" / "runs" / "a").st_ino]]))
+    other = tmp_path / ".stage-train-a.123.99999999.0123abcd"  # run 'a.123', a writer with PID 99999999
+    (other / "new").mkdir(parents=True)
+    with run_stage(ws, "train-a", ["runs/a"]):
+        pass
+    assert (tmp_path / "runs" / "a" / "f").read_text() == "new" and not mine.exists()
+    assert other.exists()
+
+
+def test_a_linked_folder_inside_an_output_is_refused(ws, tmp_path):
+    """runs/r1/checkpoint -> outside: resuming would write the checkpoint there; refused, outside untouched."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.rmtree(ws.run_dir("r1") / "checkpoint")
+    os.symlink(outside, ws.run_dir("r1") / "checkpoint")
+    one_line_error(run_cli("train", "--workspace", ws.root, *TINY, *RUN, "--mixer", "dga", "--basis", "b",
+                           "--steps", 12, "--name", "r1", "--resume"), "leads outside")
+    assert os.listdir(outside) == []
+    (outside / "state.pt").write_text("not yours")
+    with pytest.raises(DgamixError, match="leads outside"):
+        files.remove(ws.run_dir("r1") / "checkpoint" / "state.pt", ws.root)
+    assert (outside / "state.pt").read_text() == "not yours"

@@ -10,10 +10,11 @@ that names the path; nothing half-written is left under a final name.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import fcntl
-import glob
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -30,6 +31,25 @@ def os_error(path: str | Path, e: OSError, doing: str = "write") -> DgamixError:
     why = e.strerror or _WHY.get(e.errno) or type(e).__name__
     return DgamixError(f"could not {doing} {path}: {why}. Free disk space or fix the permissions of "
                        f"{Path(path).parent}, then rerun; earlier outputs are intact.")
+
+
+# The root that writes and deletes without an explicit one must stay in: the workspace of the stage
+# running (set by stage.run_stage through ``within``), else the file's own folder.
+_ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("dgamix_root", default=None)
+
+
+@contextlib.contextmanager
+def within(root: str | Path):
+    """Every write and delete in the block without a root of its own must stay inside ``root``."""
+    token = _ROOT.set(Path(root))
+    try:
+        yield
+    finally:
+        _ROOT.reset(token)
+
+
+def _root_of(path: Path, root: str | Path | None) -> Path:
+    return Path(root) if root is not None else (_ROOT.get() or path.parent)
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -55,6 +75,7 @@ def remove(path: str | Path, root: str | Path) -> None:
     path = Path(path)
     try:
         if path.is_symlink() or path.is_file():
+            contained(path.parent, root)  # a file reached through a linked folder is outside
             path.unlink(missing_ok=True)
         elif path.is_dir():
             contained(path, root)
@@ -124,8 +145,15 @@ def install(new: str | Path, final: str | Path, root: str | Path) -> None:
 
 
 def make_dir(path: str | Path, root: str | Path) -> Path:
-    """``path`` created (with parents) inside ``root``; one line if it cannot be."""
+    """``path`` created (with parents) inside ``root``; one line if it cannot be. The deepest existing
+    folder on the way is checked first, so nothing is created outside ``root``."""
     path = Path(path)
+    existing = path
+    while not (existing.exists() or existing.is_symlink()) and existing != existing.parent:
+        existing = existing.parent
+    ex, r = existing.absolute(), Path(root).absolute()
+    if ex == r or r in ex.parents:  # (root itself not made yet: nothing inside it to lead out)
+        contained(existing, root)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -154,10 +182,18 @@ def alive(pid: int) -> bool:
     return True
 
 
-def orphan_pid(name: str, prefix: str) -> int | None:
-    """The writer's PID of a temporary called ``PREFIX.PID.REST`` when that process is gone, else None."""
-    pid = name[len(prefix) + 1:].split(".", 1)[0]
-    return int(pid) if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)) else None
+def writer_pid(name: str, prefix: str, suffix: str = "") -> int | None:
+    """The writer's PID of a temporary named exactly ``PREFIX.PID.RANDOM`` + ``suffix`` (RANDOM: 8 hex
+    digits, as temp_name and the stage runner make them), else None: another name that merely starts
+    with PREFIX (names may hold dots and digits) is never taken for one."""
+    m = re.fullmatch(re.escape(prefix) + r"\.(\d+)\.[0-9a-f]{8}" + re.escape(suffix), name)
+    return int(m.group(1)) if m else None
+
+
+def orphan_pid(name: str, prefix: str, suffix: str = "") -> int | None:
+    """The writer's PID of temporary ``name`` (see writer_pid) when that process is gone, else None."""
+    pid = writer_pid(name, prefix, suffix)
+    return pid if pid is not None and pid != os.getpid() and not alive(pid) else None
 
 
 def sweep_orphans(path: str | Path) -> int:
@@ -166,8 +202,8 @@ def sweep_orphans(path: str | Path) -> int:
     path = Path(path)
     n = 0
     if path.parent.is_dir():
-        for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-            if orphan_pid(tmp.name, f".{path.name}") is not None:
+        for tmp in path.parent.iterdir():
+            if orphan_pid(tmp.name, f".{path.name}", ".tmp") is not None:
                 discard(tmp)
                 n += 1
     return n
@@ -184,7 +220,7 @@ def atomic_file(path: str | Path, root: str | Path | None = None):
     on any failure removed. Orphan temporaries of ``path`` are swept first. ``root``: the folder
     ``path`` must stay in (default: its own folder)."""
     path = Path(path)
-    root = path.parent if root is None else root
+    root = _root_of(path, root)
     make_dir(path.parent, root)
     contained(path, root)
     tmp = temp_name(path)
@@ -211,7 +247,7 @@ def atomic_dir(path: str | Path, root: str | Path | None = None):
     """Yield a temporary folder beside ``path`` to fill; on success it takes ``path``'s place (an
     existing folder there is replaced), on failure it is removed. Orphans are swept first."""
     path = Path(path)
-    root = path.parent if root is None else root
+    root = _root_of(path, root)
     make_dir(path.parent, root)
     contained(path, root)
     sweep_orphans(path)

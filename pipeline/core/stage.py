@@ -95,7 +95,9 @@ def _recover(ws: Workspace, lock_name: str) -> None:
     deleted, the old outputs untouched. Called under the stage's lock."""
     prefix = f".stage-{lock_name}"
     for folder in sorted(ws.root.glob(f"{glob.escape(prefix)}.*")):
-        if files.orphan_pid(folder.name, prefix) is None or not folder.is_dir() or folder.is_symlink():
+        # exactly this stage's (names may hold dots); any PID: we hold the stage's lock, so the
+        # writer is gone even where its PID is alive again (or is ours: PID 1 in a container)
+        if files.writer_pid(folder.name, prefix) is None or not folder.is_dir() or folder.is_symlink():
             continue
         journal = folder / JOURNAL
         if journal.exists():
@@ -128,7 +130,12 @@ def run_stage(ws: Workspace, lock_name: str, outputs: Iterable[str], *, overwrit
         if replace_now if replace_now is not None else (overwrite and have):
             st.replace()
         try:
-            yield st
+            with files.within(ws.root):
+                yield st
+        except OSError as e:  # a write error the stage did not name itself: one line all the same
+            if st.folder is not None:
+                files.discard(st.folder)
+            raise files.os_error(e.filename or ws.root, e) from None
         except BaseException:
             if st.folder is not None:
                 files.discard(st.folder)
