@@ -317,7 +317,10 @@ def corpus_tokens(ws: Workspace, vocab_size: int = 4096, *, model: str | None = 
     folder = ws.root / "cache" / f"tokens-{key}"
     names = ("flat", "offsets", "pieces")
     if folder.exists() or folder.is_symlink():
-        try:
+        try:  # every array's bytes against the sha256 recorded when it was written: a damaged cache is rebuilt
+            sums = json.loads((folder / "info.json").read_text())["sha256"]
+            if any(manifest.file_checksum(folder / f"{n}.npy") != sums[n] for n in names):
+                raise ValueError("checksum mismatch")
             flat, offsets, pieces = (np.load(folder / f"{n}.npy") for n in names)
             return DocTokens(flat, offsets), Vocab.from_pieces(pieces, len(tok)), tok, key
         except Exception:  # noqa: BLE001 - numpy raises EOFError, ValueError, OSError... for a bad file
@@ -354,7 +357,8 @@ def _save_cache(folder: Path, root: Path, arrays: dict[str, np.ndarray], info: d
         with files.atomic_dir(folder, root) as tmp:
             for name, arr in arrays.items():
                 np.save(tmp / f"{name}.npy", arr)
-            (tmp / "info.json").write_text(json.dumps(info))
+            sums = {name: manifest.file_checksum(tmp / f"{name}.npy") for name in arrays}
+            (tmp / "info.json").write_text(json.dumps({**info, "sha256": sums}))
     except DgamixError:
         if not (folder / "info.json").exists():
             raise

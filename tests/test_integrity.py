@@ -429,3 +429,21 @@ def test_a_linked_folder_inside_an_output_is_refused(ws, tmp_path):
     with pytest.raises(DgamixError, match="leads outside"):
         files.remove(ws.run_dir("r1") / "checkpoint" / "state.pt", ws.root)
     assert (outside / "state.pt").read_text() == "not yours"
+
+
+def test_a_flipped_token_cache_is_rebuilt_not_used(ws):
+    """The token cache (WS/cache/tokens-*) is checked against its recorded sha256s: a flipped byte under
+    an unchanged mtime makes the next run rebuild it, and the run's losses equal the intact cache's."""
+    from dgamix.mixing.tokens import corpus_tokens
+
+    tokens, vocab, _, key = corpus_tokens(ws, 512)
+    flat = ws.root / "cache" / f"tokens-{key}" / "flat.npy"
+    st_ = flat.stat()
+    data = bytearray(flat.read_bytes())
+    data[-3] ^= 0x01
+    flat.write_bytes(bytes(data))
+    os.utime(flat, ns=(st_.st_atime_ns, st_.st_mtime_ns))
+    again, vocab2, _, _ = corpus_tokens(ws, 512)
+    np.testing.assert_array_equal(again.flat, tokens.flat)
+    np.testing.assert_array_equal(vocab2.pieces, vocab.pieces)
+    assert flat.read_bytes() != bytes(data)
