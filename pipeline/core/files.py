@@ -224,10 +224,17 @@ def atomic_file(path: str | Path, root: str | Path | None = None):
     make_dir(path.parent, root)
     contained(path, root)
     tmp = temp_name(path)
-    try:
+    with _temporary(tmp, path):
         sweep_orphans(path)
         yield tmp
         _commit(tmp, path)
+
+
+@contextlib.contextmanager
+def _temporary(tmp: Path, path: Path):
+    """A failure inside the block removes the temporary ``tmp``; an OSError becomes one line naming ``path``."""
+    try:
+        yield
     except OSError as e:
         discard(tmp)
         raise os_error(path, e) from None
@@ -252,22 +259,12 @@ def atomic_dir(path: str | Path, root: str | Path | None = None):
     contained(path, root)
     sweep_orphans(path)
     tmp = temp_name(path)
-    try:
+    with _temporary(tmp, path):
         tmp.mkdir()
         yield tmp
-        if path.exists() or path.is_symlink():
-            aside = temp_name(path)
-            os.replace(path, aside)
-            os.replace(tmp, path)
-            discard(aside)
-        else:
-            os.replace(tmp, path)
-    except OSError as e:
+        install(tmp, path, root)  # an old folder there ends up at tmp (or tmp.old): removed below
         discard(tmp)
-        raise os_error(path, e) from None
-    except BaseException:
-        discard(tmp)
-        raise
+        discard(tmp.with_name(tmp.name + ".old"))
 
 
 @contextlib.contextmanager
