@@ -16,6 +16,8 @@ from dgamix.cli.common import (
     show,
     user_errors,
 )
+from dgamix.pipeline.core.params import ClusterParams
+from dgamix.pipeline.engine import LOCAL, LOCAL_DEVICE
 
 _COLUMNS = [("level", "level", "{}"), ("k", "branching", "{}"), ("nodes", "nodes", "{:,}"),
             ("domains", "domains", "{:,}"), ("reduced", "reduced_nodes", "{:,}"), ("sample", "sample_points", "{:,}"),
@@ -35,6 +37,8 @@ def _level_table(stats: list[dict]) -> None:
     cols = [c for c in _COLUMNS if any(c[1] in s for s in stats)]
     _table([[fmt.format(s[key]) if key in s else "-" for _, key, fmt in cols] for s in stats], [c[0] for c in cols])
 
+_P = ClusterParams()  # the one home of the defaults shown below
+
 
 @user_errors
 def cluster(
@@ -42,19 +46,19 @@ def cluster(
     levels: Optional[str] = typer.Option(None, help="Comma-separated branching per level, each >= 2: 64,64,64 gives "
                                                     "64 / 4,096 / 262,144 domains (at most as many leaves as documents)."),
     name: Optional[str] = typer.Option(None, help="Folder under WS/clusters/ (default from the levels, e.g. k64-64-64)."),
-    seed: int = typer.Option(0, help="Seed of the samples and of every node's k-means."),
-    niter: int = typer.Option(20, help="k-means iterations per node."),
-    max_points_per_centroid: int = typer.Option(256, help="Sample cap per node = branching x this many embeddings "
+    seed: int = typer.Option(_P.seed, help="Seed of the samples and of every node's k-means."),
+    niter: int = typer.Option(_P.niter, help="k-means iterations per node."),
+    max_points_per_centroid: int = typer.Option(_P.max_points_per_centroid, help="Sample cap per node = branching x this many embeddings "
                                                           "(FAISS's rule; more points cost time, not quality)."),
-    sample_memory: int = typer.Option(1024, help="MiB of sampled embeddings held at once while fitting a level "
+    sample_memory: int = typer.Option(_P.sample_memory_mib, help="MiB of sampled embeddings held at once while fitting a level "
                                                  "(bounds memory; does not change the result)."),
-    init: str = typer.Option("kmeans++", help="Initial centroids of every node: kmeans++ (greedy D^2 seeding) or random "
+    init: str = typer.Option(_P.init, help="Initial centroids of every node: kmeans++ (greedy D^2 seeding) or random "
                                               "(FAISS's default); FAISS runs the iterations either way."),
-    engine: str = typer.Option("local", help=ENGINE_HELP + " With ray the nodes of each level are also fitted as Ray tasks."),
+    engine: str = typer.Option(LOCAL.name, help=ENGINE_HELP + " With ray the nodes of each level are also fitted as Ray tasks."),
     ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_ADDRESS_HELP),
     num_workers: Optional[int] = typer.Option(None, help=NUM_WORKERS_HELP),
-    gpus_per_worker: float = typer.Option(0.0, help=GPUS_HELP),
-    device: str = typer.Option("cpu", help="Where the assignment pass descends the tree: cpu (numpy) or cuda (torch; "
+    gpus_per_worker: float = typer.Option(LOCAL.gpus_per_worker, help=GPUS_HELP),
+    device: str = typer.Option(LOCAL_DEVICE, help="Where the assignment pass descends the tree: cpu (numpy) or cuda (torch; "
                                            "the fit always runs on the CPU)."),
     overwrite: bool = typer.Option(False, help="Replace a clustering of the same name made with other parameters or "
                                                "other embeddings."),
@@ -65,7 +69,7 @@ def cluster(
 
     Writes WS/clusters/NAME/tree.parquet, assignments/part-*.parquet and domains.parquet. Rerun to resume.
     """
-    from dgamix.pipeline.cluster import cluster_workspace, list_clusterings
+    from dgamix.pipeline.cluster import cluster_workspace, list_clusterings, parse_levels
     from dgamix.pipeline.core.errors import DgamixError
     from dgamix.pipeline.core.workspace import Workspace
 
@@ -82,10 +86,8 @@ def cluster(
     if levels is None:
         raise DgamixError("--levels is required (e.g. --levels 64,64,64), or pass --list.")
     eng = engine_config(engine, ray_address, num_workers, gpus_per_worker, device)
-    if not 1 <= sample_memory <= 1 << 40:
-        raise DgamixError(f"--sample-memory {sample_memory} must be between 1 and 2^40 (MiB).")
-    summary = cluster_workspace(ws, levels, name, seed, niter, max_points_per_centroid, overwrite, quiet,
-                                sample_memory=sample_memory << 20, init=init, engine=eng, device=device)
+    params = ClusterParams(parse_levels(levels), seed, niter, max_points_per_centroid, init, sample_memory)
+    summary = cluster_workspace(ws, params, name, overwrite=overwrite, quiet=quiet, engine=eng, device=device)
     stats = summary.pop("level_stats")
     show(summary)
     print()

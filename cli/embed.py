@@ -17,22 +17,28 @@ from dgamix.cli.common import (
     split_csv,
     user_errors,
 )
+from dgamix.pipeline.corpus import CorpusSpec
+from dgamix.pipeline.dedup import DedupConfig
+from dgamix.pipeline.encoder import EMBED_STAGE
+from dgamix.pipeline.engine import LOCAL
+
+_E, _S, _D = EMBED_STAGE, CorpusSpec(), DedupConfig()  # the one home of the defaults shown below
 
 
 @user_errors
 def embed(
     corpus: list[Path] = typer.Argument(..., help="Corpus files: .parquet, .jsonl, or folders of .txt files (one document per file)."),
     workspace: Path = typer.Option(..., "--workspace", "-w", help=WS_HELP),
-    text_column: str = typer.Option("text", help="Column holding the document text."),
-    id_column: str = typer.Option("id", help="Column holding your document ids (generated as <file>:<row> when absent)."),
+    text_column: str = typer.Option(_S.text_column, help="Column holding the document text."),
+    id_column: str = typer.Option(_S.id_column, help="Column holding your document ids (generated as <file>:<row> when absent)."),
     keep_columns: Optional[str] = typer.Option(None, help="Comma-separated input columns to carry into docs.parquet (e.g. topic)."),
-    dedup: bool = typer.Option(True, "--dedup/--no-dedup", help="Mark near-duplicates (MinHash LSH on word 5-shingles) and skip them."),
-    dedup_threshold: float = typer.Option(0.8, min=0.0, max=1.0, help="Jaccard similarity at which two documents are near-duplicates."),
-    model: str = typer.Option("all-MiniLM-L6-v2", help="sentence-transformers model name or local path; the default is packaged (offline)."),
-    max_seq_length: int = typer.Option(256, min=1, help="Word pieces per document seen by the encoder; longer documents are truncated."),
-    batch_size: int = typer.Option(64, min=1, help="Documents per forward pass."),
-    shard_size: int = typer.Option(10_000, min=1, help="Documents per embeddings part file (the unit of resume)."),
-    precision: str = typer.Option("auto", help="Encoder arithmetic: fp32 (torch); bf16 (torch autocast; fast only on GPUs and CPUs "
+    dedup: bool = typer.Option(_D is not None, "--dedup/--no-dedup", help="Mark near-duplicates (MinHash LSH on word 5-shingles) and skip them."),
+    dedup_threshold: float = typer.Option(_D.threshold, min=0.0, max=1.0, help="Jaccard similarity at which two documents are near-duplicates."),
+    model: str = typer.Option(_E.model, help="sentence-transformers model name or local path; the default is packaged (offline)."),
+    max_seq_length: int = typer.Option(_E.max_seq_length, min=1, help="Word pieces per document seen by the encoder; longer documents are truncated."),
+    batch_size: int = typer.Option(_E.batch_size, min=1, help="Documents per forward pass."),
+    shard_size: int = typer.Option(_E.shard_size, min=1, help="Documents per embeddings part file (the unit of resume)."),
+    precision: str = typer.Option(_E.precision, help="Encoder arithmetic: fp32 (torch); bf16 (torch autocast; fast only on GPUs and CPUs "
                                   "with bf16 units); int8 (ONNX Runtime, dynamic per-channel quantisation, CPU; needs "
                                   "`pip install onnxruntime onnx`, exported once and cached); fp16 (torch autocast "
                                   "float16, --device cuda only); auto (the fastest that keeps "
@@ -40,20 +46,18 @@ def embed(
                                   "settings (the decision is cached in auto/ under $DGAMIX_CACHE, default ~/.cache/dgamix); "
                                   "fp32 for corpora under 2,000 documents after de-duplication). The choice and its cosine are "
                                   "recorded in embeddings.parquet; pass fp32 for byte-identical reruns on other machines."),
-    dtype: str = typer.Option("float32", help="Storage dtype of the vectors: float32 or float16."),
-    device: str = typer.Option("cpu", help="Torch device for the encoder: cpu or cuda (with --precision fp16: "
+    dtype: str = typer.Option(_E.dtype, help="Storage dtype of the vectors: float32 or float16."),
+    device: str = typer.Option(_E.device, help="Torch device for the encoder: cpu or cuda (with --precision fp16: "
                                "autocast float16, the fast choice on GPUs)."),
-    engine: str = typer.Option("local", help=ENGINE_HELP),
+    engine: str = typer.Option(LOCAL.name, help=ENGINE_HELP),
     ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_ADDRESS_HELP),
     num_workers: Optional[int] = typer.Option(None, help=NUM_WORKERS_HELP),
-    gpus_per_worker: float = typer.Option(0.0, help=GPUS_HELP),
+    gpus_per_worker: float = typer.Option(LOCAL.gpus_per_worker, help=GPUS_HELP),
     overwrite: bool = typer.Option(False, help="Rebuild when the workspace holds a different corpus or parameters."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Embed a corpus: docs.parquet, embeddings/part-*.parquet and embeddings.parquet. Rerun to resume."""
     from dgamix.pipeline.core.workspace import Workspace
-    from dgamix.pipeline.corpus import CorpusSpec
-    from dgamix.pipeline.dedup import DedupConfig
     from dgamix.pipeline.embed import embed_corpus
     from dgamix.pipeline.encoder import EmbedConfig
     from dgamix.pipeline.engine import require_device

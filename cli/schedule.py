@@ -7,6 +7,9 @@ from typing import Optional
 import typer
 
 from dgamix.cli.common import WS_HELP, show, user_errors
+from dgamix.pipeline.core.params import ScheduleParams
+
+_P = ScheduleParams(0, 0)  # the one home of the defaults shown below
 
 
 @user_errors
@@ -24,10 +27,10 @@ def schedule(
                                                  "--tokens-per-domain budget kept)."),
     steps: int = typer.Option(..., help="Training steps to schedule."),
     batch_size: int = typer.Option(..., help="Documents (sequences) per step."),
-    seed: Optional[int] = typer.Option(None, help="Sampling seed: the order of the draws (with --run, each domain's "
+    seed: Optional[int] = typer.Option(_P.seed, help="Sampling seed: the order of the draws (with --run, each domain's "
                                                   "--tokens-per-domain subset stays the run's) [default: the run's "
                                                   "seed with --run, else 0]."),
-    limited: bool = typer.Option(True, "--limited/--with-replacement", help="Draw documents without replacement inside a domain (new epoch when exhausted)."),
+    limited: bool = typer.Option(_P.limited, "--limited/--with-replacement", help="Draw documents without replacement inside a domain (new epoch when exhausted)."),
     name: str = typer.Option(..., help="Schedule name (WS/schedules/NAME.parquet)."),
     overwrite: bool = typer.Option(False, help="Replace an existing schedule of this name."),
 ):
@@ -35,5 +38,6 @@ def schedule(
     from dgamix.mixing.schedule import export_schedule
     from dgamix.pipeline.core.workspace import Workspace
 
-    show(export_schedule(Workspace(workspace), clusters, level, steps, batch_size, name, mixer=mixer, basis=basis,
-                         run=run, seed=seed, limited=limited, overwrite=overwrite))
+    params = ScheduleParams(steps, batch_size, seed, limited)
+    show(export_schedule(Workspace(workspace), clusters, level, name, params, mixer=mixer, basis=basis, run=run,
+                         overwrite=overwrite))

@@ -7,6 +7,9 @@ from typing import Optional
 import typer
 
 from dgamix.cli.common import WS_HELP, show, user_errors
+from dgamix.pipeline.core.params import TargetConfig
+
+_P = TargetConfig()  # the one home of the defaults shown below
 
 
 @user_errors
@@ -14,11 +17,11 @@ def target(
     target_file: Path = typer.Argument(..., metavar="TARGET", help="Target examples: .parquet, .jsonl or a folder of .txt files."),
     workspace: Path = typer.Option(..., "--workspace", "-w", help=WS_HELP),
     name: str = typer.Option(..., help="Name of the target inside the workspace (WS/targets/NAME/)."),
-    text_column: str = typer.Option("text", help="Column holding the example text."),
-    id_column: str = typer.Option("id", help="Column holding example ids (generated when absent)."),
-    group_column: Optional[str] = typer.Option(None, help="Column naming each example's task/subject; enables `basis --by group`."),
-    holdout: float = typer.Option(0.2, help="Fraction of examples held out for evaluation only (never used to reweight)."),
-    seed: int = typer.Option(0, help="Seed of the reweight/holdout split."),
+    text_column: str = typer.Option(_P.text_column, help="Column holding the example text."),
+    id_column: str = typer.Option(_P.id_column, help="Column holding example ids (generated when absent)."),
+    group_column: Optional[str] = typer.Option(_P.group_column, help="Column naming each example's task/subject; enables `basis --by group`."),
+    holdout: float = typer.Option(_P.holdout, help="Fraction of examples held out for evaluation only (never used to reweight)."),
+    seed: int = typer.Option(_P.seed, help="Seed of the reweight/holdout split."),
     overwrite: bool = typer.Option(False, help="Replace an existing target of this name made from other inputs."),
     model: Optional[str] = typer.Option(None, help="The encoder's folder, when the corpus was embedded with one other "
                                         "than the packaged default (a folder found only in the workspace is never "
@@ -26,7 +29,7 @@ def target(
 ):
     """Embed target examples with the corpus's encoder and split them into reweight / holdout parts."""
     from dgamix.pipeline.core.workspace import Workspace
-    from dgamix.pipeline.target import TargetConfig, build_target
+    from dgamix.pipeline.target import build_target
 
     cfg = TargetConfig(text_column, id_column, group_column, holdout, seed)
     show(build_target(Workspace(workspace), str(target_file), name, cfg, overwrite, model=model))

@@ -148,6 +148,8 @@ def _write(ws: Workspace, out: Path, clusters: list[str], loaded: dict) -> None:
                 return (f"{s['loss'][-1]:.4f}", f"{s['loss'].min():.4f}") if s.height else ("-", "-")
             (tl, tb), (gl, _) = final("target"), final("general")
             by = meta["params"].get("run_by", "dgamix train")  # OnlineMixture.write_run: "user loop"
+            if meta.get("state", "complete") != "complete":  # the logs beside a checkpoint of a run still training
+                by += " (partial: not finished)"
             md.append(f"| {r} | {by} | {meta['params'].get('mixer', '?')} | {m['step'].max()} | {tl} | {gl} | {tb} |")
         md.append("")
         for r, (m, w, meta) in loaded.items():

@@ -125,6 +125,14 @@ def _compare(saved: dict, now: dict) -> None:
                           f"--overwrite to restart.")
 
 
+def _complete(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished run's logs (not the partial ones beside a checkpoint)."""
+    from dgamix.pipeline.core import manifest
+
+    path = run_dir / "metrics.parquet"
+    return path.exists() and manifest.read_meta(path).get("state", "complete") == "complete"
+
+
 def train_run(ws: Workspace | str | Path, clusters: str, level: int, target: str, mixer_name: str,
               basis: str | None = None, config: TrainConfig | None = None, name: str = "run",
               resume: bool = False, overwrite: bool = False, quiet: bool = False) -> dict:
@@ -149,6 +157,9 @@ def train_run(ws: Workspace | str | Path, clusters: str, level: int, target: str
         inp = build_inputs(ws, clusters, level, target, mixer_name, basis, config, quiet)
         data, mix, params = inp["data"], inp["mix"], inp["params"]
         resuming = resume and ckpt.exists()
+        if resume and not resuming and _complete(run_dir):
+            raise DgamixError(f"run '{name}' is complete and has no checkpoint to resume from ({ckpt}); pass "
+                              f"--overwrite to train it again, or choose another --name.")
         if resuming:
             saved = load_checkpoint(ckpt)
             if saved.get("format", 1) != CHECKPOINT_FORMAT:
@@ -162,7 +173,7 @@ def train_run(ws: Workspace | str | Path, clusters: str, level: int, target: str
                                         config.context))
 
         def snapshot(tr) -> None:  # partial logs beside every checkpoint
-            write_outputs(out, name, tr.metrics, mix.log, mix.kind, mix.ids, mix.names, params)
+            write_outputs(out, name, tr.metrics, mix.log, mix.kind, mix.ids, mix.names, params, state="partial")
 
         result: TrainResult = train(model, data, mix, config, checkpoint_dir=run_dir / "checkpoint",
                                     resume=resuming, params=params, quiet=quiet, on_checkpoint=snapshot)

@@ -56,9 +56,12 @@ def repetitions_table(reps: dict) -> pa.Table:
 
 
 def write_outputs(ws: Workspace, name: str, metrics: list[dict], weights: list[dict], kind: str,
-                  ids: np.ndarray, names: list[str], params: dict, reps: dict | None = None) -> None:
+                  ids: np.ndarray, names: list[str], params: dict, reps: dict | None = None,
+                  state: str = "complete") -> None:
     """WS/runs/<name>/{metrics,weights,repetitions}.parquet; ``kind`` "basis" | "domain" and
-    ``ids`` / ``names`` name the weights' entries; ``params`` go into every file's metadata."""
+    ``ids`` / ``names`` name the weights' entries; ``params`` go into every file's metadata.
+    ``state``: "partial" for the logs written beside a checkpoint of a run still training (a
+    schedule refuses them, the report marks them), "complete" for a finished run's."""
     d = ws.run_dir(name)
     # init: DGA's starting rule (DGAConfig.init: uniform | target); a static mixer's is its own name
     meta_params = {**params, "init": params["init"] if params["mixer"] in ADAPTIVE else params["mixer"],
@@ -68,7 +71,7 @@ def write_outputs(ws: Workspace, name: str, metrics: list[dict], weights: list[d
              f"targets/{params['target']}": params.get("target_file")}
     if params.get("basis"):
         built[f"bases/{params['basis']}"] = params.get("basis_file")
-    extra = {"built_from": {k: v for k, v in built.items() if v is not None}}
+    extra = {"built_from": {k: v for k, v in built.items() if v is not None}, "state": state}
     manifest.write(d / "metrics.parquet", metrics_table(metrics), "run-metrics", meta_params, fp, extra=extra)
     manifest.write(d / "weights.parquet", weights_table(weights, kind, ids, names),
                    "run-weights", meta_params, fp, extra=extra)

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from dgamix.mixing.sampler import MixtureSampler
+from dgamix.pipeline.core.params import ScheduleParams
 
 STATIC_MIXERS = ("uniform", "natural", "is")
 MAX_ROWS = 10 ** 9           # steps x batch size: ~4 GB of Parquet, minutes of writing; beyond is a typo
@@ -77,9 +78,9 @@ def static_weights(mixer: str, index) -> np.ndarray:
     raise ValueError(f"unknown static mixer {mixer!r}; use uniform or natural")
 
 
-def export_schedule(ws, clusters: str, level: int, steps: int, batch_size: int, name: str, *,
+def export_schedule(ws, clusters: str, level: int, name: str, params: ScheduleParams, *,
                     mixer: str | None = None, basis: str | None = None, run: str | None = None,
-                    seed: int | None = None, limited: bool = True, overwrite: bool = False) -> dict:
+                    overwrite: bool = False) -> dict:
     """The schedule stage: writes WS/schedules/<name>.parquet; returns a summary.
 
     The mixture means what the same options mean to `dgamix train`:
@@ -98,6 +99,7 @@ def export_schedule(ws, clusters: str, level: int, steps: int, batch_size: int, 
     from dgamix.pipeline.core.errors import DgamixError
     from dgamix.pipeline.core.stage import run_stage
 
+    steps, batch_size, seed, limited = params.steps, params.batch_size, params.seed, params.limited
     if run is not None and (mixer is not None or basis is not None):
         raise DgamixError("--run replays a run's own mixture; drop --mixer/--basis, or drop --run.")
     if run is None and mixer is None:
@@ -141,6 +143,9 @@ def export_schedule(ws, clusters: str, level: int, steps: int, batch_size: int, 
             raise DgamixError(f"no run '{run}' with weights in {ws.root} ({path} missing); run `dgamix train "
                               f"--name {run}` first.")
         table, meta = manifest.read(path, "run-weights")
+        if meta.get("state", "complete") != "complete":
+            raise DgamixError(f"run '{run}' is not complete (killed, or still training: its logs are those of its last "
+                              f"checkpoint); finish it with `dgamix train ... --name {run} --resume` first.")
         validate.run(ws, run, meta, only=("clusters/", "bases/"))  # its domain ids still mean these domains
         p = meta["params"]
         if (p.get("clusters"), p.get("level")) != (clusters, level):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.params import BasisParams
 
 
 @dataclass(frozen=True)
@@ -204,57 +205,66 @@ def kmeans_count(by: str) -> int:
 
 
 def parse_tempers(text: str) -> tuple[float, ...]:
-    """``--temper`` "0,1,2" -> (0.0, 1.0, 2.0): distinct finite exponents in [0, MAX_TEMPER], else a one-line error."""
+    """``--temper`` "0,1,2" -> (0.0, 1.0, 2.0) (checked by check_temper), else a one-line error."""
     try:
         out = tuple(float(x) for x in str(text).split(","))
     except ValueError:
         raise DgamixError(f"--temper {text!r}: give comma-separated numbers, e.g. 0 or 0,1,2.") from None
-    if not all(math.isfinite(g) and 0 <= g <= MAX_TEMPER for g in out):
-        raise DgamixError(f"--temper {text!r}: every exponent must be in [0, {MAX_TEMPER:g}] (0 = the plain histogram).")
+    return check_temper(out, text)
+
+
+def check_temper(tempers, shown=None) -> tuple[float, ...]:
+    """Distinct finite exponents in [0, MAX_TEMPER] (as floats), else a one-line error."""
+    shown = ",".join(map(str, tempers)) if shown is None else shown
+    try:
+        out = tuple(float(g) for g in tempers)
+    except (TypeError, ValueError):
+        raise DgamixError(f"--temper {shown!r}: give numbers, e.g. 0 or 0,1,2.") from None
+    if not out or not all(math.isfinite(g) and 0 <= g <= MAX_TEMPER for g in out):
+        raise DgamixError(f"--temper {shown!r}: every exponent must be in [0, {MAX_TEMPER:g}] (0 = the plain histogram).")
     if len({f"{g:g}" for g in out}) != len(out):  # equal as printed = one basis name
-        raise DgamixError(f"--temper {text!r}: an exponent is repeated.")
+        raise DgamixError(f"--temper {shown!r}: an exponent is repeated.")
     return tuple(g + 0.0 for g in out)  # -0.0 -> 0.0: one name, one basis
 
 
-def check_options(by: str, generic: str, smoothing: float, pocket_min: int, seed: int,
-                  temper: str = "0") -> tuple[float, ...]:
+def check_options(p: BasisParams) -> tuple[float, ...]:
     """The basis options, checked before anything is read or written (one-line errors); returns the
-    parsed ``--temper`` exponents."""
+    checked ``temper`` exponents."""
+    by, smoothing = p.by, p.smoothing
     if by not in ("single", "group", "levels") and not by.startswith("kmeans:"):
         raise DgamixError(f"--by {by} is unknown; use single, group, kmeans:N or levels.")
     if by.startswith("kmeans:"):
         kmeans_count(by)
-    if generic not in ("natural", "uniform", "none"):
-        raise DgamixError(f"--generic {generic} is unknown; use natural, uniform or none.")
+    if p.generic not in ("natural", "uniform", "none"):
+        raise DgamixError(f"--generic {p.generic} is unknown; use natural, uniform or none.")
     if not (isinstance(smoothing, (int, float)) and math.isfinite(smoothing) and smoothing >= 0):
         raise DgamixError(f"--smoothing {smoothing} must be a finite number >= 0 (e.g. 0, or 1 to add one "
                           f"count per domain).")
-    if pocket_min < 0:
-        raise DgamixError(f"--pocket-min {pocket_min} must be >= 0 (corpus documents).")
-    if not 0 <= seed <= MAX_SEED:
-        raise DgamixError(f"--seed {seed} must be in [0, {MAX_SEED}].")
-    tempers = parse_tempers(temper)
+    if p.pocket_min < 0:
+        raise DgamixError(f"--pocket-min {p.pocket_min} must be >= 0 (corpus documents).")
+    if not 0 <= p.seed <= MAX_SEED:
+        raise DgamixError(f"--seed {p.seed} must be in [0, {MAX_SEED}].")
+    tempers = check_temper(p.temper)
     if tempers != (0.0,) and smoothing > 0:
         raise DgamixError("--temper with --smoothing > 0 would sharpen the pseudo-counts: tiny domains that no "
                           "target example falls in would get the largest ratios; use one or the other.")
     return tempers
 
 
-def build_basis(ws, clusters: str, level: int, target: str, by: str, name: str, *, generic: str = "none",
-                smoothing: float = 0.0, pocket_min: int = 5, seed: int = 0, temper: str = "0",
+def build_basis(ws, clusters: str, level: int, target: str, name: str, params: BasisParams = BasisParams(), *,
                 overwrite: bool = False) -> dict:
     """The basis stage: writes WS/bases/<name>.parquet (basis, name, domain, weight) and
     WS/bases/<name>.summary.parquet; returns the summary rows and the path."""
     from dgamix.pipeline.core.stage import run_stage
 
-    tempers = check_options(by, generic, smoothing, pocket_min, seed, temper)
+    tempers = check_options(params)
     exists = f"basis '{name}' already exists ({ws.basis(name)}); pass --overwrite or choose another --name."
     # its two files are replaced together, at the end, under the basis's lock
     with run_stage(ws, f"basis-{name}", [f"bases/{name}.parquet", f"bases/{name}.summary.parquet"],
                    overwrite=overwrite, exists=exists, replace_now=True) as st:
-        summary = _build_basis(ws, st.ws, clusters, level, target, by, name, generic, smoothing, pocket_min, seed,
-                               tempers)
-    return {"path": str(ws.basis(name)), "bases": summary, "pocket_min": pocket_min}
+        summary = _build_basis(ws, st.ws, clusters, level, target, params.by, name, params.generic,
+                               params.smoothing, params.pocket_min, params.seed, tempers)
+    return {"path": str(ws.basis(name)), "bases": summary, "pocket_min": params.pocket_min}
 
 
 def _build_basis(ws, out_ws, clusters, level, target, by, name, generic, smoothing, pocket_min, seed,

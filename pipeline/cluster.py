@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -24,11 +25,12 @@ import numpy as np
 from dgamix.pipeline.assign import EmbeddingShards, _part_complete, assign_workspace
 from dgamix.pipeline.core import manifest, validate
 from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.params import ClusterParams
 from dgamix.pipeline.core.sources import DocTexts
 from dgamix.pipeline.core.stage import StageRun, run_stage
 from dgamix.pipeline.core.workspace import Workspace, check_name
 from dgamix.pipeline.domains import DomainStats, build_domains
-from dgamix.pipeline.engine import LOCAL, EngineConfig, require_device, session
+from dgamix.pipeline.engine import LOCAL, LOCAL_DEVICE, EngineConfig, require_device, session
 from dgamix.pipeline.kmeans import INITS, FitConfig, Tree, fit_tree
 
 
@@ -136,11 +138,11 @@ def _public_stats(stats: list[dict]) -> list[dict]:
     return [{k: v for k, v in s.items() if k != "seconds"} for s in stats]
 
 
-def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | None = None, seed: int = 0,
-                      niter: int = 20, max_points_per_centroid: int = 256, overwrite: bool = False,
-                      quiet: bool = False, sample_memory: int = 1 << 30, text_docs: int = 50_000,
-                      init: str = "kmeans++", engine: EngineConfig = LOCAL, device: str = "cpu") -> dict:
-    """The cluster stage. Returns a summary dict (see the module doc for the files written).
+def cluster_workspace(ws: Workspace, p: ClusterParams, name: str | None = None, *, overwrite: bool = False,
+                      quiet: bool = False, engine: EngineConfig = LOCAL, device: str = LOCAL_DEVICE) -> dict:
+    """The cluster stage with parameters ``p`` (its levels, seed, niter, ...; defaults in ClusterParams),
+    written to WS/clusters/``name`` (default from the levels, e.g. k64-64). Returns a summary dict (see
+    the module doc for the files written).
 
     ``engine``: with Ray, the nodes of each level below the first are fitted as Ray tasks and
     the assignment parts are written by an actor pool; the files are the same as locally.
@@ -150,7 +152,10 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
     engine.check()
     if not engine.is_ray:  # on Ray the actors reserve GPUs and check there
         require_device(device)
-    levels = parse_levels(levels)
+    levels = parse_levels(p.levels)
+    seed, niter, max_points_per_centroid, init = p.seed, p.niter, p.max_points_per_centroid, p.init
+    if not 1 <= p.sample_memory_mib <= 1 << 40:
+        raise DgamixError(f"--sample-memory {p.sample_memory_mib} must be between 1 and 2^40 (MiB).")
     name = check_name(name or default_name(levels), "clustering", "--name")
     c_int = 2 ** 31 - 1  # FAISS takes --niter and --max-points-per-centroid as C ints
     for opt, value, low, high in (("--seed", seed, 0, None), ("--niter", niter, 1, c_int),
@@ -169,8 +174,7 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
                               "larger corpus")
         raise DgamixError(f"--levels {','.join(map(str, levels))} asks for up to {math.prod(levels):,} leaf domains "
                           f"but {ws.root} has only {n:,} embedded documents; {fix}.")
-    params = {"levels": list(levels), "seed": int(seed), "niter": int(niter),
-              "max_points_per_centroid": int(max_points_per_centroid), "init": init, "dim": source.dim}
+    params = replace(p, levels=levels).recorded(source.dim)
     inputs = manifest.fingerprint(source.fingerprint, params)
     docs, _ = manifest.read(ws.docs, "docs", columns=["doc_id", "n_tokens"])
 
@@ -182,7 +186,7 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
         ws = st.ws
         reused = tree is not None
         if tree is None:
-            tree, stats = fit_tree(source, FitConfig(levels, seed, niter, max_points_per_centroid, sample_memory, init), quiet,
+            tree, stats = fit_tree(source, FitConfig(levels, seed, niter, max_points_per_centroid, p.sample_memory_mib << 20, init), quiet,
                                    engine)
             meta = _write_tree(ws, name, tree, params, inputs, source.fingerprint, n, "fitted", _public_stats(stats))
         else:
@@ -198,7 +202,7 @@ def cluster_workspace(ws: Workspace, levels: str | Sequence[int], name: str | No
             doc_id = docs["doc_id"].to_numpy()
             n_tokens = np.zeros(int(doc_id.max()) + 1, np.int64)
             n_tokens[doc_id] = docs["n_tokens"].to_numpy()
-            collect = DomainStats(tree, n_tokens, seed, text_docs)
+            collect = DomainStats(tree, n_tokens, seed, p.text_docs)
             res = assign_workspace(ws, name, source, tree, tree_fp, collect, quiet, engine, device)
             sizes = res["sizes"]
             for i, s in enumerate(sizes):

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
 
 from dgamix.pipeline.core import files
 from dgamix.pipeline.core.sources import TextRefs
@@ -40,6 +39,8 @@ def near_duplicates(texts: list[str], cfg: DedupConfig = DedupConfig(), progress
 
     texts: n documents in corpus order. Returns int64 (n,). Deterministic for a given cfg.
     """
+    from datasketch import MinHash, MinHashLSH  # here: importing datasketch costs most of a second
+
     lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
     dup_of = np.full(len(texts), -1, dtype=np.int64)
     hashes = MinHash.bulk([list(shingles(t, cfg.shingle)) for t in texts], num_perm=cfg.num_perm, seed=cfg.seed)
@@ -59,6 +60,8 @@ def near_duplicates(texts: list[str], cfg: DedupConfig = DedupConfig(), progress
 
 def lsh_shape(cfg: DedupConfig) -> tuple[int, int]:
     """(bands b, rows per band r) that datasketch's MinHashLSH uses for cfg's threshold and num_perm."""
+    from datasketch import MinHashLSH
+
     lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
     return lsh.b, lsh.r
 
@@ -73,6 +76,8 @@ def signature_shard(texts: list[str] | TextRefs, cfg: DedupConfig, path: str) ->
 
     sig = np.zeros((0, cfg.num_perm), np.uint64)
     if texts:
+        from datasketch import MinHash
+
         sig = np.stack([m.hashvalues for m in MinHash.bulk([list(shingles(t, cfg.shingle)) for t in texts],
                                                            num_perm=cfg.num_perm, seed=cfg.seed)])
     with files.atomic_file(path) as tmp, open(tmp, "wb") as f:

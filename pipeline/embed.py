@@ -29,6 +29,7 @@ from dgamix.pipeline.corpus import CorpusSpec, load_corpus
 from dgamix.pipeline.dedup import DedupConfig, near_duplicates_sharded
 from dgamix.pipeline.encoder import (
     CONCRETE,
+    EMBED_STAGE,
     VALIDATION_DOCS,
     EmbedConfig,
     Encoder,
@@ -156,7 +157,7 @@ class ShardEmbedder:
 
 
 def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec(),
-                 cfg: EmbedConfig = EmbedConfig(), dedup: DedupConfig | None = DedupConfig(),
+                 cfg: EmbedConfig = EMBED_STAGE, dedup: DedupConfig | None = DedupConfig(),
                  overwrite: bool = False, quiet: bool = False, engine: EngineConfig = LOCAL) -> dict:
     """The embed stage. Returns a summary dict (docs, duplicates, empty, shards embedded/skipped,
     precision and where its choice came from, seconds of set-up before the shards and of the shards).

@@ -756,3 +756,8 @@ def count_tokens(enc: Encoder, texts: list[str], batch: int = 4096) -> np.ndarra
                   return_token_type_ids=False, truncation=False, verbose=False)
         out.append(np.fromiter(map(len, enc["input_ids"]), np.int64, len(enc["input_ids"])))
     return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+# What `dgamix embed` starts from: EmbedConfig's defaults, except that the stage picks its precision
+# itself (auto); a direct encode() call runs at EmbedConfig's fp32, the reference.
+EMBED_STAGE = EmbedConfig(precision="auto")

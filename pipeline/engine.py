@@ -75,6 +75,7 @@ class EngineConfig:
 
 
 LOCAL = EngineConfig()
+LOCAL_DEVICE = "cpu"  # where a stage computes unless told (--device)
 
 
 def require_ray():

@@ -7,7 +7,7 @@ demand and cached in WS/targets/T/<clusters>/assignments.parquet.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import pyarrow as pa
@@ -15,6 +15,7 @@ import pyarrow as pa
 from dgamix.pipeline.core import manifest, validate
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.models import model_fingerprint, trusted_model
+from dgamix.pipeline.core.params import TargetConfig  # noqa: F401 - its home; `dgamix.pipeline.target.TargetConfig` too
 from dgamix.pipeline.core.stage import run_stage
 from dgamix.pipeline.core.workspace import Workspace
 from dgamix.pipeline.corpus import CorpusSpec, load_corpus
@@ -22,15 +23,6 @@ from dgamix.pipeline.embed import embed_shard
 from dgamix.pipeline.encoder import EmbedConfig, check_int8_export, count_tokens, load_encoder
 
 SPLITS = ("reweight", "holdout")
-
-
-@dataclass(frozen=True)
-class TargetConfig:
-    text_column: str = "text"
-    id_column: str = "id"
-    group_column: str | None = None   # e.g. a task or subject column; kept as `group`
-    holdout: float = 0.2              # fraction of examples held out for evaluation only
-    seed: int = 0                     # seeds the reweight/holdout split
 
 
 def workspace_encoder(ws: Workspace, model: str | None = None) -> EmbedConfig:

@@ -11,6 +11,7 @@ from dgamix.pipeline.assign import assign_shard, assign_vectors
 from dgamix.pipeline.cluster import cluster_workspace, list_clusterings, load_tree
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.manifest import embedding_array
+from dgamix.pipeline.core.params import ClusterParams
 from dgamix.pipeline.kmeans import ArraySource, FitConfig, fit_tree
 from tests.helpers import fake_workspace, sphere_blobs
 
@@ -53,7 +54,7 @@ def test_descent_agrees_with_brute_force():
 
 def test_stage_recovers_blobs_and_nests_levels(tmp_path):
     ws, x, labels = _blobs_workspace(tmp_path)
-    s = cluster_workspace(ws, "8,4", quiet=True)
+    s = cluster_workspace(ws, ClusterParams((8, 4)), quiet=True)
     assert s["clusters"] == "k8-4" and s["docs"] == 1600 and s["shards_assigned"] == 6
     a = _assignments(ws, "k8-4")
     assert np.array_equal(a["doc_id"].to_numpy(), np.arange(1600))
@@ -75,7 +76,7 @@ def test_stage_recovers_blobs_and_nests_levels(tmp_path):
 
 def test_domains_describe_the_clusters(tmp_path):
     ws, x, labels = _blobs_workspace(tmp_path)
-    cluster_workspace(ws, [8, 2], quiet=True)
+    cluster_workspace(ws, ClusterParams((8, 2)), quiet=True)
     dom = pl.read_parquet(ws.domains("k8-2"))
     assert dom.columns == ["level", "domain", "parent", "n_docs", "n_tokens", "exemplars", "exemplar_texts", "top_terms"]
     a = _assignments(ws, "k8-2")
@@ -103,7 +104,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     runs = []
     for i, seed in enumerate((3, 3, 4)):
         ws, _, _ = _blobs_workspace(tmp_path / f"w{i}", n=900)
-        cluster_workspace(ws, [4, 3], seed=seed, quiet=True)
+        cluster_workspace(ws, ClusterParams((4, 3), seed=seed), quiet=True)
         runs.append(_files(ws, "k4-3"))
     assert runs[0] == runs[1]  # tree.parquet, every assignment part and domains.parquet, byte for byte
     assert runs[0]["tree.parquet"] != runs[2]["tree.parquet"]
@@ -111,15 +112,15 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 
 def test_resume_skips_complete_parts_and_rebuilds_a_killed_run(tmp_path, monkeypatch):
     ws, _, _ = _blobs_workspace(tmp_path / "a", n=1000, shard_size=200)
-    cluster_workspace(ws, [4, 2], quiet=True)
+    cluster_workspace(ws, ClusterParams((4, 2)), quiet=True)
     clean = _files(ws, "k4-2")
 
-    s = cluster_workspace(ws, [4, 2], quiet=True)  # everything complete: nothing rewritten
+    s = cluster_workspace(ws, ClusterParams((4, 2)), quiet=True)  # everything complete: nothing rewritten
     assert s["tree"] == "reused" and s["shards_assigned"] == 0 and s["shards_skipped"] == 5
 
     ws.assignment_part("k4-2", 1).unlink()
     ws.assignment_part("k4-2", 3).write_bytes(ws.assignment_part("k4-2", 3).read_bytes()[:50])  # truncated
-    s = cluster_workspace(ws, [4, 2], quiet=True)
+    s = cluster_workspace(ws, ClusterParams((4, 2)), quiet=True)
     assert s["shards_assigned"] == 2 and s["shards_skipped"] == 3
     assert _files(ws, "k4-2") == clean
 
@@ -137,21 +138,21 @@ def test_resume_skips_complete_parts_and_rebuilds_a_killed_run(tmp_path, monkeyp
 
     monkeypatch.setattr("dgamix.pipeline.assign.manifest.write", dying_write)
     with pytest.raises(KeyboardInterrupt):
-        cluster_workspace(ws2, [4, 2], quiet=True)
+        cluster_workspace(ws2, ClusterParams((4, 2)), quiet=True)
     monkeypatch.undo()
     assert manifest.read_meta(ws2.tree("k4-2"))["state"] == "fitted"
     assert not ws2.domains("k4-2").exists() and len(list(ws2.assignments_dir("k4-2").glob("part-*"))) == 2
-    s = cluster_workspace(ws2, [4, 2], quiet=True)
+    s = cluster_workspace(ws2, ClusterParams((4, 2)), quiet=True)
     assert s["tree"] == "reused" and s["shards_assigned"] == 3 and s["shards_skipped"] == 2
     assert _files(ws2, "k4-2") == clean
 
 
 def test_float16_embeddings_and_list(tmp_path):
     ws, _, labels = _blobs_workspace(tmp_path, n=800, dtype="float16")
-    cluster_workspace(ws, [8], quiet=True)
+    cluster_workspace(ws, ClusterParams((8,)), quiet=True)
     a = _assignments(ws, "k8")
     assert adjusted_rand_score(labels, a["level_1"].to_numpy()) >= 0.9
-    cluster_workspace(ws, [2, 2], name="coarse", quiet=True)
+    cluster_workspace(ws, ClusterParams((2, 2)), name="coarse", quiet=True)
     found = {c["name"]: c for c in list_clusterings(ws)}
     assert found["k8"]["domains"] == [8] and found["coarse"]["levels"] == "2,2" and found["coarse"]["docs"] == 800
     assert found["coarse"]["state"] == "complete"

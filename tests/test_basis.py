@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from dgamix.pipeline.basis import Domains, build_rows, check_options, describe, histogram, lift, parse_tempers, tempered
 from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.params import BasisParams
 from dgamix.pipeline.core.workspace import Workspace
 
 # Two levels, branching 2 x 3: level-1 domains {0, 1}; level-2 ids parent*3 + child.
@@ -92,8 +93,8 @@ def test_tempers_emit_every_target_basis_once_per_exponent_before_the_generic_on
         build_rows("group", assigned, 2, DOM, groups=np.array(["x", "x", "x", "x^1", "x^1", "x^1"], dtype=object),
                    tempers=(0.0, 1.0))
     with pytest.raises(DgamixError, match="--temper with --smoothing"):
-        check_options("single", "none", 1.0, 5, 0, "0,1")
-    check_options("single", "none", 1.0, 5, 0, "0")  # smoothing alone is fine
+        check_options(BasisParams(smoothing=1.0, temper=(0.0, 1.0)))
+    check_options(BasisParams(smoothing=1.0))  # smoothing alone is fine
 
 
 def test_a_stale_tempered_basis_is_rebuilt_with_its_tempers():

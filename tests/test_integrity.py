@@ -447,3 +447,32 @@ def test_a_flipped_token_cache_is_rebuilt_not_used(ws):
     np.testing.assert_array_equal(again.flat, tokens.flat)
     np.testing.assert_array_equal(vocab2.pieces, vocab.pieces)
     assert flat.read_bytes() != bytes(data)
+
+
+def _mark_partial(ws: Workspace, run: str) -> None:
+    """Rewrite a run's logs as the ones written beside a checkpoint of a run still training."""
+    for f in ("metrics.parquet", "weights.parquet"):
+        table, meta = manifest.read(ws.run_dir(run) / f)
+        extra = {k: v for k, v in meta.items() if k not in ("schema_version", "dgamix_version", "kind", "params",
+                                                            "inputs")}
+        manifest.write(ws.run_dir(run) / f, table, meta["kind"], meta["params"], meta["inputs"],
+                       extra={**extra, "state": "partial"})
+
+
+def test_a_partial_run_is_not_scheduled_and_is_marked_in_the_report(ws):
+    assert manifest.read_meta(ws.run_dir("r1") / "weights.parquet")["state"] == "complete"
+    _mark_partial(ws, "r1")
+    one_line_error(run_cli("schedule", "--workspace", ws.root, "--clusters", "c", "--level", 2, "--run", "r1",
+                           "--steps", 5, "--batch-size", 4, "--name", "s9"), "not complete", "--resume")
+    assert not ws.schedule("s9").exists()
+    r = run_cli("report", "--workspace", ws.root)
+    assert r.exit_code == 0, r.output
+    assert "partial: not finished" in (ws.root / "report" / "report.md").read_text()
+
+
+def test_resume_of_a_complete_run_without_checkpoint_is_refused(ws):
+    shutil.rmtree(ws.run_dir("r1") / "checkpoint")
+    before = snapshot(ws.run_dir("r1"))
+    one_line_error(run_cli("train", "--workspace", ws.root, *TINY, *RUN, "--mixer", "dga", "--basis", "b",
+                           "--steps", 10, "--name", "r1", "--resume"), "is complete", "--overwrite")
+    assert snapshot(ws.run_dir("r1")) == before

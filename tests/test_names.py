@@ -144,10 +144,11 @@ def test_library_calls_check_names_before_writing(tmp_path):
     """The stage functions, called from Python, refuse a bad name before anything is written."""
     from dgamix.mixing.schedule import export_schedule
     from dgamix.pipeline.basis import build_basis
+    from dgamix.pipeline.core.params import ScheduleParams
 
     ws = Workspace(tmp_path / "ws")
     with pytest.raises(DgamixError, match="not a valid basis name"):
-        build_basis(ws, "k3x2", 2, "gsm8k", "single", "../../evil")
+        build_basis(ws, "k3x2", 2, "gsm8k", "../../evil")
     with pytest.raises(DgamixError, match="not a valid schedule name"):
-        export_schedule(ws, "k3x2", 2, 2, 2, "../x", mixer="uniform")
+        export_schedule(ws, "k3x2", 2, "../x", ScheduleParams(2, 2), mixer="uniform")
     assert not any(tmp_path.rglob("*"))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.params import BasisParams, ClusterParams, TargetConfig, options
 from dgamix.pipeline.core.workspace import Workspace
 
 ENCODER_KEYS = ("model", "model_fingerprint", "max_seq_length", "precision", "dtype")
@@ -94,8 +95,7 @@ def embeddings(ws: Workspace) -> dict:
 
 
 def cluster_command(ws: Workspace, name: str, params: dict, overwrite: bool = True) -> str:
-    defaults = {"seed": 0, "niter": 20, "max_points_per_centroid": 256, "init": "kmeans++"}
-    opts = "".join(f" --{k.replace('_', '-')} {params[k]}" for k, v in defaults.items() if params.get(k, v) != v)
+    opts = options(ClusterParams, params, ("seed", "niter", "max_points_per_centroid", "init"))
     levels = ",".join(map(str, params.get("levels") or [])) or "..."
     cmd = f"dgamix cluster --workspace {ws.root} --levels {levels} --name {name}{opts}"
     return cmd + " --overwrite" if overwrite else cmd
@@ -135,12 +135,7 @@ def target_path(ws: Workspace, name: str) -> Path:
 def target_command(ws: Workspace, name: str, params: dict) -> str:
     files = params.get("source") or ["TARGET"]
     src = files[0] if len(files) == 1 else os.path.commonpath(files)
-    opts = ""
-    for key, default in (("text_column", "text"), ("id_column", "id"), ("group_column", None), ("holdout", 0.2),
-                         ("seed", 0)):
-        if params.get(key, default) != default:
-            opts += f" --{key.replace('_', '-')} {params[key]}"
-    return f"dgamix target {src} --workspace {ws.root} --name {name}{opts} --overwrite"
+    return f"dgamix target {src} --workspace {ws.root} --name {name}{options(TargetConfig, params)} --overwrite"
 
 
 def target(ws: Workspace, name: str) -> dict:
@@ -157,10 +152,7 @@ def target(ws: Workspace, name: str) -> dict:
 
 
 def basis_command(ws: Workspace, name: str, p: dict) -> str:
-    opts = "".join(f" --{k} {p[k]}" for k, d in (("generic", "none"), ("smoothing", 0.0), ("seed", 0))
-                   if p.get(k, d) != d)
-    if p.get("temper"):  # recorded only when not the default (basis.py: build_basis)
-        opts += " --temper " + ",".join(f"{g:g}" for g in p["temper"])
+    opts = options(BasisParams, p, ("generic", "smoothing", "seed", "temper"))
     return (f"dgamix basis --workspace {ws.root} --clusters {p.get('clusters')} --level {p.get('level')} "
             f"--target {p.get('target')} --by {p.get('by')}{opts} --name {name} --overwrite")
 
