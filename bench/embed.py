@@ -58,6 +58,7 @@ import polars as pl  # noqa: E402
 
 from dgamix.pipeline.encoder import (  # noqa: E402
     DEFAULT_MODEL,
+    EMBED_STAGE,
     EmbedConfig,
     bf16_is_fast,
     encode,
@@ -258,7 +259,7 @@ def process_bench(args) -> dict:
     from dgamix.pipeline.embed import AUTO_MIN_DOCS
 
     n = args.process_docs
-    cfg = EmbedConfig()  # `dgamix embed`'s defaults: what the plain script is given too
+    cfg = EMBED_STAGE  # `dgamix embed`'s defaults: what the plain script is given too
     load0, t0 = os.getloadavg(), time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="dgamix-bench-process-"))
     try:
