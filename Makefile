@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test demo bench clean contract
+.PHONY: venv test test-fast demo bench clean contract
 
 # The stamp is rebuilt when pyproject.toml (or the extras here) change. torch is pinned first: a
 # CPU wheel of 2.13.0 is on these machines, while an unpinned torch pulls gigabytes of CUDA packages.
@@ -24,6 +24,11 @@ venv: $(VENV)/.installed
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The development loop: no test marked slow (real MiniLM runs, training, SIGKILL, DDP) and no Ray.
+# CI runs the whole suite (`make test`).
+test-fast: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider -x -m "not slow" --ignore tests/test_ray.py --ignore tests/test_ray_cluster.py
 
 # Every stage on the embedded mini-Pile slice (data/minipile: 7,251 real documents from 25 sources),
 # with MMLU as the target: 20% of every subject's questions are in the pool (present but rare).

@@ -422,6 +422,7 @@ def test_a_linked_folder_inside_an_output_is_refused(ws, tmp_path):
     outside.mkdir()
     shutil.rmtree(ws.run_dir("r1") / "checkpoint")
     os.symlink(outside, ws.run_dir("r1") / "checkpoint")
+    _mark_partial(ws, "r1")  # killed before its first checkpoint: --resume trains from the start, in place
     one_line_error(run_cli("train", "--workspace", ws.root, *TINY, *RUN, "--mixer", "dga", "--basis", "b",
                            "--steps", 12, "--name", "r1", "--resume"), "leads outside")
     assert os.listdir(outside) == []
