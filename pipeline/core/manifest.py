@@ -2,9 +2,11 @@
 
 Every file dgamix writes carries, in the Parquet footer under the key ``dgamix``, a JSON
 object: schema version, dgamix version, the manifest's kind, the parameters that made it and
-the fingerprint of its inputs. ``write`` goes through a temporary name and ``os.replace``, so a
-crash never leaves a half file that looks complete. ``read`` checks kind and schema version and
-turns every low-level failure into a :class:`DgamixError` that names the file and the fix.
+the fingerprint of its inputs. ``write`` goes through a temporary name and a rename
+(``files.atomic_file``), so a crash never leaves a half file that looks complete, and writes a
+CRC32 per page. ``read`` checks kind, schema version and columns, verifies every page it reads
+against its checksum, and turns every low-level failure into a :class:`DgamixError` that names
+the file and the fix.
 """
 from __future__ import annotations
 
