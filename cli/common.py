@@ -41,6 +41,20 @@ def check_name_options(command: str, options: dict) -> None:
                 check_name(v, kinds[key], f"--{key}")
 
 
+def check_encodable(options: dict) -> None:
+    """A path or value this process cannot pass on as text (its bytes are not valid in the locale's
+    encoding, e.g. a non-ASCII name under LC_ALL=POSIX with PYTHONUTF8=0) is one line, not a misleading
+    failure deeper down."""
+    for key, value in options.items():
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            text = str(v) if v is not None else ""
+            if any("\udc80" <= ch <= "\udcff" for ch in text):
+                raise DgamixError(f"--{key.replace('_', '-')} {text.encode('utf-8', 'backslashreplace').decode()}: "
+                                  f"this name is not valid text in the current locale (file system encoding "
+                                  f"{sys.getfilesystemencoding()}); run with PYTHONUTF8=1 or a UTF-8 locale "
+                                  f"(e.g. LC_ALL=C.UTF-8).")
+
+
 def user_errors(fn):
     """Turn a DgamixError (or bad numeric input) into `error: ...` on stderr and exit code 2.
 
@@ -49,6 +63,7 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            check_encodable(kwargs)
             check_name_options(fn.__name__, kwargs)
             return fn(*args, **kwargs)
         except DgamixError as e:

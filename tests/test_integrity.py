@@ -477,3 +477,20 @@ def test_resume_of_a_complete_run_without_checkpoint_is_refused(ws):
     one_line_error(run_cli("train", "--workspace", ws.root, *TINY, *RUN, "--mixer", "dga", "--basis", "b",
                            "--steps", 10, "--name", "r1", "--resume"), "is complete", "--overwrite")
     assert snapshot(ws.run_dir("r1")) == before
+
+
+def test_a_non_ascii_path_under_an_ascii_locale_is_one_line(tmp_path):
+    """PYTHONUTF8=0 LC_ALL=POSIX: a path with non-ASCII bytes cannot be passed on as text; one line says how
+    to run instead (a UTF-8 locale), before anything is read or written."""
+    folder = tmp_path / "wsé"
+    folder.mkdir()
+    (folder / "c.jsonl").write_text('{"text": "a document about rivers"}\n')
+    env = {**os.environ, "PYTHONUTF8": "0", "LC_ALL": "POSIX"}
+    env.pop("LANG", None)
+    p = subprocess.run([sys.executable, "-m", "dgamix.cli.main", "embed", str(folder / "c.jsonl"), "--workspace",
+                        str(folder / "ws"), "-q"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+                       errors="backslashreplace")
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "PYTHONUTF8=1" in lines[0], p.stderr
+    assert not (folder / "ws").exists()
