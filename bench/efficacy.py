@@ -3,8 +3,8 @@
 The mini-Pile (../shared/data/minipile: 72,584 real documents from 25 sources in 14 domains; see
 its README) is embedded and clustered into 64 domains (level 1) and 64 x 64 = 4,096 domains
 (level 2). The target is MMLU: 20% of every subject's questions are in the pool, so the target
-is present but rare (1.9% of the words). The reference LM (mixing/model.py) trains on packed
-windows (mixing/tokens.py), from the same seeds for every mixer:
+is present but rare (1.9% of the words). The reference LM (mixing/testbed/model.py) trains on packed
+windows (mixing/testbed/tokens.py), from the same seeds for every mixer:
 
     regime a   unlimited data, domain reweighting over the k = 64 domains:
                uniform | is (the target's histogram) | dga (DGA over the 64 domains)
@@ -187,7 +187,7 @@ def dga_options(args, over: dict) -> dict:
 
 def config_of(args, seed: int, mixer: str, tpd: int | None, over: dict):
     from dgamix.mixing.dga import DGAConfig
-    from dgamix.mixing.trainer import TrainConfig
+    from dgamix.mixing.testbed.trainer import TrainConfig
 
     # the static mixers ignore DGA's settings: they record the defaults, so --reuse finds them across DGA settings
     o = dga_options(args, over) if mixer.startswith("dga") else asdict(DGAConfig())
@@ -231,7 +231,7 @@ def movement(weights: list[list[float]]) -> dict:
 
 def expected_params(args, job: dict) -> dict:
     """The parameters a finished run of ``job`` records in its manifests (run.py: recorded_params)."""
-    from dgamix.mixing.run import recorded_params, resolve_ema_beta
+    from dgamix.mixing.testbed.run import recorded_params, resolve_ema_beta
 
     r = job["regime"]
     cfg = resolve_ema_beta(job["mixer"], config_of(args, job["seed"], job["mixer"], job["tpd"], job["over"]))
@@ -266,7 +266,7 @@ def run_one(job: dict) -> dict:
     args = job["args"]
     import polars as pl
 
-    from dgamix.mixing.run import train_run
+    from dgamix.mixing.testbed.run import train_run
 
     r, mixer, name = job["regime"], job["mixer"], job["name"]
     t0 = time.perf_counter()

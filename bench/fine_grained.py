@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     import polars as pl
 
     from dgamix.mixing.dga import DGAConfig
-    from dgamix.mixing.run import train_run
-    from dgamix.mixing.trainer import TrainConfig
+    from dgamix.mixing.testbed.run import train_run
+    from dgamix.mixing.testbed.trainer import TrainConfig
 
     levels = [int(x) for x in args.levels.split(",")]
     leaves = pl.read_parquet(args.workspace / "clusters" / clusters / "domains.parquet").filter(

@@ -61,10 +61,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{args.workspace} has no clustering {args.clusters}: using bench/online.py's workspace")
         args.workspace, args.clusters, args.level, args.target, _ = quick_workspace(1500)
     from dgamix.mixing.alignment import gradient_alignments
-    from dgamix.mixing.model import ModelConfig, TinyGPT, lm_loss
-    from dgamix.mixing.run import build_inputs
-    from dgamix.mixing.tokens import Packer
-    from dgamix.mixing.trainer import TrainConfig, make_optimizer
+    from dgamix.mixing.testbed.model import ModelConfig, TinyGPT, lm_loss
+    from dgamix.mixing.testbed.run import build_inputs
+    from dgamix.mixing.testbed.tokens import Packer
+    from dgamix.mixing.testbed.trainer import TrainConfig, make_optimizer
     from dgamix.pipeline.core.workspace import Workspace
 
     torch.set_num_threads(args.threads)

@@ -1,6 +1,6 @@
 """The reference trainer's testbed: tokens/s against a plain torch loop, and bf16 autocast vs fp32.
 
-Both loops train the same TinyGPT (mixing/model.py; the trainer's defaults: context 64, 4,096
+Both loops train the same TinyGPT (mixing/testbed/model.py; the trainer's defaults: context 64, 4,096
 pieces + 3 specials, d_model 128, 4 layers) on the same packed windows of real text (the
 mini-Pile slice in data/minipile, tokenised once), with AdamW, the same learning-rate schedule
 and gradient clipping, on one CPU thread:
@@ -44,7 +44,7 @@ def setup(n_docs: int):
     from transformers import AutoTokenizer
 
     from dgamix.mixing.sampler import DomainIndex
-    from dgamix.mixing.tokens import DocTokens, Vocab, encode, tokenizer_path
+    from dgamix.mixing.testbed.tokens import DocTokens, Vocab, encode, tokenizer_path
 
     df = pl.read_parquet(ROOT / "data" / "minipile" / "slice.parquet").head(n_docs)
     tok = AutoTokenizer.from_pretrained(tokenizer_path("all-MiniLM-L6-v2"))
@@ -58,8 +58,8 @@ def setup(n_docs: int):
 
 def plain_loop(model, windows: torch.Tensor, cfg, steps: int, bf16: bool) -> tuple[float, float]:
     """(seconds, final training loss) of ``steps`` steps over pre-packed windows (steps * B, T + 1)."""
-    from dgamix.mixing.model import lm_loss
-    from dgamix.mixing.trainer import make_optimizer
+    from dgamix.mixing.testbed.model import lm_loss
+    from dgamix.mixing.testbed.trainer import make_optimizer
 
     opt = make_optimizer(model, cfg)
     loss = torch.tensor(float("nan"))
@@ -89,11 +89,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.steps, args.repeat = 40, 2
     from dgamix.mixing.mixers import make_mixer
-    from dgamix.mixing.model import ModelConfig, TinyGPT
     from dgamix.mixing.online import OnlineMixture
     from dgamix.mixing.sampler import MixtureSampler
-    from dgamix.mixing.tokens import PackedBatches, pack_stream
-    from dgamix.mixing.trainer import TrainConfig, TrainData, train
+    from dgamix.mixing.testbed.model import ModelConfig, TinyGPT
+    from dgamix.mixing.testbed.tokens import PackedBatches, pack_stream
+    from dgamix.mixing.testbed.trainer import TrainConfig, TrainData, train
 
     torch.set_num_threads(args.threads)
     tokens, vocab, index, names = setup(args.docs)

@@ -7,8 +7,8 @@ from typing import Optional
 import typer
 
 from dgamix.cli.common import WS_HELP, show, user_errors
-from dgamix.mixing.config import TrainConfig
 from dgamix.mixing.dga import DEFAULT_EMA_BETA, DGAConfig
+from dgamix.mixing.testbed.config import TrainConfig
 
 _DGA = DGAConfig()  # the one home of DGA's defaults, and TrainConfig of the trainer's: the options show them
 _T = TrainConfig()
@@ -79,7 +79,7 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Train a small decoder-only LM on the mixture; writes WS/runs/NAME/{metrics,weights,repetitions}.parquet."""
-    from dgamix.mixing.run import train_run
+    from dgamix.mixing.testbed.run import train_run
     from dgamix.pipeline.core.errors import DgamixError
 
     try:  # DGA's settings go into their one config; the trainer's into TrainConfig, which holds it

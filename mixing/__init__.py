@@ -3,7 +3,8 @@
 In your loop: ``OnlineMixture.from_workspace(...)`` then ``next_batch`` / ``maybe_reweight`` /
 ``state_dict`` (mixing/online.py); with ``transformers.Trainer``: ``MixtureDataset`` and
 ``MixtureCallback`` (mixing/hf.py); texts of any doc ids: ``DocTexts``; DGA's settings: ``DGAConfig``.
-Lower level: DGA and the baselines, gradient alignment, the sampler.
+Lower level: DGA and the baselines, gradient alignment, the sampler. The reference LM that
+`dgamix train` trains lives apart, in dgamix.mixing.testbed, and uses this API as a user's loop does.
 
 The names below are imported on first use (PEP 562), so that `dgamix schedule` and
 `dgamix report`, which need no torch, do not pay torch's import time.

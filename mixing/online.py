@@ -12,7 +12,7 @@
 It owns the training sampler (weights -> documents), the probe sampler (its own seed: probes never
 consume the training stream), the target batches (a seeded cycle over the target's "reweight"
 examples), the mixer (DGA or a baseline) and the weight log. `dgamix train` runs on the same object
-(mixing/trainer.py), with packed token windows instead of texts (``tokens.PackedBatches``).
+(mixing/testbed/trainer.py), with packed token windows instead of texts (``tokens.PackedBatches``).
 
 Cost of a reweighting: N + 1 backward passes (one per basis or domain, one for the target), i.e.
 an overhead of (N * B_dom + B_spe) / (T_r * B) on a step of B sequences (B_dom = align_batch_size,
@@ -222,7 +222,7 @@ def default_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
     else dgamix's next-token loss of a (rows, context + 1) token tensor."""
     if isinstance(batch, Mapping):
         return model(**batch).loss
-    from dgamix.mixing.model import lm_loss
+    from dgamix.mixing.loss import lm_loss
 
     return lm_loss(model, batch)
 

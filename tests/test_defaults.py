@@ -8,8 +8,8 @@ from dataclasses import fields
 import typer.main
 
 from dgamix.cli.main import app
-from dgamix.mixing.config import TrainConfig
 from dgamix.mixing.dga import DGAConfig
+from dgamix.mixing.testbed.config import TrainConfig
 from dgamix.pipeline.core.params import BasisParams, ClusterParams, ScheduleParams, TargetConfig
 from dgamix.pipeline.corpus import CorpusSpec
 from dgamix.pipeline.dedup import DedupConfig

@@ -347,7 +347,7 @@ def test_stages_take_their_lock_through_the_runner():
                 users.append(f"runner:{path.relative_to(ROOT).as_posix()}")
     assert [u for u in users if not u.startswith("runner:")] == []
     assert {f"runner:{p}" for p in ("pipeline/embed.py", "pipeline/cluster.py", "pipeline/target.py",
-                                     "pipeline/basis.py", "mixing/run.py", "mixing/schedule.py",
+                                     "pipeline/basis.py", "mixing/testbed/run.py", "mixing/schedule.py",
                                      "mixing/report.py")} <= set(users)
 
 
@@ -435,7 +435,7 @@ def test_a_linked_folder_inside_an_output_is_refused(ws, tmp_path):
 def test_a_flipped_token_cache_is_rebuilt_not_used(ws):
     """The token cache (WS/cache/tokens-*) is checked against its recorded sha256s: a flipped byte under
     an unchanged mtime makes the next run rebuild it, and the run's losses equal the intact cache's."""
-    from dgamix.mixing.tokens import corpus_tokens
+    from dgamix.mixing.testbed.tokens import corpus_tokens
 
     tokens, vocab, _, key = corpus_tokens(ws, 512)
     flat = ws.root / "cache" / f"tokens-{key}" / "flat.npy"

@@ -282,7 +282,7 @@ def test_huge_train_sizes_are_refused_at_once(ws, option, value):
 
 
 def test_memory_estimate_of_the_default_model():
-    from dgamix.mixing.trainer import TrainConfig, memory_estimate
+    from dgamix.mixing.testbed.trainer import TrainConfig, memory_estimate
 
     est = memory_estimate(TrainConfig())
     assert 1_300_000 < est["params"] < 1_400_000  # README: 1.33M parameters
@@ -374,7 +374,7 @@ def _dead_pid() -> int:
 
 
 def test_orphan_token_cache_temporaries_are_swept(tmp_path):
-    from dgamix.mixing.tokens import corpus_tokens
+    from dgamix.mixing.testbed.tokens import corpus_tokens
 
     w = train_workspace(tmp_path / "ws")
     *_, key = corpus_tokens(w, 64)

@@ -4,6 +4,8 @@
   ``cli``, and ``dgamix.*`` imports from a folder that holds a user's own ``pipeline/``.
 - ``dgamix.pipeline.core`` (the kernel) imports no other dgamix code; ``dgamix.mixing`` (stage 3)
   reads stages 1-2 only through it; stages 1-2 never import stage 3 or the CLI.
+- ``dgamix.mixing.testbed`` (the reference LM and trainer) sits on the engine and public API of
+  ``dgamix.mixing``, which never imports it: a user's loop gets what the testbed gets.
 - No import circle among dgamix's modules, counting imports made inside functions too.
 """
 import ast
@@ -82,11 +84,14 @@ def test_layers():
             stage12 = {d for d in ours if d.startswith("dgamix.pipeline") and not d.startswith("dgamix.pipeline.core")}
             assert not stage12, (m, stage12)
             assert not {d for d in ours if d.startswith("dgamix.cli")}, m
+            if not m.startswith("dgamix.mixing.testbed"):  # the engine never imports the testbed
+                assert not {d for d in ours if d.startswith("dgamix.mixing.testbed")}, (m, ours)
         elif m.startswith("dgamix.pipeline"):
             assert not {d for d in ours if d.startswith(("dgamix.mixing", "dgamix.cli"))}, (m, ours)
     # the walk sees real edges: a stage-3 module reads manifests through the kernel
     assert "dgamix.pipeline.core.manifest" in g["dgamix.mixing.inputs"]
     assert "dgamix.pipeline.kmeans" in g["dgamix.pipeline.cluster"]
+    assert "dgamix.mixing.online" in g["dgamix.mixing.testbed.trainer"]  # the testbed uses the engine
 
 
 def test_no_import_circles():

@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from dgamix.mixing import DGAConfig, DocTexts, OnlineMixture, loss_weights
-from dgamix.mixing.model import ModelConfig, TinyGPT, lm_loss
-from dgamix.mixing.run import build_inputs, train_run
-from dgamix.mixing.tokens import Packer
-from dgamix.mixing.trainer import TrainConfig, make_optimizer
+from dgamix.mixing.testbed.model import ModelConfig, TinyGPT, lm_loss
+from dgamix.mixing.testbed.run import build_inputs, train_run
+from dgamix.mixing.testbed.tokens import Packer
+from dgamix.mixing.testbed.trainer import TrainConfig, make_optimizer
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.workspace import Workspace

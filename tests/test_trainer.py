@@ -16,12 +16,12 @@ import torch
 from dgamix.mixing.dga import BasisMatrix, DGAConfig
 from dgamix.mixing.inputs import general_holdout
 from dgamix.mixing.mixers import make_mixer
-from dgamix.mixing.model import ModelConfig, TinyGPT, lm_loss
 from dgamix.mixing.online import PROBE_SALT, OnlineMixture
-from dgamix.mixing.run import build_inputs, train_run
 from dgamix.mixing.sampler import MixtureSampler
-from dgamix.mixing.tokens import EOS, PAD, UNK, DocTokens, Packer, Vocab, Windows, pack_stream
-from dgamix.mixing.trainer import CHECKPOINT, CHECKPOINT_FORMAT, TrainConfig, load_checkpoint, train
+from dgamix.mixing.testbed.model import ModelConfig, TinyGPT, lm_loss
+from dgamix.mixing.testbed.run import build_inputs, train_run
+from dgamix.mixing.testbed.tokens import EOS, PAD, UNK, DocTokens, Packer, Vocab, Windows, pack_stream
+from dgamix.mixing.testbed.trainer import CHECKPOINT, CHECKPOINT_FORMAT, TrainConfig, load_checkpoint, train
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 
@@ -383,7 +383,7 @@ def test_importing_the_library_sets_no_environment():
     import subprocess
     import sys
 
-    code = ("import os; before = dict(os.environ); import dgamix.pipeline.kmeans, dgamix.pipeline.embed, dgamix.mixing.run; "
+    code = ("import os; before = dict(os.environ); import dgamix.pipeline.kmeans, dgamix.pipeline.embed, dgamix.mixing.testbed.run; "
             "print(sorted(set(os.environ.items()) ^ set(before.items())))")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "HF_HUB_OFFLINE")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

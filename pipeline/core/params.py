@@ -3,7 +3,7 @@
 `dgamix cluster`, `dgamix target` and `dgamix basis` read their options' defaults from these
 dataclasses, the stages take them as typed values, and the rebuild commands that a stale or
 damaged artefact's message names (``options``, used by ``validate``) leave out exactly the
-options still at these defaults. (The trainer's settings live in dgamix.mixing.config, the
+options still at these defaults. (The trainer's settings live in dgamix.mixing.testbed.config, the
 encoder's in dgamix.pipeline.encoder.EmbedConfig.)
 """
 from __future__ import annotations

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-PAD = 0  # token id of padding; never predicted, ignored by the loss
+from dgamix.mixing.loss import PAD, lm_loss, lm_loss_sum  # noqa: F401 - the model's loss, kept in the engine
 
 
 @dataclass
@@ -117,26 +117,3 @@ class TinyGPT(nn.Module):
     def n_params(self) -> int:
         """Number of parameters (the tied embedding counted once)."""
         return sum(p.numel() for p in self.parameters())
-
-
-def lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of a batch of windows (B, T+1) int64, ignoring pad targets.
-
-    Inputs are batch[:, :-1], targets batch[:, 1:]; a position whose target is PAD does not
-    count. A batch with no real target at all gives loss 0 (still attached to the graph).
-    """
-    x, y = batch[:, :-1], batch[:, 1:]
-    logits = model(x)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1),
-                           ignore_index=PAD, reduction="sum") / (y != PAD).sum().clamp_min(1)
-
-
-@torch.no_grad()
-def lm_loss_sum(model: nn.Module, batch: torch.Tensor) -> tuple[float, int]:
-    """(sum of next-token cross-entropies, number of real targets) of a batch (B, T+1), in
-    float64 for evaluation: the loss of a whole set is sum / count, not a mean of batch means."""
-    x, y = batch[:, :-1], batch[:, 1:]
-    logits = model(x)
-    s = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1),
-                        ignore_index=PAD, reduction="sum")
-    return float(s.double()), int((y != PAD).sum())

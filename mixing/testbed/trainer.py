@@ -44,9 +44,11 @@ import numpy as np
 import torch
 
 from dgamix.mixing.alignment import select_params
+from dgamix.mixing.mixers import ADAPTIVE
+from dgamix.mixing.online import AlignmentError, OnlineMixture, load_state, save_state
 
 # the run's settings live in their own torch-free module (the CLI reads their defaults); re-exported here
-from dgamix.mixing.config import (  # noqa: F401
+from dgamix.mixing.testbed.config import (  # noqa: F401
     ACTIVATION_FLOATS,
     MAX_VOCAB,
     TrainConfig,
@@ -54,10 +56,8 @@ from dgamix.mixing.config import (  # noqa: F401
     check_memory,
     memory_estimate,
 )
-from dgamix.mixing.mixers import ADAPTIVE
-from dgamix.mixing.model import lm_loss, lm_loss_sum
-from dgamix.mixing.online import AlignmentError, OnlineMixture, load_state, save_state
-from dgamix.mixing.tokens import DocTokens, Packer, Windows
+from dgamix.mixing.testbed.model import lm_loss, lm_loss_sum
+from dgamix.mixing.testbed.tokens import DocTokens, Packer, Windows
 from dgamix.pipeline.core.errors import DgamixError, first_line
 from dgamix.pipeline.core.progress import rich_progress
 from dgamix.pipeline.core.runtime import torch_threads

@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from dgamix.mixing.inputs import HOLDOUT_SEED
-from dgamix.mixing.model import ModelConfig, TinyGPT
 from dgamix.mixing.online import OnlineMixture, mixture_inputs, resolve_config
 from dgamix.mixing.runlog import write_outputs
-from dgamix.mixing.tokens import PackedBatches, corpus_tokens, pack_stream, text_tokens
-from dgamix.mixing.trainer import (
+from dgamix.mixing.testbed.model import ModelConfig, TinyGPT
+from dgamix.mixing.testbed.tokens import PackedBatches, corpus_tokens, pack_stream, text_tokens
+from dgamix.mixing.testbed.trainer import (
     CHECKPOINT,
     CHECKPOINT_FORMAT,
     TrainConfig,
