@@ -16,7 +16,7 @@ _HOME = {
     "DGA": "dga", "BasisMatrix": "dga", "DGAConfig": "dga", "ema": "dga", "mirror_step": "dga",
     "normalise_alignments": "dga",
     "MIXER_NAMES": "mixers", "DoGE": "mixers", "Mixer": "mixers", "Static": "mixers", "make_mixer": "mixers",
-    "DomainIndex": "sampler", "MixtureSampler": "sampler", "SamplerDataset": "sampler",
+    "DomainIndex": "sampler", "MixtureSampler": "sampler",
     "OnlineMixture": "online", "Batch": "online", "Reweighting": "online", "loss_weights": "online",
     "MixtureDataset": "hf", "MixtureCallback": "hf", "DocTexts": "dgamix.pipeline.core.sources",
 }

@@ -31,7 +31,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from dgamix.mixing.online import OnlineMixture, from_plain, load_state, save_state, to_plain
+from dgamix.mixing.online import OnlineMixture
+from dgamix.mixing.state import from_plain, load_state, save_state, to_plain
 from dgamix.pipeline.core.errors import DgamixError
 
 try:

@@ -5,14 +5,16 @@ manifest module and turns low-level errors into DgamixErrors that name the comma
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from dgamix.mixing.dga import BasisMatrix
-from dgamix.mixing.sampler import DomainIndex
+from dgamix.mixing.dga import INIT_FLOOR, BasisMatrix, DGAConfig, target_mixture
+from dgamix.mixing.mixers import ADAPTIVE, MIXER_NAMES, make_mixer, mixer_ema_beta
+from dgamix.mixing.sampler import DomainIndex, MixtureSampler
 from dgamix.pipeline.core import manifest, validate
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.workspace import Workspace
@@ -190,3 +192,122 @@ def target_domains(ws: Workspace, target: str, clusters: str, level: int) -> np.
     reweight = np.asarray(table["split"].to_pylist()) == "reweight"
     return np.asarray(table[f"level_{level}"])[reweight]
 
+
+PROBE_SALT = 1_000_003    # probe sampler seed = seed + PROBE_SALT
+MAX_DOMAIN_PROBES = 1024  # domain reweighting costs k + 1 backward passes per reweighting
+
+
+# --------------------------------------------------------------------------- inputs from manifests
+
+@dataclass
+class MixtureInputs:
+    """What ``from_workspace`` and `dgamix train` both build from the manifests."""
+
+    pool: Pool
+    sampler: MixtureSampler
+    probe: MixtureSampler
+    mixer: Any
+    kind: str
+    ids: np.ndarray
+    names: list[str]
+    reweight_texts: list[str]
+    holdout_texts: list[str]
+    adaptive: bool
+    params: dict
+    config: DGAConfig
+
+
+def resolve_config(mixer_name: str, config: DGAConfig) -> DGAConfig:
+    """``config`` with the EMA weight the mixer really uses (``mixer_ema_beta``), so a run records
+    what it ran with; an ema_beta the mixer would ignore is a one-line error."""
+    beta = config.ema_beta
+    try:
+        return replace(config, ema_beta=mixer_ema_beta(mixer_name, beta))
+    except ValueError:
+        if mixer_name == "dga-noema":
+            raise DgamixError(f"--mixer dga-noema is DGA with --ema-beta 0; drop --ema-beta {beta} or use "
+                              f"--mixer dga --ema-beta {beta}.") from None
+        raise DgamixError(f"--mixer {mixer_name} has no EMA; drop --ema-beta {beta} (it applies to --mixer dga).") \
+            from None
+
+
+def load_target_examples(ws: Workspace, target: str) -> tuple[list[str], list[str], dict]:
+    """(reweight texts, holdout texts, metadata) of WS/targets/<target>/examples.parquet, in
+    example_id order."""
+    validate.target(ws, target)  # exists; embedded like the corpus is now
+    table, meta = manifest.read(validate.target_path(ws, target), "target", columns=["example_id", "split", "text"])
+    order = np.argsort(np.asarray(table["example_id"]), kind="stable")
+    split = np.asarray(table["split"].to_pylist(), dtype=object)[order]
+    text = np.asarray(table["text"].to_pylist(), dtype=object)[order]
+    return list(text[split == "reweight"]), list(text[split == "holdout"]), meta
+
+
+def start_weights(ws: Workspace, clusters: str, level: int, target: str, P: BasisMatrix | None,
+                  config: DGAConfig, index) -> np.ndarray | None:
+    """DGA's starting weights (None = uniform): with ``init = "target"`` the mixture of P's rows
+    (P None: of the populated domains, index.domains) that best explains the target's reweight
+    examples, floored at INIT_FLOOR."""
+    if config.init == "uniform":
+        return None
+    domains = target_domains(ws, target, clusters, level)
+    if P is None:  # domain reweighting: columns = the populated domains; other examples are dropped
+        P, domains = BasisMatrix.identity(len(index)), index.positions(domains)
+    w = target_mixture(P, domains)
+    return (1 - INIT_FLOOR) * w + INIT_FLOOR / P.n
+
+
+def mixture_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_name: str, basis: str | None,
+                   config: DGAConfig, seed: int, tokens_per_domain: int | None, general_holdout: float,
+                   eval_size: int) -> MixtureInputs:
+    """Validate the manifests as `dgamix train` does (same messages) and build the samplers and mixer."""
+    if mixer_name not in MIXER_NAMES:
+        raise DgamixError(f"unknown --mixer {mixer_name!r}; choose one of {'|'.join(MIXER_NAMES)}.")
+    config = resolve_config(mixer_name, config)
+    ws.require(ws.docs, f"dgamix embed CORPUS --workspace {ws.root}")
+    check_level(ws, clusters, level)
+    check_mixer_basis(mixer_name, basis)
+    reweight_texts, holdout_texts, target_meta = load_target_examples(ws, target)
+    adaptive = mixer_name in ADAPTIVE
+    if adaptive and not reweight_texts:
+        raise DgamixError(f"target '{target}' has no 'reweight' examples to align with; rebuild it with "
+                          f"`dgamix target` and a --holdout below 1.")
+    pool = training_pool(ws, clusters, level, general_holdout, eval_size)
+    index = pool.index
+    P, basis_meta, basis_names = None, None, None
+    if basis is not None:
+        P0, basis_names, basis_meta = load_basis(ws, basis, clusters, level)
+        P = restricted_basis(P0, index, basis_names, basis)
+    tpd = tokens_per_domain
+    if tpd is not None and index.tokens is None:
+        raise DgamixError("--tokens-per-domain needs n_tokens in docs.parquet; re-embed the corpus.")
+    seeds = dict(seed=seed, tokens_per_domain=tpd)
+    # probes: their own order, but the training sampler's documents (same budgeted subsets)
+    probe_seeds = dict(seed=seed + PROBE_SALT, tokens_per_domain=tpd, pool_seed=seed)
+    if basis is not None and adaptive:  # distribution reweighting over N bases
+        kind, ids, names = "basis", np.arange(P.n), [str(n) for n in basis_names]
+        init = start_weights(ws, clusters, level, target, P, config, index)
+        mixer = make_mixer(mixer_name, P.n, init=init, config=config)
+        sampler, probe = MixtureSampler(index, P, **seeds), MixtureSampler(index, P, **probe_seeds)
+    else:  # domain-level mixtures over the k populated domains
+        kind, ids, names = "domain", index.domains.copy(), [str(d) for d in index.domains]
+        if adaptive and len(index) > MAX_DOMAIN_PROBES:
+            raise DgamixError(f"domain reweighting over {len(index):,} domains needs {len(index) + 1:,} backward "
+                              f"passes per reweighting; pass --basis B (distribution reweighting) or a coarser --level.")
+        init = None
+        if adaptive:
+            init = start_weights(ws, clusters, level, target, None, config, index)
+        elif mixer_name == "natural":
+            init = index.sizes.astype(np.float64)
+        elif mixer_name == "is":
+            init = is_weights(P, basis_names, index)
+        mixer = make_mixer(mixer_name, len(index), init=init, config=config)
+        sampler, probe = MixtureSampler(index, **seeds), MixtureSampler(index, **probe_seeds)
+    params = {"clusters": clusters, "level": level, "target": target, "mixer": mixer_name, "basis": basis,
+              **asdict(config), "tokens_per_domain": tpd,
+              "corpus": pool.docs_meta.get("inputs"), "target_file": target_meta.get("inputs"),
+              "basis_file": None if basis_meta is None else basis_meta.get("inputs"),
+              # load_index validated the clustering above; only its fingerprint is needed here
+              "clusters_file": validate.tree_fingerprint(manifest.read_meta(ws.tree(clusters), "tree")),
+              "n_general_holdout": int(pool.held.size)}
+    return MixtureInputs(pool, sampler, probe, mixer, kind, ids, names, reweight_texts, holdout_texts,
+                         adaptive, params, config)

@@ -17,6 +17,7 @@ import numpy as np
 from dgamix.mixing.dga import DEFAULT_EMA_BETA, DGA, DGAConfig, log_init_weights, mirror_step, normalise_alignments
 
 MIXER_NAMES = ("uniform", "natural", "is", "dga", "dga-noema", "doge")
+"""The mixer names make_mixer builds (the --mixer choices)."""
 ADAPTIVE = ("dga", "dga-noema", "doge")  # the mixers that align gradients (need a target and probes)
 
 

@@ -12,7 +12,7 @@
 It owns the training sampler (weights -> documents), the probe sampler (its own seed: probes never
 consume the training stream), the target batches (a seeded cycle over the target's "reweight"
 examples), the mixer (DGA or a baseline) and the weight log. `dgamix train` runs on the same object
-(mixing/testbed/trainer.py), with packed token windows instead of texts (``tokens.PackedBatches``).
+(mixing/testbed/trainer.py), with packed token windows instead of texts (``testbed.packing.PackedBatches``).
 
 Cost of a reweighting: N + 1 backward passes (one per basis or domain, one for the target), i.e.
 an overhead of (N * B_dom + B_spe) / (T_r * B) on a step of B sequences (B_dom = align_batch_size,
@@ -27,10 +27,8 @@ and holds the same weights. Pass the unwrapped model or the DDP wrapper (its ``.
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
@@ -38,86 +36,14 @@ import numpy as np
 import torch
 
 from dgamix.mixing.alignment import Alignments, gradient_alignments
-from dgamix.mixing.dga import INIT_FLOOR, BasisMatrix, DGAConfig, target_mixture
-from dgamix.mixing.inputs import (
-    Pool,
-    check_level,
-    check_mixer_basis,
-    is_weights,
-    load_basis,
-    restricted_basis,
-    target_domains,
-    training_pool,
-)
-from dgamix.mixing.mixers import ADAPTIVE, MIXER_NAMES, make_mixer, mixer_ema_beta
+from dgamix.mixing.dga import DGAConfig
+from dgamix.mixing.inputs import mixture_inputs
 from dgamix.mixing.sampler import MixtureSampler
-from dgamix.pipeline.core import manifest, validate
+from dgamix.mixing.state import STATE_FORMAT, from_plain, to_plain
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.workspace import Workspace, check_name
 
-PROBE_SALT = 1_000_003    # probe sampler seed = seed + PROBE_SALT
 TARGET_SALT = 7919        # target cycle seed = seed + TARGET_SALT
-MAX_DOMAIN_PROBES = 1024  # domain reweighting costs k + 1 backward passes per reweighting
-STATE_FORMAT = 1
-CHECKSUM_KEY = "dgamix_sha256"  # save_state's files: the sha256 of the state's torch.save bytes
-
-
-# --------------------------------------------------------------------------- plain state
-
-def to_plain(obj: Any) -> Any:
-    """``obj`` with numpy arrays as torch tensors and numpy scalars as Python numbers, so that
-    ``torch.load(weights_only=True)`` reads it back (dicts, lists, tuples kept)."""
-    if isinstance(obj, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(obj).copy())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Mapping):
-        return {k: to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_plain(v) for v in obj)
-    return obj
-
-
-def save_state(state: dict, path: str | Path) -> None:
-    """``torch.save`` of ``to_plain(state)`` with the sha256 of those bytes, atomically: the file holds
-    ``{CHECKSUM_KEY: sha256, "state": the bytes as a uint8 tensor}``, so a flipped byte is found on load
-    (torch itself does not check), and a crash or a full disk leaves the previous file (one-line error)."""
-    from dgamix.pipeline.core import files
-
-    inner = io.BytesIO()
-    torch.save(to_plain(state), inner)
-    data = inner.getbuffer()
-    outer = io.BytesIO()
-    torch.save({CHECKSUM_KEY: hashlib.sha256(data).hexdigest(), "state": torch.frombuffer(data, dtype=torch.uint8)},
-               outer)
-    del data
-    # written by Python, not by torch's writer, whose disk errors arrive as RuntimeErrors without the errno
-    with files.atomic_file(path) as tmp:
-        tmp.write_bytes(outer.getbuffer())
-
-
-def load_state(path: str | Path, fix: str = "delete it and start again") -> dict:
-    """A state written by ``save_state`` (or ``torch.save`` of a ``state_dict``), read with
-    ``weights_only=True``: plain values only, nothing executed. A file whose bytes do not match the
-    sha256 saved with them is refused (one line naming the file and ``fix``)."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not (isinstance(obj, dict) and CHECKSUM_KEY in obj):
-        return obj  # a plain torch.save: nothing to verify
-    blob = obj["state"].numpy()
-    if hashlib.sha256(blob).hexdigest() != obj[CHECKSUM_KEY]:
-        raise DgamixError(f"{path} is corrupted: its bytes do not match the sha256 saved with them; {fix}.")
-    return torch.load(io.BytesIO(blob.tobytes()), map_location="cpu", weights_only=True)
-
-
-def from_plain(obj: Any) -> Any:
-    """Inverse of ``to_plain``: CPU tensors back to numpy arrays."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().numpy().copy()
-    if isinstance(obj, Mapping):
-        return {k: from_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(from_plain(v) for v in obj)
-    return obj
 
 
 # --------------------------------------------------------------------------- pieces
@@ -295,7 +221,7 @@ class OnlineMixture:
         config: DGA's settings (DGAConfig; its reweight_start / reweight_every decide when
         ``maybe_reweight`` works); seed: every sampler's and the target cycle's seed;
         collate(texts) -> a batch for ``loss_fn(model, batch)`` (needed by adaptive mixers);
-        batches: instead of collate, any ``Batches`` (e.g. ``tokens.PackedBatches``, what
+        batches: instead of collate, any ``Batches`` (e.g. ``testbed.packing.PackedBatches``, what
         `dgamix train` aligns on);
         tokens_per_domain: limited-data budget (n_tokens of docs.parquet per domain);
         general_holdout / eval_size: the held-out generic slice never trained on (as in train);
@@ -512,119 +438,3 @@ def _to(batch: Any, device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to(v, device) for v in batch)
     return batch
-
-
-# --------------------------------------------------------------------------- inputs from manifests
-
-@dataclass
-class MixtureInputs:
-    """What ``from_workspace`` and `dgamix train` both build from the manifests."""
-
-    pool: Pool
-    sampler: MixtureSampler
-    probe: MixtureSampler
-    mixer: Any
-    kind: str
-    ids: np.ndarray
-    names: list[str]
-    reweight_texts: list[str]
-    holdout_texts: list[str]
-    adaptive: bool
-    params: dict
-    config: DGAConfig
-
-
-def resolve_config(mixer_name: str, config: DGAConfig) -> DGAConfig:
-    """``config`` with the EMA weight the mixer really uses (``mixer_ema_beta``), so a run records
-    what it ran with; an ema_beta the mixer would ignore is a one-line error."""
-    beta = config.ema_beta
-    try:
-        return replace(config, ema_beta=mixer_ema_beta(mixer_name, beta))
-    except ValueError:
-        if mixer_name == "dga-noema":
-            raise DgamixError(f"--mixer dga-noema is DGA with --ema-beta 0; drop --ema-beta {beta} or use "
-                              f"--mixer dga --ema-beta {beta}.") from None
-        raise DgamixError(f"--mixer {mixer_name} has no EMA; drop --ema-beta {beta} (it applies to --mixer dga).") \
-            from None
-
-
-def load_target_examples(ws: Workspace, target: str) -> tuple[list[str], list[str], dict]:
-    """(reweight texts, holdout texts, metadata) of WS/targets/<target>/examples.parquet, in
-    example_id order."""
-    validate.target(ws, target)  # exists; embedded like the corpus is now
-    table, meta = manifest.read(validate.target_path(ws, target), "target", columns=["example_id", "split", "text"])
-    order = np.argsort(np.asarray(table["example_id"]), kind="stable")
-    split = np.asarray(table["split"].to_pylist(), dtype=object)[order]
-    text = np.asarray(table["text"].to_pylist(), dtype=object)[order]
-    return list(text[split == "reweight"]), list(text[split == "holdout"]), meta
-
-
-def start_weights(ws: Workspace, clusters: str, level: int, target: str, P: BasisMatrix | None,
-                  config: DGAConfig, index) -> np.ndarray | None:
-    """DGA's starting weights (None = uniform): with ``init = "target"`` the mixture of P's rows
-    (P None: of the populated domains, index.domains) that best explains the target's reweight
-    examples, floored at INIT_FLOOR."""
-    if config.init == "uniform":
-        return None
-    domains = target_domains(ws, target, clusters, level)
-    if P is None:  # domain reweighting: columns = the populated domains; other examples are dropped
-        P, domains = BasisMatrix.identity(len(index)), index.positions(domains)
-    w = target_mixture(P, domains)
-    return (1 - INIT_FLOOR) * w + INIT_FLOOR / P.n
-
-
-def mixture_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_name: str, basis: str | None,
-                   config: DGAConfig, seed: int, tokens_per_domain: int | None, general_holdout: float,
-                   eval_size: int) -> MixtureInputs:
-    """Validate the manifests as `dgamix train` does (same messages) and build the samplers and mixer."""
-    if mixer_name not in MIXER_NAMES:
-        raise DgamixError(f"unknown --mixer {mixer_name!r}; choose one of {'|'.join(MIXER_NAMES)}.")
-    config = resolve_config(mixer_name, config)
-    ws.require(ws.docs, f"dgamix embed CORPUS --workspace {ws.root}")
-    check_level(ws, clusters, level)
-    check_mixer_basis(mixer_name, basis)
-    reweight_texts, holdout_texts, target_meta = load_target_examples(ws, target)
-    adaptive = mixer_name in ADAPTIVE
-    if adaptive and not reweight_texts:
-        raise DgamixError(f"target '{target}' has no 'reweight' examples to align with; rebuild it with "
-                          f"`dgamix target` and a --holdout below 1.")
-    pool = training_pool(ws, clusters, level, general_holdout, eval_size)
-    index = pool.index
-    P, basis_meta, basis_names = None, None, None
-    if basis is not None:
-        P0, basis_names, basis_meta = load_basis(ws, basis, clusters, level)
-        P = restricted_basis(P0, index, basis_names, basis)
-    tpd = tokens_per_domain
-    if tpd is not None and index.tokens is None:
-        raise DgamixError("--tokens-per-domain needs n_tokens in docs.parquet; re-embed the corpus.")
-    seeds = dict(seed=seed, tokens_per_domain=tpd)
-    # probes: their own order, but the training sampler's documents (same budgeted subsets)
-    probe_seeds = dict(seed=seed + PROBE_SALT, tokens_per_domain=tpd, pool_seed=seed)
-    if basis is not None and adaptive:  # distribution reweighting over N bases
-        kind, ids, names = "basis", np.arange(P.n), [str(n) for n in basis_names]
-        init = start_weights(ws, clusters, level, target, P, config, index)
-        mixer = make_mixer(mixer_name, P.n, init=init, config=config)
-        sampler, probe = MixtureSampler(index, P, **seeds), MixtureSampler(index, P, **probe_seeds)
-    else:  # domain-level mixtures over the k populated domains
-        kind, ids, names = "domain", index.domains.copy(), [str(d) for d in index.domains]
-        if adaptive and len(index) > MAX_DOMAIN_PROBES:
-            raise DgamixError(f"domain reweighting over {len(index):,} domains needs {len(index) + 1:,} backward "
-                              f"passes per reweighting; pass --basis B (distribution reweighting) or a coarser --level.")
-        init = None
-        if adaptive:
-            init = start_weights(ws, clusters, level, target, None, config, index)
-        elif mixer_name == "natural":
-            init = index.sizes.astype(np.float64)
-        elif mixer_name == "is":
-            init = is_weights(P, basis_names, index)
-        mixer = make_mixer(mixer_name, len(index), init=init, config=config)
-        sampler, probe = MixtureSampler(index, **seeds), MixtureSampler(index, **probe_seeds)
-    params = {"clusters": clusters, "level": level, "target": target, "mixer": mixer_name, "basis": basis,
-              **asdict(config), "tokens_per_domain": tpd,
-              "corpus": pool.docs_meta.get("inputs"), "target_file": target_meta.get("inputs"),
-              "basis_file": None if basis_meta is None else basis_meta.get("inputs"),
-              # load_index validated the clustering above; only its fingerprint is needed here
-              "clusters_file": validate.tree_fingerprint(manifest.read_meta(ws.tree(clusters), "tree")),
-              "n_general_holdout": int(pool.held.size)}
-    return MixtureInputs(pool, sampler, probe, mixer, kind, ids, names, reweight_texts, holdout_texts,
-                         adaptive, params, config)

@@ -1,4 +1,4 @@
-"""Turn weights into document ids: domain index, mixture sampler, torch IterableDataset.
+"""Turn weights into document ids: domain index and mixture sampler.
 
 Sampling: domain c ~ alpha (alpha = w @ P with a basis matrix, else w itself), then a
 document of c. In limited-data mode (default) a domain's documents are drawn without
@@ -17,10 +17,7 @@ sample(a + b) == sample(a) ++ sample(b), and a save / load anywhere continues it
 """
 from __future__ import annotations
 
-from typing import Iterator
-
 import numpy as np
-import torch
 
 from dgamix.mixing.dga import BasisMatrix
 
@@ -369,28 +366,3 @@ class MixtureSampler:
             raise ValueError("sampler state was saved for a different domain index")
         self.draws = np.array(state["draws"], dtype=np.int64)
         self.rng.bit_generator.state = state["rng"]
-
-
-class SamplerDataset(torch.utils.data.IterableDataset):
-    """Yields batches of doc ids (batch_size,) int64 for the mixer's weights at each step.
-
-    The weights are read from ``mixer.weights()`` before every batch, so a DGA update is
-    used from the next batch on. steps: number of batches (None = endless). Use with
-    DataLoader(num_workers=0, batch_size=None): the sampler state lives in this process.
-    """
-
-    def __init__(self, sampler: MixtureSampler, mixer, batch_size: int,
-                 steps: int | None = None, with_domains: bool = False) -> None:
-        super().__init__()
-        self.sampler, self.mixer, self.batch_size = sampler, mixer, int(batch_size)
-        self.steps, self.with_domains = steps, with_domains
-
-    def __iter__(self) -> Iterator[np.ndarray | tuple[np.ndarray, np.ndarray]]:
-        if torch.utils.data.get_worker_info() is not None:
-            raise RuntimeError("SamplerDataset must run with num_workers=0 (its state and the "
-                               "mixer's weights live in the main process)")
-        step = 0
-        while self.steps is None or step < self.steps:
-            docs, doms = self.sampler.sample(self.batch_size, self.mixer.weights())
-            yield (docs, doms) if self.with_domains else docs
-            step += 1

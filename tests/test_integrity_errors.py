@@ -21,24 +21,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import run_cli
-from tests.helpers import fake_workspace, sphere_blobs, train_workspace
+from tests.helpers import fake_workspace, one_line_error, run_cli, sphere_blobs, train_workspace
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests.conftest
 
 TINY = ["--context", 16, "--vocab-size", 256, "--d-model", 16, "--n-layer", 1, "--batch-size", 2,
         "--align-batch-size", 2, "--target-batch-size", 2, "--eval-batches", 1, "--eval-every", 5, "--quiet"]
 RUN = ["--clusters", "c", "--level", 2, "--target", "t", "--mixer", "uniform"]
-
-
-def one_line_error(r, *needles) -> str:
-    """The refusal's line, after checking: exit 2, exactly one line `error: ...`, no traceback."""
-    assert r.exit_code == 2, r.output
-    assert "Traceback" not in r.output and r.output.startswith("error: "), r.output
-    assert len(r.output.strip().splitlines()) == 1, r.output
-    for n in needles:
-        assert n in r.output, r.output
-    return r.output.strip()
 
 
 FULL = ("No space left on device", "the disk is full")  # files.os_error's wording of ENOSPC, either one
@@ -142,7 +131,7 @@ def test_flipped_checkpoint_byte_with_unchanged_size_and_mtime_is_refused(ws):
 def test_checkpoint_round_trip_verifies_and_reads_plain_torch_files(tmp_path):
     import torch
 
-    from dgamix.mixing.online import CHECKSUM_KEY, load_state, save_state
+    from dgamix.mixing.state import CHECKSUM_KEY, load_state, save_state
 
     state = {"w": torch.arange(6.0), "n": np.int64(3), "nested": {"a": np.arange(3)}}
     save_state(state, tmp_path / "s.pt")

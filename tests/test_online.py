@@ -19,14 +19,13 @@ import torch
 
 from dgamix.mixing import DGAConfig, DocTexts, OnlineMixture, loss_weights
 from dgamix.mixing.testbed.model import ModelConfig, TinyGPT, lm_loss
+from dgamix.mixing.testbed.packing import Packer
 from dgamix.mixing.testbed.run import build_inputs, train_run
-from dgamix.mixing.testbed.tokens import Packer
 from dgamix.mixing.testbed.trainer import TrainConfig, make_optimizer
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.workspace import Workspace
-from tests.conftest import ROOT, run_cli
-from tests.helpers import tiny_gpt2
+from tests.helpers import ROOT, run_cli, tiny_gpt2
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
            TOKENIZERS_PARALLELISM="false")
@@ -47,6 +46,7 @@ def mixture(ws, collate, **kw) -> OnlineMixture:
 
 # --------------------------------------------------------------------------- texts by doc id
 
+@pytest.mark.slow
 def test_texts_by_doc_id_in_any_order_and_after_moves(real_ws, tmp_path):
     import polars as pl
 

@@ -14,13 +14,14 @@ import pytest
 import torch
 
 from dgamix.mixing.dga import BasisMatrix, DGAConfig
-from dgamix.mixing.inputs import general_holdout
+from dgamix.mixing.inputs import PROBE_SALT, general_holdout
 from dgamix.mixing.mixers import make_mixer
-from dgamix.mixing.online import PROBE_SALT, OnlineMixture
+from dgamix.mixing.online import OnlineMixture
 from dgamix.mixing.sampler import MixtureSampler
 from dgamix.mixing.testbed.model import ModelConfig, TinyGPT, lm_loss
+from dgamix.mixing.testbed.packing import EOS, PAD, UNK, DocTokens, Packer, Windows, pack_stream
 from dgamix.mixing.testbed.run import build_inputs, train_run
-from dgamix.mixing.testbed.tokens import EOS, PAD, UNK, DocTokens, Packer, Vocab, Windows, pack_stream
+from dgamix.mixing.testbed.tokens import Vocab
 from dgamix.mixing.testbed.trainer import CHECKPOINT, CHECKPOINT_FORMAT, TrainConfig, load_checkpoint, train
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
@@ -378,6 +379,7 @@ def test_training_leaves_the_process_settings_as_they_were(tiny_ws):
     assert a["loss_target"] == b["loss_target"] and a["loss_train"] == b["loss_train"]
 
 
+@pytest.mark.slow
 def test_importing_the_library_sets_no_environment():
     import os
     import subprocess

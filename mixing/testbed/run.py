@@ -29,11 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dgamix.mixing.inputs import HOLDOUT_SEED
-from dgamix.mixing.online import OnlineMixture, mixture_inputs, resolve_config
+from dgamix.mixing.inputs import HOLDOUT_SEED, mixture_inputs
+from dgamix.mixing.online import OnlineMixture
 from dgamix.mixing.runlog import write_outputs
 from dgamix.mixing.testbed.model import ModelConfig, TinyGPT
-from dgamix.mixing.testbed.tokens import PackedBatches, corpus_tokens, pack_stream, text_tokens
+from dgamix.mixing.testbed.packing import PackedBatches, pack_stream
+from dgamix.mixing.testbed.tokens import corpus_tokens, text_tokens
 from dgamix.mixing.testbed.trainer import (
     CHECKPOINT,
     CHECKPOINT_FORMAT,
@@ -48,11 +49,6 @@ from dgamix.pipeline.core.stage import run_stage
 from dgamix.pipeline.core.workspace import Workspace, check_name
 
 # --------------------------------------------------------------------------- inputs
-
-def resolve_ema_beta(mixer_name: str, config: TrainConfig) -> TrainConfig:
-    """``config`` with the EMA weight the mixer really uses (``online.resolve_config``)."""
-    return replace(config, dga=resolve_config(mixer_name, config.dga))
-
 
 def recorded_params(config: TrainConfig) -> dict:
     """The run's settings as one flat dict (DGA's beside the trainer's), without device, threads and the

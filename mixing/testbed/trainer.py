@@ -15,7 +15,7 @@ One step s (0-based; "after s steps" = s optimiser updates done):
    ``gradient_alignments`` (each gradient clipped to ``dga.clip`` if set);
    ``mixer.update(s, a, grad_norms, target_norm, lr)``;
 4. a training batch: documents drawn by ``sampler.sample(m, mixer.weights())`` packed into
-   batch_size windows of context + 1 pieces (``tokens.Packer``: every drawn piece is trained on
+   batch_size windows of context + 1 pieces (``packing.Packer``: every drawn piece is trained on
    once, in draw order; the carry is at most one document's tail) -> AdamW step (gradient clipping at ``grad_clip``), learning rate ``lr_at(s)``.
 
 After the last step: a final evaluation at step = steps and a final checkpoint.
@@ -45,7 +45,8 @@ import torch
 
 from dgamix.mixing.alignment import select_params
 from dgamix.mixing.mixers import ADAPTIVE
-from dgamix.mixing.online import AlignmentError, OnlineMixture, load_state, save_state
+from dgamix.mixing.online import AlignmentError, OnlineMixture
+from dgamix.mixing.state import load_state, save_state
 
 # the run's settings live in their own torch-free module (the CLI reads their defaults); re-exported here
 from dgamix.mixing.testbed.config import (  # noqa: F401
@@ -57,7 +58,7 @@ from dgamix.mixing.testbed.config import (  # noqa: F401
     memory_estimate,
 )
 from dgamix.mixing.testbed.model import lm_loss, lm_loss_sum
-from dgamix.mixing.testbed.tokens import DocTokens, Packer, Windows
+from dgamix.mixing.testbed.packing import DocTokens, Packer, Windows
 from dgamix.pipeline.core.errors import DgamixError, first_line
 from dgamix.pipeline.core.progress import rich_progress
 from dgamix.pipeline.core.runtime import torch_threads
