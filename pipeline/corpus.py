@@ -22,11 +22,26 @@ from dgamix.pipeline.core.sources import (
     check_unique_names,
     column,
     file_stamp,
-    label_column,
     read_table,
     text_column,
     unreadable,
 )
+
+
+def label_column(table: pa.Table, name: str, path: Path, option: str, what: str, kind: str = "column") -> pa.Array:
+    """Column ``name`` as strings, for ids and group labels: integers, floats, booleans, dates and
+    UTF-8 bytes are converted; nested values (lists, structs) and non-UTF-8 bytes are a one-line
+    error naming ``kind`` ("column", "group column"), ``what`` it should hold and ``option``."""
+    col = column(table, name, path, option)
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    try:
+        return col.cast(pa.string())
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+        bad = "holds bytes that are not valid UTF-8" if pa.types.is_binary(col.type) or \
+            pa.types.is_large_binary(col.type) else f"is of type {col.type}"
+        raise DgamixError(f"{path}: {kind} {name!r} {bad}, not {what}; pass {option} of a column of strings or "
+                          f"integers.") from None
 
 
 @dataclass(frozen=True)

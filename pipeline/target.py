@@ -60,8 +60,8 @@ def holdout_split(n: int, frac: float, seed: int) -> np.ndarray:
 
 def _group_columns(path: str, column: str) -> dict[str, pa.Array]:
     """Per input file of ``path``: its --group-column as strings (checked before anything is embedded)."""
-    from dgamix.pipeline.core.sources import label_column, read_table
-    from dgamix.pipeline.corpus import expand_inputs
+    from dgamix.pipeline.core.sources import read_table
+    from dgamix.pipeline.corpus import expand_inputs, label_column
 
     out = {}
     for f in expand_inputs([path]):

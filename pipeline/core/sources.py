@@ -147,22 +147,6 @@ def column(table: pa.Table, name: str, path: Path, option: str) -> pa.Array:
     return table.column(name).combine_chunks()
 
 
-def label_column(table: pa.Table, name: str, path: Path, option: str, what: str, kind: str = "column") -> pa.Array:
-    """Column ``name`` as strings, for ids and group labels: integers, floats, booleans, dates and
-    UTF-8 bytes are converted; nested values (lists, structs) and non-UTF-8 bytes are a one-line
-    error naming ``kind`` ("column", "group column"), ``what`` it should hold and ``option``."""
-    col = column(table, name, path, option)
-    if pa.types.is_dictionary(col.type):
-        col = col.dictionary_decode()
-    try:
-        return col.cast(pa.string())
-    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
-        bad = "holds bytes that are not valid UTF-8" if pa.types.is_binary(col.type) or \
-            pa.types.is_large_binary(col.type) else f"is of type {col.type}"
-        raise DgamixError(f"{path}: {kind} {name!r} {bad}, not {what}; pass {option} of a column of strings or "
-                          f"integers.") from None
-
-
 def text_column(table: pa.Table, path: Path, name: str = "text") -> pa.Array:
     """Column ``name`` of an input table as large_string text (a .txt file's one column is its text);
     one-line errors for a missing, duplicated, binary non-UTF-8 or non-text column."""
