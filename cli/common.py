@@ -16,8 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # FAISS's OpenMP threads sleep when idle instead of spinning (read when FAISS loads libgomp, on its
-# first use). Spinning threads fight numpy's BLAS threads and other processes for the cores: on a
-# shared 2-core machine a 3,125 x 32 k-means node took 7x longer.
+# first use): spinning threads fight numpy's BLAS threads and other processes for the cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

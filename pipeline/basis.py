@@ -1,7 +1,7 @@
 """Stage 2b: importance-sampling histograms and basis distributions over the domains (CRISP).
 
 A basis is a distribution over the k populated level-L domains (those holding corpus docs).
-Builders (DGA.md, "Stage 2"): `single` (the IS histogram), `group` (one per target group),
+Builders (docs/method.md, "Stage 2"): `single` (the IS histogram), `group` (one per target group),
 `kmeans:N` (one per k-means group of the target embeddings), `levels` (the target histogram
 at each level <= L, lifted to L), plus an optional generic basis (natural or uniform).
 ``--temper G1,G2,...`` emits every target-derived basis once per exponent gamma (``temper``).

@@ -33,8 +33,8 @@ CONCRETE = ("fp32", "bf16", "int8", "fp16")  # what auto resolves to (fp16: CUDA
 MIN_MEAN_COSINE = 0.99      # a precision other than fp32 must keep this mean cosine to fp32 ...
 MIN_MIN_COSINE = 0.95       # ... and this worst-document cosine (on the validation sample)
 VALIDATION_DOCS = 64        # documents in the validation sample (spread evenly over the corpus)
-TOKENS_PER_BATCH = 1024     # CPU: padded tokens per forward pass (activations stay in cache); measured
-                            # best between 512 and 2048 for MiniLM on 2 cores, 16k is ~1.6x slower
+TOKENS_PER_BATCH = 1024     # CPU: padded tokens per forward pass, so the activations stay in cache
+                            # (bench/micro/embed.py measures the choice)
 AUTO_MARGIN = 1.1           # auto leaves fp32 only for a precision at least this much faster
 TIMING_PARTS = 4            # auto times each candidate on this many interleaved parts of the sample
 AUTO_VERSION = 2            # of how auto measures and decides: bump it and cached decisions are ignored
@@ -133,8 +133,7 @@ class Encoder:
 
     ``model`` (the SentenceTransformer) is loaded on first use: a run that only tokenises and runs
     the cached int8 export (a warm ``auto`` or ``int8`` run) never imports torch or
-    sentence-transformers, which is most of a short run's set-up (importing them took 7-11 s of a
-    28 s run on 2 cores). Tokenisation then goes through the model's own tokenizer.json with the
+    sentence-transformers, which is most of a short run's set-up. Tokenisation then goes through the model's own tokenizer.json with the
     ``tokenizers`` library (:class:`FastTokenizer`): the features sentence-transformers makes,
     exactly (tests/test_precision.py), for the plain models where that holds.
     """

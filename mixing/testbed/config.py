@@ -34,10 +34,9 @@ class TrainConfig:
     Sizes are bounded before any work: a configuration whose estimated memory (``memory_estimate``)
     exceeds the memory available now is refused.
 
-    Defaults are sized for a laptop / 2-core CPU (see the project notes on timings): context 64
-    and V = 4,096 give a 1.3M-parameter model whose step (16 x 64 tokens) takes ~0.2-0.25 s on
-    one core, 4x less than context 128 with V = 8,192 (~0.9 s), so that four runs of a few
-    hundred steps fit in a few minutes.
+    Defaults are sized for a laptop / 2-core CPU: context 64 and V = 4,096 give a 1.3M-parameter
+    model (the output softmax, which scales with V and the context, dominates a model this narrow),
+    so that four runs of a few hundred steps fit in a few minutes (bench/micro/testbed.py times a step).
     """
 
     steps: int = 300

@@ -6,12 +6,10 @@ LayerNorm, and an output layer tied to the input embedding. No dropout by defaul
 is a deterministic function of its seed. Token id 0 is padding (``PAD``): ``lm_loss`` ignores
 targets equal to it.
 
-Sizes. With the trainer's defaults (vocab 4,098 = 4,096 pieces + pad + unk, d_model 128,
-4 layers, context 64) the model has 1.33M parameters, 0.52M of them in the tied embedding; one
-training step of 16 x 64 tokens (forward + backward + AdamW) takes ~0.2-0.25 s on one CPU
-core. ``ModelConfig``'s own defaults (context 128) with vocab 8,194 give 1.86M parameters and
-~0.9 s per step of 16 x 128 tokens: the output softmax over the vocabulary, not the blocks,
-dominates a model this narrow, which is why the trainer keeps the vocabulary compact.
+Sizes. With the trainer's defaults (vocab 4,096 pieces + the specials, d_model 128, 4 layers,
+context 64) the model has 1.33M parameters, 0.52M of them in the tied embedding. The output
+softmax over the vocabulary, not the blocks, dominates the cost of a model this narrow, which is
+why the trainer keeps the vocabulary compact.
 """
 from __future__ import annotations
 

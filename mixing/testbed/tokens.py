@@ -7,8 +7,7 @@ or trained. It is loaded from the packaged default or from a folder the user pas
 never from a path the embeddings manifest names: the manifest's model is compared, not obeyed.
 
 Compact vocabulary. A softmax over 30,522 pieces would dominate the cost of a ~2M-parameter
-model on a CPU (the output layer and its logits scale with V; measured: halving V from 8,192 to
-4,096 halves the step time at context 64). So the pieces are remapped to the V most frequent
+model on a CPU (the output layer and its logits scale with V). So the pieces are remapped to the V most frequent
 pieces of the corpus (ties broken by piece id), plus three specials: id 0 = pad (``PAD``,
 ignored by the loss), id 1 = unk (every other piece), id 2 = end of document (``EOS``, appended
 to every document, so the model sees where one packed document stops). Compact id 3 + r is the
