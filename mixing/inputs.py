@@ -200,7 +200,7 @@ MAX_DOMAIN_PROBES = 1024  # domain reweighting costs k + 1 backward passes per r
 # --------------------------------------------------------------------------- inputs from manifests
 
 @dataclass
-class MixtureInputs:
+class ManifestInputs:
     """What ``from_workspace`` and `dgamix train` both build from the manifests."""
 
     pool: Pool
@@ -258,7 +258,7 @@ def start_weights(ws: Workspace, clusters: str, level: int, target: str, P: Basi
 
 def mixture_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_name: str, basis: str | None,
                    config: DGAConfig, seed: int, tokens_per_domain: int | None, general_holdout: float,
-                   eval_size: int) -> MixtureInputs:
+                   eval_size: int) -> ManifestInputs:
     """Validate the manifests as `dgamix train` does (same messages) and build the samplers and mixer."""
     if mixer_name not in MIXER_NAMES:
         raise DgamixError(f"unknown --mixer {mixer_name!r}; choose one of {'|'.join(MIXER_NAMES)}.")
@@ -309,5 +309,5 @@ def mixture_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_
               # load_index validated the clustering above; only its fingerprint is needed here
               "clusters_file": validate.tree_fingerprint(manifest.read_meta(ws.tree(clusters), "tree")),
               "n_general_holdout": int(pool.held.size)}
-    return MixtureInputs(pool, sampler, probe, mixer, kind, ids, names, reweight_texts, holdout_texts,
+    return ManifestInputs(pool, sampler, probe, mixer, kind, ids, names, reweight_texts, holdout_texts,
                          adaptive, params, config)

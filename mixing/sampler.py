@@ -137,7 +137,7 @@ class DomainIndex:
 
 # --------------------------------------------------------------------------- sampler
 
-class _Mixture:
+class _InverseCdf:
     """Exact inverse-cdf sampler of a fixed distribution over support (S,) dense positions.
 
     ``draw(u)`` equals np.searchsorted(cdf, u, side="right") but starts each search from a
@@ -201,7 +201,7 @@ class MixtureSampler:
         # Cache: the current-epoch order of each domain's pool (a pure function of the state).
         self._perm = self.pool.copy()
         self._perm_epoch = np.full(len(index), -1, dtype=np.int64)
-        self._mixture: _Mixture | None = None
+        self._mixture: _InverseCdf | None = None
         self._mixture_key: bytes | None = None
 
     # ----- construction helpers
@@ -253,7 +253,7 @@ class MixtureSampler:
         self._perm[slot] = docs
         self._perm_epoch[dense] = epochs
 
-    def _mixture_for(self, w: np.ndarray) -> _Mixture:
+    def _mixture_for(self, w: np.ndarray) -> _InverseCdf:
         """The sampling table for weights w (cached while w stays the same)."""
         w = np.asarray(w, dtype=np.float64)
         key = w.tobytes()
@@ -274,7 +274,7 @@ class MixtureSampler:
         if (np.diff(support) < 0).any():  # keep draws in index order (memory locality)
             o = np.argsort(support)
             support, p = support[o], p[o]
-        self._mixture, self._mixture_key = _Mixture(support, p), key
+        self._mixture, self._mixture_key = _InverseCdf(support, p), key
         return self._mixture
 
     # ----- sampling

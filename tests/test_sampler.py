@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from scipy.stats import chisquare
 
 from dgamix.mixing.dga import BasisMatrix
-from dgamix.mixing.sampler import DomainIndex, MixtureSampler, SamplerDataset, _Mixture, _stable_argsort
+from dgamix.mixing.sampler import DomainIndex, MixtureSampler, _InverseCdf, _stable_argsort
+from tests.helpers import SamplerDataset
 
 
 def _index(k: int = 12, n_docs: int = 400, seed: int = 0, sparse: int = 1, tokens=False):
@@ -48,7 +49,7 @@ def test_mixture_draw_equals_searchsorted(p, seed):
     p = np.array(p)
     if p.sum() == 0:
         p[0] = 1.0
-    mix = _Mixture(np.arange(p.size), p)
+    mix = _InverseCdf(np.arange(p.size), p)
     u = np.random.default_rng(seed).random(2000)
     assert np.array_equal(mix.draw(u), np.searchsorted(mix.cdf, u, side="right"))
 
