@@ -1,9 +1,10 @@
-"""Run every benchmark in bench/ and collect their results with a description of the machine.
+"""Run every benchmark and experiment and collect their results with a description of the machine.
 
-Each bench/*.py script (except this one) runs as its own process, with --quick unless --full is
-given, and writes bench/results/<name>.json; this script gathers those into bench/results.json
-together with the machine (CPU model and flags, cores, memory, library versions, load average)
-so that numbers from different machines are never compared blind.
+Each script of bench/micro/ and bench/experiments/ (a module, or a package with a __main__.py)
+runs as its own process, ``python -m bench.<folder>.<name>`` from the repository root, with
+--quick unless --full is given, and writes <folder>/results/<name>.json; this script gathers
+those into bench/results.json together with the machine (CPU model and flags, cores, memory,
+library versions, load average) so that numbers from different machines are never compared blind.
 
     python bench/run_all.py [--full] [--only embed,mixing]      # or: make bench
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
+FOLDERS = ("micro", "experiments")  # experiments run with --quick too: a short run of each
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "fma", "f16c")
 
 
@@ -65,6 +67,19 @@ def machine() -> dict:
     return info
 
 
+def scripts() -> list[tuple[str, Path]]:
+    """(module name, folder) of every runnable script: bench/<folder>/<name>.py, or a package
+    bench/<folder>/<name>/ with a __main__.py; names starting with "_" are not scripts."""
+    found = []
+    for folder in FOLDERS:
+        for p in sorted((BENCH / folder).iterdir()):
+            name = p.stem if p.suffix == ".py" else p.name
+            if name.startswith("_") or not (p.suffix == ".py" or (p / "__main__.py").exists()):
+                continue
+            found.append((name, BENCH / folder))
+    return found
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="full-size runs (default: each script's --quick)")
@@ -73,39 +88,40 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=BENCH / "results.json")
     args = ap.parse_args()
 
-    scripts = sorted(p for p in BENCH.glob("*.py") if p.name != Path(__file__).name and not p.name.startswith("_"))
+    todo = scripts()
     if args.only:
         want = set(args.only.split(","))
-        scripts = [p for p in scripts if p.stem in want]
+        todo = [(name, folder) for name, folder in todo if name in want]
     mode = [] if args.full else ["--quick"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.time()
     runs, results = {}, {}
-    for script in scripts:
-        cmd = [sys.executable, str(script.relative_to(ROOT)), *mode]
+    for name, folder in todo:
+        cmd = [sys.executable, "-m", f"bench.{folder.name}.{name}", *mode]
         print(f"$ {' '.join(['python', *cmd[1:]])}", flush=True)
         t = time.perf_counter()
         try:
             rc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=args.timeout).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
-        runs[script.stem] = {"command": " ".join(["python", *cmd[1:]]), "returncode": rc,
+        runs[name] = {"command": " ".join(["python", *cmd[1:]]), "returncode": rc,
                              "seconds": round(time.perf_counter() - t, 1)}
         # only what this run wrote; some scripts keep quick results apart from full ones
-        fresh = [r for r in (BENCH / "results" / f"{script.stem}{s}.json" for s in ("", "-quick", "-process"))
+        fresh = [r for r in (folder / "results" / f"{name}{s}.json" for s in ("", "-quick", "-process"))
                  if r.exists() and r.stat().st_mtime >= start]
-        res = fresh[-1] if fresh else BENCH / "results" / f"{script.stem}.json"
+        res = fresh[-1] if fresh else folder / "results" / f"{name}.json"
         if fresh:
-            results[script.stem] = json.loads(res.read_text())
+            results[name] = json.loads(res.read_text())
         else:
-            runs[script.stem]["note"] = f"no fresh {res.relative_to(ROOT)}"
+            runs[name]["note"] = f"no fresh {res.relative_to(ROOT)}"
         print(flush=True)
     out = {"machine": machine(), "mode": "full" if args.full else "quick",
            "command": "python bench/run_all.py" + (" --full" if args.full else ""),
            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": runs, "results": results}
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     failed = [k for k, v in runs.items() if v["returncode"] != 0]
-    print(f"wrote {args.out.relative_to(ROOT)}: {len(results)} result file(s)"
+    shown = args.out.resolve().relative_to(ROOT) if args.out.resolve().is_relative_to(ROOT) else args.out
+    print(f"wrote {shown}: {len(results)} result file(s)"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     sys.exit(1 if failed else 0)
 

@@ -1,23 +1,19 @@
-"""bench/efficacy.py's bookkeeping on exact small cases: tempered static mixers, paired differences.
+"""bench/experiments/efficacy's bookkeeping on exact small cases: tempered static mixers, paired
+differences, and the `dgamix train` options it reads from TrainConfig / DGAConfig.
 
 The bench itself trains on the mini-Pile (../shared), which a user's clone does not have; these
-tests need no data.
+tests need no data. bench/ is a package of the repository root (pytest puts the root on sys.path,
+as tests/ is a package too).
 """
-import importlib.util
-from pathlib import Path
+import importlib
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def eff():
-    spec = importlib.util.spec_from_file_location("bench_efficacy", ROOT / "bench" / "efficacy.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("bench.experiments.efficacy")
 
 
 def run(mixer, seed, target, general):
@@ -52,3 +48,18 @@ def test_without_the_mini_pile_the_bench_says_so_and_exits_cleanly(eff, tmp_path
     assert eff.main(["--pool", str(tmp_path / "none.parquet"), "--workspace", str(tmp_path / "ws")]) is None
     assert "skipped: the mini-Pile is not here" in capsys.readouterr().out
     assert not (tmp_path / "ws").exists()
+
+
+def test_train_options_take_the_trainers_defaults_but_where_the_bench_sets_its_own(eff):
+    from dgamix.mixing.dga import DGAConfig
+    from dgamix.mixing.testbed.config import TrainConfig
+
+    params = importlib.import_module("bench.experiments.efficacy.params")
+    args = importlib.import_module("bench.experiments.efficacy.cli").parser().parse_args([])
+    t, d = TrainConfig(), DGAConfig()
+    for k in params.TRAIN_OPTIONS + params.PROBE_EVAL_OPTIONS:
+        assert getattr(args, k) == params.BENCH.get(k, getattr(t, k)), k
+    for k in params.DGA_OPTIONS:
+        assert getattr(args, k) == params.BENCH.get(k, getattr(d, k)), k
+    cfg = params.config_of(args, 0, "dga", None, {"eta": 2.0})
+    assert cfg.dga.eta == 2.0 and cfg.checkpoint_every == 0 and cfg.align_batch_size == params.BENCH["align_batch_size"]

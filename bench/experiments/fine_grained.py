@@ -13,12 +13,12 @@ What it measures, in one process:
     measured overhead (alignment seconds / training-step seconds) is compared with docs/method.md's
     formula (N * B_dom + B_spe) / (T_r * B), with T_r taken as steps / reweightings actually done.
 
-    python bench/fine_grained.py            # ~10 min to build the workspace once, then ~3 min
-    python bench/fine_grained.py --quick    # 8,000 glosses, 60 steps (make bench)
-    python bench/fine_grained.py --docs 0   # all 117,659 glosses (embedding ~25 min on 2 cores)
+    python -m bench.experiments.fine_grained            # ~10 min to build the workspace once, then ~3 min
+    python -m bench.experiments.fine_grained --quick    # 8,000 glosses, 60 steps (make bench)
+    python -m bench.experiments.fine_grained --docs 0   # all 117,659 glosses (embedding ~25 min on 2 cores)
 
 Without ../shared/data (a user's clone) it says so and exits 0; pass --corpus to use another
-corpus. Results: bench/results/fine_grained.json.
+corpus. Results: bench/experiments/results/fine_grained.json.
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).resolve().parent / "results"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the dgamix command sets it: idle FAISS threads sleep
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -124,12 +125,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on 2 shared cores)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="8,000 documents, 60 steps (for make bench)")
-    ap.add_argument("--out", type=Path, default=None, help="default: bench/results/fine_grained[-quick].json")
+    ap.add_argument("--out", type=Path, default=None, help="default: bench/experiments/results/fine_grained[-quick].json")
     args = ap.parse_args(argv)
     if args.quick:
         args.docs, args.steps = 8000, 60
     args.workspace = args.workspace or ROOT / "ws" / f"fine-grained-{args.docs or 'all'}"
-    args.out = args.out or ROOT / "bench" / "results" / f"fine_grained{'-quick' if args.quick else ''}.json"
+    args.out = args.out or RESULTS / f"fine_grained{'-quick' if args.quick else ''}.json"
     if not args.corpus.exists():
         print(f"skipped: {args.corpus} is not here (../shared/data is only in the development checkout); "
               f"pass --corpus PATH to use another corpus.")
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     t_r_eff = args.steps / r
     formula = (n_bases * args.align_batch_size + args.target_batch_size) / (t_r_eff * args.batch_size)
     wall = (d["summary"]["seconds"] - out["uniform"]["summary"]["seconds"]) / out["uniform"]["summary"]["seconds"]
-    res = {"command": "python bench/fine_grained.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    res = {"command": "python -m bench.experiments.fine_grained " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                        "loadavg": [round(x, 2) for x in os.getloadavg()]},
            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

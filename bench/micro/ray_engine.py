@@ -13,25 +13,22 @@ The Ray instance is local (ray.init(num_cpus=--workers)); its start-up is report
 times include starting the actor pool (actors load the model / the tree); "steady" is the rate
 between the first and the last shard to finish. Ratios are ray / local: > 1 means Ray is faster.
 
-    python bench/ray.py [--quick]        # table on stdout, JSON in bench/results/ray.json
+    python -m bench.micro.ray_engine [--quick]        # table on stdout, JSON in bench/micro/results/ray_engine.json
 """
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-# This script is named ray.py: take bench/ off the path so that `import ray` finds the package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).resolve().parent / "results"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before `import ray`: bind loopback only
@@ -150,7 +147,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="Ray actors (and the local instance's CPUs)")
     ap.add_argument("--max-seq-length", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ray.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "ray_engine.json")
     args = ap.parse_args()
     args.docs = args.docs or (240 if args.quick else 960)
     args.vectors = args.vectors or (100_000 if args.quick else 400_000)

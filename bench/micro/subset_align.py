@@ -2,14 +2,14 @@
 full-gradient alignments over the real updates of a DGA run.
 
 A DGA run of the reference trainer's testbed (mini-Pile, k = 64 domains at level 1, MMLU; the
-settings of `bench/efficacy.py --regime a`) follows the full-gradient alignments; at every
+settings of `python -m bench.experiments.efficacy --regime a`) follows the full-gradient alignments; at every
 reweighting the same target batch and probe batches are also aligned on the subset only. Printed:
 seconds per reweighting (full vs subset, same batches), the Spearman rank correlation of the two
 alignment vectors per update (mean, min), and how often the subset picks the same top-8 domains.
-What the subset does to the final target loss is `bench/efficacy.py --regime a --align-params RX`
-(3 seeds, paired with the full-gradient runs; bench/results/efficacy-a-subset.json).
+What the subset does to the final target loss is `python -m bench.experiments.efficacy --regime a --align-params RX`
+(3 seeds, paired with the full-gradient runs; bench/experiments/results/efficacy-a-subset.json).
 
-    python bench/subset_align.py [--workspace ws/minipile] [--align-params 'blocks\\.3\\.|ln_f'] [--quick]
+    python -m bench.micro.subset_align [--workspace ws/minipile] [--align-params 'blocks\\.3\\.|ln_f'] [--quick]
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).resolve().parent / "results"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -39,8 +40,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workspace", type=Path, default=ROOT / "ws" / "minipile",
-                    help="the workspace bench/efficacy.py builds (clustering k64-64, target mmlu); when it is "
-                         "missing, bench/online.py's (1,500 slice documents, k16)")
+                    help="the workspace bench/experiments/efficacy builds (clustering k64-64, target mmlu); when it is "
+                         "missing, bench/micro/online.py's (1,500 slice documents, k16)")
     ap.add_argument("--clusters", default="k64-64")
     ap.add_argument("--level", type=int, default=1)
     ap.add_argument("--target", default="mmlu")
@@ -49,27 +50,27 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="100 steps (make bench)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/subset_align[-quick].json)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON (default bench/micro/results/subset_align[-quick].json)")
     args = ap.parse_args(argv)
-    args.out = args.out or ROOT / "bench" / "results" / ("subset_align-quick.json" if args.quick else "subset_align.json")
+    args.out = args.out or RESULTS / ("subset_align-quick.json" if args.quick else "subset_align.json")
     if args.quick:
         args.steps = 100
     if not (args.workspace / "clusters" / args.clusters).exists():
-        # no efficacy workspace (a fresh clone): the small one bench/online.py builds from data/minipile
-        from online import quick_workspace
+        # no efficacy workspace (a fresh clone): the small one bench/micro/online.py builds from data/minipile
+        from bench.micro.online import quick_workspace
 
-        print(f"{args.workspace} has no clustering {args.clusters}: using bench/online.py's workspace")
+        print(f"{args.workspace} has no clustering {args.clusters}: using bench/micro/online.py's workspace")
         args.workspace, args.clusters, args.level, args.target, _ = quick_workspace(1500)
     from dgamix.mixing.alignment import gradient_alignments
     from dgamix.mixing.testbed.model import ModelConfig, TinyGPT, lm_loss
+    from dgamix.mixing.testbed.packing import Packer
     from dgamix.mixing.testbed.run import build_inputs
-    from dgamix.mixing.testbed.tokens import Packer
     from dgamix.mixing.testbed.trainer import TrainConfig, make_optimizer
     from dgamix.pipeline.core.workspace import Workspace
 
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(steps=args.steps, align_batch_size=8, eval_every=50, eval_batches=4, checkpoint_every=0,
-                      seed=args.seed, threads=args.threads)  # bench/efficacy.py's testbed
+                      seed=args.seed, threads=args.threads)  # bench/experiments/efficacy's testbed
     ws = Workspace(args.workspace)
     inp = build_inputs(ws, args.clusters, args.level, args.target, "dga", None, cfg)
     mix, data = inp["mix"], inp["data"]
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         opt.step()
     n_sub = sum(p.numel() for name, p in model.named_parameters() if re.search(args.align_params, name))
     rho = np.array([r["spearman"] for r in rows])
-    out = {"command": "python bench/subset_align.py " + " ".join(argv if argv is not None else []),
+    out = {"command": "python -m bench.micro.subset_align " + " ".join(argv if argv is not None else []),
            "align_params": args.align_params, "params_subset": n_sub,
            "params_all": sum(p.numel() for p in model.parameters()), "domains": n, "steps": cfg.steps,
            "updates": len(rows), "spearman_mean": float(rho.mean()), "spearman_min": float(rho.min()),

@@ -7,7 +7,7 @@ and gradient clipping, on one CPU thread:
 
   plain    a torch loop over a pre-packed stream of shuffled documents: windows -> loss ->
            backward -> clip -> step (no sampler, no mixture, no logging);
-  trainer  mixing/trainer.Trainer with the `uniform` mixer over the slice's 14 source domains:
+  trainer  mixing/testbed/trainer.Trainer with the `uniform` mixer over the slice's 14 source domains:
            the mixture sampler, the packer, loss checks, timing and the evaluations at step 0 and
            at the end (set-up included: the whole `train` call is timed).
 
@@ -17,7 +17,7 @@ The ratio trainer / plain tokens per second is what the reference trainer's own 
 costs. The bf16 row times the plain loop under torch.autocast(bfloat16) and compares its final
 training loss with fp32's (the trainer stays fp32 unless bf16 is faster at equal loss).
 
-    python bench/testbed.py [--steps 60] [--repeat 3] [--threads 1]   # JSON in bench/results/testbed.json
+    python -m bench.micro.testbed [--steps 60] [--repeat 3] [--threads 1]   # JSON in bench/micro/results/testbed.json
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).resolve().parent / "results"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -44,7 +45,8 @@ def setup(n_docs: int):
     from transformers import AutoTokenizer
 
     from dgamix.mixing.sampler import DomainIndex
-    from dgamix.mixing.testbed.tokens import DocTokens, Vocab, encode, tokenizer_path
+    from dgamix.mixing.testbed.packing import DocTokens
+    from dgamix.mixing.testbed.tokens import Vocab, encode, tokenizer_path
 
     df = pl.read_parquet(ROOT / "data" / "minipile" / "slice.parquet").head(n_docs)
     tok = AutoTokenizer.from_pretrained(tokenizer_path("all-MiniLM-L6-v2"))
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3, help="interleaved repeats of every loop; the best of each counts")
     ap.add_argument("--docs", type=int, default=4000, help="documents of the slice to train on")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "testbed.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "testbed.json")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.repeat = 40, 2
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     from dgamix.mixing.online import OnlineMixture
     from dgamix.mixing.sampler import MixtureSampler
     from dgamix.mixing.testbed.model import ModelConfig, TinyGPT
-    from dgamix.mixing.testbed.tokens import PackedBatches, pack_stream
+    from dgamix.mixing.testbed.packing import PackedBatches, pack_stream
     from dgamix.mixing.testbed.trainer import TrainConfig, TrainData, train
 
     torch.set_num_threads(args.threads)
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = {label: {"seconds": v[0], "tokens_per_s": v[1] / v[0], "final_train_loss": v[2],
                     **({"step_seconds": v[3]} if len(v) > 3 else {})} for label, v in best.items()}
     plain = rows["plain fp32"]["tokens_per_s"]
-    out = {"command": "python bench/testbed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    out = {"command": "python -m bench.micro.testbed " + " ".join(argv if argv is not None else sys.argv[1:]),
            "steps": args.steps, "threads": args.threads, "repeat": args.repeat,
            "model_params": sum(p.numel() for p in model().parameters()), "batch": [cfg.batch_size, width],
            "rows": rows, "trainer_vs_plain": rows["trainer (uniform)"]["tokens_per_s"] / plain,

@@ -9,7 +9,7 @@ interleaved and repeated: plain (pyarrow, no verification), with page-checksum v
 (what dgamix does), and plain + the sha256 of the whole file (the alternative). Reported: seconds
 per full read of each kind and the ratios to the plain read of the same run.
 
-    python bench/verify.py [--docs 100000] [--repeats 5]     # JSON in bench/results/verify.json
+    python -m bench.micro.verify [--docs 100000] [--repeats 5]     # JSON in bench/micro/results/verify.json
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.manifest import embedding_array
 
-ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def build(folder: Path, n: int, shard: int = 10_000, dim: int = 384, seed: int = 0) -> dict[str, list[Path]]:
@@ -75,12 +75,12 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=100_000, help="documents in the workspace (default 100,000)")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved repeats per method (default 5)")
     ap.add_argument("--quick", action="store_true", help="(make bench) the same 100k documents, 3 repeats")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "verify.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "verify.json")
     args = ap.parse_args()
     repeats = 3 if args.quick else args.repeats
     methods = {"plain": plain, "page_checksums": verified, "plain+sha256": sha256}
     result: dict = {"docs": args.docs, "repeats": repeats, "kinds": {},
-                    "command": f"python bench/verify.py --docs {args.docs} --repeats {repeats}"}
+                    "command": f"python -m bench.micro.verify --docs {args.docs} --repeats {repeats}"}
     with tempfile.TemporaryDirectory() as tmp:
         kinds = build(Path(tmp), args.docs)
         for kind, paths in kinds.items():
