@@ -79,7 +79,7 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Train a small decoder-only LM on the mixture; writes WS/runs/NAME/{metrics,weights,repetitions}.parquet."""
-    from dgamix.mixing.testbed.run import train_run
+    from dgamix.mixing.testbed.train import train_run
     from dgamix.pipeline.core.errors import DgamixError
 
     try:  # DGA's settings go into their one config; the trainer's into TrainConfig, which holds it

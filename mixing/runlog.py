@@ -1,6 +1,6 @@
 """A run's logs as manifests: metrics.parquet, weights.parquet, repetitions.parquet.
 
-Written alike by `dgamix train` (mixing/testbed/run.py) and by a user's loop (``OnlineMixture.write_run``),
+Written alike by `dgamix train` (mixing/testbed/train.py) and by a user's loop (``OnlineMixture.write_run``),
 so `dgamix report` and `dgamix schedule --run` read both.
 """
 from __future__ import annotations

@@ -20,7 +20,7 @@ import torch
 from dgamix.mixing import DGAConfig, DocTexts, OnlineMixture, loss_weights
 from dgamix.mixing.testbed.model import ModelConfig, TinyGPT, lm_loss
 from dgamix.mixing.testbed.packing import Packer
-from dgamix.mixing.testbed.run import build_inputs, train_run
+from dgamix.mixing.testbed.train import build_inputs, train_run
 from dgamix.mixing.testbed.trainer import TrainConfig, make_optimizer
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError

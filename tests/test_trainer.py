@@ -20,8 +20,8 @@ from dgamix.mixing.online import OnlineMixture
 from dgamix.mixing.sampler import MixtureSampler
 from dgamix.mixing.testbed.model import ModelConfig, TinyGPT, lm_loss
 from dgamix.mixing.testbed.packing import EOS, PAD, UNK, DocTokens, Packer, Windows, pack_stream
-from dgamix.mixing.testbed.run import build_inputs, train_run
 from dgamix.mixing.testbed.tokens import Vocab
+from dgamix.mixing.testbed.train import build_inputs, train_run
 from dgamix.mixing.testbed.trainer import CHECKPOINT, CHECKPOINT_FORMAT, TrainConfig, load_checkpoint, train
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
@@ -385,7 +385,7 @@ def test_importing_the_library_sets_no_environment():
     import subprocess
     import sys
 
-    code = ("import os; before = dict(os.environ); import dgamix.pipeline.kmeans, dgamix.pipeline.embed, dgamix.mixing.testbed.run; "
+    code = ("import os; before = dict(os.environ); import dgamix.pipeline.kmeans, dgamix.pipeline.embed, dgamix.mixing.testbed.train; "
             "print(sorted(set(os.environ.items()) ^ set(before.items())))")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "HF_HUB_OFFLINE")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     import polars as pl
 
     from dgamix.mixing.dga import DGAConfig
-    from dgamix.mixing.testbed.run import train_run
+    from dgamix.mixing.testbed.train import train_run
     from dgamix.mixing.testbed.trainer import TrainConfig
 
     levels = [int(x) for x in args.levels.split(",")]

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     from dgamix.mixing.alignment import gradient_alignments
     from dgamix.mixing.testbed.model import ModelConfig, TinyGPT, lm_loss
     from dgamix.mixing.testbed.packing import Packer
-    from dgamix.mixing.testbed.run import build_inputs
+    from dgamix.mixing.testbed.train import build_inputs
     from dgamix.mixing.testbed.trainer import TrainConfig, make_optimizer
     from dgamix.pipeline.core.workspace import Workspace
 

@@ -83,7 +83,7 @@ def resolve_ema_beta(mixer_name: str, config):
 
 def expected_params(args, job: dict) -> dict:
     """The parameters a finished run of ``job`` records in its manifests (run.py: recorded_params)."""
-    from dgamix.mixing.testbed.run import recorded_params
+    from dgamix.mixing.testbed.train import recorded_params
 
     r = job["regime"]
     cfg = resolve_ema_beta(job["mixer"], config_of(args, job["seed"], job["mixer"], job["tpd"], job["over"]))
@@ -118,7 +118,7 @@ def run_one(job: dict) -> dict:
     args = job["args"]
     import polars as pl
 
-    from dgamix.mixing.testbed.run import train_run
+    from dgamix.mixing.testbed.train import train_run
 
     r, mixer, name = job["regime"], job["mixer"], job["name"]
     t0 = time.perf_counter()
