@@ -6,7 +6,7 @@ corpus files -> docs.parquet (+ near-duplicate marks) -> embeddings/part-NNNNN.p
 embeddings.parquet. The encoder and its precision choice are `dgamix.pipeline.encoder`'s; the
 precision used, its measured cosine to fp32 and the model fingerprint are recorded here in the
 embeddings manifests, so a resumed run keeps them. ``auto``'s decision itself is remembered per
-machine, model and settings outside the workspace (`encoder.cached_decision`), so a new workspace
+machine, model and settings outside the workspace (`precision.cached_decision`), so a new workspace
 on the same machine does not measure again.
 """
 from __future__ import annotations
@@ -33,20 +33,19 @@ from dgamix.pipeline.encoder import (
     VALIDATION_DOCS,
     EmbedConfig,
     Encoder,
-    PrecisionReport,
     _spread,
     check_int8_export,
     check_precision,
     count_tokens,
     encode,
     load_encoder,
-    measure_precision,
     weights_fingerprint,
 )
 from dgamix.pipeline.engine import LOCAL, EngineConfig, map_shards, session, threads_per_worker
+from dgamix.pipeline.precision import PrecisionReport, measure_precision
 
 AUTO_MIN_DOCS = 2000        # embed stage: below this, auto keeps fp32 without measuring (the one-off
-                            # int8 export, 7-40 s, and the ~6 s measurement cost more than int8 saves)
+                            # int8 export and the measurement cost more than int8 saves)
 
 
 def _auto_small_corpus(cfg: EmbedConfig, n_docs: int) -> PrecisionReport | None:
@@ -165,7 +164,7 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
     The precision actually used (auto resolved), its cosine to fp32 on a validation sample of
     the corpus and the model fingerprint are recorded in the embeddings manifests' params; a
     rerun (resume) reuses the recorded choice instead of measuring again, and ``auto`` on a new
-    workspace reuses this machine's cached decision (see ``encoder.resolve_precision``). The
+    workspace reuses this machine's cached decision (see ``precision.resolve_precision``). The
     shards still to do run on ``engine`` (see :mod:`dgamix.pipeline.engine`); the files do not
     depend on it.
     """
@@ -211,7 +210,7 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
         rep, source = _recorded_precision(ws, cfg, model_fp), "recorded in the workspace"
         if rep is None:
             rep, source = _auto_small_corpus(cfg, len(kept)), f"fewer than {AUTO_MIN_DOCS} documents: not measured"
-        if rep is None:  # auto: this machine's cached decision, else measured (encoder.resolve_precision)
+        if rep is None:  # auto: this machine's cached decision, else measured (precision.resolve_precision)
             rep = measure_precision(enc, cfg, sample, cfg.precision)
             source = "requested" if cfg.precision != "auto" else (
                 rep.cached or f"measured on {rep.sample} documents in {rep.seconds:.1f} s")

@@ -23,7 +23,7 @@ The cache folder is ``$DGAMIX_CACHE`` or ``$XDG_CACHE_HOME/dgamix`` or ``~/.cach
 export lives in ``onnx/<fingerprint>-<EXPORT_VERSION>/`` (``model.int8.onnx`` + ``meta.json``),
 written to a temporary folder and renamed, so a crash or a concurrent export never leaves a
 half model under the final name. ``--precision auto``'s decisions live beside them, in ``auto/``
-(see ``encoder.cached_decision``).
+(see ``precision.cached_decision``).
 """
 from __future__ import annotations
 

@@ -13,12 +13,13 @@ import polars as pl
 import pytest
 
 import dgamix.pipeline.embed
-import dgamix.pipeline.encoder as E
+import dgamix.pipeline.precision as E
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.workspace import Workspace
 from dgamix.pipeline.embed import embed_corpus
-from dgamix.pipeline.encoder import EmbedConfig, Encoder, PrecisionReport, resolve_precision
-from tests.conftest import DATA
+from dgamix.pipeline.encoder import EmbedConfig, Encoder
+from dgamix.pipeline.precision import PrecisionReport, resolve_precision
+from tests.helpers import DATA
 
 CFG = EmbedConfig(precision="auto")
 
@@ -79,6 +80,7 @@ def test_second_run_reuses_the_decision(encoder, cache, measured, monkeypatch):
     assert again.choice()["cached"] == again.cached  # recorded in the manifests: what and why
 
 
+@pytest.mark.slow
 def test_embed_stage_reuses_it_and_records_why(tmp_path, encoder, cache, measured, monkeypatch):
     src = tmp_path / "c.parquet"
     pl.read_parquet(DATA / "wiki_vital_en.parquet").sample(12, seed=4).write_parquet(src)
@@ -108,6 +110,7 @@ def test_embed_stage_reuses_it_and_records_why(tmp_path, encoder, cache, measure
     assert manifest.read_meta(ws.embeddings, "embeddings")["params"]["precision_choice"] == params["precision_choice"]
 
 
+@pytest.mark.slow
 def test_a_changed_setting_or_machine_is_measured_again(encoder, cache, measured, monkeypatch):
     resolve_precision(fresh(encoder), CFG, TEXTS)
     resolve_precision(fresh(encoder), CFG, TEXTS)

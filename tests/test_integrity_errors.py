@@ -242,7 +242,8 @@ def test_read_only_dgamix_cache_is_one_line_before_loading_the_model(tmp_path, m
 
 
 def test_auto_decision_in_an_unusable_cache_is_skipped_not_fatal(tmp_path, monkeypatch):
-    from dgamix.pipeline.encoder import VALIDATION_DOCS, EmbedConfig, Encoder, PrecisionReport, store_decision
+    from dgamix.pipeline.encoder import VALIDATION_DOCS, EmbedConfig, Encoder
+    from dgamix.pipeline.precision import PrecisionReport, store_decision
 
     cache = tmp_path / "cachefile"
     cache.write_text("x")

@@ -11,16 +11,14 @@ import os
 import numpy as np
 import polars as pl
 import pytest
-from typer.testing import CliRunner
 
-from dgamix.cli.main import app
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.workspace import Workspace
 from dgamix.pipeline.embed import embed_corpus
 from dgamix.pipeline.encoder import EmbedConfig, buckets, encode, load_encoder
 from dgamix.pipeline.onnx_int8 import onnxruntime_available
-from tests.conftest import DATA
+from tests.helpers import DATA, one_line_error, run_cli
 
 needs_ort = pytest.mark.skipif(not onnxruntime_available(), reason="int8 needs `pip install onnxruntime onnx`")
 
@@ -202,8 +200,8 @@ def test_warm_int8_run_needs_no_torch(int8_cache, encoder, texts50, fp32_ref, tm
 
     cfg = EmbedConfig(precision="int8")
     ref = encode(Encoder(encoder.model), texts50, cfg)  # exports (or reads) the cache, tokenised by ST
-    from dgamix.pipeline.encoder import measure_precision
     from dgamix.pipeline.onnx_int8 import FP32_FILE
+    from dgamix.pipeline.precision import measure_precision
 
     int8 = int8_encoder(Encoder(encoder.model), cfg, texts50)
     assert int8.reference() is not None, "the export keeps its fp32 graph beside the int8 one"
@@ -320,7 +318,9 @@ def test_manifest_records_precision_cosine_and_fingerprint(int8_cache, tmp_path,
     # a rerun reuses the recorded decision instead of measuring again; so does a run resumed from
     # its parts (killed before embeddings.parquet), and it records the same measurements
     # (part 0 missing too: Ray finishes parts out of order)
-    monkeypatch.setattr(dgamix.pipeline.encoder, "resolve_precision", None)  # measuring again would fail
+    import dgamix.pipeline.precision
+
+    monkeypatch.setattr(dgamix.pipeline.precision, "resolve_precision", None)  # measuring again would fail
     assert embed_corpus(ws2, [str(src)], cfg=EmbedConfig(precision="auto", shard_size=5),
                         quiet=True)["precision"] == out["precision"]
     ws2.embeddings.unlink()
@@ -338,6 +338,7 @@ def test_auto_leaves_out_a_candidate_that_fails(encoder, texts50, monkeypatch):
     whether this CPU has bf16 units (where a working bf16 would rightly win)."""
     import dgamix.pipeline.encoder
     import dgamix.pipeline.onnx_int8
+    import dgamix.pipeline.precision
 
     def broken(*a):
         raise RuntimeError("quantize_dynamic: unsupported node")
@@ -349,11 +350,12 @@ def test_auto_leaves_out_a_candidate_that_fails(encoder, texts50, monkeypatch):
             raise RuntimeError("autocast: no kernel")
         return real_runner(model, cfg, precision, sample)
 
-    monkeypatch.setattr(dgamix.pipeline.encoder, "int8_encoder", broken)
-    monkeypatch.setattr(dgamix.pipeline.encoder, "bf16_is_fast", lambda device: True)
-    monkeypatch.setattr(dgamix.pipeline.encoder, "_runner", runner)
+    for module in (dgamix.pipeline.encoder, dgamix.pipeline.precision):  # precision's auto reaches int8 both ways
+        monkeypatch.setattr(module, "int8_encoder", broken)
+    monkeypatch.setattr(dgamix.pipeline.precision, "bf16_is_fast", lambda device: True)
+    monkeypatch.setattr(dgamix.pipeline.precision, "_runner", runner)
     monkeypatch.setattr(dgamix.pipeline.onnx_int8, "onnxruntime_available", lambda: True)
-    rep = dgamix.pipeline.encoder.resolve_precision(encoder, EmbedConfig(precision="auto", batch_size=7), texts50[:6])
+    rep = dgamix.pipeline.precision.resolve_precision(encoder, EmbedConfig(precision="auto", batch_size=7), texts50[:6])
     assert rep.precision == "fp32" and set(rep.docs_per_s) == {"fp32"}
     assert rep.skipped == {"int8": "RuntimeError: quantize_dynamic: unsupported node",
                            "bf16": "RuntimeError: autocast: no kernel"}
@@ -366,9 +368,8 @@ def test_unknown_precision_is_a_user_error(tmp_path, encoder):
         load_encoder(EmbedConfig(precision="int4"))
     src = tmp_path / "c.parquet"
     pl.DataFrame({"text": ["one document here", "another one"]}).write_parquet(src)
-    r = CliRunner().invoke(app, ["embed", str(src), "--workspace", str(tmp_path / "ws"), "--precision", "fp8", "-q"])
-    assert r.exit_code == 2 and r.output.startswith("error: ") and "fp8" in r.output
-    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "ws" / "docs.parquet").exists()
+    one_line_error(run_cli("embed", src, "--workspace", tmp_path / "ws", "--precision", "fp8", "-q"), "fp8")
+    assert not (tmp_path / "ws" / "docs.parquet").exists()
 
 
 def test_missing_onnxruntime_names_the_install(monkeypatch):
@@ -409,7 +410,7 @@ def test_quiet_logging_restores_the_users_level():
 def test_auto_measures_once_per_machine(encoder, monkeypatch):
     """The real measurement on a 64-document sample; a second process (a new Encoder) on this
     machine reuses the decision from the cache (this module's DGAMIX_CACHE) without measuring."""
-    import dgamix.pipeline.encoder as E
+    import dgamix.pipeline.precision as E
 
     texts = pl.read_parquet(DATA / "wiki_vital_en.parquet").sample(64, seed=11)["text"].to_list()
     cfg = EmbedConfig(precision="auto")

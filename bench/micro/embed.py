@@ -57,17 +57,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import polars as pl  # noqa: E402
 
-from dgamix.pipeline.encoder import (  # noqa: E402
-    DEFAULT_MODEL,
-    EMBED_STAGE,
-    EmbedConfig,
-    bf16_is_fast,
-    encode,
-    load_encoder,
-    machine_fingerprint,
-    model_fingerprint,
-)
+from dgamix.pipeline.encoder import DEFAULT_MODEL, EMBED_STAGE, EmbedConfig, encode, load_encoder, model_fingerprint  # noqa: E402
 from dgamix.pipeline.onnx_int8 import EXPORT_VERSION, FP32_FILE, cache_root, cores, onnxruntime_available  # noqa: E402
+from dgamix.pipeline.precision import bf16_is_fast, machine_fingerprint  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
