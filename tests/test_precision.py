@@ -140,7 +140,8 @@ def test_fast_tokenizer_only_for_plain_models(tmp_path):
 
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    from dgamix.pipeline.encoder import FastTokenizer, model_path
+    from dgamix.pipeline.encoder import model_path
+    from dgamix.pipeline.fast_tokenizer import FastTokenizer
 
     src = model_path("all-MiniLM-L6-v2")
     assert FastTokenizer.of(EmbedConfig()) is not None
