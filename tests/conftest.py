@@ -11,9 +11,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # tests talk to loopback only. Set for the tests, never by the product.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "data"
+# after the environment above: the helpers import torch (OpenMP reads OMP_WAIT_POLICY when it loads)
+from tests.helpers import CLUSTER, COMMON, DATA, ROOT, cli_ok, run_cli, train_workspace  # noqa: E402
+
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+# Fixtures that load or run the real MiniLM model: every test that uses one is marked slow (left out of
+# `make test-fast`), so that the fast lane never loads the model.
+MINILM_FIXTURES = frozenset({"encoder", "real_ws", "local_ws"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if MINILM_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -28,19 +40,10 @@ def wiki_sample(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def encoder():
-    """The real packaged all-MiniLM-L6-v2, loaded once per session."""
+    """The real packaged all-MiniLM-L6-v2, loaded once per session (its tests are marked slow)."""
     from dgamix.pipeline.encoder import EmbedConfig, load_encoder
 
     return load_encoder(EmbedConfig())
-
-
-def run_cli(*args):
-    """Invoke the dgamix CLI in-process; returns the click Result."""
-    from typer.testing import CliRunner
-
-    from dgamix.cli.main import app
-
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="session")
@@ -70,8 +73,6 @@ def real_ws(tmp_path_factory):
 def tiny_ws(tmp_path_factory):
     """Real texts (160 Wikipedia summaries), a hand-written clustering 'c' (levels 2,2), target 't'
     (GSM8K), bases 'b' (level 2: target / generic / pocket) and 'b1' (level 1): tests.helpers.train_workspace."""
-    from tests.helpers import train_workspace
-
     return train_workspace(tmp_path_factory.mktemp("trainws") / "ws")
 
 
@@ -90,10 +91,8 @@ def one_thread():
 @pytest.fixture(scope="session")
 def local_ws(tmp_path_factory, wiki_sample):
     """The reference for the Ray engine tests: wiki_sample embedded and clustered with the local
-    engine (tests.test_ray.COMMON and CLUSTER: 60 documents in 12 shards, levels 3,2)."""
+    engine (tests.helpers.COMMON and CLUSTER: 60 documents in 12 shards, levels 3,2)."""
     import re
-
-    from tests.test_ray import CLUSTER, COMMON, cli_ok
 
     ws = tmp_path_factory.mktemp("local") / "ws"
     assert re.search(r"engine\s+: local\n", cli_ok("embed", wiki_sample, "--workspace", ws, *COMMON))

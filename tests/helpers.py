@@ -1,22 +1,68 @@
-"""Test helpers: build a workspace from given vectors and texts without running the encoder.
+"""Test helpers shared by the test modules (conftest.py's fixtures use them too).
 
-The workspace has exactly the manifests `dgamix embed` writes (same kinds, columns and
-metadata keys), so later stages can be tested fast and exactly. Tests that load the real
-MiniLM model live beside these (tests/test_embed.py).
+- The CLI in-process: ``run_cli`` (the click Result), ``cli_ok`` (asserts exit 0) and
+  ``one_line_error`` (asserts the one-line `error: ...` refusal every dgamix user error is).
+- Workspaces built from given vectors and texts without running the encoder (``fake_workspace``,
+  ``train_workspace``): exactly the manifests `dgamix embed` writes (same kinds, columns and
+  metadata keys), so later stages can be tested fast and exactly. Tests that load the real
+  MiniLM model live beside these (tests/test_embed.py).
+- ``SamplerDataset``: a torch IterableDataset over a MixtureSampler, as a user's loop would write it.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.manifest import embedding_array
 from dgamix.pipeline.core.workspace import Workspace
 
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"
+
+
+# --------------------------------------------------------------------------- the CLI, in-process
+
+def run_cli(*args):
+    """Invoke the dgamix CLI in-process (arguments turned into strings); returns the click Result."""
+    from typer.testing import CliRunner
+
+    from dgamix.cli.main import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def cli_ok(*args) -> str:
+    """``run_cli`` that must exit 0; returns its output."""
+    r = run_cli(*args)
+    assert r.exit_code == 0, (args, r.output)
+    return r.output
+
+
+def one_line_error(r, *needles: str, code: int = 2) -> str:
+    """The refusal's line, after checking: exit ``code``, no traceback, exactly one line
+    `error: ...` (on stderr, nothing on stdout) that contains every one of ``needles`` (plain substrings)."""
+    assert r.exit_code == code, r.output
+    assert "Traceback" not in r.output and r.output.startswith("error: "), r.output
+    assert len(r.output.strip().splitlines()) == 1 and r.stderr.strip() == r.output.strip(), r.output
+    for n in needles:
+        assert n in r.output, (n, r.output)
+    return r.output.strip()
+
+
+# The Ray engine tests' stage arguments (tests/test_ray.py, tests/test_ray_cluster.py and the
+# local_ws fixture that is their reference).
+COMMON = ("--shard-size", 5, "--max-seq-length", 64, "-q")  # 60 documents: 12 shards
+CLUSTER = ("cluster", "--levels", "3,2", "--name", "k", "-q")  # level 2: three k-means nodes (Ray tasks)
+
+
+# --------------------------------------------------------------------------- workspaces without the encoder
 
 def fake_workspace(root: str | Path, vectors: np.ndarray, texts: list[str] | None = None,
                    shard_size: int = 1000, dtype: str = "float32") -> Workspace:
@@ -61,7 +107,6 @@ def sphere_blobs(n: int, k: int, d: int = 32, spread: float = 0.05, seed: int = 
 
 # --------------------------------------------------------------------------- a workspace to train on
 
-DATA = Path(__file__).resolve().parents[1] / "data"
 N_DOCS = 160
 TOPICS_PER_DOMAIN = 3  # level_2 domain = (topic index // 3) % 4 -> 4 domains; level_1 = level_2 // 2
 
@@ -153,3 +198,30 @@ def tiny_gpt2(max_length: int = 32, seed: int = 0, dropout: float = 0.0):
                                        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=tok.cls_token_id,
                                        eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id))
     return tok, encode, collate, model
+
+
+# --------------------------------------------------------------------------- a user's data loader
+
+class SamplerDataset(torch.utils.data.IterableDataset):
+    """Yields batches of doc ids (batch_size,) int64 for the mixer's weights at each step.
+
+    The weights are read from ``mixer.weights()`` before every batch, so a DGA update is
+    used from the next batch on. steps: number of batches (None = endless). Use with
+    DataLoader(num_workers=0, batch_size=None): the sampler state lives in this process.
+    """
+
+    def __init__(self, sampler, mixer, batch_size: int, steps: int | None = None,
+                 with_domains: bool = False) -> None:
+        super().__init__()
+        self.sampler, self.mixer, self.batch_size = sampler, mixer, int(batch_size)
+        self.steps, self.with_domains = steps, with_domains
+
+    def __iter__(self) -> Iterator[np.ndarray | tuple[np.ndarray, np.ndarray]]:
+        if torch.utils.data.get_worker_info() is not None:
+            raise RuntimeError("SamplerDataset must run with num_workers=0 (its state and the "
+                               "mixer's weights live in the main process)")
+        step = 0
+        while self.steps is None or step < self.steps:
+            docs, doms = self.sampler.sample(self.batch_size, self.mixer.weights())
+            yield (docs, doms) if self.with_domains else docs
+            step += 1

@@ -7,7 +7,7 @@ import pytest
 
 from dgamix.pipeline.assign_torch import TorchTree
 from dgamix.pipeline.kmeans import ArraySource, FitConfig, fit_tree
-from tests.conftest import run_cli
+from tests.helpers import one_line_error, run_cli
 
 
 def _cuda() -> bool:
@@ -44,16 +44,16 @@ def test_torch_descent_on_cpu_matches_the_numpy_descent():
 
 def test_fp16_is_cuda_only_one_clear_line(tmp_path, wiki_sample):
     r = run_cli("embed", wiki_sample, "--workspace", tmp_path / "ws", "--precision", "fp16", "-q")
-    assert r.exit_code == 2 and r.output.startswith("error: --precision fp16 runs on CUDA only"), r.output
-    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "ws" / "docs.parquet").exists()
+    assert one_line_error(r).startswith("error: --precision fp16 runs on CUDA only")
+    assert not (tmp_path / "ws" / "docs.parquet").exists()
 
 
 def test_device_cuda_without_a_gpu_is_a_user_error(tmp_path):
     if _cuda():
         pytest.skip("a CUDA device is present")
     r = run_cli("cluster", "--workspace", tmp_path, "--levels", "3,2", "--device", "cuda")
-    assert r.exit_code == 2 and "torch sees no CUDA device" in r.output, r.output
-    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "clusters").exists()
+    one_line_error(r, "torch sees no CUDA device")
+    assert not (tmp_path / "clusters").exists()
     r = run_cli("embed", tmp_path / "none.parquet", "--workspace", tmp_path / "ws", "--device", "cuda", "-q")
     assert r.exit_code == 2 and "torch sees no CUDA device" in r.output, r.output
 

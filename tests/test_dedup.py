@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from dgamix.pipeline.dedup import DedupConfig, lsh_shape, near_duplicates, near_duplicates_sharded
-from tests.conftest import DATA
+from tests.helpers import DATA
 
 
 def planted_corpus(n: int = 600, seed: int = 0) -> list[str]:
@@ -26,7 +26,8 @@ def planted_corpus(n: int = 600, seed: int = 0) -> list[str]:
 
 
 @pytest.mark.parametrize("shard,cfg", [(97, DedupConfig()), (1000, DedupConfig(threshold=0.7, num_perm=64)),
-                                       (1, DedupConfig(threshold=0.9, shingle=3))])
+                                       pytest.param(1, DedupConfig(threshold=0.9, shingle=3),
+                                                    marks=pytest.mark.slow)])  # one document a shard
 def test_sharded_equals_in_memory_exactly(tmp_path, shard, cfg):
     texts = planted_corpus()
     want = near_duplicates(texts, cfg)

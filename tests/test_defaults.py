@@ -15,7 +15,7 @@ from dgamix.pipeline.corpus import CorpusSpec
 from dgamix.pipeline.dedup import DedupConfig
 from dgamix.pipeline.encoder import EMBED_STAGE
 from dgamix.pipeline.engine import LOCAL
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 # command -> (the instances whose fields give its defaults, option name -> field name where they differ)
 HOMES = {

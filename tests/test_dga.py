@@ -12,6 +12,7 @@ from dgamix.mixing.alignment import gradient_alignments
 from dgamix.mixing.dga import DGA, BasisMatrix, DGAConfig, ema, mirror_step, normalise_alignments
 from dgamix.mixing.mixers import MIXER_NAMES, DoGE, Mixer, Static, make_mixer
 from dgamix.mixing.sampler import DomainIndex, MixtureSampler
+from dgamix.mixing.state import from_plain, to_plain
 
 finite = st.one_of(st.floats(-1e6, 1e6), st.floats(allow_nan=False, allow_infinity=False))
 
@@ -162,12 +163,16 @@ def test_state_dict_round_trip_continues_identically():
 
 
 def test_dga_state_is_torch_saveable(tmp_path):
+    """DGA's state as a checkpoint holds it (to_plain: numpy arrays as tensors) is plain types only:
+    torch.load(weights_only=True) reads it back, and the restored DGA continues identically."""
     dga = DGA(4)
     dga.update(0, np.arange(4.0))
-    torch.save(dga.state_dict(), tmp_path / "m.pt")
+    torch.save(to_plain(dga.state_dict()), tmp_path / "m.pt")
     other = DGA(4)
-    other.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=False))
+    other.load_state_dict(from_plain(torch.load(tmp_path / "m.pt", weights_only=True)))
     assert np.array_equal(other.weights(), dga.weights())
+    a = np.array([0.5, -1.0, 2.0, 0.0])
+    assert np.array_equal(other.update(1, a), dga.update(1, a))
 
 
 def test_zero_initial_weight_stays_zero():

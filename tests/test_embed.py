@@ -5,20 +5,13 @@ import os
 import numpy as np
 import polars as pl
 import pytest
-from typer.testing import CliRunner
 
-from dgamix.cli.main import app
 from dgamix.pipeline import embed as embed_mod
 from dgamix.pipeline.core.workspace import Workspace
 from dgamix.pipeline.dedup import DedupConfig, near_duplicates
 from dgamix.pipeline.embed import embed_corpus
 from dgamix.pipeline.encoder import EmbedConfig, model_path
-
-runner = CliRunner()
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
+from tests.helpers import one_line_error, run_cli
 
 
 def embeddings_of(ws: Workspace) -> tuple[np.ndarray, np.ndarray]:
@@ -30,7 +23,7 @@ def embeddings_of(ws: Workspace) -> tuple[np.ndarray, np.ndarray]:
 def test_real_model_embeddings_match_sentence_transformers(tmp_path, wiki_sample):
     from sentence_transformers import SentenceTransformer
 
-    r = cli("embed", wiki_sample, "--workspace", tmp_path / "ws", "--keep-columns", "topic", "--shard-size", 25, "-q")
+    r = run_cli("embed", wiki_sample, "--workspace", tmp_path / "ws", "--keep-columns", "topic", "--shard-size", 25, "-q")
     assert r.exit_code == 0, r.output
     ws = Workspace(tmp_path / "ws")
     docs = pl.read_parquet(ws.docs)
@@ -94,6 +87,7 @@ def test_minhash_marks_planted_near_duplicates():
     assert (dup[:30] == -1).all()
 
 
+@pytest.mark.slow
 def test_inputs_jsonl_and_text_folder_and_empty_rows(tmp_path):
     rng = np.random.default_rng(1)
     folder = tmp_path / "txt"
@@ -114,6 +108,7 @@ def test_inputs_jsonl_and_text_folder_and_empty_rows(tmp_path):
     assert ids.tolist() == [0, 1, 2, 3, 4] and x.shape == (5, 384)
 
 
+@pytest.mark.slow
 def test_duplicates_are_kept_in_docs_but_not_embedded(tmp_path):
     rng = np.random.default_rng(2)
     texts = [_long_text(rng) for _ in range(6)]
@@ -130,11 +125,7 @@ def test_duplicates_are_kept_in_docs_but_not_embedded(tmp_path):
 
 
 def _bad(tmp_path, *args):
-    r = cli("embed", *args, "--workspace", tmp_path / "ws", "-q")
-    assert r.exit_code == 2, r.output
-    assert "Traceback" not in r.output and r.output.startswith("error: "), r.output
-    assert len(r.output.strip().splitlines()) == 1
-    return r.output
+    return one_line_error(run_cli("embed", *args, "--workspace", tmp_path / "ws", "-q"))
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):
@@ -157,6 +148,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     assert not (tmp_path / "ws" / "docs.parquet").exists()
 
 
+@pytest.mark.slow
 def test_changed_corpus_is_refused_without_overwrite_and_nothing_is_lost(tmp_path):
     rng = np.random.default_rng(3)
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
@@ -168,7 +160,7 @@ def test_changed_corpus_is_refused_without_overwrite_and_nothing_is_lost(tmp_pat
     msg = _bad(tmp_path, b)
     assert "--overwrite" in msg
     assert {p: p.read_bytes() for p in ws.root.rglob("*.parquet")} == before
-    r = cli("embed", b, "--workspace", ws.root, "--overwrite", "-q")
+    r = run_cli("embed", b, "--workspace", ws.root, "--overwrite", "-q")
     assert r.exit_code == 0, r.output
     assert pl.read_parquet(ws.docs).height == 5 and embeddings_of(ws)[1].shape == (5, 384)
 
@@ -246,6 +238,7 @@ def test_shards_read_their_own_texts_by_file_and_row(tmp_path, monkeypatch):
         refs.read()
 
 
+@pytest.mark.slow
 def test_embedding_reads_texts_shard_by_shard_with_the_same_result(tmp_path, monkeypatch):
     """A multi-file corpus with small Parquet row groups embeds, dedups and counts tokens as the
     in-memory texts give (near-duplicates across files found; vectors equal to encoding the texts)."""

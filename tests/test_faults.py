@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tests.conftest import DATA, ROOT, run_cli
+from tests.helpers import DATA, ROOT, run_cli
 
 pytestmark = pytest.mark.slow
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")

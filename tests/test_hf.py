@@ -16,8 +16,7 @@ from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArgum
 
 from dgamix.mixing import DGAConfig, MixtureCallback, MixtureDataset, OnlineMixture  # noqa: E402
 from dgamix.mixing.hf import STATE_FILE  # noqa: E402
-from tests.conftest import ROOT  # noqa: E402
-from tests.helpers import tiny_gpt2  # noqa: E402
+from tests.helpers import ROOT, tiny_gpt2  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

@@ -188,7 +188,7 @@ def test_a_second_writer_of_every_stage_fails_at_once(ws, stage):
 # --------------------------------------------------------------------------- atomic overwrite
 def test_a_failed_overwrite_keeps_the_complete_old_output(ws, monkeypatch):
     before = snapshot(ws.run_dir("r1"))
-    from dgamix.mixing import trainer
+    from dgamix.mixing.testbed import trainer
 
     def boom(*a, **k):
         raise DgamixError("injected failure half-way")
@@ -452,6 +452,7 @@ def _mark_partial(ws: Workspace, run: str) -> None:
                        extra={**extra, "state": "partial"})
 
 
+@pytest.mark.slow
 def test_a_partial_run_is_not_scheduled_and_is_marked_in_the_report(ws):
     assert manifest.read_meta(ws.run_dir("r1") / "weights.parquet")["state"] == "complete"
     _mark_partial(ws, "r1")
@@ -471,6 +472,7 @@ def test_resume_of_a_complete_run_without_checkpoint_is_refused(ws):
     assert snapshot(ws.run_dir("r1")) == before
 
 
+@pytest.mark.slow
 def test_a_non_ascii_path_under_an_ascii_locale_is_one_line(tmp_path):
     """PYTHONUTF8=0 LC_ALL=POSIX: a path with non-ASCII bytes cannot be passed on as text; one line says how
     to run instead (a UTF-8 locale), before anything is read or written."""

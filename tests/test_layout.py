@@ -61,8 +61,8 @@ def test_no_generic_top_level_imports():
     """Nothing imports `pipeline`, `mixing` or `cli` by their folder names (the product, the tests and
     the benches alike): from the repository root those would be a second copy of the modules."""
     users = {m: p for m, p in modules().items()}
-    users.update({f"{p.parent.name}.{p.stem}": p for d in ("tests", "bench") for p in (ROOT / d).glob("*.py")
-                  if p.name != "test_layout.py"})
+    users.update({".".join(p.relative_to(ROOT).with_suffix("").parts): p for d in ("tests", "bench")
+                  for p in (ROOT / d).rglob("*.py") if p.name != "test_layout.py"})
     bad = {}
     for m, p in users.items():
         found = imports(p, m, set(users))

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from dgamix.cli.common import split_names
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.workspace import Workspace, check_name, valid_name
-from tests.conftest import run_cli
+from tests.helpers import one_line_error, run_cli
 
 HOSTILE = ["../../evil", "../evil", "..", ".", "/tmp/dgamix-evil", "a/b", "a\\b", "..\\..\\evil", ".hidden",
            "-x", "", " ", "evil\n", "a\x00b", "tab\there", "ünïcode", "a" * 101, "x.summary", "x.tmp", "~root"]
@@ -37,6 +37,7 @@ def snapshot(root: Path) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- the rule itself
 
+@pytest.mark.slow
 @settings(max_examples=600, deadline=None, derandomize=True)
 @given(st.one_of(st.text(max_size=120), st.sampled_from(HOSTILE),
                  st.text(alphabet="abc./\\-_", max_size=12), st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}",
@@ -136,7 +137,7 @@ def test_schedule_names_write_only_their_own_file(real_ws, name):
         assert new <= {rel, os.path.dirname(rel), os.path.relpath(Path(real_ws) / f".lock-schedule-{name}", root)}
         assert rel in new
     else:
-        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+        one_line_error(r)
         assert not valid_name(name) and after == before
 
 

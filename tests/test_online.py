@@ -203,6 +203,7 @@ def test_loss_multipliers_give_the_mixtures_expected_gradient(tiny_ws, gpt2):
         loss_weights(np.array([0.5, 0.5]), np.array([1.0, 0.0]), np.array([0]))
 
 
+@pytest.mark.slow
 def test_a_user_run_shows_in_report_and_schedule_beside_reference_runs(tiny_ws, gpt2):
     _, _, collate, model = gpt2
     mix = mixture(tiny_ws, collate)

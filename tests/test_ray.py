@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from dgamix.pipeline.core import manifest
-from tests.conftest import ROOT, run_cli
+from tests.helpers import CLUSTER, COMMON, ROOT, cli_ok, one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +29,6 @@ def ray_instance():
         ray.shutdown()
 
 
-def cli_ok(*args) -> str:
-    r = run_cli(*args)
-    assert r.exit_code == 0, (args, r.output)
-    return r.output
-
-
 def embeddings(ws) -> pl.DataFrame:
     return pl.read_parquet(ws / "embeddings" / "*.parquet").sort("doc_id")
 
@@ -48,10 +42,6 @@ def same_embeddings(a, b) -> None:
     assert pl.read_parquet(a / "embeddings.parquet").select(cols).equals(pl.read_parquet(b / "embeddings.parquet").select(cols))
     pa_, pb = (manifest.read_meta(w / "embeddings.parquet", "embeddings") for w in (a, b))
     assert pa_["inputs"] == pb["inputs"] and pa_["params"] == pb["params"]
-
-
-COMMON = ("--shard-size", 5, "--max-seq-length", 64, "-q")  # 60 documents: 12 shards
-CLUSTER = ("cluster", "--levels", "3,2", "--name", "k", "-q")  # level 2: three k-means nodes (Ray tasks)
 
 
 @pytest.mark.slow
@@ -154,8 +144,7 @@ def test_ray_options_without_engine_ray_and_cuda_without_gpus_are_user_errors(tm
     for extra, msg in ((("--num-workers", 2), "need --engine ray"),
                        (("--engine", "ray", "--device", "cuda"), "--gpus-per-worker"),
                        (("--engine", "ray", "--num-workers", 0), "--num-workers 0")):
-        r = run_cli("embed", wiki_sample, "--workspace", tmp_path / "ws", "-q", *extra)
-        assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output
+        one_line_error(run_cli("embed", wiki_sample, "--workspace", tmp_path / "ws", "-q", *extra), msg)
 
 
 def test_sharded_dedup_on_ray_equals_in_memory(tmp_path, ray_instance):

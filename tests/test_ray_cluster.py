@@ -9,7 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tests.test_ray import CLUSTER, COMMON, cli_ok, same_embeddings
+from tests.helpers import CLUSTER, COMMON, cli_ok
+from tests.test_ray import same_embeddings
 
 pytestmark = pytest.mark.slow
 

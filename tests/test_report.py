@@ -1,7 +1,7 @@
 """`dgamix report` on the small real workspace with two tiny real training runs."""
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.slow
 TINY = ("--steps", 10, "--batch-size", 4, "--context", 32, "--vocab-size", 512, "--d-model", 32, "--n-layer", 1,

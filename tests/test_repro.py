@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tests.conftest import DATA, run_cli
+from tests.helpers import DATA, run_cli
 
 pytestmark = pytest.mark.slow
 

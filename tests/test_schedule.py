@@ -7,7 +7,7 @@ import pytest
 from dgamix.mixing.schedule import segments_from_log
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.workspace import Workspace
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.slow
 

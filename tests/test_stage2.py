@@ -5,7 +5,7 @@ import pytest
 
 from dgamix.pipeline.core.workspace import Workspace
 from dgamix.pipeline.target import target_assignments
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.slow
 

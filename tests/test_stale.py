@@ -16,7 +16,7 @@ import pytest
 
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.workspace import Workspace
-from tests.conftest import DATA, run_cli
+from tests.helpers import DATA, one_line_error, run_cli
 
 pytestmark = pytest.mark.slow
 TINY = ("--steps", 4, "--context", 32, "--vocab-size", 256, "--d-model", 32, "--n-layer", 1, "--batch-size", 4,
@@ -32,10 +32,7 @@ def ws(real_ws, tmp_path):
 
 def refused(r, *needles) -> list[str]:
     """Assert a one-line user error containing ``needles``; returns the rebuild command's words."""
-    assert r.exit_code == 2 and "Traceback" not in r.output and r.output.startswith("error: "), r.output
-    assert len(r.output.strip().splitlines()) == 1, r.output
-    for n in needles:
-        assert n in r.output, r.output
+    one_line_error(r, *needles)
     m = re.search(r"rebuild it with `dgamix ([^`]*)`", r.output)
     assert m, r.output
     return shlex.split(m.group(1))

@@ -4,8 +4,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from tests.conftest import run_cli
-from tests.helpers import train_workspace
+from tests.helpers import one_line_error, run_cli, train_workspace
 
 TINY = ["--context", 32, "--vocab-size", 512, "--d-model", 32, "--n-layer", 1, "--batch-size", 4,
         "--align-batch-size", 4, "--target-batch-size", 4, "--eval-batches", 1, "--reweight-every", 5, "--reweight-start", 4,
@@ -21,14 +20,6 @@ def ws(tmp_path_factory):
 
 def train(ws, *args):
     return run_cli("train", "--workspace", ws.root, *TINY, *args)
-
-
-def one_line_error(r, *needles):
-    assert r.exit_code == 2, r.output
-    assert "Traceback" not in r.output and r.output.startswith("error: "), r.output
-    assert len(r.output.strip().splitlines()) == 1, r.output
-    for n in needles:
-        assert n in r.output, r.output
 
 
 def test_cli_dga_with_basis_runs_and_writes_the_run(ws):

@@ -143,6 +143,7 @@ def test_lr_schedule_warmup_then_cosine():
 
 # --------------------------------------------------------------------------- training
 
+@pytest.mark.slow
 def test_same_seed_same_losses_exactly(tiny_ws):
     a, _ = _run(tiny_ws)
     b, _ = _run(tiny_ws)
@@ -153,6 +154,7 @@ def test_same_seed_same_losses_exactly(tiny_ws):
     assert np.array_equal(a.weights[-1]["weights"], b.weights[-1]["weights"])
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_equals_uninterrupted(tiny_ws, tmp_path):
     full, _ = _run(tiny_ws, checkpoint_dir=tmp_path / "full")
 
@@ -312,6 +314,7 @@ def test_train_run_static_mixers_and_is(tiny_ws):
             assert reps.filter(pl.col("domain") >= 2)["draws"].sum() == 0
 
 
+@pytest.mark.slow
 def test_train_run_refuses_and_resumes(tiny_ws):
     cfg = tiny_config(steps=6, checkpoint_every=0, eval_every=3)
     train_run(tiny_ws, "c", 2, "t", "uniform", None, cfg, name="again", quiet=True)
@@ -329,6 +332,7 @@ def test_train_run_refuses_and_resumes(tiny_ws):
         train_run(tiny_ws, "c", 2, "t", "is", None, cfg, name="x", quiet=True)
 
 
+@pytest.mark.slow
 def test_recorded_ema_beta_is_the_one_the_run_used(tiny_ws):
     """dga-noema records ema_beta 0 (it ran with 0): the logged update is recomputed from the recorded
     value. A --ema-beta that a mixer would ignore is refused instead; doge records none."""
