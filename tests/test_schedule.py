@@ -66,9 +66,9 @@ def test_basis_schedule_and_bad_inputs(real_ws):
                 "--by", "single", "--name", "is_sched")
     assert r.exit_code == 0, r.output
     r = run_cli("schedule", "--workspace", real_ws, "--clusters", "k3x2", "--level", 2, "--basis", "is_sched",
-                "--steps", 10, "--batch-size", 4, "--name", "b")
-    assert r.exit_code == 0, r.output
-    s = pl.read_parquet(Workspace(real_ws).schedule("b"))
+                "--steps", 10, "--batch-size", 4, "--name", "is-sched", "--overwrite")  # shared workspace:
+    assert r.exit_code == 0, r.output  # other tests (a hypothesis name fuzz) may have written any name before
+    s = pl.read_parquet(Workspace(real_ws).schedule("is-sched"))
     support = pl.read_parquet(Workspace(real_ws).basis("is_sched"))["domain"].to_list()
     assert s.height == 40 and s["domain"].is_in(support).all()
     for args, msg in ((("--mixer", "uniform", "--basis", "is_sched"), "does not use --basis"),
@@ -79,7 +79,7 @@ def test_basis_schedule_and_bad_inputs(real_ws):
                       (("--run", "nope"), "no run 'nope'"),
                       (("--basis", "nope"), "no basis 'nope'")):
         r = run_cli("schedule", "--workspace", real_ws, "--clusters", "k3x2", "--level", 2, *args,
-                    "--steps", 2, "--batch-size", 2, "--name", "x")
+                    "--steps", 2, "--batch-size", 2, "--name", "x", "--overwrite")
         assert r.exit_code == 2 and msg in r.output, r.output
 
 
