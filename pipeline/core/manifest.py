@@ -43,10 +43,6 @@ def file_checksum(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-atomic_path = files.temp_name
-sweep_orphans = files.sweep_orphans
-
-
 def embedding_array(emb: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
     """(n, d) array -> Arrow fixed_size_list<float32|float16>[d] column (how manifests store vectors)."""
     if dtype not in ("float32", "float16"):
@@ -83,9 +79,6 @@ def write(path: str | Path, table: pa.Table, kind: str, params: dict | None = No
     return Path(path)
 
 
-atomic_file = files.atomic_file  # the one atomic writer: manifests, checkpoints and report.md
-
-
 @contextlib.contextmanager
 def writer(path: str | Path, schema: pa.Schema, kind: str, params: dict | None = None,
            inputs: str | None = None, extra: dict | None = None):
@@ -95,8 +88,8 @@ def writer(path: str | Path, schema: pa.Schema, kind: str, params: dict | None =
     block completes, so an interrupted stream leaves no file that looks complete.
     """
     schema = schema.with_metadata({**(schema.metadata or {}), META_KEY: _meta_bytes(kind, params, inputs, extra)})
-    # a CRC32 per page: every read verifies it (read, open_verified), so a flipped byte is never used
-    with atomic_file(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd", write_page_checksum=True) as w:
+    # a CRC32 per page: every read verifies it (read, kmeans.Tree.read), so a flipped byte is never used
+    with files.atomic_file(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd", write_page_checksum=True) as w:
         yield w
 
 
@@ -196,15 +189,6 @@ def corrupt(path: str | Path, e: Exception) -> DgamixError:
         e) else f"{first_line(e)}"
     return DgamixError(f"{path} is corrupt ({why}); nothing of it was used. Rerun the stage that writes it with "
                        f"--overwrite (or delete it and rerun).")
-
-
-def open_verified(path: str | Path) -> pq.ParquetFile:
-    """A ParquetFile of a manifest whose pages are verified against their checksums as they are read
-    (for streamed reads; wrap the reads in ``except (pa.ArrowException, OSError)`` -> :func:`corrupt`)."""
-    try:
-        return pq.ParquetFile(path, pre_buffer=False, page_checksum_verification=True)
-    except (pa.ArrowException, OSError) as e:
-        raise corrupt(path, e) from None
 
 
 def read_parts(paths: list[Path], kind: str, columns: list[str] | None = None) -> pa.Table:
