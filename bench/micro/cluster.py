@@ -104,6 +104,25 @@ def _stream_worker(tree_path: str, levels: tuple[int, ...], dim: int, components
              "leaves_hit": int((counts > 0).sum())})
 
 
+def torch_descent(tree, q: np.ndarray, labels: np.ndarray, device: str) -> dict:
+    """Throughput of the torch descent on ``device`` (after one warm-up call) and its agreement with numpy's."""
+    import torch
+
+    from dgamix.pipeline.assign_torch import TorchTree
+
+    tt = TorchTree(tree, device)
+    tt.descend(q[:1000])  # warm-up: kernels, the device copy of the tree
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    sync()
+    t = time.perf_counter()
+    got, _ = tt.descend(q)
+    sync()
+    dt = time.perf_counter() - t
+    rate = len(q) / dt
+    return {"device": str(device), "docs": len(q), "seconds": round(dt, 3), "docs_per_s": round(rate),
+            "x_numpy": None, "same_leaf_as_numpy": round(float((got[:, -1] == labels[:, -1]).mean()), 4)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small run (< 1 min): 100k vectors, levels 32,32,16")
@@ -118,6 +137,8 @@ def main() -> None:
     ap.add_argument("--stream", type=int, default=0, metavar="N",
                     help="also measure peak RSS while assigning N streamed vectors (e.g. 10000000)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None, metavar="DEV",
+                    help="also time the torch tree descent (`dgamix cluster --device`) on DEV, e.g. cuda")
     ap.add_argument("--out", default=str(RESULTS / "cluster.json"))
     args = ap.parse_args()
     if args.quick:
@@ -174,6 +195,12 @@ def main() -> None:
                          (labels[:len(fq), 0] == flat_leaf // math.prod(levels[1:])).mean()), 4)}
     print(f"assign: tree {tree_rate:,.0f} docs/s vs flat {flat_rate:,.1f} docs/s over {len(leaves):,} leaves "
           f"-> {tree_rate / flat_rate:,.1f}x; same leaf as flat {res['assign']['same_leaf_as_flat']:.1%}", flush=True)
+    if args.device:
+        res["assign"]["torch"] = torch_descent(tree, q, labels, args.device)
+        res["assign"]["torch"]["x_numpy"] = round(res["assign"]["torch"]["docs_per_s"] / tree_rate, 2)
+        d = res["assign"]["torch"]
+        print(f"assign on {args.device}: {d['docs_per_s']:,} docs/s ({d['x_numpy']}x the numpy descent); "
+              f"same leaf as numpy {d['same_leaf_as_numpy']:.2%}", flush=True)
     res["peak_rss_mib_main"] = round(rss_mib(), 1)
     del index, x, source
 

@@ -132,7 +132,7 @@ def bench_corpus(enc, texts: list[str], args, methods: list[str]) -> dict:
         if m == "plain-bs16":
             return np.asarray(model.encode(xs, batch_size=16, normalize_embeddings=True, convert_to_numpy=True,
                                            show_progress_bar=False), np.float32)
-        return encode(enc, xs, EmbedConfig(max_seq_length=seq, precision=m.split("-")[1]))
+        return encode(enc, xs, EmbedConfig(max_seq_length=seq, precision=m.split("-")[1], device=args.device))
 
     res: dict[str, dict] = {m: {"seconds": float("inf")} for m in methods}
     # setup + warm-up (int8: export or cache load, timed separately)
@@ -165,6 +165,14 @@ def bench_corpus(enc, texts: list[str], args, methods: list[str]) -> dict:
     return {"docs": len(texts), "tokens_mean": round(float(lengths.mean()), 1),
             "tokens_p10_p50_p90": [int(x) for x in np.percentile(lengths, [10, 50, 90])],
             "truncated_frac": round(float((lengths >= seq).mean()), 3), "methods": res}
+
+
+def onnxruntime_version() -> str | None:
+    if not onnxruntime_available():
+        return None
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 def int8_info(encoder) -> dict | None:
@@ -337,7 +345,9 @@ def main() -> None:
     ap.add_argument("--max-seq-length", type=int, default=128, help="word pieces per document (the goal is set at 128)")
     ap.add_argument("--bf16-docs", type=int, default=None,
                     help="bf16 runs on an evenly spread subset (it is slow on CPUs without bf16 units)")
-    ap.add_argument("--precisions", default="fp32,bf16,int8")
+    ap.add_argument("--precisions", default=None,
+                    help="dgamix precisions to time (default fp32,bf16,int8 on the CPU, fp32,fp16 on cuda)")
+    ap.add_argument("--device", default="cpu", help="where both plain and dgamix encode (cpu | cuda)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON output (default bench/micro/results/embed.json; embed-seq<N>.json for another --max-seq-length)")
@@ -351,6 +361,7 @@ def main() -> None:
     ap.add_argument("--process-out", type=Path, default=RESULTS / "embed-process.json")
     args = ap.parse_args()
     args.part = args.part or ("process" if args.quick else "all")
+    args.precisions = args.precisions or ("fp32,fp16" if args.device.startswith("cuda") else "fp32,bf16,int8")
     args.process_repeat = args.process_repeat or (1 if args.quick else 2)
     process = None
     if args.part in ("all", "process"):
@@ -368,7 +379,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     load0 = os.getloadavg()
-    model = load_encoder(EmbedConfig(max_seq_length=args.max_seq_length))
+    model = load_encoder(EmbedConfig(max_seq_length=args.max_seq_length, device=args.device))
     methods = ["plain", "plain-bs16"]
     skipped = {}
     for p in args.precisions.split(","):
@@ -380,11 +391,12 @@ def main() -> None:
     short_source = data.pop("_short_source")
     results = {name: bench_corpus(model, texts, args, methods) for name, texts in data.items()}
 
-    import onnxruntime
     import sentence_transformers
     import torch
     out = {"machine": {"python": platform.python_version(), "cpu_cores": cores(), "torch": torch.__version__,
-                       "torch_threads": torch.get_num_threads(), "onnxruntime": onnxruntime.__version__,
+                       "device": args.device, "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda")
+                       else None, "torch_threads": torch.get_num_threads(),
+                       "onnxruntime": onnxruntime_version(),
                        "sentence_transformers": sentence_transformers.__version__,
                        "bf16_units": bf16_is_fast("cpu"), "loadavg_before": [round(x, 2) for x in load0],
                        "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
