@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test test-fast demo bench clean contract
+.PHONY: venv test test-fast demo bench clean contract docs
 
 # The stamp is rebuilt when pyproject.toml (or the extras here) change. torch is pinned first: a
 # CPU wheel of 2.13.0 is on these machines, while an unpinned torch pulls gigabytes of CUDA packages.
@@ -62,6 +62,11 @@ demo: venv
 
 bench: venv
 	$(BIN)/python bench/run_all.py
+
+# The documentation site (mkdocs.yml, docs/) into site/; --strict: a warning (a broken link, a page
+# missing from the nav, an API object not found) fails the build. Offline: nothing is fetched.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
 contract: venv
 	$(BIN)/python ../shared/tools/check_contract.py

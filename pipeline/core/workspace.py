@@ -1,4 +1,4 @@
-"""The workspace layout (README.md, "Layout") and a per-stage lock.
+"""The workspace layout (docs/layout.md) and a per-stage lock.
 
 All paths of a workspace are computed here so no stage spells a file name twice.
 """
