@@ -21,19 +21,33 @@ from dgamix.pipeline.corpus import CorpusSpec
 from dgamix.pipeline.dedup import DedupConfig
 from dgamix.pipeline.encoder import EMBED_STAGE
 from dgamix.pipeline.engine import LOCAL
+from dgamix.pipeline.vectors import UserVectors
 
-_E, _S, _D = EMBED_STAGE, CorpusSpec(), DedupConfig()  # the one home of the defaults shown below
+_E, _S, _D, _V = EMBED_STAGE, CorpusSpec(), DedupConfig(), UserVectors("")  # the one home of the defaults shown below
 
 
 @user_errors
 def embed(
-    corpus: list[Path] = typer.Argument(..., help="Corpus files: .parquet, .jsonl, or folders of .txt files (one document per file)."),
+    corpus: list[Path] = typer.Argument(..., help="Corpus files or folders: .parquet, .jsonl / .json / .ndjson (also gzip "
+                                        ".gz or zstd .zst compressed), .arrow, a Hugging Face dataset saved with "
+                                        "save_to_disk, or .txt files (one document per file). A folder is read "
+                                        "recursively in sorted path order, each file one source. Compressed JSON Lines "
+                                        "is copied once into WS/texts/ as Parquet (row-indexed texts for training; its "
+                                        "size in MiB is printed)."),
     workspace: Path = typer.Option(..., "--workspace", "-w", help=WS_HELP),
     text_column: str = typer.Option(_S.text_column, help="Column holding the document text."),
     id_column: str = typer.Option(_S.id_column, help="Column holding your document ids (generated as <file>:<row> when absent)."),
     keep_columns: Optional[str] = typer.Option(None, help="Comma-separated input columns to carry into docs.parquet (e.g. topic)."),
     dedup: bool = typer.Option(_D is not None, "--dedup/--no-dedup", help="Mark near-duplicates (MinHash LSH on word 5-shingles) and skip them."),
     dedup_threshold: float = typer.Option(_D.threshold, min=0.0, max=1.0, help="Jaccard similarity at which two documents are near-duplicates."),
+    vectors: Optional[Path] = typer.Option(None, help="Your own vectors instead of encoding: a Parquet file with the "
+                                           "--id-column and a 'vector' column (list of float32/float16, one dimension), "
+                                           "a vector for every document (extra ids are ignored). dgamix L2-normalises "
+                                           "every vector and prints how many were not of unit norm; NaN/infinite or "
+                                           "all-zero vectors are refused. --model then only tokenises (n_tokens); "
+                                           "targets need --vectors of the same encoder."),
+    vectors_encoder: str = typer.Option(_V.encoder, help="Name of the model that made --vectors, recorded in the "
+                                        "workspace; a target's --vectors must name the same."),
     model: str = typer.Option(_E.model, help="sentence-transformers model name or local path; the default is packaged (offline)."),
     max_seq_length: int = typer.Option(_E.max_seq_length, min=1, help="Word pieces per document seen by the encoder; longer documents are truncated."),
     batch_size: int = typer.Option(_E.batch_size, min=1, help="Documents per forward pass."),
@@ -56,7 +70,8 @@ def embed(
     overwrite: bool = typer.Option(False, help="Rebuild when the workspace holds a different corpus or parameters."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
-    """Embed a corpus: docs.parquet, embeddings/part-*.parquet and embeddings.parquet. Rerun to resume."""
+    """Embed a corpus: docs.parquet, embeddings/part-*.parquet and embeddings.parquet (or write your own
+    --vectors there). Rerun to resume."""
     from dgamix.pipeline.core.workspace import Workspace
     from dgamix.pipeline.embed import embed_corpus
     from dgamix.pipeline.encoder import EmbedConfig
@@ -66,6 +81,7 @@ def embed(
     require_device(device)  # the driver loads the model on it too (token counts, precision check)
     spec = CorpusSpec(text_column, id_column, split_csv(keep_columns))
     cfg = EmbedConfig(model, max_seq_length, batch_size, shard_size, precision, dtype, device)
+    user = UserVectors(str(vectors), vectors_encoder) if vectors is not None else None
     summary = embed_corpus(Workspace(workspace), [str(c) for c in corpus], spec, cfg,
-                           DedupConfig(threshold=dedup_threshold) if dedup else None, overwrite, quiet, eng)
+                           DedupConfig(threshold=dedup_threshold) if dedup else None, overwrite, quiet, eng, user)
     show(summary)

@@ -1,11 +1,16 @@
-"""Reading a corpus (Parquet, JSONL, or a folder of plain-text files) into the docs manifest.
+"""Reading a corpus (Parquet, JSON Lines, gzip/zstd-compressed JSON Lines, a Hugging Face dataset
+saved with ``save_to_disk``, or a folder of plain-text files) into the docs manifest.
 
-Text is never copied into the workspace: docs.parquet records (source, row) and
-:class:`dgamix.pipeline.core.sources.TextReader` reads a document's text back from its source
-when a later stage needs it. Reading one input file is ``dgamix.pipeline.core.sources``' job.
+Text is never copied into the workspace, with one exception: compressed JSON Lines has no random
+access by row, so ``load_corpus(..., copies=FOLDER)`` writes a Parquet copy of such a file's text
+column (row groups of COPY_GROUP_ROWS rows) once, while reading it; the embed stage puts these in
+``WS/texts/`` and prints their size. docs.parquet records (source, row) and
+:class:`dgamix.pipeline.core.sources.TextReader` reads a document's text back from its source (or
+its copy) when a later stage needs it. Reading one input file is ``dgamix.pipeline.core.sources``' job.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,14 +19,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.manifest import file_checksum
 from dgamix.pipeline.core.sources import (
-    TABLE_SUFFIXES,
-    TEXT_SUFFIXES,
     check_unique_names,
     column,
     file_stamp,
+    file_type,
+    input_stem,
+    is_compressed,
+    jsonl_tables,
     read_table,
     text_column,
     unreadable,
@@ -53,24 +61,79 @@ class CorpusSpec:
     keep_columns: tuple[str, ...] = field(default_factory=tuple)
 
 
+KINDS = ".parquet, .jsonl (also .jsonl.gz / .jsonl.zst), .arrow, a saved Hugging Face dataset or a folder of .txt files"
+
+
+def _hf_dataset_files(folder: Path) -> list[Path] | None:
+    """The Arrow files of a Hugging Face dataset saved with ``save_to_disk`` in ``folder``, in its
+    order (state.json's ``_data_files``); None when ``folder`` is not one."""
+    state = folder / "state.json"
+    if not (state.is_file() and (folder / "dataset_info.json").is_file()):
+        return None
+    try:
+        listed = [d["filename"] for d in json.loads(state.read_text())["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DgamixError(f"{state} is not the state.json of a saved Hugging Face dataset (no _data_files list); "
+                          f"save the dataset again with `save_to_disk`.") from None
+    out = [folder / name for name in listed]
+    missing = [f for f in out if not f.is_file()]
+    if missing:
+        raise DgamixError(f"{folder}: the saved Hugging Face dataset lacks {missing[0].name} (listed in state.json); "
+                          f"copy the whole folder again.")
+    return out
+
+
+def _walk(folder: Path) -> list[Path]:
+    """The input files under ``folder``, sorted by path; a saved Hugging Face dataset contributes its
+    listed Arrow files in their order (its other files, e.g. cache-*.arrow, are not documents)."""
+    hf = _hf_dataset_files(folder)
+    if hf is not None:
+        return hf
+    out: list[Path] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir():
+            out.extend(_walk(entry))
+        elif entry.is_file() and file_type(entry):
+            out.append(entry)
+    return out
+
+
 def expand_inputs(paths: list[str | Path]) -> list[Path]:
-    """Input files in a stable order: files as given; folders expanded recursively (sorted)."""
+    """Input files in a stable order: files as given; folders expanded recursively (sorted by path,
+    so a folder of shards is read in shard order, each shard a source file)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TABLE_SUFFIXES + TEXT_SUFFIXES)
+            found = _walk(p)
             if not found:
-                raise DgamixError(f"{p} is a folder with no .parquet, .jsonl or .txt files; point dgamix at the corpus files.")
+                raise DgamixError(f"{p} is a folder with no corpus files; give {KINDS}.")
             out.extend(found)
         elif p.is_file():
-            if p.suffix.lower() not in TABLE_SUFFIXES + TEXT_SUFFIXES:
-                raise DgamixError(f"{p}: unsupported file type '{p.suffix}'; give .parquet, .jsonl or a folder of .txt files.")
+            if not file_type(p):
+                raise DgamixError(f"{p}: unsupported file type '{p.suffix}'; give {KINDS}.")
             out.append(p)
         else:
             raise DgamixError(f"{p} does not exist; check the corpus path.")
     if not out:
-        raise DgamixError("no corpus given; pass at least one .parquet, .jsonl or folder of .txt files.")
+        raise DgamixError(f"no corpus given; pass at least one {KINDS}.")
     return [p.resolve() for p in out]
+
+
+@dataclass(frozen=True)
+class InputFiles:
+    """The corpus files of some inputs, each with its file_stamp taken before its checksum (a change
+    from then on is seen when a shard reads the file again) and the sha256 of its bytes."""
+
+    files: tuple[Path, ...]
+    stamps: dict[str, tuple[int, int]]
+    checksums: dict[str, str]
+
+
+def scan_inputs(paths: list[str | Path]) -> InputFiles:
+    """:func:`expand_inputs`, then each file's stamp and checksum (one read of every byte)."""
+    files = expand_inputs(paths)
+    stamps = {str(f): file_stamp(f) for f in files}
+    return InputFiles(tuple(files), stamps, {str(f): file_checksum(f) for f in files})
 
 
 # docs.parquet's own columns: an input column of one of these names cannot be carried along
@@ -92,12 +155,12 @@ def _no_empty_ids(path: Path, spec: CorpusSpec, empty: int) -> None:
 def _id_prefixes(files: list[Path]) -> list[str]:
     """The prefix of the generated ids ("<prefix>:<row>") of each file: its stem, or, for files whose
     stems clash (a/doc.txt and b/doc.txt), its path relative to the files' common folder."""
-    stems = [f.stem for f in files]
+    stems = [input_stem(f) for f in files]
     clash = {s for s in stems if stems.count(s) > 1}
     if not clash:
         return stems
     common = Path(os.path.commonpath([str(f.parent) for f in files]))
-    return [f.relative_to(common).as_posix() if f.stem in clash else f.stem for f in files]
+    return [f.relative_to(common).as_posix() if input_stem(f) in clash else input_stem(f) for f in files]
 
 
 def _concat(parts: list[pa.Table], files: list[Path], spec: CorpusSpec, keep_option: str) -> pa.Table:
@@ -114,13 +177,18 @@ def _concat(parts: list[pa.Table], files: list[Path], spec: CorpusSpec, keep_opt
                           f"input files; give each column one type in every file.") from None
 
 
-PIECE_ROWS = 65_536  # rows per batch when a large Parquet file is read without keeping its texts
+PIECE_ROWS = 65_536  # rows per batch when a large Parquet file or a compressed file is read in pieces
+COPY_GROUP_ROWS = 4096  # rows per row group of a compressed file's Parquet copy (the unit of reading by row)
 
 
 def _pieces(path: Path, stream: bool):
     """One input file as tables of consecutive rows: with ``stream`` a Parquet file of more than
-    PIECE_ROWS rows batch by batch (memory: one batch of its text), else the whole file."""
-    if stream and path.suffix.lower() == ".parquet":
+    PIECE_ROWS rows batch by batch (memory: one batch of its text), a compressed JSON Lines file
+    always PIECE_ROWS rows at a time, else the whole file."""
+    if is_compressed(path):
+        yield from jsonl_tables(path, PIECE_ROWS)
+        return
+    if stream and file_type(path) == ".parquet":
         try:
             pf = pq.ParquetFile(path)
             big = pf.metadata.num_rows > PIECE_ROWS
@@ -137,14 +205,55 @@ def _pieces(path: Path, stream: bool):
     yield read_table(path)
 
 
+def copy_name(path: Path, checksum: str) -> str:
+    """The file name of the row-indexed Parquet copy of compressed input ``path`` (of these bytes)."""
+    return f"{input_stem(path)}.{checksum[:16]}.parquet"
+
+
+class _Copy:
+    """Writes the text column of a compressed input, piece by piece, into its Parquet copy in
+    ``folder`` (atomically: complete or absent). A copy made from the same bytes is kept as it is."""
+
+    def __init__(self, folder: Path, path: Path, checksum: str, text_col: str) -> None:
+        self.path = folder / copy_name(path, checksum)
+        self.done = False
+        if self.path.exists():
+            try:
+                self.done = manifest.read_meta(self.path, "text-copy").get("inputs") == checksum
+            except DgamixError:
+                self.done = False  # damaged: written again
+        self._ctx = None if self.done else manifest.writer(
+            self.path, pa.schema([(text_col, pa.large_string())]), "text-copy",
+            {"source": str(path), "text_column": text_col}, checksum)
+        self._w = None if self._ctx is None else self._ctx.__enter__()
+        self.text_col = text_col
+
+    def add(self, text: pa.Array) -> None:
+        if self._w is not None:
+            self._w.write_table(pa.table({self.text_col: text.cast(pa.large_string())}), row_group_size=COPY_GROUP_ROWS)
+
+    def close(self, error: BaseException | None = None) -> None:
+        if self._ctx is not None:
+            ctx, self._ctx, self._w = self._ctx, None, None
+            if error is None:
+                ctx.__exit__(None, None, None)
+            else:
+                ctx.__exit__(type(error), error, error.__traceback__)
+
+
 def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "--keep-columns",
-                keep_texts: bool = True) -> tuple[pa.Table, dict]:
+                keep_texts: bool = True, scanned: InputFiles | None = None,
+                copies: Path | None = None) -> tuple[pa.Table, dict]:
     """Read every input; returns (docs table without doc_id/n_tokens/dup_of, stats).
 
     ``stats["texts"]`` holds the kept documents' texts (large_string, in docs order) when
     ``keep_texts``; without it no texts are kept, and a large Parquet file is read PIECE_ROWS rows
     at a time (the embed stage reads texts back by (source, row) shard by shard,
-    :class:`dgamix.pipeline.core.sources.TextRefs`).
+    :class:`dgamix.pipeline.core.sources.TextRefs`). Compressed JSON Lines is always read in
+    pieces; with ``copies`` (a folder) each such file's text column is also written to a
+    row-indexed Parquet copy there (:func:`copy_name`), listed in ``stats["copies"]`` (input ->
+    copy) with their size in ``stats["copy_bytes"]``. ``scanned``: :func:`scan_inputs` of ``paths``
+    when the caller has it already.
 
     Rows whose text is null, empty or whitespace are skipped and counted. User ids are the
     id column when present (cast to string), else "<file stem>:<row>" (the file's relative path
@@ -155,43 +264,33 @@ def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "-
         if c in RESERVED_COLUMNS:
             raise DgamixError(f"{keep_option} {c!r}: docs.parquet has its own column {c!r}; rename that column in "
                               f"the input, or leave it out of {keep_option}.")
-    files = expand_inputs(paths)
+    scanned = scanned if scanned is not None else scan_inputs(paths)
+    files = list(scanned.files)
     parts, part_files, skipped, texts = [], [], 0, []
     generated = []  # (part index, file, rows, kept rows) of the files whose ids are made up
-    stamps = {}  # before reading: a change from here on is seen when a shard reads the file again
+    made, copy_bytes = {}, 0  # compressed input -> its Parquet copy
     for path in files:
-        stamps[str(path)] = file_stamp(path)
-        pieces, keeps, offset, has_ids, empty_ids = [], [], 0, False, 0
-        for table in _pieces(path, stream=not keep_texts):
-            text = text_column(table, path, spec.text_column)
-            n = len(text)
-            if n == 0 and not table.column_names:
-                continue  # an empty JSON Lines file
-            has_ids = spec.id_column in table.column_names
-            ids = _id_column(table, path, spec) if has_ids else pa.nulls(n, pa.string())
-            empty_ids += ids.null_count if has_ids else 0
-            # blank = only Unicode whitespace (as str.isspace: also \xa0, \x85, \u2028, \x1c-\x1f)
-            keep = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
-            skipped += n - pc.sum(keep).as_py() if n else 0
-            cols = {"id": ids, "source": pa.array([str(path)] * n, pa.string()),
-                    "row": pa.array(range(offset, offset + n), pa.int64()),
-                    "n_chars": pc.fill_null(pc.utf8_length(text), 0).cast(pa.int64())}
-            for c in spec.keep_columns:
-                if c not in table.column_names:
-                    raise DgamixError(f"{path} has no column {c!r} for {keep_option} (columns: {table.column_names}).")
-                cols[c] = column(table, c, path, keep_option)
-            pieces.append(pa.table(cols).filter(keep))
-            keeps.append(keep)
-            if keep_texts:
-                texts.append(text.filter(keep))
-            offset += n
-            del table, text
-        _no_empty_ids(path, spec, empty_ids)
+        copy = None
+        if copies is not None and is_compressed(path):
+            copy = _Copy(copies, path, scanned.checksums[str(path)], spec.text_column)
+        try:
+            got = _read_file(path, spec, keep_option, keep_texts, copy)
+        except BaseException as e:
+            if copy is not None:
+                copy.close(e)
+            raise
+        if copy is not None:
+            copy.close()
+            made[str(path)] = str(copy.path)
+            copy_bytes += copy.path.stat().st_size
+        pieces, keeps, offset, has_ids, n_skipped, kept_texts = got
+        skipped += n_skipped
+        texts.extend(kept_texts)
         if not pieces:
             continue
         if not has_ids:
             generated.append((len(parts), path, offset, pa.chunked_array(keeps).combine_chunks()))
-        parts.append(pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces))
+        parts.append(pieces[0] if len(pieces) == 1 else _concat_pieces(pieces, path, keep_option))
         part_files.append(path)
     # made-up ids "<prefix>:<row>": the file stem, or its relative path where stems clash among these files
     for (k, path, n, keep), prefix in zip(generated, _id_prefixes([g[1] for g in generated])):
@@ -207,8 +306,75 @@ def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "-
         example = dup[0]["values"].as_py()
         raise DgamixError(f"duplicate ids in column {spec.id_column!r} ({len(dup)} ids repeat, e.g. {example!r}); "
                           f"make ids unique or pass --id-column of a unique column.")
-    stats = {"files": [str(f) for f in files], "skipped_empty": int(skipped), "n_docs": docs.num_rows, "stamps": stamps,
-             "checksums": {str(f): file_checksum(f) for f in files}}
+    stats = {"files": [str(f) for f in files], "skipped_empty": int(skipped), "n_docs": docs.num_rows,
+             "stamps": dict(scanned.stamps), "checksums": dict(scanned.checksums), "copies": made,
+             "copy_bytes": int(copy_bytes)}
     if keep_texts:
         stats["texts"] = pa.chunked_array(texts, pa.large_string()).combine_chunks()
     return docs, stats
+
+
+def _read_file(path: Path, spec: CorpusSpec, keep_option: str, keep_texts: bool, copy: _Copy | None):
+    """One input file's pieces: (docs pieces, keep masks, rows, has ids, rows skipped, kept texts).
+    A compressed file is read in pieces whose fields may differ: a field missing from a piece is
+    null there, and an error only when the whole file lacks it."""
+    streamed = is_compressed(path)
+    pieces, keeps, texts, offset, skipped = [], [], [], 0, 0
+    seen: set[str] = set()      # fields of the pieces so far (streamed)
+    empty_ids = without_ids = 0  # null ids; rows of pieces without the id field (streamed)
+    for table in _pieces(path, stream=not keep_texts):
+        seen.update(table.column_names)
+        n = table.num_rows
+        if streamed and spec.text_column not in table.column_names:
+            text = pa.nulls(n, pa.large_string())
+        else:
+            text = text_column(table, path, spec.text_column)
+            n = len(text)
+        if copy is not None:
+            copy.add(text)
+        if n == 0 and not table.column_names:
+            continue  # an empty JSON Lines file
+        if spec.id_column in table.column_names:
+            ids = _id_column(table, path, spec)
+            empty_ids += ids.null_count
+        else:
+            ids = pa.nulls(n, pa.string())
+            without_ids += n
+        # blank = only Unicode whitespace (as str.isspace: also \xa0, \x85, \u2028, \x1c-\x1f)
+        keep = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
+        skipped += n - pc.sum(keep).as_py() if n else 0
+        cols = {"id": ids, "source": pa.array([str(path)] * n, pa.string()),
+                "row": pa.array(range(offset, offset + n), pa.int64()),
+                "n_chars": pc.fill_null(pc.utf8_length(text), 0).cast(pa.int64())}
+        for c in spec.keep_columns:
+            if c in table.column_names:
+                cols[c] = column(table, c, path, keep_option)
+            elif streamed:
+                cols[c] = pa.nulls(n)
+            else:
+                raise DgamixError(f"{path} has no column {c!r} for {keep_option} (columns: {table.column_names}).")
+        pieces.append(pa.table(cols).filter(keep))
+        keeps.append(keep)
+        if keep_texts:
+            texts.append(text.filter(keep))
+        offset += n
+        del table, text
+    has_ids = spec.id_column in seen
+    if streamed and offset:
+        if spec.text_column not in seen:
+            raise DgamixError(f"{path} has no text column {spec.text_column!r} (fields: {sorted(seen)}); "
+                              f"pass --text-column NAME.")
+        for c in spec.keep_columns:
+            if c not in seen:
+                raise DgamixError(f"{path} has no column {c!r} for {keep_option} (fields: {sorted(seen)}).")
+        empty_ids += without_ids if has_ids else 0
+    _no_empty_ids(path, spec, empty_ids)
+    return pieces, keeps, offset, has_ids, skipped, texts
+
+
+def _concat_pieces(pieces: list[pa.Table], path: Path, keep_option: str) -> pa.Table:
+    try:
+        return pa.concat_tables(pieces, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        raise DgamixError(f"{path}: a field of {keep_option} has different JSON types in different parts of the file; "
+                          f"give it the same type on every line.") from None

@@ -21,11 +21,12 @@ import pyarrow as pa
 
 from dgamix.pipeline.core import files, manifest
 from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.models import model_fingerprint
 from dgamix.pipeline.core.progress import progress_bar
 from dgamix.pipeline.core.sources import DocTexts, TextReader, TextRefs, portable_source
 from dgamix.pipeline.core.stage import StageRun, run_stage
 from dgamix.pipeline.core.workspace import Workspace
-from dgamix.pipeline.corpus import CorpusSpec, load_corpus
+from dgamix.pipeline.corpus import CorpusSpec, load_corpus, scan_inputs
 from dgamix.pipeline.dedup import DedupConfig, near_duplicates_sharded
 from dgamix.pipeline.encoder import (
     CONCRETE,
@@ -43,6 +44,7 @@ from dgamix.pipeline.encoder import (
 )
 from dgamix.pipeline.engine import LOCAL, EngineConfig, map_shards, session, threads_per_worker
 from dgamix.pipeline.precision import PrecisionReport, measure_precision
+from dgamix.pipeline.vectors import UserVectors, VectorFile, record, summary_line
 
 AUTO_MIN_DOCS = 2000        # embed stage: below this, auto keeps fp32 without measuring (the one-off
                             # int8 export and the measurement cost more than int8 saves)
@@ -85,8 +87,11 @@ def _docs_table(base: pa.Table, dup_of: np.ndarray, n_tokens: np.ndarray, root: 
     return pa.table(cols)
 
 
-# what the embed stage writes, relative to the workspace root
-OUTPUTS = ("docs.parquet", "embeddings.parquet", "embeddings")
+# what the embed stage writes, relative to the workspace root (texts/: row-indexed copies of compressed inputs)
+TEXTS = "texts"
+OUTPUTS = ("docs.parquet", "embeddings.parquet", "embeddings", TEXTS)
+EMBEDDING_OUTPUTS = ("embeddings.parquet", "embeddings")
+VECTORS_PRECISION = "vectors"  # embeddings params' precision when the user's vectors were written (none computed)
 
 
 def _same_or_replace(st: StageRun, path: Path, want: str, what: str, overwrite: bool, outputs: tuple[str, ...]
@@ -157,7 +162,8 @@ class ShardEmbedder:
 
 def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec(),
                  cfg: EmbedConfig = EMBED_STAGE, dedup: DedupConfig | None = DedupConfig(),
-                 overwrite: bool = False, quiet: bool = False, engine: EngineConfig = LOCAL) -> dict:
+                 overwrite: bool = False, quiet: bool = False, engine: EngineConfig = LOCAL,
+                 vectors: UserVectors | None = None) -> dict:
     """The embed stage. Returns a summary dict (docs, duplicates, empty, shards embedded/skipped,
     precision and where its choice came from, seconds of set-up before the shards and of the shards).
 
@@ -167,32 +173,52 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
     workspace reuses this machine's cached decision (see ``precision.resolve_precision``). The
     shards still to do run on ``engine`` (see :mod:`dgamix.pipeline.engine`); the files do not
     depend on it.
+
+    ``vectors``: your own vectors (:mod:`dgamix.pipeline.vectors`), checked and L2-normalised, are
+    written as the embeddings parts instead of encoding; ``cfg.model``'s tokenizer still counts
+    n_tokens and near-duplicates are still found on the texts. Compressed JSON Lines inputs get a
+    row-indexed Parquet copy of their texts in WS/texts/ (``text_copies_mib`` in the summary).
     """
     t0 = time.perf_counter()
-    check_precision(cfg.precision, cfg.device)
+    if vectors is None:
+        check_precision(cfg.precision, cfg.device)
     engine.check()
     if cfg.shard_size < 1 or cfg.batch_size < 1 or cfg.max_seq_length < 1:
         raise DgamixError("--shard-size, --batch-size and --max-seq-length must be positive integers.")
+    vfile = VectorFile(vectors.path, spec.id_column) if vectors is not None else None  # its columns: checked first
     base_ws = ws
     with run_stage(ws, "embed", OUTPUTS, overwrite=overwrite, replace_now=False) as st:
-        # the texts stay in their files: every shard's job reads its own (TextRefs), so the driver holds
-        # at most one shard's texts and its reader's cache (files without a row index), not the corpus
-        base, stats = load_corpus(inputs, spec, keep_texts=False)
-        corpus = DocTexts.of_table(base, spec.text_column, group_rows=2 * cfg.shard_size, stamps=stats["stamps"])
-        n = base.num_rows
-        enc = load_encoder(cfg)
-        model_fp = weights_fingerprint(enc, cfg)  # kept on the encoder: the int8 cache key reuses it
-        docs_params = {"corpus": stats["files"], **asdict(spec), "dedup": asdict(dedup) if dedup else None,
-                       "tokenizer": model_fp}
-        docs_fp = manifest.fingerprint(stats["checksums"], docs_params)
-
-        if _same_or_replace(st, ws.docs, docs_fp, "a corpus", overwrite, OUTPUTS):
-            docs, _ = manifest.read(ws.docs, "docs")
-        else:
+        scanned = scan_inputs(inputs)
+        model_fp = model_fingerprint(cfg.model)  # of the tokenizer's model too (n_tokens; the trainer's pieces)
+        docs_params = {"corpus": [str(f) for f in scanned.files], **asdict(spec),
+                       "dedup": asdict(dedup) if dedup else None, "tokenizer": model_fp}
+        docs_fp = manifest.fingerprint(scanned.checksums, docs_params)
+        same_docs = _same_or_replace(st, ws.docs, docs_fp, "a corpus", overwrite, OUTPUTS)
+        if not same_docs:
             ws = st.ws  # embeddings of another corpus are void: all staged when replacing
             if not st.replacing and ws.embeddings.exists() and not overwrite:
                 raise DgamixError(f"{ws.root} holds embeddings but no docs.parquet; pass --overwrite to rebuild "
                                   f"them, or use another --workspace.")
+        # the texts stay in their files: every shard's job reads its own (TextRefs), so the driver holds
+        # at most one shard's texts and its reader's cache (files without a row index), not the corpus;
+        # compressed files are read once here and copied to WS/texts/ with a row index
+        base, stats = load_corpus(inputs, spec, keep_texts=False, scanned=scanned, copies=ws.at(TEXTS))
+        corpus = DocTexts.of_table(base, spec.text_column, group_rows=2 * cfg.shard_size, stamps=stats["stamps"],
+                                   copies=stats["copies"])
+        n = base.num_rows
+        user = None
+        if vfile is not None:  # every vector checked before the near-duplicate pass and the parts
+            user = _user_vectors(base_ws, vfile, vectors, base["id"])
+        if vectors is not None:
+            enc = Encoder(cfg=cfg)  # its tokenizer only (no model is run)
+            enc.fingerprint = (cfg.model, model_fp)
+        else:
+            enc = load_encoder(cfg)
+            enc.fingerprint = (cfg.model, model_fp)  # kept on the encoder: the int8 cache key reuses it
+
+        if same_docs:
+            docs, _ = manifest.read(ws.docs, "docs")
+        else:
             if not st.replacing:  # parts of an interrupted first run, or embeddings replaced under --overwrite
                 for p in (ws.embeddings, ws.embeddings_dir):
                     files.remove(p, ws.root)
@@ -202,33 +228,21 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
             n_tokens = np.concatenate([count_tokens(enc, r.read(corpus.reader)) for r in refs]) \
                 if n else np.zeros(0, np.int64)
             docs = _docs_table(base, dup_of, n_tokens, ws.root)
+            copies = {portable_source(src, base_ws.root): f"{TEXTS}/{Path(copy).name}"
+                      for src, copy in stats["copies"].items()}
             manifest.write(ws.docs, docs, "docs", docs_params, docs_fp,
-                           extra={"skipped_empty": stats["skipped_empty"], "text_column": spec.text_column})
+                           extra={"skipped_empty": stats["skipped_empty"], "text_column": spec.text_column,
+                                  "text_copies": copies})
+        _drop_stale_copies(ws, stats["copies"])
 
         kept = np.asarray(docs["doc_id"])[np.asarray(docs["dup_of"].is_null())]
-        sample = corpus.refs(_spread(kept.tolist(), VALIDATION_DOCS)).read(corpus.reader)
-        rep, source = _recorded_precision(ws, cfg, model_fp), "recorded in the workspace"
-        if rep is None:
-            rep, source = _auto_small_corpus(cfg, len(kept)), f"fewer than {AUTO_MIN_DOCS} documents: not measured"
-        if rep is None:  # auto: this machine's cached decision, else measured (precision.resolve_precision)
-            rep = measure_precision(enc, cfg, sample, cfg.precision)
-            source = "requested" if cfg.precision != "auto" else (
-                rep.cached or f"measured on {rep.sample} documents in {rep.seconds:.1f} s")
-        elif rep.precision == "int8":  # recorded: is this dgamix's int8 export the one that made the parts?
-            rep.recipe = check_int8_export(enc, cfg, None if overwrite else rep.recipe, sample,
-                                           str(ws.embeddings_dir), "pass --overwrite to re-embed, or use another "
-                                           "--workspace.")
-        run_cfg = replace(cfg, precision=rep.precision)
-        emb_params = {**asdict(run_cfg), "model_fingerprint": model_fp, "dim": enc.dim, "normalized": True}
-        if rep.precision == "int8":
-            emb_params["int8_recipe"] = rep.recipe
-        emb_params.pop("device")  # the device does not change the vectors beyond float tolerance
-        emb_fp = manifest.fingerprint(docs_fp, emb_params)  # of what makes the vectors, not of measurements
-        emb_params.update(rep.params())
-        if rep.choice():  # in every part too, so a resumed run records the same choice (not fingerprinted)
-            emb_params["precision_choice"] = rep.choice()
+        if user is not None:
+            run_cfg, emb_params, emb_fp = cfg, *_vector_params(cfg, model_fp, docs_fp, user["record"])
+        else:
+            rep, source, run_cfg, emb_params, emb_fp = _encoder_params(ws, cfg, enc, model_fp, docs_fp, corpus,
+                                                                       kept, overwrite)
         recorded = _recorded_checksums(ws, emb_fp)
-        _same_or_replace(st, ws.embeddings, emb_fp, "embeddings", overwrite, OUTPUTS[1:])
+        _same_or_replace(st, ws.embeddings, emb_fp, "embeddings", overwrite, EMBEDDING_OUTPUTS)
         ws = st.ws
 
         shards = [kept[i:i + cfg.shard_size] for i in range(0, len(kept), cfg.shard_size)]
@@ -245,12 +259,24 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
                 else:  # absolute paths: a Ray actor may run in another folder (or on another node)
                     jobs.append({"part": str(part.absolute()), "texts": corpus.refs(ids), "doc_ids": ids,
                                  "params": {**emb_params, **shard_params}})
-            work = ShardEmbedder(run_cfg, emb_fp, emb_params, threads_per_worker(engine) if engine.is_ray else None,
-                                 None if engine.is_ray else enc, spec.text_column, corpus.reader)
-            with session(engine):
-                for k, res in enumerate(map_shards(work, jobs, engine, tick, weight=lambda job: len(job["doc_ids"]))):
-                    rows[jobs[k]["params"]["shard"]]["checksum"] = res["checksum"]  # read by the worker, not here
+            if user is not None:  # the vectors are there already: each part is written here
+                for job in jobs:
+                    table = pa.table({"doc_id": pa.array(job["doc_ids"], pa.int64()),
+                                      "embedding": manifest.embedding_array(user["matrix"][job["doc_ids"]], cfg.dtype)})
+                    manifest.write(job["part"], table, "embeddings-part", job["params"], emb_fp)
+                    rows[job["params"]["shard"]]["checksum"] = manifest.file_checksum(job["part"])
+                    tick(len(job["doc_ids"]))
+            else:
+                work = ShardEmbedder(run_cfg, emb_fp, emb_params,
+                                     threads_per_worker(engine) if engine.is_ray else None,
+                                     None if engine.is_ray else enc, spec.text_column, corpus.reader)
+                with session(engine):
+                    for k, res in enumerate(map_shards(work, jobs, engine, tick,
+                                                       weight=lambda job: len(job["doc_ids"]))):
+                        rows[jobs[k]["params"]["shard"]]["checksum"] = res["checksum"]  # read by the worker
         done, t2 = len(jobs), time.perf_counter()
+        if user is not None:
+            user["discard"]()
         for row in rows:
             if "checksum" not in row:  # a part kept from an earlier run, verified by _part_is_complete
                 row["checksum"] = manifest.file_checksum(ws.embedding_part(row["shard"]))
@@ -259,11 +285,86 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
         extra = {"n_docs": int(len(kept)), "built_from": {"docs": docs_fp}}
         manifest.write(ws.embeddings, pa.Table.from_pylist(rows), "embeddings", emb_params, emb_fp, extra=extra)
         n_dup = int(docs.num_rows - len(kept))
-    return {"workspace": str(base_ws.root), "docs": docs.num_rows, "embedded": int(len(kept)), "duplicates": n_dup,
-            "skipped_empty": int(manifest.read_meta(base_ws.docs).get("skipped_empty", 0)),
-            "shards": len(shards), "shards_embedded": done, "shards_skipped": skipped, "engine": engine.name,
-            "precision": rep.precision, "precision_cosine_mean": round(rep.cosine_mean, 4),
-            "precision_source": source, "setup_s": round(t1 - t0, 1), "embed_s": round(t2 - t1, 1)}
+    out = {"workspace": str(base_ws.root), "docs": docs.num_rows, "embedded": int(len(kept)), "duplicates": n_dup,
+           "skipped_empty": int(manifest.read_meta(base_ws.docs).get("skipped_empty", 0)),
+           "shards": len(shards), "shards_embedded": done, "shards_skipped": skipped, "engine": engine.name}
+    if stats["copies"]:
+        out["text_copies"] = f"{len(stats['copies'])} compressed files as Parquet in {base_ws.root / TEXTS}"
+        out["text_copies_mib"] = round(stats["copy_bytes"] / 2**20, 1)
+    if user is not None:
+        out["vectors"] = summary_line(user["record"])
+    else:
+        out.update({"precision": rep.precision, "precision_cosine_mean": round(rep.cosine_mean, 4),
+                    "precision_source": source})
+    out.update({"setup_s": round(t1 - t0, 1), "embed_s": round(t2 - t1, 1)})
+    return out
+
+
+def _encoder_params(ws: Workspace, cfg: EmbedConfig, enc: Encoder, model_fp: str, docs_fp: str, corpus: DocTexts,
+                    kept: np.ndarray, overwrite: bool):
+    """(precision report, where its choice came from, the run's config, embeddings params, their
+    fingerprint) when the encoder makes the vectors: ``auto`` resolved as the module docstring says."""
+    sample = corpus.refs(_spread(kept.tolist(), VALIDATION_DOCS)).read(corpus.reader)
+    rep, source = _recorded_precision(ws, cfg, model_fp), "recorded in the workspace"
+    if rep is None:
+        rep, source = _auto_small_corpus(cfg, len(kept)), f"fewer than {AUTO_MIN_DOCS} documents: not measured"
+    if rep is None:  # auto: this machine's cached decision, else measured (precision.resolve_precision)
+        rep = measure_precision(enc, cfg, sample, cfg.precision)
+        source = "requested" if cfg.precision != "auto" else (
+            rep.cached or f"measured on {rep.sample} documents in {rep.seconds:.1f} s")
+    elif rep.precision == "int8":  # recorded: is this dgamix's int8 export the one that made the parts?
+        rep.recipe = check_int8_export(enc, cfg, None if overwrite else rep.recipe, sample,
+                                       str(ws.embeddings_dir), "pass --overwrite to re-embed, or use another "
+                                       "--workspace.")
+    run_cfg = replace(cfg, precision=rep.precision)
+    emb_params = {**asdict(run_cfg), "model_fingerprint": model_fp, "dim": enc.dim, "normalized": True}
+    if rep.precision == "int8":
+        emb_params["int8_recipe"] = rep.recipe
+    emb_params.pop("device")  # the device does not change the vectors beyond float tolerance
+    emb_fp = manifest.fingerprint(docs_fp, emb_params)  # of what makes the vectors, not of measurements
+    emb_params.update(rep.params())
+    if rep.choice():  # in every part too, so a resumed run records the same choice (not fingerprinted)
+        emb_params["precision_choice"] = rep.choice()
+    return rep, source, run_cfg, emb_params, emb_fp
+
+
+def _vector_params(cfg: EmbedConfig, model_fp: str, docs_fp: str, record: dict) -> tuple[dict, str]:
+    """(embeddings params, fingerprint) of user vectors: ``precision`` "vectors" (dgamix computed
+    none), ``model`` the tokenizer's (n_tokens, the trainer's pieces), ``vectors`` their identity."""
+    emb_params = {**asdict(cfg), "precision": VECTORS_PRECISION, "model_fingerprint": model_fp, "dim": record["dim"],
+                  "normalized": True, "vectors": record}
+    emb_params.pop("device")
+    # of the vectors' bytes and identity, not of where the file lies
+    return emb_params, manifest.fingerprint(docs_fp, {**emb_params, "vectors": {**record, "file": None}})
+
+
+def _user_vectors(ws: Workspace, vfile: VectorFile, vectors: UserVectors, ids: pa.ChunkedArray) -> dict:
+    """Every document's vector from ``vfile``, checked and normalised into a float32 memory map under
+    WS/cache/ (disk: documents x dim x 4 bytes while the stage runs; removed by ``discard``)."""
+    rows = vfile.match(ids.combine_chunks())
+    dim = vfile.dimension()
+    folder = files.make_dir(ws.root / "cache", ws.root)
+    for old in folder.glob(".vectors-*"):  # a killed run's (we hold the embed lock)
+        files.remove(old, ws.root)
+    path = folder / f".vectors-{uuid.uuid4().hex[:8]}.f32"
+    try:
+        matrix = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows.size, dim))
+        renormalised = vfile.scatter(rows, matrix)
+    except BaseException:
+        files.discard(path)
+        raise
+    return {"matrix": matrix, "record": record(vfile, vectors, renormalised, rows.size),
+            "discard": lambda: files.discard(path)}
+
+
+def _drop_stale_copies(ws: Workspace, used: dict[str, str]) -> None:
+    """Remove copies in WS/texts/ of compressed inputs no longer in the corpus."""
+    folder = ws.at(TEXTS)
+    keep = {Path(p).name for p in used.values()}
+    if folder.is_dir():
+        for f in folder.iterdir():
+            if f.name not in keep and f.suffix == ".parquet":
+                files.remove(f, ws.root)
 
 
 class _ReadInTurn:

@@ -20,7 +20,16 @@ from dgamix.pipeline.core.stage import run_stage
 from dgamix.pipeline.core.workspace import Workspace
 from dgamix.pipeline.corpus import CorpusSpec, load_corpus
 from dgamix.pipeline.embed import embed_shard
-from dgamix.pipeline.encoder import EmbedConfig, check_int8_export, count_tokens, load_encoder
+from dgamix.pipeline.encoder import EmbedConfig, Encoder, check_int8_export, count_tokens, load_encoder
+from dgamix.pipeline.vectors import (
+    UserVectors,
+    VectorFile,
+    check_same_encoder,
+    describe,
+    identity,
+    read_vectors,
+    summary_line,
+)
 
 SPLITS = ("reweight", "holdout")
 
@@ -82,17 +91,34 @@ def _groups(base: pa.Table, by_file: dict[str, pa.Array]) -> pa.Array:
 def build_target(ws: Workspace, path: str, name: str, cfg: TargetConfig = TargetConfig(),
                  overwrite: bool = False, encoder=None, model: str | None = None) -> dict:
     """Embed target examples from ``path`` into WS/targets/<name>/examples.parquet; returns a summary.
-    ``model``: the encoder's folder when the corpus was embedded with one other than the packaged default."""
+    ``model``: the encoder's folder when the corpus was embedded with one other than the packaged default.
+    With ``cfg.vectors`` the examples' own vectors are read (checked and L2-normalised like the
+    corpus's, :mod:`dgamix.pipeline.vectors`) instead of encoding; they must be of the encoder the
+    corpus's --vectors were (name and dimension), and a corpus embedded with --vectors needs them."""
     check_options(cfg)
+    emb_params = manifest.read_meta(ws.require(ws.embeddings, "dgamix embed CORPUS --workspace WS"),
+                                    "embeddings")["params"]
+    user = UserVectors(cfg.vectors, cfg.vectors_encoder) if cfg.vectors is not None else None
+    if user is None:
+        check_same_encoder(emb_params, None, str(ws.root))
+    else:  # the name is known before the file is read: refuse another encoder at once
+        check_same_encoder(emb_params, {"encoder": user.encoder, "dim": identity(emb_params)["dim"]}, str(ws.root))
+        VectorFile(user.path, cfg.id_column)  # its columns and type, before the examples are read
     enc_cfg = workspace_encoder(ws, model)
     by_file = _group_columns(path, cfg.group_column) if cfg.group_column else None
     base, stats = load_corpus([path], CorpusSpec(cfg.text_column, cfg.id_column))
     n = base.num_rows
     split = holdout_split(n, cfg.holdout, cfg.seed)  # checked before the encoder loads
     groups = _groups(base, by_file) if by_file is not None else pa.nulls(n, pa.string())
+    vecs = rec = None
+    if user is not None:
+        vecs, rec = read_vectors(user, base["id"], cfg.id_column)
+        check_same_encoder(emb_params, rec, str(ws.root))
     out = ws.target_dir(name) / "examples.parquet"
     params = {**asdict(cfg), "source": stats["files"], "encoder": asdict(enc_cfg)}
-    fp = manifest.fingerprint(stats["checksums"], params)
+    if rec is not None:
+        params["vectors_identity"] = {"encoder": rec["encoder"], "dim": rec["dim"]}
+    fp = manifest.fingerprint(stats["checksums"], params, rec and rec["checksum"])
     if out.exists() and not overwrite and manifest.read_meta(out).get("inputs") == fp:
         return summarise(ws, name)
     exists = f"target '{name}' already exists in {ws.root} from other inputs; pass --overwrite or choose another --name."
@@ -100,27 +126,44 @@ def build_target(ws: Workspace, path: str, name: str, cfg: TargetConfig = Target
     with run_stage(ws, f"target-{name}", [f"targets/{name}"], overwrite=overwrite, exists=exists) as st:
         out = st.ws.target_dir(name) / "examples.parquet"
         texts = stats["texts"].to_pylist()
-        enc = encoder or load_encoder(enc_cfg)
-        emb_params = manifest.read_meta(ws.embeddings, "embeddings")["params"]
-        if enc_cfg.precision == "int8":  # target and corpus vectors are compared: the same export
-            check_int8_export(enc, enc_cfg, emb_params.get("int8_recipe"), texts, str(ws.embeddings),
-                              f"re-embed the corpus (`dgamix embed ... --workspace {ws.root} --overwrite`), then "
-                              f"rerun `dgamix target`.")
-        emb = embed_shard(enc, texts, np.arange(n), enc_cfg)
+        if vecs is not None:
+            enc = Encoder(cfg=enc_cfg)  # its tokenizer only: n_tokens
+            embedding = manifest.embedding_array(vecs, enc_cfg.dtype)
+        else:
+            enc = encoder or load_encoder(enc_cfg)
+            if enc_cfg.precision == "int8":  # target and corpus vectors are compared: the same export
+                check_int8_export(enc, enc_cfg, emb_params.get("int8_recipe"), texts, str(ws.embeddings),
+                                  f"re-embed the corpus (`dgamix embed ... --workspace {ws.root} --overwrite`), then "
+                                  f"rerun `dgamix target`.")
+            embedding = embed_shard(enc, texts, np.arange(n), enc_cfg)["embedding"]
         table = pa.table({"example_id": pa.array(np.arange(n), pa.int64()), "id": base["id"], "group": groups,
                           "split": pa.array(split.tolist(), pa.string()),
                           "n_tokens": pa.array(count_tokens(enc, texts), pa.int64()),
-                          "text": pa.array(texts, pa.large_string()), "embedding": emb["embedding"]})
+                          "text": pa.array(texts, pa.large_string()), "embedding": embedding})
         built = {"encoder": validate.encoder_fingerprint(emb_params)}
-        manifest.write(out, table, "target", params, fp, extra={"skipped_empty": stats["skipped_empty"],
-                                                                 "built_from": built})
-    return summarise(ws, name)
+        extra = {"skipped_empty": stats["skipped_empty"], "built_from": built}
+        if rec is not None:
+            extra["vectors"] = rec
+        manifest.write(out, table, "target", params, fp, extra=extra)
+    out = summarise(ws, name)
+    if rec is not None:
+        out["vectors"] = summary_line(rec)
+    return out
 
 
 def load_target(ws: Workspace, name: str) -> tuple[pa.Table, dict]:
     """(examples table, metadata) of target ``name``; a clear error naming `dgamix target` when
-    absent or embedded with other settings than the corpus is now (dgamix.pipeline.core.validate)."""
-    validate.target(ws, name)
+    absent or embedded with other settings than the corpus is now (dgamix.pipeline.core.validate),
+    or with vectors of another encoder than the corpus's now (a corpus re-embedded with --vectors)."""
+    meta = validate.target(ws, name)
+    emb_params = validate.embeddings(ws)["params"]
+    have = identity(emb_params)
+    was = (meta.get("params") or {}).get("vectors_identity")
+    if (was is not None or have["user"]) and (was is None or {**was, "user": True} != have):
+        what = "dgamix's model" if was is None else describe({**was, "user": True})
+        raise DgamixError(f"targets/{name} was embedded with {what} but {ws.root} is now embedded with "
+                          f"{describe(have)}; rebuild it with `{validate.target_command(ws, name, meta.get('params', {}))}`"
+                          f"{'' if have['user'] else ' without --vectors'}.")
     return manifest.read(validate.target_path(ws, name), "target")
 
 

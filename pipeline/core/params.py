@@ -37,13 +37,16 @@ class ClusterParams:
 @dataclass(frozen=True)
 class TargetConfig:
     """How a target file is read and split: its text / id / group columns, the fraction of examples
-    held out for evaluation only, and the seed of that split."""
+    held out for evaluation only, the seed of that split, and the examples' own vectors (when the
+    corpus was embedded with --vectors; dgamix.pipeline.vectors)."""
 
     text_column: str = "text"
     id_column: str = "id"
     group_column: str | None = None   # e.g. a task or subject column; kept as `group`
     holdout: float = 0.2              # fraction of examples held out for evaluation only
     seed: int = 0                     # seeds the reweight/holdout split
+    vectors: str | None = None        # the examples' own vectors (Parquet: id column + 'vector'), else embedded
+    vectors_encoder: str = "user vectors"  # name of the model that made them: the corpus's must be the same
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,12 @@
-"""Reading user text files: one input file (Parquet, JSON Lines or plain text) as an Arrow table,
-its text column, and documents' texts back from their sources by (source, row).
+"""Reading user text files: one input file (Parquet, JSON Lines, gzip/zstd-compressed JSON Lines,
+Arrow IPC as `datasets.save_to_disk` writes it, or plain text) as an Arrow table, its text column,
+and documents' texts back from their sources by (source, row).
+
+Random access by row: Parquet reads the row groups that hold the rows, Arrow IPC files are
+memory-mapped, plain JSON Lines and text files are read whole (a reader keeps them). Compressed
+JSON Lines has no random access: the embed stage writes a row-indexed Parquet copy of its text
+column into the workspace once (``WS/texts/``, recorded in docs.parquet as ``text_copies``), and
+:class:`TextReader` reads that copy in its place.
 
 Part of the kernel: stage 1 reads corpora and targets with it (each embed shard reads its own
 texts through :class:`TextRefs`), and stage 3 reads training texts back with :class:`DocTexts` /
@@ -19,9 +26,34 @@ import pyarrow.parquet as pq
 
 from dgamix.pipeline.core.errors import DgamixError
 
-TABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson")
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}  # of JSON Lines: a.jsonl.gz, a.jsonl.zst
+COMPRESSED_SUFFIXES = tuple(j + c for j in JSONL_SUFFIXES for c in COMPRESSIONS)
+TABLE_SUFFIXES = (".parquet", *JSONL_SUFFIXES, *COMPRESSED_SUFFIXES, ".arrow")
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+READ_CHUNK = 1 << 20  # bytes read from a compressed file at a time
+
+
+def file_type(path: str | Path) -> str:
+    """The input suffix of ``path``, lower case, with its compression: '.parquet', '.jsonl.gz', '.txt' ...
+    ('' when it is none of TABLE_SUFFIXES / TEXT_SUFFIXES)."""
+    name = Path(path).name.lower()
+    for suffix in sorted(TABLE_SUFFIXES + TEXT_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return suffix
+    return ""
+
+
+def is_compressed(path: str | Path) -> bool:
+    """Whether ``path`` is compressed JSON Lines (no random access by row)."""
+    return file_type(path) in COMPRESSED_SUFFIXES
+
+
+def input_stem(path: str | Path) -> str:
+    """The file name without its input suffix (a.jsonl.gz -> a)."""
+    name, suffix = Path(path).name, file_type(path)
+    return name[:-len(suffix)] if suffix else Path(path).stem
 
 def _decode(path: Path, raw: bytes, bom: bool = False) -> str:
     """``raw`` as UTF-8 text (``bom``: a leading UTF-8 byte-order mark is dropped); a one-line
@@ -46,19 +78,25 @@ def _read_text_file(path: Path) -> str:
 
 def unreadable(path: Path, e: Exception) -> DgamixError:
     """The one-line error for an input file its reader fails on (``e``: the library's exception)."""
-    return DgamixError(f"{path}: cannot read as {path.suffix.lower()[1:]} "
+    return DgamixError(f"{path}: cannot read as {file_type(path)[1:] or path.suffix.lower()[1:]} "
                        f"({(str(e).splitlines() or [type(e).__name__])[0]}); check the file is complete and in "
                        f"that format.")
 
 
 def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """One input file as an Arrow table (a .txt file is one row with column 'text')."""
-    suffix = path.suffix.lower()
+    """One input file as an Arrow table (a .txt file is one row with column 'text'; an .arrow file
+    is memory-mapped, so its columns cost no memory until used)."""
+    suffix = file_type(path)
     try:
         if suffix in TEXT_SUFFIXES:
             return pa.table({"text": [_read_text_file(path)]})
         if suffix == ".parquet":
             return pq.read_table(path, columns=columns)
+        if suffix == ".arrow":
+            return _read_arrow(path, columns)
+        if suffix in COMPRESSED_SUFFIXES:
+            parts = list(jsonl_tables(path))
+            return pa.concat_tables(parts, promote_options="permissive") if parts else pa.table({})
         return _read_jsonl(path)
     except DgamixError:
         raise
@@ -66,6 +104,20 @@ def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
         if suffix == ".parquet":
             check_unique_names(path)
         raise unreadable(path, e) from None
+
+
+def _read_arrow(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """An Arrow IPC file, memory-mapped: the stream format (what `datasets.save_to_disk` writes) or
+    the file format. Record batches are read without copying, so a row is read by position."""
+    source = pa.memory_map(str(path))
+    try:
+        table = pa.ipc.open_stream(source).read_all()
+    except pa.ArrowInvalid:
+        source = pa.memory_map(str(path))
+        table = pa.ipc.open_file(source).read_all()
+    if columns:
+        table = table.select([c for c in columns if c in table.column_names])
+    return table
 
 
 def check_unique_names(path: Path) -> None:
@@ -116,26 +168,116 @@ def _read_jsonl(path: Path) -> pa.Table:
     """JSON Lines: one JSON object per line (lines end in \\n or \\r\\n; a UTF-8 byte-order mark is
     allowed). Characters such as U+2028 or \\x85 inside a line are part of it, not line breaks."""
     text = _decode(path, path.read_bytes(), bom=True)
+    return _jsonl_table(path, enumerate(text.split("\n"), 1))
+
+
+def _jsonl_table(path: Path, lines) -> pa.Table:
+    """The rows of ``lines`` ((file line number, line text) pairs; blank lines are skipped) as a table."""
     rows: list[dict] = []
     numbers: list[int] = []  # the file line of each row (blank lines are skipped)
-    for i, line in enumerate(text.split("\n")):
+    for number, line in lines:
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DgamixError(f"{path}: line {i + 1} is not JSON ({e.msg}); fix or remove it.") from None
+            raise DgamixError(f"{path}: line {number} is not JSON ({e.msg}); fix or remove it.") from None
         except RecursionError:
-            raise DgamixError(f"{path}: line {i + 1} is nested too deeply to read; flatten it or remove it.") from None
+            raise DgamixError(f"{path}: line {number} is nested too deeply to read; flatten it or remove it.") from None
         if not isinstance(row, dict):
-            raise DgamixError(f"{path}: line {i + 1} is {_json_kind(row)}, not a JSON object; JSON Lines input "
+            raise DgamixError(f"{path}: line {number} is {_json_kind(row)}, not a JSON object; JSON Lines input "
                               f"needs one object per line, e.g. {{\"id\": \"a1\", \"text\": \"...\"}}.")
         rows.append(row)
-        numbers.append(i + 1)
+        numbers.append(number)
     if not rows:
         return pa.table({})
     keys = list(dict.fromkeys(k for row in rows for k in row))  # first-seen order; a missing field is null
     return pa.table({key: _jsonl_column(path, key, [row.get(key) for row in rows], numbers) for key in keys})
+
+
+def _truncated(path: Path, e: Exception | str) -> DgamixError:
+    kind = COMPRESSIONS["." + file_type(path).rsplit(".", 1)[-1]]
+    why = e if isinstance(e, str) else ((str(e).splitlines() or [type(e).__name__])[0])
+    return DgamixError(f"{path}: cannot decompress ({kind}: {why}); the file is truncated or corrupt: copy or "
+                       f"download it again.")
+
+
+def _gzip_blocks(path: Path):
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as f:
+            while block := f.read(READ_CHUNK):
+                yield block
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise _truncated(path, e) from None
+
+
+def _zstd_blocks(path: Path):
+    """The decompressed bytes of a zstd file (every frame); a file that ends inside a frame is an error
+    (zstandard's stream reader would return the bytes so far without complaint)."""
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    obj, pending = dctx.decompressobj(), False
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(READ_CHUNK):
+                while chunk:
+                    out = obj.decompress(chunk)
+                    pending = True
+                    if out:
+                        yield out
+                    if obj.eof:  # a frame ended: the next one starts in what is left
+                        chunk, obj, pending = obj.unused_data, dctx.decompressobj(), False
+                    else:
+                        chunk = b""
+    except zstandard.ZstdError as e:
+        raise _truncated(path, e) from None
+    if pending:
+        raise _truncated(path, "the file ends inside a frame")
+
+
+def _compressed_lines(path: Path):
+    """(line number, line) of a compressed JSON Lines file, decompressed as they are read (memory: one
+    chunk and one line). UTF-8 (a leading byte-order mark is dropped); lines end in \\n or \\r\\n."""
+    blocks = _gzip_blocks(path) if file_type(path).endswith(".gz") else _zstd_blocks(path)
+    number, rest, first = 0, b"", True
+    for block in blocks:
+        if first:
+            first = False
+            if block.startswith(UTF16_BOMS):
+                _decode(path, block)  # the UTF-16 message
+            block = block.removeprefix(b"\xef\xbb\xbf")
+        *lines, rest = (rest + block).split(b"\n")
+        for raw in lines:
+            number += 1
+            yield number, _decode_line(path, raw, number)
+    if rest:
+        yield number + 1, _decode_line(path, rest, number + 1)
+
+
+def _decode_line(path: Path, raw: bytes, number: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DgamixError(f"{path}: line {number} is not valid UTF-8 (byte {e.start} of the line); re-encode the "
+                          f"file as UTF-8 and rerun.") from None
+
+
+def jsonl_tables(path: Path, rows: int = 65_536):
+    """A compressed JSON Lines file as tables of at most ``rows`` consecutive rows, streamed (memory:
+    one table). A field missing from a whole table is absent from it; the caller fills in nulls."""
+    batch: list[tuple[int, str]] = []
+    for number, line in _compressed_lines(path):
+        if line.strip():
+            batch.append((number, line))
+        if len(batch) >= rows:
+            yield _jsonl_table(path, batch)
+            batch = []
+    if batch:
+        yield _jsonl_table(path, batch)
 
 
 def column(table: pa.Table, name: str, path: Path, option: str) -> pa.Array:
@@ -150,7 +292,7 @@ def column(table: pa.Table, name: str, path: Path, option: str) -> pa.Array:
 def text_column(table: pa.Table, path: Path, name: str = "text") -> pa.Array:
     """Column ``name`` of an input table as large_string text (a .txt file's one column is its text);
     one-line errors for a missing, duplicated, binary non-UTF-8 or non-text column."""
-    if path.suffix.lower() in TEXT_SUFFIXES:
+    if file_type(path) in TEXT_SUFFIXES:
         return table.column("text").combine_chunks().cast(pa.large_string())
     if name not in table.column_names:
         if table.num_rows == 0 and not table.column_names:  # an empty JSON Lines file: no documents
@@ -212,7 +354,7 @@ def read_rows(path: Path, text_col: str, rows: np.ndarray) -> list[str]:
     rows = np.asarray(rows, np.int64)
     if rows.size == 0:
         return []
-    if path.suffix.lower() != ".parquet":
+    if file_type(path) != ".parquet":
         col = text_column(read_table(path, None), path, text_col)
         if rows.max() >= len(col):
             raise _row_bound(str(path), len(col), int(rows.max()))
@@ -303,17 +445,27 @@ class TextReader:
     many files reads each file about once instead of once per batch. A relative source is
     relative to the workspace ``root``; when it is not there, ``fallback`` (relative source ->
     absolute file at embed time, ``recorded_files``) is tried, so a project moved whole and a
-    workspace moved alone both find their corpus.
+    workspace moved alone both find their corpus. ``copies`` (source -> its row-indexed Parquet
+    copy, relative to ``root`` or absolute) are read in place of compressed sources.
     """
 
     def __init__(self, text_column: str = "text", root: str | Path | None = None,
-                 fallback: dict[str, str] | None = None, cache_bytes: int = 1 << 30):
+                 fallback: dict[str, str] | None = None, cache_bytes: int = 1 << 30,
+                 copies: dict[str, str] | None = None):
         self.text_column, self.root, self.fallback = text_column, root, dict(fallback or {})
+        self.copies = dict(copies or {})
         self.cache_bytes = int(cache_bytes)
         self._cols: OrderedDict[str, pa.Array] = OrderedDict()
 
     def path(self, source: str) -> Path:
         """The file of a recorded source (see the class docstring); a one-line error if it is missing."""
+        if source in self.copies:
+            copy = Path(self.copies[source])
+            copy = copy if copy.is_absolute() or self.root is None else Path(self.root) / copy
+            if not copy.exists():
+                raise DgamixError(f"{copy}, the row-indexed copy of the compressed corpus file {source}, is missing; "
+                                  f"rerun `dgamix embed` on the same corpus and workspace to write it again.")
+            return copy
         path = Path(source)
         if not path.is_absolute() and self.root is not None:
             path = Path(self.root) / path
@@ -331,7 +483,7 @@ class TextReader:
             self._cols.move_to_end(source)
             return col
         path = self.path(source)
-        cols = [self.text_column] if path.suffix.lower() == ".parquet" else None
+        cols = [self.text_column] if file_type(path) in (".parquet", ".arrow") else None
         col = text_column(read_table(path, cols), path, self.text_column)
         self._cols[source] = col
         while len(self._cols) > 1 and sum(c.nbytes for c in self._cols.values()) > self.cache_bytes:
@@ -377,27 +529,30 @@ class DocTexts:
             docs = docs.take(pa.array(order))
         text_col = meta.get("text_column") or (meta.get("params") or {}).get("text_column") or "text"
         files = (meta.get("params") or {}).get("corpus") or []
-        self._index(docs, text_col, ws.root, files, cache_bytes)
+        self._index(docs, text_col, ws.root, files, cache_bytes, copies=meta.get("text_copies"))
 
     @classmethod
     def of_table(cls, docs: pa.Table, text_column: str, cache_bytes: int = 1 << 30,
-                 group_rows: int = GROUP_ROWS, stamps: dict[str, tuple[int, int]] | None = None) -> DocTexts:
+                 group_rows: int = GROUP_ROWS, stamps: dict[str, tuple[int, int]] | None = None,
+                 copies: dict[str, str] | None = None) -> DocTexts:
         """The texts of a table with (source, row) columns whose sources are absolute paths (the
         embed stage's corpus before docs.parquet exists); doc id i is the table's row i. A Parquet
         file whose row groups hold at most ``group_rows`` rows counts as indexed in :meth:`refs`.
         ``stamps``: each file's file_stamp from before it was first read (load_corpus's), which
-        :class:`TextRefs` checks; files without one are stamped when first referred to."""
+        :class:`TextRefs` checks; files without one are stamped when first referred to. ``copies``:
+        compressed source -> its row-indexed Parquet copy (absolute paths), read in its place."""
         self = cls.__new__(cls)
-        self._index(docs, text_column, None, [], cache_bytes, group_rows, stamps)
+        self._index(docs, text_column, None, [], cache_bytes, group_rows, stamps, copies)
         return self
 
     def _index(self, docs: pa.Table, text_col: str, root, files: list[str], cache_bytes: int,
-               group_rows: int = GROUP_ROWS, stamps: dict[str, tuple[int, int]] | None = None) -> None:
+               group_rows: int = GROUP_ROWS, stamps: dict[str, tuple[int, int]] | None = None,
+               copies: dict[str, str] | None = None) -> None:
         src = docs["source"].combine_chunks().dictionary_encode()
         self.source_names = src.dictionary.to_pylist()                       # (S,) recorded sources
         self.source = np.asarray(src.indices.to_numpy(zero_copy_only=False), np.int64)  # (n,)
         self.row = np.asarray(docs["row"], dtype=np.int64)                   # (n,)
-        self.reader = TextReader(text_col, root, recorded_files(self.source_names, files), cache_bytes)
+        self.reader = TextReader(text_col, root, recorded_files(self.source_names, files), cache_bytes, copies)
         self.group_rows = group_rows                          # see of_table
         self._stamps = dict(stamps or {})                     # see of_table
         self._files: dict[int, tuple[str, tuple[int, int], bool]] = {}  # source -> (path, stamp, indexed)
@@ -406,8 +561,8 @@ class DocTexts:
         """(absolute path, file_stamp, indexed) of recorded source ``s``, looked up once."""
         if s not in self._files:
             path = self.reader.path(self.source_names[s]).absolute()
-            indexed = False
-            if path.suffix.lower() == ".parquet":
+            indexed = file_type(path) == ".arrow"  # memory-mapped: any row is read alone
+            if file_type(path) == ".parquet":
                 try:
                     md = pq.ParquetFile(path).metadata
                     indexed = all(md.row_group(g).num_rows <= self.group_rows for g in range(md.num_row_groups))

@@ -83,7 +83,10 @@ def tree_fingerprint(meta: dict) -> str:
 
 def encoder_fingerprint(params: dict) -> str:
     """Fingerprint of the embedding settings (from embeddings.parquet params) a target must share."""
-    return manifest.fingerprint({k: params.get(k) for k in ENCODER_KEYS})
+    keys = {k: params.get(k) for k in ENCODER_KEYS}
+    if params.get("vectors"):  # the user's own vectors: their encoder's name and dimension (MiniLM's stay as they were)
+        keys["vectors"] = {"encoder": params["vectors"].get("encoder"), "dim": params["vectors"].get("dim")}
+    return manifest.fingerprint(keys)
 
 
 # --------------------------------------------------------------------------- artefacts

@@ -1,0 +1,153 @@
+"""Corpora as they come at scale: folders of shards, .jsonl.gz / .jsonl.zst, a saved Hugging Face
+dataset. Each is embedded (with --vectors: no encoding, the test is about reading texts) and its
+texts read back by (source, row) through DocTexts, as training and next_batch read them: the same
+as from Parquet."""
+import gzip
+import json
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from dgamix.pipeline.core.sources import DocTexts
+from dgamix.pipeline.core.workspace import Workspace
+from tests.helpers import DATA, cli_ok, one_line_error, run_cli
+
+N = 40
+
+
+@pytest.fixture(scope="module")
+def rows():
+    wiki = pl.read_parquet(DATA / "wiki_vital_en.parquet").sample(N, seed=4)
+    texts = wiki["text"].to_list()
+    texts[5] = "   "  # skipped as empty in every format, rows keep their numbering
+    texts[11] = "ünïcödé line with \u2028 a separator and a \\ backslash"
+    return [{"id": f"r{i}", "text": t, "topic": top} for i, (t, top) in enumerate(zip(texts, wiki["topic"]))]
+
+
+@pytest.fixture(scope="module")
+def vectors(rows, tmp_path_factory):
+    x = np.random.default_rng(0).normal(size=(N, 8)).astype(np.float32)
+    path = tmp_path_factory.mktemp("vec") / "v.parquet"
+    pq.write_table(pa.table({"id": [r["id"] for r in rows],
+                             "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 8)}), path)
+    return path
+
+
+def _jsonl(rows) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+
+
+def _write(kind: str, rows, folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), folder / "c.parquet")
+        return folder / "c.parquet"
+    if kind == "gz":
+        (folder / "c.jsonl.gz").write_bytes(gzip.compress(_jsonl(rows)))
+        return folder / "c.jsonl.gz"
+    if kind == "zst":  # two frames: a concatenation of zstd streams is one file
+        half = len(rows) // 2
+        c = zstandard.ZstdCompressor()
+        (folder / "c.jsonl.zst").write_bytes(c.compress(_jsonl(rows[:half])) + c.compress(_jsonl(rows[half:])))
+        return folder / "c.jsonl.zst"
+    if kind == "hf":
+        import datasets
+
+        datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in rows[0]}).save_to_disk(
+            str(folder / "hf"), max_shard_size="4KB")  # several data-*.arrow files
+        return folder / "hf"
+    if kind == "shards":  # a folder of shards of mixed formats, read in sorted path order
+        sub = folder / "shards"
+        (sub / "b").mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows[:10]), sub / "a-000.parquet")
+        (sub / "a-001.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(_jsonl(rows[10:25])))
+        (sub / "b" / "000.jsonl.gz").write_bytes(gzip.compress(_jsonl(rows[25:])))
+        (sub / "README").write_text("not a corpus file")
+        return sub
+    raise ValueError(kind)
+
+
+def _embed(src, ws, vectors, *extra):
+    return cli_ok("embed", src, "--workspace", ws, "--vectors", vectors, "--keep-columns", "topic", "--shard-size", 16,
+                  *extra)
+
+
+def test_every_format_gives_the_texts_parquet_gives(rows, vectors, tmp_path):
+    ref_ws = tmp_path / "parquet" / "ws"
+    _embed(_write("parquet", rows, tmp_path / "parquet"), ref_ws, vectors, "-q")
+    ref = pl.read_parquet(Workspace(ref_ws).docs)
+    want = DocTexts(Workspace(ref_ws))[list(range(ref.height))]
+    assert ref.height == N - 1 and want[10] == rows[11]["text"]
+    for kind in ("gz", "zst", "hf", "shards"):
+        ws = tmp_path / kind / "ws"
+        out = _embed(_write(kind, rows, tmp_path / kind), ws, vectors)
+        docs = pl.read_parquet(Workspace(ws).docs)
+        assert docs.select("id", "n_chars", "n_tokens", "topic", "dup_of").equals(
+            ref.select("id", "n_chars", "n_tokens", "topic", "dup_of")), kind
+        texts = DocTexts(Workspace(ws))
+        assert texts[list(range(N - 1))] == want, kind
+        ids = [37, 2, 30, 11, 0, 24]  # any order, across sources
+        assert texts[ids] == [want[i] for i in ids], kind
+        refs = texts.refs(ids)        # what an embed shard reads: every file by its rows
+        assert refs.read() == [want[i] for i in ids], kind
+        assert ("text_copies_mib" in out) == (kind in ("gz", "zst", "shards")), (kind, out)
+        if kind == "shards":
+            assert docs["source"].unique(maintain_order=True).to_list() == [
+                "../shards/a-000.parquet", "../shards/a-001.jsonl.zst", "../shards/b/000.jsonl.gz"]
+            copies = sorted(p.name for p in (ws / "texts").iterdir())  # one per compressed shard
+            assert len(copies) == 2 and copies[0].startswith("000.") and copies[1].startswith("a-001."), copies
+        if kind == "hf":
+            assert len(list((tmp_path / "hf" / "hf").glob("data-*.arrow"))) > 1
+            assert docs["source"].str.ends_with(".arrow").all() and refs.cheap  # memory-mapped: read by row
+
+
+def test_compressed_texts_are_read_from_the_workspace_copy(rows, vectors, tmp_path):
+    """The row-indexed copy is what training reads; it moves with the workspace, is written once, and
+    a missing copy is one line naming how to write it again."""
+    src = _write("gz", rows, tmp_path / "c")
+    ws = tmp_path / "ws"
+    _embed(src, ws, vectors, "-q")
+    (copy,) = (ws / "texts").iterdir()
+    assert pq.ParquetFile(copy).metadata.num_rows == N and copy.name.startswith("c.")
+    stamp = copy.stat().st_mtime_ns
+    _embed(src, ws, vectors, "-q")                    # a rerun keeps the copy of the same bytes
+    assert copy.stat().st_mtime_ns == stamp
+    want = [r["text"] for r in rows if r["text"].strip()]
+    src.unlink()                                      # training needs only the copy
+    assert DocTexts(Workspace(ws))[[0, 20]] == [want[0], want[20]]
+    copy.unlink()
+    from dgamix.pipeline.core.errors import DgamixError
+
+    with pytest.raises(DgamixError, match="row-indexed copy .* is missing; rerun `dgamix embed`"):
+        DocTexts(Workspace(ws))[[3]]
+
+
+def test_truncated_compressed_files_are_one_line(rows, tmp_path):
+    data = _jsonl(rows)
+    gz = gzip.compress(data)
+    (tmp_path / "t.jsonl.gz").write_bytes(gz[: len(gz) // 2])
+    zs = zstandard.ZstdCompressor().compress(data)
+    (tmp_path / "t.jsonl.zst").write_bytes(zs[: len(zs) // 2])
+    (tmp_path / "bad.jsonl.zst").write_bytes(b"this is not zstd at all")
+    for name in ("t.jsonl.gz", "t.jsonl.zst", "bad.jsonl.zst"):
+        msg = one_line_error(run_cli("embed", tmp_path / name, "--workspace", tmp_path / "ws", "-q"),
+                             str(tmp_path / name), "cannot decompress", "truncated or corrupt")
+        assert ("gzip" in msg) == name.endswith(".gz")
+    assert not (tmp_path / "ws" / "docs.parquet").exists()
+
+
+@pytest.mark.slow
+def test_minilm_embeds_a_compressed_corpus_as_its_parquet(rows, tmp_path):
+    """The encoder path reads shards' texts from the copy: the vectors equal those of the Parquet corpus."""
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    for src, ws in ((_write("parquet", rows, a), a / "ws"), (_write("zst", rows, b), b / "ws")):
+        cli_ok("embed", src, "--workspace", ws, "--precision", "fp32", "--max-seq-length", 64, "--shard-size", 16, "-q")
+    ea = pl.read_parquet(Workspace(a / "ws").embeddings_dir / "*.parquet").sort("doc_id")
+    eb = pl.read_parquet(Workspace(b / "ws").embeddings_dir / "*.parquet").sort("doc_id")
+    xa, xb = (np.asarray(e["embedding"].to_list(), np.float32) for e in (ea, eb))
+    assert ea["doc_id"].to_list() == eb["doc_id"].to_list() and np.abs(xa - xb).max() < 1e-5
