@@ -12,7 +12,7 @@ try:  # recent typer vendors its own copy of click, whose exceptions are the one
 except ImportError:  # older typer uses click itself
     import click
 
-COMMANDS = ["embed", "cluster", "target", "basis", "train", "schedule", "report"]  # in pipeline order
+COMMANDS = ["embed", "cluster", "target", "basis", "train", "schedule", "weights", "report"]  # in pipeline order
 
 
 class OneLineErrors(TyperGroup):
@@ -42,7 +42,7 @@ class OneLineErrors(TyperGroup):
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn a large generic corpus into a data mixture that specialises a language model "
-                       "to a small target task. Stages: embed -> cluster -> target -> basis -> train/schedule -> report.")
+                       "to a small target task. Stages: embed -> cluster -> target -> basis -> train/schedule/weights -> report.")
 
 
 @app.callback()

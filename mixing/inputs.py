@@ -5,8 +5,8 @@ manifest module and turns low-level errors into DgamixErrors that name the comma
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +19,35 @@ from dgamix.pipeline.core import manifest, validate
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.workspace import Workspace
 
+DGA_FIELDS = frozenset(f.name for f in fields(DGAConfig))  # named as DGAConfig(...) by ``keyword``
 HOLDOUT_SEED = 0  # the general held-out slice is the same for every run of a workspace
+
+
+# --------------------------------------------------------------------------- naming a setting in a message
+
+class Placeholder(str):
+    """A value shown as written (``B`` in ``--basis B``), not as a Python literal."""
+
+
+_ALONE = object()  # a setting named without a value
+
+
+def flag(param: str, value: Any = _ALONE) -> str:
+    """How the CLI names a setting: ``--level``, ``--level 3``, ``--ema-beta 0.5``."""
+    name = "--" + param.replace("_", "-")
+    return name if value is _ALONE else f"{name} {value}"
+
+
+def keyword(param: str, value: Any = _ALONE) -> str:
+    """How the Python API names a setting: ``level``, ``level=3``, ``clusters='k64-4'``; a DGAConfig
+    field as ``DGAConfig(ema_beta=0.5)``, the object a Python caller sets it on."""
+    shown = None if value is _ALONE else str(value) if isinstance(value, Placeholder) else repr(value)
+    if param in DGA_FIELDS:
+        return f"DGAConfig.{param}" if shown is None else f"DGAConfig({param}={shown})"
+    return param if shown is None else f"{param}={shown}"
+
+
+Naming = Callable[..., str]  # flag (the CLI) or keyword (the Python API): messages name settings through it
 
 
 def _n_levels(ws: Workspace, clusters: str, meta: dict) -> int:
@@ -35,13 +63,13 @@ def clustering_levels(ws: Workspace, clusters: str) -> int:
     return _n_levels(ws, clusters, validate.clustering(ws, clusters))
 
 
-def check_level(ws: Workspace, clusters: str, level: int, assignments: bool = False) -> dict:
+def check_level(ws: Workspace, clusters: str, level: int, assignments: bool = False, name: Naming = flag) -> dict:
     """Validates clustering ``clusters`` (with its assignment parts when ``assignments``) and that
-    ``level`` is one of its levels; returns the tree's metadata."""
+    ``level`` is one of its levels; returns the tree's metadata. ``name``: how messages name settings."""
     meta = validate.clustering(ws, clusters, assignments=assignments)
     n = _n_levels(ws, clusters, meta)
     if not 1 <= level <= n:
-        raise DgamixError(f"--level {level} is out of range: clustering '{clusters}' has levels 1..{n}.")
+        raise DgamixError(f"{name('level', level)} is out of range: clustering '{clusters}' has levels 1..{n}.")
     return meta
 
 
@@ -65,7 +93,8 @@ def load_index(ws: Workspace, clusters: str, level: int, exclude: np.ndarray | N
     return DomainIndex.from_arrays(ids, dom, n_tokens=tokens[ids])
 
 
-def load_basis(ws: Workspace, name: str, clusters: str, level: int) -> tuple[BasisMatrix, list[str], dict]:
+def load_basis(ws: Workspace, name: str, clusters: str, level: int,
+               naming: Naming = flag) -> tuple[BasisMatrix, list[str], dict]:
     """(P (N x k over domain ids), basis names, metadata) of WS/bases/<name>.parquet.
 
     Refuses a basis built for another clustering or level: its domain ids would mean other domains.
@@ -76,7 +105,8 @@ def load_basis(ws: Workspace, name: str, clusters: str, level: int) -> tuple[Bas
     p = meta["params"]
     if (p.get("clusters"), p.get("level")) != (clusters, level):
         raise DgamixError(f"basis '{name}' was built for clustering '{p.get('clusters')}' level {p.get('level')}, "
-                          f"not '{clusters}' level {level}; rebuild it or pass matching --clusters/--level.")
+                          f"not '{clusters}' level {level}; rebuild it or pass matching {naming('clusters')}/"
+                          f"{naming('level')}.")
     basis, domain = np.asarray(table["basis"]), np.asarray(table["domain"])
     try:  # columns are domain ids 0..max: the sampler maps them onto the populated domains
         P = BasisMatrix.from_rows(basis, domain, np.asarray(table["weight"]), int(domain.max()) + 1)
@@ -130,14 +160,16 @@ def restricted_basis(P: BasisMatrix, index: DomainIndex, names: list[str], basis
     return BasisMatrix(sp.diags(1.0 / sums) @ M)
 
 
-def check_mixer_basis(mixer: str, basis: str | None) -> None:
-    """--mixer is needs --basis; uniform and natural take none (`dgamix train` and `schedule` alike)."""
+def check_mixer_basis(mixer: str, basis: str | None, name: Naming = flag) -> None:
+    """Mixer is needs a basis; uniform and natural take none (`dgamix train` and `schedule` alike)."""
     if mixer == "is" and basis is None:
-        raise DgamixError("--mixer is needs --basis B: the importance-sampling histogram (its basis named "
-                          "'target', else its first basis); build one with `dgamix basis ... --by single`.")
+        raise DgamixError(f"{name('mixer', mixer)} needs {name('basis', Placeholder('B'))}: the "
+                          f"importance-sampling histogram (its basis named 'target', else its first basis); build "
+                          f"one with `dgamix basis ... --by single`.")
     if mixer in ("uniform", "natural") and basis is not None:
-        raise DgamixError(f"--mixer {mixer} does not use --basis (it mixes the domains at --level); "
-                          f"drop --basis {basis}, or pass --mixer is.")
+        raise DgamixError(f"{name('mixer', mixer)} does not use {name('basis')} (it mixes the domains "
+                          f"at {name('level')}); drop {name('basis', basis)}, or pass "
+                          f"{name('mixer', 'is')}.")
 
 
 def is_weights(P: BasisMatrix, names: list[str], index: DomainIndex) -> np.ndarray:
@@ -173,6 +205,16 @@ def training_pool(ws: Workspace, clusters: str, level: int, holdout_fraction: fl
     index = DomainIndex.from_arrays(full.docs[keep], dom[keep], k=full.k,
                                     n_tokens=None if full.tokens is None else full.tokens[keep])
     return Pool(full, held, index, docs_meta)
+
+
+def pool_definition(params: dict) -> tuple[float, int]:
+    """(general_holdout, eval_size) of a run's recorded params: what ``training_pool`` needs to rebuild
+    the run's documents. `dgamix train` records its evaluation set as eval_batches x eval_batch_size;
+    a weight log that records neither (written by hand) gets (0, 0): every document."""
+    eval_size = params.get("eval_size")
+    if eval_size is None:
+        eval_size = int(params.get("eval_batches") or 0) * int(params.get("eval_batch_size") or 0)
+    return float(params.get("general_holdout") or 0.0), int(eval_size)
 
 
 def target_domains(ws: Workspace, target: str, clusters: str, level: int) -> np.ndarray:
@@ -217,7 +259,13 @@ class ManifestInputs:
     config: DGAConfig
 
 
-def resolve_config(mixer_name: str, config: DGAConfig) -> DGAConfig:
+def check_mixer_name(mixer_name: str, name: Naming = flag) -> None:
+    """One of MIXER_NAMES, else a one-line error listing them."""
+    if mixer_name not in MIXER_NAMES:
+        raise DgamixError(f"unknown {name('mixer', mixer_name)}; choose one of {'|'.join(MIXER_NAMES)}.")
+
+
+def resolve_config(mixer_name: str, config: DGAConfig, name: Naming = flag) -> DGAConfig:
     """``config`` with the EMA weight the mixer really uses (``mixer_ema_beta``), so a run records
     what it ran with; an ema_beta the mixer would ignore is a one-line error."""
     beta = config.ema_beta
@@ -225,10 +273,11 @@ def resolve_config(mixer_name: str, config: DGAConfig) -> DGAConfig:
         return replace(config, ema_beta=mixer_ema_beta(mixer_name, beta))
     except ValueError:
         if mixer_name == "dga-noema":
-            raise DgamixError(f"--mixer dga-noema is DGA with --ema-beta 0; drop --ema-beta {beta} or use "
-                              f"--mixer dga --ema-beta {beta}.") from None
-        raise DgamixError(f"--mixer {mixer_name} has no EMA; drop --ema-beta {beta} (it applies to --mixer dga).") \
-            from None
+            raise DgamixError(f"{name('mixer', 'dga-noema')} is DGA with {name('ema_beta', 0)}; drop "
+                              f"{name('ema_beta', beta)} or use {name('mixer', 'dga')} "
+                              f"{name('ema_beta', beta)}.") from None
+        raise DgamixError(f"{name('mixer', mixer_name)} has no EMA; drop {name('ema_beta', beta)} (it "
+                          f"applies to {name('mixer', 'dga')}).") from None
 
 
 def load_target_examples(ws: Workspace, target: str) -> tuple[list[str], list[str], dict]:
@@ -258,14 +307,14 @@ def start_weights(ws: Workspace, clusters: str, level: int, target: str, P: Basi
 
 def mixture_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_name: str, basis: str | None,
                    config: DGAConfig, seed: int, tokens_per_domain: int | None, general_holdout: float,
-                   eval_size: int) -> ManifestInputs:
-    """Validate the manifests as `dgamix train` does (same messages) and build the samplers and mixer."""
-    if mixer_name not in MIXER_NAMES:
-        raise DgamixError(f"unknown --mixer {mixer_name!r}; choose one of {'|'.join(MIXER_NAMES)}.")
-    config = resolve_config(mixer_name, config)
+                   eval_size: int, name: Naming = flag) -> ManifestInputs:
+    """Validate the manifests as `dgamix train` does (the same messages, settings named by ``name``:
+    ``flag`` for the CLI, ``keyword`` for the Python API) and build the samplers and mixer."""
+    check_mixer_name(mixer_name, name)
+    config = resolve_config(mixer_name, config, name)
     ws.require(ws.docs, f"dgamix embed CORPUS --workspace {ws.root}")
-    check_level(ws, clusters, level)
-    check_mixer_basis(mixer_name, basis)
+    check_level(ws, clusters, level, name=name)
+    check_mixer_basis(mixer_name, basis, name)
     reweight_texts, holdout_texts, target_meta = load_target_examples(ws, target)
     adaptive = mixer_name in ADAPTIVE
     if adaptive and not reweight_texts:
@@ -275,11 +324,11 @@ def mixture_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_
     index = pool.index
     P, basis_meta, basis_names = None, None, None
     if basis is not None:
-        P0, basis_names, basis_meta = load_basis(ws, basis, clusters, level)
+        P0, basis_names, basis_meta = load_basis(ws, basis, clusters, level, name)
         P = restricted_basis(P0, index, basis_names, basis)
     tpd = tokens_per_domain
     if tpd is not None and index.tokens is None:
-        raise DgamixError("--tokens-per-domain needs n_tokens in docs.parquet; re-embed the corpus.")
+        raise DgamixError(f"{name('tokens_per_domain')} needs n_tokens in docs.parquet; re-embed the corpus.")
     seeds = dict(seed=seed, tokens_per_domain=tpd)
     # probes: their own order, but the training sampler's documents (same budgeted subsets)
     probe_seeds = dict(seed=seed + PROBE_SALT, tokens_per_domain=tpd, pool_seed=seed)
@@ -292,7 +341,8 @@ def mixture_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_
         kind, ids, names = "domain", index.domains.copy(), [str(d) for d in index.domains]
         if adaptive and len(index) > MAX_DOMAIN_PROBES:
             raise DgamixError(f"domain reweighting over {len(index):,} domains needs {len(index) + 1:,} backward "
-                              f"passes per reweighting; pass --basis B (distribution reweighting) or a coarser --level.")
+                              f"passes per reweighting; pass {name('basis', Placeholder('B'))} (distribution "
+                              f"reweighting) or a coarser {name('level')}.")
         init = None
         if adaptive:
             init = start_weights(ws, clusters, level, target, None, config, index)
@@ -308,6 +358,8 @@ def mixture_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_
               "basis_file": None if basis_meta is None else basis_meta.get("inputs"),
               # load_index validated the clustering above; only its fingerprint is needed here
               "clusters_file": validate.tree_fingerprint(manifest.read_meta(ws.tree(clusters), "tree")),
-              "n_general_holdout": int(pool.held.size)}
+              "n_general_holdout": int(pool.held.size),
+              # the pool's definition: `dgamix schedule --run` rebuilds the run's documents from it
+              "general_holdout": float(general_holdout), "eval_size": int(eval_size)}
     return ManifestInputs(pool, sampler, probe, mixer, kind, ids, names, reweight_texts, holdout_texts,
                          adaptive, params, config)

@@ -3,6 +3,9 @@
 Pictures where a picture beats a table: cluster-size distributions per level, each run's
 weight trajectory (stacked area, as Fig. 3 of the DGA paper), and the specialised (target)
 and general held-out losses of all runs on one figure, so uniform vs IS vs DGA are side by side.
+Losses (nats per token) are comparable only between runs with the same tokenizer and vocabulary
+(``runlog.comparable_key`` of the model identity a run records): runs of different ones, or of an
+unrecorded one, get one loss figure per group, and the report says so.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from dgamix.mixing.runlog import comparable_key
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.stage import run_stage
@@ -115,6 +119,23 @@ def losses_plot(runs: dict[str, pl.DataFrame], out: Path) -> Path:
     return out
 
 
+def loss_groups(loaded: dict) -> list[tuple[tuple | None, list[str]]]:
+    """Runs grouped by the vocabulary their losses are measured in (``comparable_key`` of the
+    model identity in their metadata; None: not recorded), in order of first appearance."""
+    groups: dict = {}
+    for r, (_, _, meta) in loaded.items():
+        groups.setdefault(comparable_key(meta.get("model")), []).append(r)
+    return list(groups.items())
+
+
+def describe(key: tuple | None) -> str:
+    """A loss group in words."""
+    if key is None:
+        return "model not recorded (`OnlineMixture.write_run(..., model=model_identity(model, tokenizer))` records it)"
+    tokenizer, vocab, vocabulary = key
+    return f"tokenizer {tokenizer}, vocabulary of {vocab} tokens" + (f" ({vocabulary})" if vocabulary else "")
+
+
 def write_report(ws: Workspace, runs: list[str] | None = None) -> Path:
     """Writes WS/report/*.png and WS/report/report.md; returns the markdown path."""
     clusters = ws.clusterings()
@@ -138,10 +159,19 @@ def _write(ws: Workspace, out: Path, clusters: list[str], loaded: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     md = [f"# dgamix report: {ws.root}", ""]
     if runs:
-        md += ["## Runs", "", "![losses](losses.png)", "",
-               "| run | trained by | mixer | steps | final target loss | final general loss | best target loss |",
+        groups = loss_groups(loaded)
+        if len(groups) == 1:
+            md += ["## Runs", "", "![losses](losses.png)", ""]
+            losses_plot({r: m for r, (m, _, _) in loaded.items()}, out / "losses.png")
+        else:  # nats per token of different vocabularies share no axis
+            md += ["## Runs", "", f"The runs measure their losses with {len(groups)} different tokenizers or "
+                   f"vocabularies, whose losses (nats/token) are not comparable: each group has its own loss plot.", ""]
+            for i, (key, members) in enumerate(groups, 1):
+                losses_plot({r: loaded[r][0] for r in members}, out / f"losses-{i}.png")
+                md += [f"### Losses {i}: {describe(key)}", "", f"Runs: {', '.join(members)}.", "",
+                       f"![losses {i}](losses-{i}.png)", ""]
+        md += ["| run | trained by | mixer | steps | final target loss | final general loss | best target loss |",
                "|---|---|---|---|---|---|---|"]
-        losses_plot({r: m for r, (m, _, _) in loaded.items()}, out / "losses.png")
         for r, (m, w, meta) in loaded.items():
             def final(split):
                 s = m.filter(pl.col("split") == split).sort("step")

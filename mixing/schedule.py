@@ -146,14 +146,16 @@ def export_schedule(ws, clusters: str, level: int, name: str, params: SchedulePa
         if meta.get("state", "complete") != "complete":
             raise DgamixError(f"run '{run}' is not complete (killed, or still training: its logs are those of its last "
                               f"checkpoint); finish it with `dgamix train ... --name {run} --resume` first.")
-        validate.run(ws, run, meta, only=("clusters/", "bases/"))  # its domain ids still mean these domains
         p = meta["params"]
+        if "clusters" in p and p["clusters"] is None:  # OnlineMixture.from_arrays: the user's own domains
+            raise DgamixError(f"run '{run}' mixed domains of your own (OnlineMixture.from_arrays), not a clustering's "
+                              f"documents: a schedule cannot replay it; export its weights with `dgamix weights "
+                              f"--workspace {ws.root} --run {run}`.")
+        validate.run(ws, run, meta, only=("clusters/", "bases/"))  # its domain ids still mean these domains
         if (p.get("clusters"), p.get("level")) != (clusters, level):
             raise DgamixError(f"run '{run}' trained on clustering '{p.get('clusters')}' level {p.get('level')}, not "
                               f"'{clusters}' level {level}; pass matching --clusters/--level.")
-        # the run's own pool (a weight log written by hand may lack these: then all documents)
-        eval_size = int(p.get("eval_batches", 0)) * int(p.get("eval_batch_size", 0))
-        index = inputs.training_pool(ws, clusters, level, float(p.get("general_holdout", 0.0)), eval_size).index
+        index = inputs.training_pool(ws, clusters, level, *inputs.pool_definition(p)).index  # the run's own pool
         tokens_per_domain = p.get("tokens_per_domain")
         pool_seed = int(p.get("seed", 0))  # the run's budgeted subsets, whatever --seed orders them by
         seed = pool_seed if seed is None else seed

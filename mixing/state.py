@@ -13,7 +13,7 @@ import torch
 
 from dgamix.pipeline.core.errors import DgamixError
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: the state records its run (OnlineMixture.identity)
 CHECKSUM_KEY = "dgamix_sha256"  # save_state's files: the sha256 of the state's torch.save bytes
 
 

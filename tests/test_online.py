@@ -25,7 +25,7 @@ from dgamix.mixing.testbed.trainer import TrainConfig, make_optimizer
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.workspace import Workspace
-from tests.helpers import ROOT, run_cli, tiny_gpt2
+from tests.helpers import ROOT, one_line_error, run_cli, tiny_gpt2
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
            TOKENIZERS_PARALLELISM="false")
@@ -74,19 +74,26 @@ def test_texts_by_doc_id_in_any_order_and_after_moves(real_ws, tmp_path):
 # --------------------------------------------------------------------------- the object
 
 def test_from_workspace_validates_like_the_cli(tiny_ws, gpt2):
+    """The same checks and messages; the CLI names its flags (--level 9), Python its parameters (level=9)."""
     _, _, collate, _ = gpt2
-    cases = [  # (level, target, mixer, basis)
-        (9, "t", "dga", "b"),          # level out of range
-        (2, "t", "dga", "b1"),         # basis built for another level
-        (2, "t", "is", None),          # is without a basis
-        (2, "nope", "dga", "b"),       # no such target
+    cases = [  # (level, target, mixer, basis), {CLI's words: Python's}
+        ((9, "t", "dga", "b"), {"--level 9": "level=9"}),                        # level out of range
+        ((2, "t", "dga", "b1"), {"--clusters/--level": "clusters/level"}),      # basis built for another level
+        ((2, "t", "is", None), {"--mixer is": "mixer='is'", "--basis B": "basis=B"}),  # is without a basis
+        ((2, "t", "magic", None), {"--mixer magic": "mixer='magic'"}),          # no such mixer
+        ((2, "nope", "dga", "b"), {}),                                          # no such target
     ]
-    for level, target, mixer, basis in cases:
+    for (level, target, mixer, basis), words in cases:
         with pytest.raises(DgamixError) as e:
             OnlineMixture.from_workspace(tiny_ws, "c", level, target, basis=basis, mixer=mixer, collate=collate)
         r = run_cli("train", "--workspace", tiny_ws.root, "--clusters", "c", "--level", level, "--target", target,
                     "--mixer", mixer, *(["--basis", basis] if basis else []), "--steps", 1, "--name", "v", "--quiet")
-        assert r.exit_code == 2 and r.output == f"error: {e.value}\n", (r.output, str(e.value))
+        cli = one_line_error(r)[len("error: "):]
+        python = cli
+        for flag, param in words.items():
+            assert flag in cli, (flag, cli)
+            python = python.replace(flag, param)
+        assert str(e.value) == python, (str(e.value), cli)
     with pytest.raises(DgamixError, match="pass collate="):
         OnlineMixture.from_workspace(tiny_ws, "c", 2, "t", basis="b")
 
@@ -129,7 +136,7 @@ def test_dgamix_train_and_the_public_object_give_identical_runs(tiny_ws, tmp_pat
     inp = build_inputs(tiny_ws, "c", 2, "t", "dga", "b", cfg)
     mix = OnlineMixture.from_workspace(tiny_ws, "c", 2, "t", basis="b", config=cfg.dga, seed=cfg.seed,
                                        batches=inp["mix"].batches, align_batch_size=4, target_batch_size=4,
-                                       general_holdout=cfg.general_holdout, eval_size=8)
+                                       general_holdout=cfg.general_holdout, eval_size=8, fixed_batch=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = TinyGPT(ModelConfig(inp["vocab"].size, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.context))

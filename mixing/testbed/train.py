@@ -34,7 +34,7 @@ from dgamix.mixing.online import OnlineMixture
 from dgamix.mixing.runlog import write_outputs
 from dgamix.mixing.testbed.model import ModelConfig, TinyGPT
 from dgamix.mixing.testbed.packing import PackedBatches, pack_stream
-from dgamix.mixing.testbed.tokens import corpus_tokens, text_tokens
+from dgamix.mixing.testbed.tokens import corpus_tokens, text_tokens, trusted_model
 from dgamix.mixing.testbed.trainer import (
     CHECKPOINT,
     CHECKPOINT_FORMAT,
@@ -97,10 +97,14 @@ def build_inputs(ws: Workspace, clusters: str, level: int, target: str, mixer_na
     batches = PackedBatches(tokens, target_w, config.context, mean_len)
     mix = OnlineMixture(inp.sampler, inp.probe, inp.mixer, batches, kind=inp.kind, ids=inp.ids, names=inp.names,
                         align_batch_size=config.align_batch_size, target_batch_size=config.target_batch_size,
-                        seed=config.seed, ws=ws, params=params, rank=0, world_size=1)
+                        seed=config.seed, ws=ws, params=params, rank=0, world_size=1, fixed_batch=False)
     data = TrainData(tokens, {"target": target_eval, "general": general_eval}, mean_len)
+    # what the losses are measured in (runlog.model_identity): the encoder's tokenizer cut to the compact
+    # vocabulary of this corpus (``vocabulary`` names it); n_params is added once the model exists
+    model = {"tokenizer": trusted_model(ws, config.model)[0], "vocab_size": int(vocab.size),
+             "vocabulary": token_key, "model": "TinyGPT"}
     return {"data": data, "mix": mix, "mixer": mix.mixer, "vocab": vocab, "params": params, "held": held,
-            "index": inp.pool.index}
+            "index": inp.pool.index, "model": model}
 
 
 # --------------------------------------------------------------------------- the stage
@@ -167,14 +171,16 @@ def train_run(ws: Workspace | str | Path, clusters: str, level: int, target: str
             torch.manual_seed(config.seed)
             model = TinyGPT(ModelConfig(inp["vocab"].size, config.d_model, config.n_layer, config.n_head,
                                         config.context))
+        identity = {**inp["model"], "n_params": int(sum(p.numel() for p in model.parameters()))}
 
         def snapshot(tr) -> None:  # partial logs beside every checkpoint
-            write_outputs(out, name, tr.metrics, mix.log, mix.kind, mix.ids, mix.names, params, state="partial")
+            write_outputs(out, name, tr.metrics, mix.log, mix.kind, mix.ids, mix.names, params, state="partial",
+                          model=identity)
 
         result: TrainResult = train(model, data, mix, config, checkpoint_dir=run_dir / "checkpoint",
                                     resume=resuming, params=params, quiet=quiet, on_checkpoint=snapshot)
         write_outputs(out, name, result.metrics, result.weights, mix.kind, mix.ids, mix.names, params,
-                      result.repetitions)
+                      result.repetitions, model=identity)
     return summarise(name, ws.run_dir(name), result, mix, params)
 
 
