@@ -14,7 +14,8 @@ The names below are imported on first use (PEP 562), so that `dgamix schedule` a
 from importlib import import_module as _import_module
 
 _HOME = {
-    "Alignments": "alignment", "gradient_alignments": "alignment",
+    "Alignments": "alignment", "gradient_alignments": "alignment", "is_fsdp": "alignment",
+    "fsdp_alignments": "alignment",
     "DGA": "dga", "BasisMatrix": "dga", "DGAConfig": "dga", "ema": "dga", "mirror_step": "dga",
     "normalise_alignments": "dga",
     "MIXER_NAMES": "mixers", "DoGE": "mixers", "Mixer": "mixers", "Static": "mixers", "make_mixer": "mixers",

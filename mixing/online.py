@@ -44,7 +44,7 @@ from typing import Any, Callable, Mapping, Protocol
 import numpy as np
 import torch
 
-from dgamix.mixing.alignment import Alignments, gradient_alignments
+from dgamix.mixing.alignment import Alignments, gradient_alignments, is_fsdp
 from dgamix.mixing.dga import DGAConfig
 from dgamix.mixing.inputs import MAX_DOMAIN_PROBES, PROBE_SALT, keyword, mixture_inputs, pool_definition, resolve_config
 from dgamix.mixing.mixers import ADAPTIVE, make_mixer
@@ -490,7 +490,8 @@ class OnlineMixture:
             raise DgamixError("the mixture has no target examples to align with")
         target = _to(self.batches.target(self.cycle.next(self.target_batch_size)), dev)
         n = self.mixer.n
-        owned = (np.arange(n) % self.world_size) == self.rank
+        sharded = is_fsdp(model)  # FSDP2: every rank aligns every basis, collectively (alignment.fsdp_alignments)
+        owned = np.ones(n, bool) if sharded else (np.arange(n) % self.world_size) == self.rank
         cfg = getattr(self.mixer, "config", None)
         was_training = model.training
         model.eval()
@@ -502,7 +503,7 @@ class OnlineMixture:
             raise DgamixError(f"cannot align at step {step}: {e}.") from None
         finally:
             model.train(was_training)
-        if self.world_size > 1:
+        if self.world_size > 1 and not sharded:
             align = self._gather(align, owned, dev)
         if not (np.isfinite(align.alignments).all() and np.isfinite(align.target_norm)):
             raise AlignmentError("non-finite gradient alignment (NaN or inf)", step)

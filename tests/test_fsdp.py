@@ -1,5 +1,6 @@
 """Gradient alignments of a model sharded by FSDP2 (``fully_shard``, gloo on CPU, 2 processes, loopback
-only) equal the unsharded ones of the same model on the same batches; the user's ``.grad`` survive."""
+only) equal the unsharded ones of the same model on the same batches; the user's ``.grad`` survive;
+OnlineMixture.maybe_reweight on the sharded model gives every rank the unsharded process's weights."""
 from __future__ import annotations
 
 import json
@@ -47,6 +48,21 @@ def _batches() -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
     return target, probes, torch.randint(0, VOCAB, (BATCH, SEQ), generator=g)
 
 
+def _mixture(rank: int, world: int):
+    """OnlineMixture.from_arrays over PROBES domains of token texts (domain j: tokens 8j..8j+15),
+    a target of the first range: one DGA update at step 0."""
+    from dgamix.mixing import DGAConfig, OnlineMixture
+
+    g = np.random.default_rng(3)
+    doms = np.repeat(np.arange(PROBES), 10)
+    texts = [" ".join(map(str, g.integers(8 * d, 8 * d + 16, SEQ))) for d in doms]
+    target = [" ".join(map(str, g.integers(0, 16, SEQ))) for _ in range(12)]
+    return OnlineMixture.from_arrays(np.arange(len(doms)), doms, texts, target, mixer="dga",
+                                     config=DGAConfig(reweight_start=0, reweight_every=1),
+                                     collate=lambda ts: torch.tensor([[int(x) for x in t.split()] for t in ts]),
+                                     align_batch_size=BATCH, target_batch_size=BATCH, rank=rank, world_size=world)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -74,6 +90,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         variants = {"plain": {}, "clip": {"clip": clip}, "head": {"params": r"^head\."}}
         refs = {k: _as_dict(gradient_alignments(model, _lm_loss, target, probes, **kw))
                 for k, kw in variants.items()}
+        alone = _mixture(0, 1)  # the same mixture in one unsharded process
+        alone.maybe_reweight(0, model, loss_fn=_lm_loss)
         assert not is_fsdp(model)
         for sub in (model.emb, model.hidden, model.head):
             fully_shard(sub)
@@ -86,6 +104,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                for k, kw in variants.items()}
         restored = all(p.grad is g and torch.equal(p.grad.to_local(), v)
                        for p, (g, v) in zip(model.parameters(), before))
+        mix = _mixture(rank, world)  # through OnlineMixture.maybe_reweight: collective on every rank
+        mix.maybe_reweight(0, model, loss_fn=_lm_loss)
+        weights = {"alone": alone.weights().tolist(), "sharded": mix.weights().tolist()}
         model.set_requires_gradient_sync(False)  # gradient accumulation without communication: refused
         try:
             gradient_alignments(model, _lm_loss, target, probes)
@@ -93,7 +114,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         except ValueError as e:
             refused = str(e)
         with open(os.path.join(out, f"rank-{rank}.json"), "w") as f:
-            json.dump({"ref": refs, "fsdp": got, "clip": clip, "restored": restored, "refused": refused}, f)
+            json.dump({"ref": refs, "fsdp": got, "clip": clip, "restored": restored, "refused": refused,
+                       "weights": weights}, f)
     finally:
         dist.destroy_process_group()
 
@@ -111,4 +133,8 @@ def test_fsdp_alignments_equal_the_unsharded_ones(tmp_path):
     assert max(clipped["grad_norms"]) <= r0["clip"] * (1 + 1e-12) < max(plain["grad_norms"])
     assert head["target_norm"] < plain["target_norm"]   # a strict subset of the parameters
     assert r0["restored"] and r1["restored"]
+    # OnlineMixture on the sharded model: identical weights on both ranks, equal to one unsharded process's
+    assert r0["weights"]["sharded"] == r1["weights"]["sharded"]
+    np.testing.assert_allclose(r0["weights"]["sharded"], r0["weights"]["alone"], rtol=1e-9, atol=0)
+    assert max(r0["weights"]["alone"]) - min(r0["weights"]["alone"]) > 1e-3  # the update moved them
     assert "gradient sync is off" in r0["refused"] and r0["refused"] == r1["refused"]
