@@ -16,7 +16,7 @@ from dgamix.mixing.dga import INIT_FLOOR, BasisMatrix, DGAConfig, target_mixture
 from dgamix.mixing.mixers import ADAPTIVE, MIXER_NAMES, make_mixer, mixer_ema_beta
 from dgamix.mixing.sampler import DomainIndex, MixtureSampler
 from dgamix.pipeline.core import manifest, validate
-from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.errors import ALONE, DgamixError, flag
 from dgamix.pipeline.core.workspace import Workspace
 
 DGA_FIELDS = frozenset(f.name for f in fields(DGAConfig))  # named as DGAConfig(...) by ``keyword``
@@ -29,19 +29,10 @@ class Placeholder(str):
     """A value shown as written (``B`` in ``--basis B``), not as a Python literal."""
 
 
-_ALONE = object()  # a setting named without a value
-
-
-def flag(param: str, value: Any = _ALONE) -> str:
-    """How the CLI names a setting: ``--level``, ``--level 3``, ``--ema-beta 0.5``."""
-    name = "--" + param.replace("_", "-")
-    return name if value is _ALONE else f"{name} {value}"
-
-
-def keyword(param: str, value: Any = _ALONE) -> str:
+def keyword(param: str, value: Any = ALONE) -> str:
     """How the Python API names a setting: ``level``, ``level=3``, ``clusters='k64-4'``; a DGAConfig
     field as ``DGAConfig(ema_beta=0.5)``, the object a Python caller sets it on."""
-    shown = None if value is _ALONE else str(value) if isinstance(value, Placeholder) else repr(value)
+    shown = None if value is ALONE else str(value) if isinstance(value, Placeholder) else repr(value)
     if param in DGA_FIELDS:
         return f"DGAConfig.{param}" if shown is None else f"DGAConfig({param}={shown})"
     return param if shown is None else f"{param}={shown}"
@@ -57,16 +48,16 @@ def _n_levels(ws: Workspace, clusters: str, meta: dict) -> int:
     return len(levels)
 
 
-def clustering_levels(ws: Workspace, clusters: str) -> int:
+def clustering_levels(ws: Workspace, clusters: str, name: Naming = flag) -> int:
     """Number of levels of clustering ``clusters``; a clear error when it does not exist, is
     incomplete or was built from other embeddings than the workspace's (dgamix.pipeline.core.validate)."""
-    return _n_levels(ws, clusters, validate.clustering(ws, clusters))
+    return _n_levels(ws, clusters, validate.clustering(ws, clusters, name=name))
 
 
 def check_level(ws: Workspace, clusters: str, level: int, assignments: bool = False, name: Naming = flag) -> dict:
     """Validates clustering ``clusters`` (with its assignment parts when ``assignments``) and that
     ``level`` is one of its levels; returns the tree's metadata. ``name``: how messages name settings."""
-    meta = validate.clustering(ws, clusters, assignments=assignments)
+    meta = validate.clustering(ws, clusters, assignments=assignments, name=name)
     n = _n_levels(ws, clusters, meta)
     if not 1 <= level <= n:
         raise DgamixError(f"{name('level', level)} is out of range: clustering '{clusters}' has levels 1..{n}.")

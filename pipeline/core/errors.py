@@ -1,4 +1,6 @@
-"""The one exception type a user can cause. The CLI prints its message without a traceback."""
+"""The one exception type a user can cause, and how its messages name a setting. The CLI prints the
+message without a traceback."""
+from typing import Any
 
 
 class DgamixError(Exception):
@@ -16,3 +18,14 @@ def first_line(e: BaseException, limit: int = 200) -> str:
         if line.strip():
             return line.strip()[:limit]
     return type(e).__name__
+
+
+ALONE = object()  # a setting named without a value
+
+
+def flag(param: str, value: Any = ALONE) -> str:
+    """How the CLI names a setting in a message: ``--level``, ``--level 3``, ``--ema-beta 0.5``. A
+    function that builds a message for both the CLI and Python callers takes ``name=flag`` (the
+    Python API passes ``dgamix.mixing.inputs.keyword``: ``level=3``)."""
+    name = "--" + param.replace("_", "-")
+    return name if value is ALONE else f"{name} {value}"

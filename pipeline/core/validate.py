@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from dgamix.pipeline.core import manifest
-from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.errors import DgamixError, flag
 from dgamix.pipeline.core.params import BasisParams, ClusterParams, TargetConfig, options
 from dgamix.pipeline.core.workspace import Workspace
 
@@ -104,30 +104,31 @@ def cluster_command(ws: Workspace, name: str, params: dict, overwrite: bool = Tr
     return cmd + " --overwrite" if overwrite else cmd
 
 
-def clustering(ws: Workspace, name: str, *, assignments: bool = False) -> dict:
-    """tree.parquet's metadata of clustering ``name``: exists, complete, built from the current
-    embeddings; with ``assignments`` also every assignment part made by this tree."""
-    path = ws.tree(name)
+def clustering(ws: Workspace, clusters: str, *, assignments: bool = False, name=flag) -> dict:
+    """tree.parquet's metadata of clustering ``clusters``: exists, complete, built from the current
+    embeddings; with ``assignments`` also every assignment part made by this tree. ``name``: how
+    messages name a setting (``errors.flag`` for the CLI)."""
+    path = ws.tree(clusters)
     if not path.exists():
         have = ws.clusterings()
-        raise DgamixError(f"no clustering '{name}' in {ws.root} (have: {have or 'none'}); run "
-                          f"`dgamix cluster --workspace {ws.root} --levels ... --name {name}` first or pick one "
-                          f"with --clusters.")
+        raise DgamixError(f"no clustering '{clusters}' in {ws.root} (have: {have or 'none'}); run "
+                          f"`dgamix cluster --workspace {ws.root} --levels ... --name {clusters}` first, or pass one "
+                          f"of those as {name('clusters')}.")
     meta = manifest.read_meta(path, "tree")
     params = meta.get("params", {})
     if meta.get("state", "complete") != "complete":
-        raise DgamixError(f"clusters/{name} is not complete (the clustering was interrupted); finish it by rerunning "
-                          f"`{cluster_command(ws, name, params, overwrite=False)}`.")
+        raise DgamixError(f"clusters/{clusters} is not complete (the clustering was interrupted); finish it by rerunning "
+                          f"`{cluster_command(ws, clusters, params, overwrite=False)}`.")
     built = dict(meta.get("built_from") or {})
     if "embeddings" in meta:
         built.setdefault("embeddings", meta["embeddings"])
-    check_built_from(ws, f"clusters/{name}", {"built_from": built}, cluster_command(ws, name, params))
+    check_built_from(ws, f"clusters/{clusters}", {"built_from": built}, cluster_command(ws, clusters, params))
     if assignments and meta.get("centroids_checksum"):
         fp = tree_fingerprint(meta)
-        for part in sorted(ws.assignments_dir(name).glob("part-*.parquet")):
+        for part in sorted(ws.assignments_dir(clusters).glob("part-*.parquet")):
             if manifest.read_meta(part, "assignments-part").get("inputs") != fp:
                 raise DgamixError(f"{part} was made by another tree than {path}; rerun "
-                                  f"`{cluster_command(ws, name, params, overwrite=False)}` to reassign it.")
+                                  f"`{cluster_command(ws, clusters, params, overwrite=False)}` to reassign it.")
     return meta
 
 
