@@ -23,6 +23,7 @@ _HOME = {
     "OnlineMixture": "online", "Batch": "online", "Reweighting": "online", "loss_weights": "online",
     "ArrayTexts": "online", "AlignmentError": "online", "model_identity": "runlog",
     "MixtureTrainer": "hf", "MixtureCallback": "hf", "MixtureBatchSampler": "loader", "DocDataset": "loader",
+    "min_delay": "loader",
     "DocTexts": "dgamix.pipeline.core.sources",
 }
 __all__ = list(_HOME)

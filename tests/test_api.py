@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"pipeline": "dgamix.pipeline", "mixing": "dgamix.mixing", "cli": "dgamix.cli"}
-ALWAYS = ("dgamix.mixing", "dgamix.mixing.online", "dgamix.mixing.hf")
+ALWAYS = ("dgamix.mixing", "dgamix.mixing.online", "dgamix.mixing.hf", "dgamix.mixing.loader")
 
 
 def modules_with_all() -> list[str]:
