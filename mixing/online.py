@@ -405,8 +405,9 @@ class OnlineMixture:
                 self.batch_size = int(n)
             elif int(n) != self.batch_size:
                 raise DgamixError(f"this mixture draws {self.batch_size} documents at a time (its first draw, or the "
-                                  f"state it resumed from) but was asked for n={n}: keep the batch size of the run, or "
-                                  f"load its state with load_state_dict(state, strict=False) to change it.")
+                                  f"state it resumed from) but was asked for n={n}: keep the batch size of the run; "
+                                  f"build the mixture with fixed_batch=False for draws of varying size; or, to change "
+                                  f"it on resume, load the state with load_state_dict(state, strict=False).")
         w = self.mixer.weights() if weights is None else weights
         docs, doms = self.sampler.sample(n * self.world_size, w)
         sl = slice(self.rank * n, (self.rank + 1) * n)

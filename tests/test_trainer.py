@@ -191,7 +191,7 @@ def test_identity_basis_equals_domain_reweighting(tiny_ws):
     mix = OnlineMixture(MixtureSampler(index, eye, seed=cfg.seed), MixtureSampler(index, eye, seed=cfg.seed + PROBE_SALT),
                         make_mixer("dga", 4, config=inp2["mixer"].config), dom_mix.batches, kind="basis",
                         ids=np.arange(4), names=list("0123"), align_batch_size=cfg.align_batch_size,
-                        target_batch_size=cfg.target_batch_size, seed=cfg.seed)
+                        target_batch_size=cfg.target_batch_size, seed=cfg.seed, fixed_batch=False)  # the packer's draws vary
     torch.manual_seed(cfg.seed)
     model = TinyGPT(ModelConfig(inp2["vocab"].size, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.context))
     basis = train(model, inp2["data"], mix, cfg)
