@@ -131,7 +131,7 @@ class MixtureTrainer(Trainer):
         if kwargs.get("train_dataset") is not None:
             raise DgamixError("MixtureTrainer draws its training data from mixture=: do not pass train_dataset.")
         if mixture.texts is None:
-            raise DgamixError("MixtureTrainer needs a mixture that reads texts (OnlineMixture.from_workspace).")
+            raise DgamixError("MixtureTrainer needs a mixture that reads texts (OnlineMixture.from_workspace, or from_arrays with texts=).")
         self.mixture, self.delay = mixture, delay
         self.mixture_callback = MixtureCallback(mixture, loss_fn, run, resume_from)
         kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self.mixture_callback]

@@ -159,6 +159,11 @@ class ArrayTexts:
         """Number of texts (doc ids 0..size-1 readable); None for a callable (unknown)."""
         return None if self.kind == "callable" else len(self.source)
 
+    def __len__(self) -> int:
+        if self.kind == "callable":
+            raise TypeError("texts given as a callable have no length (pass a list or an array to have one)")
+        return len(self.source)
+
     def __getitem__(self, doc_ids) -> list[str]:
         ids = np.asarray(doc_ids, np.int64)
         if self.kind == "array":
@@ -600,8 +605,9 @@ class OnlineMixture:
         e.g. "target", "general", "train"); step: the last step, logged as the final weights;
         model: the model's identity (``runlog.model_identity(model, tokenizer)``: tokenizer, vocab
         size, parameters), so that the report does not draw losses of different vocabularies on one
-        axis; workspace: where a ``from_arrays`` mixture writes its run (a ``from_workspace``
-        mixture writes to its own workspace; its schedule cannot be replayed: its domains are yours).
+        axis; workspace: where a ``from_arrays`` mixture writes its run (required there; its schedule
+        cannot be replayed by `dgamix schedule --run`: its domains are yours). A ``from_workspace``
+        mixture writes to its own workspace.
         """
         ws = workspace if workspace is None or isinstance(workspace, Workspace) else Workspace(workspace)
         if ws is not None and self.ws is not None and ws.root.resolve() != self.ws.root.resolve():

@@ -11,7 +11,7 @@ Per step: data = the time the loop waits in next(loader), step = the whole step;
 data / sum of step over --steps steps after --warmup. With 0 workers the reading and tokenising
 run in the loop; with workers they overlap the model's step (while a core is free).
 
-    python -m bench.micro.loader [--steps 20 --docs 600 --chars 20000]
+    python -m bench.micro.loader [--steps 10 --docs 300 --chars 20000]
 
 JSON in bench/micro/results/loader.json.
 """
