@@ -42,7 +42,9 @@ def train(
                                                                        "dga-noema runs with 0, the other mixers have no EMA."),
     normalise: str = typer.Option(_DGA.normalise, help="Alignment scale before the step: none (raw gradient dot "
                                                        "products) | cosine | mean_norm (divide by the mean probe norm "
-                                                       "x target norm) | standardise (z-score over the update)."),
+                                                       "x target norm) | standardise (z-score over the update) | "
+                                                       "shrink (z-score, then the mean over updates shrunk by its "
+                                                       "standard error: steps only on alignments that persist)."),
     init: str = typer.Option(_DGA.init, help="DGA's starting weights: uniform | target (the mixture of the bases / "
                                              "domains that best explains the target's examples: where IS starts)."),
     clip: Optional[float] = typer.Option(_DGA.clip, min=0.0, help="Clip every alignment gradient to this L2 norm "

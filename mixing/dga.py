@@ -23,8 +23,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import logsumexp
 
-Normalise = Literal["none", "cosine", "mean_norm", "standardise"]
-NORMALISE_MODES = ("none", "cosine", "mean_norm", "standardise")
+Normalise = Literal["none", "cosine", "mean_norm", "standardise", "shrink"]
+NORMALISE_MODES = ("none", "cosine", "mean_norm", "standardise", "shrink")
 
 
 DEFAULT_EMA_BETA = 0.1  # dga's EMA weight when DGAConfig.ema_beta is None
@@ -42,7 +42,9 @@ class DGAConfig:
         same unigram direction, so the alignments are 10-100x larger than later and measure that,
         not relevance to the target; the default skips the trainer's learning-rate warmup).
     floor: eps in w <- (1 - eps) w + eps / n, applied after each update (0 disables).
-    normalise: how raw dot products are rescaled before the step, see ``normalise_alignments``.
+    normalise: how raw dot products are rescaled before the step, see ``normalise_alignments``;
+        "shrink" (DGA only) also remembers every update's standardised alignments and steps with
+        their mean shrunk by its standard error (``shrink_alignments``).
     clip: if set, every gradient (each probe's and the target's) is rescaled to L2 norm <= clip
         before the dot product (``gradient_alignments``); None disables.
     eta_schedule: "constant", or "lr" for eta_t = eta * lr_t / lr_0 (lr_0 = lr of the first update).
@@ -149,12 +151,14 @@ def normalise_alignments(a: np.ndarray, grad_norms: np.ndarray | None,
     standardise: (a_j - mean a) / std a over this update's n alignments (population std): every
                update has the same spread, whatever the scale of the gradients; needs no norms.
                With n = 2 it keeps only the sign of a_1 - a_2 (z = +-1).
+    shrink:    as standardise for one update; DGA then averages the z-scores across updates and
+               shrinks the mean by its standard error (``shrink_alignments``).
     A zero denominator (a zero gradient, or all a_j equal) gives alignment 0: no information, no move.
     """
     a = np.asarray(a, dtype=np.float64)
     if mode == "none":
         return a
-    if mode == "standardise":
+    if mode in ("standardise", "shrink"):
         scale = np.abs(a).max() if a.size else 0.0
         if not scale > 0:
             return np.zeros_like(a)
@@ -176,6 +180,28 @@ def normalise_alignments(a: np.ndarray, grad_norms: np.ndarray | None,
     out = np.zeros_like(a)
     np.divide(a, den, out=out, where=den > 0)
     return out
+
+
+def shrink_alignments(total: np.ndarray, total_sq: np.ndarray, count: int) -> np.ndarray:
+    """The step of normalise="shrink": the mean m_j of the standardised alignments z_j seen in ``count``
+    updates (sums ``total`` = sum z, ``total_sq`` = sum z^2, shapes (n,)), shrunk towards 0 by its
+    squared standard error se_j^2 = s_j^2 / count (s_j^2 the sample variance of z_j across updates):
+
+        m_j * max(0, 1 - se_j^2 / m_j^2)
+
+    A standardised alignment has unit spread whether it is signal or noise, so a step of z alone
+    moves the weights as far on pure noise as on signal. An entry whose alignment keeps its sign
+    from update to update has a mean larger than its standard error and keeps most of it; an entry
+    whose alignment is noise has a mean within about one standard error of 0 and gets little or no
+    step. The first update (no spread yet) gives no step; an entry with m_j = 0 gets 0."""
+    if count < 2:
+        return np.zeros_like(np.asarray(total, dtype=np.float64))
+    m = np.asarray(total, dtype=np.float64) / count
+    var = np.maximum(np.asarray(total_sq, dtype=np.float64) / count - m * m, 0.0) * count / (count - 1)
+    m2 = m * m
+    keep = np.zeros_like(m)
+    np.divide(np.maximum(m2 - var / count, 0.0), m2, out=keep, where=m2 > 0)
+    return m * keep
 
 
 INIT_FLOOR = 0.05  # init="target": every entry starts with at least INIT_FLOOR / n of the mass
@@ -241,6 +267,8 @@ class DGA:
         self.lr0: float | None = None
         self.n_updates = 0
         self.last_step: int | None = None
+        # normalise="shrink": sums of the standardised alignments and of their squares over updates
+        self.z_sum, self.z_sq = np.zeros(self.n), np.zeros(self.n)
 
     def weights(self) -> np.ndarray:
         """Current weights, float64 (n,), non-negative and summing to 1."""
@@ -275,6 +303,10 @@ class DGA:
             raise ValueError(f"non-finite alignments (NaN or inf) at indices {bad}; the "
                              "weights were not updated (check the loss / gradients)")
         a = normalise_alignments(a, grad_norms, target_norm, self.config.normalise)
+        z_sum, z_sq = self.z_sum, self.z_sq
+        if self.config.normalise == "shrink":
+            z_sum, z_sq = z_sum + a, z_sq + a * a
+            a = shrink_alignments(z_sum, z_sq, self.n_updates + 1)
         eta = self.step_size(lr)
         # Compute everything first, commit at the end: an error leaves the state unchanged.
         log_w = apply_floor(ema(self.log_w, mirror_step(self.log_w, a, eta), self.config.ema_beta),
@@ -282,6 +314,7 @@ class DGA:
         if self.config.eta_schedule == "lr" and self.lr0 is None:
             self.lr0 = float(lr)
         self.log_w = log_w
+        self.z_sum, self.z_sq = z_sum, z_sq
         self.n_updates += 1
         self.last_step = int(step)
         return self.weights()
@@ -290,7 +323,7 @@ class DGA:
         """Plain python / numpy state (picklable, torch.save-able)."""
         return {"kind": "dga", "n": self.n, "name": self.name, "config": asdict(self.config),
                 "log_w": self.log_w.copy(), "lr0": self.lr0, "n_updates": self.n_updates,
-                "last_step": self.last_step}
+                "last_step": self.last_step, "z_sum": self.z_sum.copy(), "z_sq": self.z_sq.copy()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a state from ``state_dict`` (config included)."""
@@ -302,6 +335,9 @@ class DGA:
         self.lr0 = state["lr0"]
         self.n_updates = int(state["n_updates"])
         self.last_step = state["last_step"]
+        # a state saved before normalise="shrink" existed has no sums: they start at 0
+        self.z_sum = np.asarray(state.get("z_sum", np.zeros(self.n)), dtype=np.float64).copy()
+        self.z_sq = np.asarray(state.get("z_sq", np.zeros(self.n)), dtype=np.float64).copy()
 
 
 # --------------------------------------------------------------------------- bases

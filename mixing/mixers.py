@@ -86,6 +86,9 @@ class DoGE:
         self.n = int(n)
         self.name = name
         self.config = config or DGAConfig()
+        if self.config.normalise == "shrink":
+            raise ValueError("normalise='shrink' is DGA's (it averages alignments across updates); DoGE already "
+                             "sums them: use standardise")
         self.log_w0 = log_init_weights(self.n, init_weights)
         self.cum_a = np.zeros(self.n)      # sum of (normalised) alignments over updates
         self.sum_w = np.zeros(self.n)      # sum of the weights after each update

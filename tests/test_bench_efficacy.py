@@ -6,6 +6,7 @@ tests need no data. bench/ is a package of the repository root (pytest puts the 
 as tests/ is a package too).
 """
 import importlib
+import json
 
 import numpy as np
 import pytest
@@ -63,3 +64,70 @@ def test_train_options_take_the_trainers_defaults_but_where_the_bench_sets_its_o
         assert getattr(args, k) == params.BENCH.get(k, getattr(d, k)), k
     cfg = params.config_of(args, 0, "dga", None, {"eta": 2.0})
     assert cfg.dga.eta == 2.0 and cfg.checkpoint_every == 0 and cfg.align_batch_size == params.BENCH["align_batch_size"]
+
+
+def test_unigram_baseline_exact_small_case():
+    from dgamix.mixing.testbed.packing import DocTokens, Windows
+
+    uni = importlib.import_module("bench.experiments.efficacy.unigram")
+    tokens = DocTokens(np.array([3, 4, 3, 5]), np.array([0, 2, 3, 4]))  # docs [3 4], [3], [5]; EOS = 2
+    counts = np.stack([uni.domain_counts(tokens, [0, 1], 6), uni.domain_counts(tokens, [2], 6)])
+    np.testing.assert_array_equal(counts, [[0, 0, 2, 2, 1, 0], [0, 0, 1, 0, 0, 1]])
+    p = uni.mixture_unigram(counts, np.array([1.0, 1.0]), floor=0.0)  # 0.5 * (.4, .4, .2 on 2, 3, 4) + 0.5 * (.5 on 2, 5)
+    np.testing.assert_allclose(p, [0, 0, 0.45, 0.2, 0.1, 0.25], rtol=1e-14)
+    w = Windows(np.array([[4, 3, 5, 0]]))  # predicted: 3, 5 (the first piece is context, PAD is ignored)
+    np.testing.assert_array_equal(uni.predicted(w), [3, 5])
+    assert np.isclose(uni.cross_entropy(uni.predicted(w), p), -(np.log(0.2) + np.log(0.25)) / 2, rtol=1e-14)
+    own = uni.own_unigram(np.array([3, 3, 4]), 6)  # add-half over ids 1..5: (.5, .5, 2.5, 1.5, .5) / 5.5
+    np.testing.assert_allclose(own, np.array([0, 0.5, 0.5, 2.5, 1.5, 0.5]) / 5.5, rtol=1e-14)
+    out = uni.baselines(tokens, [np.array([0, 1]), np.array([2])], {"uniform": np.ones(2), "first": np.array([1.0, 0])},
+                        Windows(np.array([[2, 3, 3, 4]])), {"test": w}, 6)
+    assert np.isclose(out["mixture:uniform"]["test"], -(np.log(0.2) + np.log(0.25)) / 2, rtol=1e-5)
+    f = uni.FLOOR  # piece 5 never appears in domain 0: only the floor keeps it finite
+    assert np.isclose(out["mixture:first"]["test"], -(np.log((1 - f) * 0.4 + f / 5) + np.log(f / 5)) / 2, rtol=1e-12)
+    assert np.isclose(out["own"]["test"], -(np.log(2.5 / 5.5) + np.log(0.5 / 5.5)) / 2, rtol=1e-14)
+
+
+def test_protocol_splits_intervals_and_primary_criterion():
+    proto = importlib.import_module("bench.experiments.efficacy.protocol")
+    m = proto.split_rows(10)
+    assert m.sum() == 3 and np.array_equal(m, proto.split_rows(10)) and not np.array_equal(m, proto.split_rows(10, 2))
+    s = proto.ci95([1.0, 2.0, 3.0])  # t(0.975, 2) = 4.3027; sd 1
+    assert np.isclose(s["mean"], 2.0) and np.isclose(s["ci95"], 4.302652729911275 / np.sqrt(3), rtol=1e-9)
+    static = {0: (5.0, 6.0), 1: (5.1, 6.1)}
+    assert proto.primary(static, {0: (5.01, 5.9), 1: (5.12, 6.0)})["pass"]       # +0.015 target, -0.1 general
+    assert not proto.primary(static, {0: (5.05, 5.9), 1: (5.12, 6.0)})["pass"]   # +0.035 target
+    assert not proto.primary(static, {0: (4.9, 6.2), 1: (5.0, 6.1)})["pass"]     # general worse
+    assert proto.curve_rises([6.0, 5.5, 5.4, 5.43]) and not proto.curve_rises([6.0, 5.5, 5.4, 5.41])
+
+
+def test_protocol_reuses_a_run_only_with_the_same_code_settings_and_inputs(tmp_path):
+    proto = importlib.import_module("bench.experiments.efficacy.protocol")
+    (tmp_path / "src" / "mixing").mkdir(parents=True)
+    (tmp_path / "src" / "mixing" / "a.py").write_text("x = 1\n")
+    v1 = proto.code_version(tmp_path / "src", ("mixing",))
+    (tmp_path / "src" / "mixing" / "a.py").write_text("x = 2\n")
+    assert proto.code_version(tmp_path / "src", ("mixing",)) != v1
+    assert proto.code_version() == proto.code_version()
+
+    class Fixed(proto.Protocol):  # the workspace's fingerprints, as a dict the test controls
+        fingerprints = {"corpus": "c1", "target": "t1"}
+
+        def inputs(self, job):
+            return dict(self.fingerprints)
+
+    p = Fixed(tmp_path / "ws")
+    job = {"name": "r", "regime": "a", "mixer": "uniform", "basis": None, "target": "mmlu", "arm": "uniform",
+           "config": proto.testbed_config()}
+    (tmp_path / "ws" / "runs" / "r").mkdir(parents=True)
+    (tmp_path / "ws" / "runs" / "r" / "bench-stamp.json").write_text(
+        json.dumps({"stamp": p.stamp(job), "result": {"val": 5.0}}))
+    assert p.finished(job) == {"val": 5.0}
+    p.fingerprints = {"corpus": "c1", "target": "t2"}   # the target was rebuilt
+    assert p.finished(job) is None
+    p.fingerprints = {"corpus": "c1", "target": "t1"}
+    p.code = "other"                                   # the training code changed
+    assert p.finished(job) is None
+    p.code = proto.code_version()
+    assert p.finished({**job, "config": proto.replace(job["config"], steps=7)}) is None  # another setting
+    assert p.finished(job) == {"val": 5.0}

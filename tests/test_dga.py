@@ -369,3 +369,30 @@ def test_target_mixture_recovers_the_group_shares_and_the_histogram():
     P2 = BasisMatrix(np.vstack(rows[:2]))  # domain 4 is covered by neither
     np.testing.assert_allclose(target_mixture(P2, np.array([4, 4])), [0.5, 0.5])
     assert abs(target_mixture(P2, domains).sum() - 1) < 1e-12
+
+
+def test_shrink_alignments_exact_small_case():
+    from dgamix.mixing.dga import shrink_alignments
+
+    # means (1.5, 0.5); sample variances 0.5 each over 2 updates -> se^2 = 0.25: keep (2.25 - 0.25) / 2.25 and 0
+    np.testing.assert_allclose(shrink_alignments(np.array([3.0, 1.0]), np.array([5.0, 1.0]), 2), [4 / 3, 0.0],
+                               rtol=1e-14)
+    np.testing.assert_array_equal(shrink_alignments(np.array([3.0, 1.0]), np.array([5.0, 1.0]), 1), [0.0, 0.0])
+    np.testing.assert_array_equal(shrink_alignments(np.zeros(2), np.ones(2), 3), [0.0, 0.0])  # mean 0: no step
+
+
+def test_dga_shrink_steps_on_persistent_alignments_and_not_on_flipping_ones():
+    c = np.sqrt(1.5)  # the z-score of +-1 among (1, 0, -1)
+    dga = DGA(3, DGAConfig(eta=np.log(2) / c, ema_beta=0.0, normalise="shrink"))
+    np.testing.assert_allclose(dga.update(0, np.array([1.0, 0.0, -1.0])), np.full(3, 1 / 3), rtol=1e-14)  # no spread yet
+    w = dga.update(25, np.array([10.0, 0.0, -10.0]))  # the same ranking again: zero spread, full z-scores
+    np.testing.assert_allclose(w, np.array([2.0, 1.0, 0.5]) / 3.5, rtol=1e-13)
+    restored = DGA(3, DGAConfig(normalise="shrink"))
+    restored.load_state_dict(pickle.loads(pickle.dumps(dga.state_dict())))
+    # the ranking flips: mean (c/3, 0, -c/3), se^2 = 4 c^2 / 9 > mean^2 -> no step, on the restored copy too
+    for d in (dga, restored):
+        np.testing.assert_allclose(d.update(50, np.array([-1.0, 0.0, 1.0])), np.array([2.0, 1.0, 0.5]) / 3.5,
+                                   rtol=1e-13)
+    np.testing.assert_allclose(dga.z_sum, [c, 0.0, -c], rtol=1e-14)
+    with pytest.raises(ValueError, match="shrink"):
+        make_mixer("doge", 3, config=DGAConfig(normalise="shrink"))

@@ -28,6 +28,12 @@ and DGA's weight movement: total variation of the trajectory (sum over updates o
 0.5 |w_t - w_t-1|_1), its largest single update, and 0.5 |w_end - w_0|_1. JSON and a plot go to
 bench/experiments/results/efficacy-<regime>.json / .png.
 
+Round 2 (issue 27): the pre-registered protocol of PROTOCOL.md (testbed sizing with the unigram
+baseline, MMLU as the design target, gsm8k and fables as test targets, uniform / IS / the tuned static
+mix / DGA / DGA with normalise="shrink", regimes a and b, 5 seeds, paired 95% intervals), resumable:
+
+    python -m bench.experiments.efficacy protocol --jobs 2 --out bench/experiments/results/protocol
+
 From the repository root:
 
     python -m bench.experiments.efficacy --regime a --jobs 2           # 3 seeds (the headline rows)
@@ -46,7 +52,8 @@ Modules, one job each: regimes (what is measured: regimes, mixers, ablations, in
 params (`dgamix train`'s options, their defaults read from TrainConfig / DGAConfig), workspace
 (builds the workspace with the CLI), runs (jobs, training or reuse of a finished run), stats
 (means, paired differences, weight movement), plots, analyses (--persistence, --source-share:
-no training), cli (main).
+no training), cli (main), protocol (round 2's protocol), unigram (the unigram baseline), sizing
+(the figures behind the protocol's testbed).
 """
 from __future__ import annotations
 

@@ -58,6 +58,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["protocol"]:  # the pre-registered protocol (protocol.py), its own options
+        from .protocol import main as protocol_main
+
+        return protocol_main(argv[1:])
     args = parser().parse_args(argv)
     if args.source_share:
         return source_share(args.workspace.resolve(), args.source_share, args.source)
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     out = args.out or RESULTS / f"{stem}.json"
     png = out.with_suffix(".png")
     out.parent.mkdir(parents=True, exist_ok=True)
-    res = {"command": f"{COMMAND} " + " ".join(argv if argv is not None else sys.argv[1:]),
+    res = {"command": f"{COMMAND} " + " ".join(argv),
            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                        "loadavg": [round(x, 2) for x in os.getloadavg()]},
            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "workspace": prep}

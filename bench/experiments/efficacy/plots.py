@@ -84,3 +84,50 @@ def pareto(runs: list[dict], refs: dict, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def protocol_plots(rep: dict, runs: list[dict], out: Path) -> list[Path]:
+    """The protocol's figures: per regime, a Pareto plot of test target loss vs general loss (arm means with
+    95% intervals, one panel per target, the unigram baseline as a line), and regime b's IS validation curves
+    (every budget of the design grid and every seed of the chosen budget)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    targets = sorted({k.split(":")[1] for k in rep["tables"]}, key=lambda t: (t != "mmlu", t))
+    for regime in ("a", "b"):
+        fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 4.2), squeeze=False)
+        for ax, t in zip(axes[0], targets):
+            tab = rep["tables"].get(f"{regime}:{t}", {}).get("arms", {})
+            for arm, v in tab.items():
+                ax.errorbar(v["general"]["mean"], v["target"]["mean"], xerr=v["general"]["ci95"],
+                            yerr=v["target"]["ci95"], fmt="o", capsize=3, label=arm, color=COLOURS.get(arm))
+            u = rep["unigram"][t]["mixture:uniform"]["test"]
+            ax.axhline(u, color="k", ls=":", lw=1, label="unigram (uniform mixture)")
+            ax.set_xlabel("general loss (held-out pool documents)")
+            ax.set_ylabel(f"{t} test loss (nats / piece)")
+            ax.set_title(f"regime {regime}: {t}", fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"pareto-{regime}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for r in runs:
+        if r["regime"] == "b" and r["arm"] == "is" and r["target"] == "mmlu":
+            c = r["curves"]["target"]
+            ax.plot(c["step"], c["loss"], lw=1.2, label=f"IS, {r['epochs']} epochs, seed {r['seed']}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MMLU validation loss")
+    ax.set_title("regime b: IS under a limited budget per domain", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "regime-b-is-curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return paths + [path]

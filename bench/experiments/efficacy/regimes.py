@@ -22,6 +22,7 @@ REGIMES = {  # basis: what DGA reweights (None = the k domains; "group" = one ba
 # `dgamix train --mixer is` on that basis. It is the static control for DGA over tempered bases.
 STATIC_TEMPERED = "is-t"
 COLOURS = {"uniform": "tab:gray", "is": "tab:blue", "dga": "tab:red", "dga-noema": "tab:orange",
+           "static": "tab:green", "dga-shrink": "tab:brown",
            "is-t1": "tab:cyan", "is-t2": "tab:purple"}
 TARGETS = {"mmlu64": "mmlu"}  # target name -> file in --targets (default: the same name)
 # Regime b: the budget T is set from IS's histogram alpha so that total * sum(alpha^2) / T = MIN_IS_EPOCHS
