@@ -14,7 +14,12 @@ is there, else data/minipile/slice.parquet; perturbed copies, one word dropped, 
 so ~27% of them are planted near-duplicates at 100k), and peak RSS is that process's ru_maxrss
 minus its RSS after loading the texts (what dedup itself adds). docs/s per core = docs/s / cores used.
 
+Signatures alone, per document on one core, on the first --signature-docs of the same texts in
+this process (best of --repeat runs each): the vectorised ``pipeline.dedup.signatures`` and the
+per-shingle datasketch ``MinHash.bulk`` (SHA-1 of each shingle, Python shingle sets) it replaced.
+
     python -m bench.micro.dedup [--docs 100000] [--workers 2]      # JSON in bench/micro/results/dedup.json
+    python -m bench.micro.dedup --docs 10000 --methods= --out bench/micro/results/dedup-signatures.json
 """
 from __future__ import annotations
 
@@ -97,6 +102,36 @@ def one(method: str, n: int, workers: int, shard: int, out: str, files: str) -> 
                                      "duplicates": int((dup >= 0).sum())}))
 
 
+def datasketch_signatures(texts: list[str], cfg) -> np.ndarray:
+    """The per-shingle signatures dedup computed before: datasketch MinHash.bulk over each text's
+    shingle set (its default SHA-1 shingle hash), (n, num_perm)."""
+    from datasketch import MinHash
+
+    from dgamix.pipeline.dedup import shingles
+
+    return np.stack([m.hashvalues for m in MinHash.bulk([list(shingles(t, cfg.shingle)) for t in texts],
+                                                        num_perm=cfg.num_perm, seed=cfg.seed)])
+
+
+def signature_throughput(texts: list[str], repeat: int) -> dict:
+    """docs/s of the vectorised signatures and of datasketch's per-shingle MinHash on ``texts``
+    (one core, this process, best of ``repeat`` alternating runs)."""
+    from dgamix.pipeline.dedup import DedupConfig, signatures
+
+    cfg = DedupConfig()
+    signatures(texts[:10], cfg), datasketch_signatures(texts[:10], cfg)  # imports and one-off tables
+    best = {"vectorised": float("inf"), "datasketch": float("inf")}
+    for _ in range(repeat):
+        for name, f in (("vectorised", signatures), ("datasketch", datasketch_signatures)):
+            t0 = time.perf_counter()
+            f(texts, cfg)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    words = sum(len(t.split()) for t in texts) / max(1, len(texts))
+    return {"docs": len(texts), "chars_per_doc": sum(map(len, texts)) / max(1, len(texts)), "words_per_doc": words,
+            **{f"{k}_docs_per_s": len(texts) / v for k, v in best.items()},
+            "speedup": best["datasketch"] / best["vectorised"]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=100_000)
@@ -104,21 +139,27 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--shard-size", type=int, default=5000)
     ap.add_argument("--quick", action="store_true", help="(make bench) the same 100k documents: the goal's size")
     ap.add_argument("--methods", default="in-memory,sharded-local,sharded-ray,sharded-files")
+    ap.add_argument("--signature-docs", type=int, default=5000, help="texts for the signatures-only figures (0: none)")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each signature function (the best counts)")
     ap.add_argument("--out", type=Path, default=RESULTS / "dedup.json")
     ap.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
         one(args.one[0], args.docs, args.workers, args.shard_size, args.one[1], args.one[2])
         return {}
+    methods = [m for m in args.methods.split(",") if m]
+    sig = None
+    if args.signature_docs:
+        sig = signature_throughput(corpus(min(args.signature_docs, args.docs)), args.repeat)
     rows, dups = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         files = str(Path(tmp) / "corpus.parquet")
-        if "sharded-files" in args.methods:
+        if "sharded-files" in methods:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
             pq.write_table(pa.table({"text": corpus(args.docs)}), files, row_group_size=args.shard_size)
-        for m in args.methods.split(","):
+        for m in methods:
             f = str(Path(tmp) / m)
             subprocess.run([sys.executable, "-m", "bench.micro.dedup", "--one", m, f, files, "--docs", str(args.docs), "--workers",
                             str(args.workers), "--shard-size", str(args.shard_size)], check=True, cwd=ROOT)
@@ -127,12 +168,17 @@ def main(argv: list[str] | None = None) -> dict:
     same = all(np.array_equal(d, next(iter(dups.values()))) for d in dups.values())
     out = {"command": "python -m bench.micro.dedup " + " ".join(argv if argv is not None else sys.argv[1:]),
            "docs": args.docs, "shard_size": args.shard_size, "source": str(POOL if POOL.exists() else "slice"),
-           "rows": rows, "identical_dup_of": same}
-    print(f"{'method':<15}{'docs/s':>9}{'per core':>10}{'peak RSS MiB':>14}{'dedup adds':>12}{'dups':>8}")
-    for m, r in rows.items():
-        print(f"{m:<15}{r['docs_per_s']:>9.0f}{r['docs_per_s_per_core']:>10.0f}{r['peak_rss_mib']:>14.0f}"
-              f"{r['dedup_rss_mib']:>12.0f}{r['duplicates']:>8}")
-    print(f"{args.docs:,} documents; identical dup_of across methods: {same}")
+           "rows": rows, "identical_dup_of": same, "signatures": sig}
+    if sig:
+        print(f"signatures, one core, {sig['docs']:,} texts (~{sig['chars_per_doc']:.0f} characters, "
+              f"~{sig['words_per_doc']:.0f} words each): vectorised {sig['vectorised_docs_per_s']:,.0f} docs/s, "
+              f"datasketch per shingle {sig['datasketch_docs_per_s']:,.0f} docs/s ({sig['speedup']:.1f}x)")
+    if rows:
+        print(f"{'method':<15}{'docs/s':>9}{'per core':>10}{'peak RSS MiB':>14}{'dedup adds':>12}{'dups':>8}")
+        for m, r in rows.items():
+            print(f"{m:<15}{r['docs_per_s']:>9.0f}{r['docs_per_s_per_core']:>10.0f}{r['peak_rss_mib']:>14.0f}"
+                  f"{r['dedup_rss_mib']:>12.0f}{r['duplicates']:>8}")
+        print(f"{args.docs:,} documents; identical dup_of across methods: {same}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     return out
