@@ -143,8 +143,9 @@ def test_own_loop_two_workers_killed_and_resumed_equals_zero_workers(tiny_ws, tm
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert len(log.read_text().splitlines()) < 12
-    _, err = zero.communicate(timeout=300)
+    out, err = zero.communicate(timeout=300)
     assert zero.returncode == 0, err.decode()[-800:]
+    assert b"trained 12 steps" in out
     r = subprocess.run([*two, "--resume"], env=ENV, capture_output=True, timeout=300)
     assert r.returncode == 0, r.stderr.decode()[-800:]
     a, b = _log(tmp_path / "zero" / "log.jsonl"), _log(log)
@@ -154,6 +155,7 @@ def test_own_loop_two_workers_killed_and_resumed_equals_zero_workers(tiny_ws, tm
         assert a[s]["weights"] == b[s]["weights"], s
         assert a[s]["loss"] == pytest.approx(b[s]["loss"], rel=1e-5), s
     assert a[11]["weights"] != a[0]["weights"]
+    assert (tiny_ws.run_dir("own-w2") / "weights.parquet").exists()  # the resumed run wrote its run
 
 
 def _free_port() -> int:

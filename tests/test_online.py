@@ -1,16 +1,11 @@
 """The public API for a user's own loop (dgamix.mixing.OnlineMixture): texts by doc id, exact
-resume (in process, and after SIGKILL of examples/own_loop.py), `dgamix train` = the public object,
+resume in process (SIGKILL of examples/own_loop.py: tests/test_loader.py), `dgamix train` = the public object,
 loss multipliers, user runs in `dgamix report` / `dgamix schedule`, the same validation as the CLI."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +20,7 @@ from dgamix.mixing.testbed.trainer import TrainConfig, make_optimizer
 from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.workspace import Workspace
-from tests.helpers import ROOT, one_line_error, run_cli, tiny_gpt2
+from tests.helpers import one_line_error, run_cli, tiny_gpt2
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
            TOKENIZERS_PARALLELISM="false")
@@ -234,49 +229,3 @@ def test_a_user_run_shows_in_report_and_schedule_beside_reference_runs(tiny_ws, 
     r = run_cli("schedule", "--workspace", tiny_ws.root, "--clusters", "c", "--level", 2, "--run", "user",
                 "--steps", 6, "--batch-size", 4, "--name", "from-user", "--overwrite")
     assert r.exit_code == 0, r.output
-
-
-# --------------------------------------------------------------------------- examples/own_loop.py
-
-def _steps(log: Path) -> dict[int, dict]:
-    """The last line logged for each step (a resumed run rewrites the steps after its checkpoint)."""
-    out = {}
-    for line in log.read_text().splitlines():
-        row = json.loads(line)
-        out[row["step"]] = row
-    return out
-
-
-@pytest.mark.slow
-def test_own_loop_example_sigkill_and_resume_equals_an_uninterrupted_run(tiny_ws, tmp_path):
-    args = [sys.executable, str(ROOT / "examples" / "own_loop.py"), "--workspace", str(tiny_ws.root),
-            "--clusters", "c", "--level", "2", "--target", "t", "--basis", "b", "--steps", "14",
-            "--batch-size", "4", "--save-every", "4"]
-    full = subprocess.Popen([*args, "--out", str(tmp_path / "full"), "--run", "own-full"], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    killed = subprocess.Popen([*args, "--out", str(tmp_path / "killed"), "--run", "own-killed"], env=ENV,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    log = tmp_path / "killed" / "log.jsonl"
-    t0 = time.time()
-    while not (log.exists() and len(log.read_text().splitlines()) >= 6):  # checkpoint at 4, then a step more
-        assert killed.poll() is None, killed.stderr.read().decode()[-800:]
-        assert time.time() - t0 < 240
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    cut = len(log.read_text().splitlines())
-    assert cut < 14
-    out, err = full.communicate(timeout=300)
-    assert full.returncode == 0, err.decode()[-800:]
-    r = subprocess.run([*args, "--out", str(tmp_path / "killed"), "--run", "own-killed", "--resume"], env=ENV,
-                       capture_output=True, timeout=300)
-    assert r.returncode == 0, r.stderr.decode()[-800:]
-    a, b = _steps(tmp_path / "full" / "log.jsonl"), _steps(log)
-    assert sorted(a) == sorted(b) == list(range(14))
-    for s in range(14):
-        assert a[s]["doc_ids"] == b[s]["doc_ids"], s
-        assert a[s]["loss"] == b[s]["loss"], s
-        assert a[s]["weights"] == b[s]["weights"], s
-    assert a[13]["weights"] != a[0]["weights"]
-    assert b"trained 14 steps" in out
-    assert (tiny_ws.run_dir("own-killed") / "weights.parquet").exists()
