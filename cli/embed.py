@@ -58,7 +58,8 @@ def embed(
                                   "float16, --device cuda only); auto (the fastest that keeps "
                                   "mean cosine >= 0.99 to fp32 on a sample of the corpus; measured once per machine, model and "
                                   "settings (the decision is cached in auto/ under $DGAMIX_CACHE, default ~/.cache/dgamix); "
-                                  "fp32 for corpora under 2,000 documents after de-duplication). The choice and its cosine are "
+                                  "under 1,000 documents after de-duplication: this machine's cached decision, else fp32 unmeasured; "
+                                  "the summary prints which). The choice and its cosine are "
                                   "recorded in embeddings.parquet; pass fp32 for byte-identical reruns on other machines."),
     dtype: str = typer.Option(_E.dtype, help="Storage dtype of the vectors: float32 or float16."),
     device: str = typer.Option(_E.device, help="Torch device for the encoder: cpu or cuda (with --precision fp16: "

@@ -43,19 +43,22 @@ from dgamix.pipeline.encoder import (
     weights_fingerprint,
 )
 from dgamix.pipeline.engine import LOCAL, EngineConfig, map_shards, session, threads_per_worker
-from dgamix.pipeline.precision import PrecisionReport, measure_precision
+from dgamix.pipeline.precision import PrecisionReport, measure_precision, small_corpus_precision
 from dgamix.pipeline.vectors import UserVectors, VectorFile, record, summary_line
 
-AUTO_MIN_DOCS = 2000        # embed stage: below this, auto keeps fp32 without measuring (the one-off
-                            # int8 export and the measurement cost more than int8 saves)
+AUTO_MIN_DOCS = 1000        # embed stage: auto measures (exporting int8 if needed) from this many documents;
+                            # below, this machine's cached decision is reused, else fp32 (see _auto_small_corpus)
 
 
-def _auto_small_corpus(cfg: EmbedConfig, n_docs: int) -> PrecisionReport | None:
-    """``auto`` on fewer than AUTO_MIN_DOCS documents: fp32, not measured (None otherwise)."""
+def _auto_small_corpus(enc: Encoder, cfg: EmbedConfig, n_docs: int, sample: list[str]
+                       ) -> tuple[PrecisionReport, str] | None:
+    """``auto`` on fewer than AUTO_MIN_DOCS documents (None otherwise): (report, where the choice came
+    from): this machine's cached decision when there is one, else fp32 without measuring (a one-off
+    int8 export and measurement would not be repaid on so few documents)."""
     if cfg.precision != "auto" or n_docs >= AUTO_MIN_DOCS:
         return None
-    return PrecisionReport("auto", "fp32", skipped={"all": f"{n_docs} documents < {AUTO_MIN_DOCS}: fp32 without "
-                                                           f"measuring (a faster precision would not repay its set-up)"})
+    rep = small_corpus_precision(enc, cfg, sample, n_docs, AUTO_MIN_DOCS)
+    return rep, rep.cached or f"fewer than {AUTO_MIN_DOCS} documents and no decision cached here: fp32, not measured"
 
 
 def embed_shard(enc: Encoder, texts: list[str], doc_ids: np.ndarray, cfg: EmbedConfig, tick=None) -> pa.Table:
@@ -307,7 +310,7 @@ def _encoder_params(ws: Workspace, cfg: EmbedConfig, enc: Encoder, model_fp: str
     sample = corpus.refs(_spread(kept.tolist(), VALIDATION_DOCS)).read(corpus.reader)
     rep, source = _recorded_precision(ws, cfg, model_fp), "recorded in the workspace"
     if rep is None:
-        rep, source = _auto_small_corpus(cfg, len(kept)), f"fewer than {AUTO_MIN_DOCS} documents: not measured"
+        rep, source = _auto_small_corpus(enc, cfg, len(kept), sample) or (None, source)
     if rep is None:  # auto: this machine's cached decision, else measured (precision.resolve_precision)
         rep = measure_precision(enc, cfg, sample, cfg.precision)
         source = "requested" if cfg.precision != "auto" else (

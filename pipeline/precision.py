@@ -140,6 +140,38 @@ def resolve_precision(enc: Encoder, cfg: EmbedConfig, texts: list[str]) -> Preci
     return rep
 
 
+def decision_ready(enc: Encoder, cfg: EmbedConfig) -> bool:
+    """Whether ``auto`` can decide here without measuring speed: this machine's decision for the
+    model and settings is cached, and for an int8 decision its export too (nothing to export). Reads
+    no model; a stale or unreadable file makes :func:`resolve_precision` measure after all."""
+    try:
+        d = json.loads(decision_path(decision_inputs(enc, cfg)).read_text())
+        precision = d["report"]["precision"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+    if precision != "int8":
+        return precision in CONCRETE
+    from dgamix.pipeline.onnx_int8 import export_cached
+
+    return export_cached(weights_fingerprint(enc, cfg))
+
+
+def small_corpus_precision(enc: Encoder, cfg: EmbedConfig, texts: list[str], n_docs: int,
+                           min_docs: int) -> PrecisionReport:
+    """``auto`` on a corpus of ``n_docs`` < ``min_docs`` documents (too few to repay an int8 export and
+    a speed measurement): this machine's cached decision when :func:`decision_ready` (its cosine to
+    fp32 checked on ``texts``, a sample of this corpus, as :func:`resolve_precision` does), else fp32
+    without measuring; either way the report says why (``cached`` / ``skipped``)."""
+    if n_docs >= VALIDATION_DOCS and decision_ready(enc, cfg):
+        return resolve_precision(enc, cfg, texts)
+    why = (f"{n_docs} documents < {min_docs} and no decision cached for this machine: fp32 without measuring "
+           f"(an int8 export and a measurement would not be repaid; auto on a corpus of {min_docs}+ documents "
+           f"measures once, then every corpus of {VALIDATION_DOCS}+ documents on this machine reuses it)")
+    if n_docs < VALIDATION_DOCS:
+        why = f"{n_docs} documents < {VALIDATION_DOCS}: fp32 without measuring (a cosine check would cost more than it saves)"
+    return PrecisionReport("auto", "fp32", skipped={"all": why})
+
+
 def measure_auto(enc: Encoder, cfg: EmbedConfig, texts: list[str]) -> PrecisionReport:
     """auto's measurement on a spread sample of at most VALIDATION_DOCS of ``texts``.
 

@@ -245,3 +245,37 @@ def test_a_cached_choice_below_the_bounds_on_a_new_corpus_is_measured_again(enco
     assert (rep.cosine_mean, rep.cosine_min, rep.sample) == (0.997, 0.97, 17)  # this corpus's check
     quality["mean"] = 0.95  # below MIN_MEAN_COSINE on another corpus
     assert resolve_precision(fresh(encoder), CFG, TEXTS).cached is None and len(measured.calls) == 2
+
+
+def test_small_corpus_uses_a_cached_decision_else_fp32_and_says_why(encoder, cache, measured, monkeypatch):
+    stub = E.measure_auto
+    # nothing cached: fp32 without measuring (no export, no timing), the reason recorded
+    no_measuring(monkeypatch)
+    rep = E.small_corpus_precision(fresh(encoder), CFG, TEXTS, 500, 2000)
+    assert rep.precision == "fp32" and rep.cached is None and not rep.docs_per_s
+    assert "500 documents < 2000 and no decision cached" in rep.skipped["all"] and not decisions(cache)
+    tiny = E.small_corpus_precision(fresh(encoder), CFG, TEXTS, E.VALIDATION_DOCS - 1, 2000)
+    assert tiny.precision == "fp32" and f"< {E.VALIDATION_DOCS}" in tiny.skipped["all"]
+
+    # once this machine decided (a larger corpus measured), a small corpus reuses it, unmeasured
+    monkeypatch.setattr(E, "measure_auto", stub)
+    resolve_precision(fresh(encoder), CFG, TEXTS)
+    assert len(measured.calls) == 1 and E.decision_ready(fresh(encoder), CFG)
+    no_measuring(monkeypatch)
+    rep = E.small_corpus_precision(fresh(encoder), CFG, TEXTS, 500, 2000)
+    assert rep.precision == "fp32" and rep.cached.startswith("cached decision from ") and rep.docs_per_s
+    # but not below VALIDATION_DOCS documents: the cosine check would cost more than the run
+    assert E.small_corpus_precision(fresh(encoder), CFG, TEXTS, 10, 2000).cached is None
+
+
+def test_decision_ready_needs_a_readable_file_and_the_int8_export(encoder, cache):
+    enc = fresh(encoder)
+    assert not E.decision_ready(enc, CFG)
+    rep = PrecisionReport("auto", "int8", 0.995, 0.98, E.VALIDATION_DOCS, "v2/x", {"fp32": 10.0, "int8": 20.0},
+                          {"fp32": [1.0, 1.0], "int8": [0.995, 0.98]})
+    path = E.store_decision(enc, CFG, rep)
+    assert path is not None and not E.decision_ready(enc, CFG)  # int8 decided, its export not in this cache
+    path.write_text("{not json")
+    assert not E.decision_ready(enc, CFG)
+    E.store_decision(enc, CFG, PrecisionReport("auto", "fp32", sample=E.VALIDATION_DOCS, docs_per_s={"fp32": 10.0}))
+    assert E.decision_ready(enc, CFG)
