@@ -255,8 +255,9 @@ def test_int8_batches_run_at_once_give_the_sequential_result(int8_cache, encoder
 
 @pytest.mark.slow
 def test_bf16_close_to_fp32(encoder, texts50, fp32_ref):
-    got = encode(encoder, texts50, EmbedConfig(precision="bf16"))  # 10-25 s on CPUs without bf16 units
-    c = cos(got, fp32_ref)
+    # 16 of the texts: bf16 is emulated (slow) on CPUs without bf16 units
+    got = encode(encoder, texts50[:16], EmbedConfig(precision="bf16"))
+    c = cos(got, fp32_ref[:16])
     assert c.mean() >= 0.99 and c.min() >= 0.95, (c.mean(), c.min())
 
 
