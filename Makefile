@@ -58,7 +58,10 @@ demo: venv
 	step report --workspace $(WS) && \
 	echo; echo "demo finished in $$(( $$(date +%s) - start )) s" && \
 	echo "manifests: $(WS)/ (docs.parquet, embeddings/, clusters/, targets/, bases/, runs/, schedules/)" && \
-	echo "report:    $(WS)/report/report.md (plots: $(WS)/report/*.png)"
+	echo "report:    $(WS)/report/report.md (plots: $(WS)/report/*.png)" && \
+	echo "note:      one seed, 300 steps, one machine: this shows that every stage runs and what DGA's weights do," && \
+	echo "           not which mixer is better (differences of this size change with the seed and the CPU);" && \
+	echo "           the multi-seed comparison and where DGA loses: docs/results.md"
 
 bench: venv
 	$(BIN)/python bench/run_all.py

@@ -57,7 +57,8 @@ def main():
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=64, n_layer=2, n_head=2,
-                                       resid_pdrop=0, embd_pdrop=0, attn_pdrop=0))
+                                       resid_pdrop=0, embd_pdrop=0, attn_pdrop=0,
+                                       bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     mix = OnlineMixture.from_workspace(args.workspace, args.clusters, args.level, args.target, basis=args.basis,  # dgamix
                                        config=DGAConfig(reweight_every=5, reweight_start=5), collate=collate)  # dgamix

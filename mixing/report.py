@@ -112,7 +112,10 @@ def losses_plot(runs: dict[str, pl.DataFrame], out: Path) -> Path:
         ax.set_xlabel("training step")
         ax.set_ylabel("cross-entropy (nats/token)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:  # e.g. a user's own loop that logged no held-out loss of this split
+            ax.text(0.5, 0.5, f"no run logged a {split} loss", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

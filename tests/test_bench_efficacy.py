@@ -107,7 +107,12 @@ def test_protocol_reuses_a_run_only_with_the_same_code_settings_and_inputs(tmp_p
     (tmp_path / "src" / "mixing" / "a.py").write_text("x = 1\n")
     v1 = proto.code_version(tmp_path / "src", ("mixing",))
     (tmp_path / "src" / "mixing" / "a.py").write_text("x = 2\n")
-    assert proto.code_version(tmp_path / "src", ("mixing",)) != v1
+    v2 = proto.code_version(tmp_path / "src", ("mixing",))
+    assert v2 != v1
+    (tmp_path / "src" / "mixing" / "report.py").write_text("plots = 1\n")  # not training code: same version
+    assert proto.code_version(tmp_path / "src", ("mixing",)) == v2
+    (tmp_path / "src" / "mixing" / "b.py").write_text("y = 1\n")  # a new training module: another version
+    assert proto.code_version(tmp_path / "src", ("mixing",)) != v2
     assert proto.code_version() == proto.code_version()
 
     class Fixed(proto.Protocol):  # the workspace's fingerprints, as a dict the test controls

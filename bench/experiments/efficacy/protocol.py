@@ -42,6 +42,9 @@ from dgamix.mixing.testbed.config import TrainConfig
 from .regimes import CLUSTERS, MINIPILE, RESULTS, ROOT
 
 CODE_DIRS = ("mixing", "pipeline/core")  # the source that decides what a run trains (inputs: fingerprints)
+# ... less the modules a reference run never calls while it trains: plots, the Trainer and DataLoader
+# routes, and the exports made from a finished run (so fixing them keeps finished runs reusable)
+NOT_TRAINING = ("mixing/report.py", "mixing/hf.py", "mixing/loader.py", "mixing/schedule.py")
 DESIGN, TESTS = "mmlu", ("gsm8k", "fables")
 SEEDS = (0, 1, 2, 3, 4)
 DESIGN_SEEDS = (0, 1)
@@ -86,13 +89,15 @@ def reweightings(cfg: TrainConfig) -> int:
     return sum(cfg.dga.due(s) for s in range(cfg.steps))
 
 
-def code_version(root: Path = ROOT, dirs: tuple[str, ...] = CODE_DIRS) -> str:
-    """sha256 of the relative path and bytes of every .py file under ``dirs`` (sorted): changes when
-    the code that trains a run changes, not when a comment elsewhere does."""
+def code_version(root: Path = ROOT, dirs: tuple[str, ...] = CODE_DIRS, skip: tuple[str, ...] = NOT_TRAINING) -> str:
+    """sha256 of the relative path and bytes of every .py file under ``dirs`` (sorted) but ``skip``:
+    changes when the code that trains a run changes, not when a plot or a comment elsewhere does."""
     h = hashlib.sha256()
     for d in dirs:
         for f in sorted((root / d).rglob("*.py")):
-            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+            rel = f.relative_to(root).as_posix()
+            if rel not in skip:
+                h.update(rel.encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
 
 
