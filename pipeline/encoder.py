@@ -356,9 +356,22 @@ def _embed_with(enc: Encoder, run, texts: list[str], cfg: EmbedConfig) -> np.nda
 
 
 def count_tokens(enc: Encoder, texts: list[str], batch: int = 4096) -> np.ndarray:
-    """Untruncated word-piece counts (no special tokens), int64 (n,)."""
+    """Untruncated word-piece counts (no special tokens), int64 (n,). With the fast tokenizer the
+    batches run on one thread per core (``enc.threads``, else the cores this process may use): the
+    Rust tokenizer releases the GIL, and this does not depend on TOKENIZERS_PARALLELISM, which the
+    CLI turns off for the whole process."""
     if enc.fast is not None:
-        parts = [enc.fast.count(texts[i:i + batch]) for i in range(0, len(texts), batch)]
+        from concurrent.futures import ThreadPoolExecutor
+
+        from dgamix.pipeline.onnx_int8 import cores
+
+        chunks = [texts[i:i + batch] for i in range(0, len(texts), batch)]
+        workers = min(len(chunks), enc.threads or cores())
+        if workers <= 1:
+            parts = [enc.fast.count(c) for c in chunks]
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                parts = list(pool.map(enc.fast.count, chunks))
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
     tok = enc.tokenizer
     out = []

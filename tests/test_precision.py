@@ -130,6 +130,8 @@ def test_fast_tokenizer_gives_sentence_transformers_features_exactly(encoder, te
         assert f1[k].dtype == f2[k].dtype == np.int64 and np.array_equal(f1[k], f2[k]), k
     assert np.array_equal(n1, n2) and n1.max() == seq
     assert np.array_equal(count_tokens(fast, texts, batch=16), count_tokens(slow, texts, batch=16))
+    one, three = (Encoder(threads=t, cfg=EmbedConfig(max_seq_length=seq)) for t in (1, 3))
+    assert np.array_equal(count_tokens(one, texts, batch=16), count_tokens(three, texts, batch=7))  # threads: same
     assert fast.dim == slow.dim == 384
 
 
