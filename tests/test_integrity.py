@@ -488,3 +488,23 @@ def test_a_non_ascii_path_under_an_ascii_locale_is_one_line(tmp_path):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "PYTHONUTF8=1" in lines[0], p.stderr
     assert not (folder / "ws").exists()
+
+
+def test_the_token_cache_built_in_parts_is_byte_identical(ws, monkeypatch):
+    """A first run tokenises TOKENISE_DOCS documents at a time (bounded memory): parts of 7 documents
+    give the same cache files, byte for byte, as one part."""
+    import dgamix.mixing.testbed.tokens as T
+
+    whole, vocab, _, key = T.corpus_tokens(ws, 512)
+    folder = ws.root / "cache" / f"tokens-{key}"
+    files_whole = {p.name: p.read_bytes() for p in folder.glob("*.npy")}
+    assert set(files_whole) == {"flat.npy", "offsets.npy", "pieces.npy"} and len(whole) > 7
+    from dgamix.pipeline.core import files
+
+    files.remove(folder, ws.root)
+    monkeypatch.setattr(T, "TOKENISE_DOCS", 7)
+    parts, vocab7, _, _ = T.corpus_tokens(ws, 512)
+    assert {p.name: p.read_bytes() for p in folder.glob("*.npy")} == files_whole
+    assert sorted(p.name for p in folder.iterdir()) == ["flat.npy", "info.json", "offsets.npy", "pieces.npy"]
+    np.testing.assert_array_equal(parts.flat, whole.flat)
+    np.testing.assert_array_equal(vocab7.lookup, vocab.lookup)

@@ -35,6 +35,7 @@ from dgamix.pipeline.core.models import packaged_path
 from dgamix.pipeline.core.workspace import Workspace
 
 SCHEME = "wordpiece-topV-packed-v2"  # bump when the tokenisation scheme changes
+TOKENISE_DOCS = 50_000  # a first run tokenises this many documents at a time (bounds its memory)
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -117,9 +118,13 @@ class Vocab:
     @classmethod
     def top(cls, pieces: np.ndarray, size: int, encoder_vocab: int) -> "Vocab":
         """The ``size`` most frequent of the encoder ids ``pieces`` (any shape; ties: smaller id first)."""
+        return cls.of_counts(np.bincount(np.ravel(pieces), minlength=encoder_vocab), size, encoder_vocab)
+
+    @classmethod
+    def of_counts(cls, counts: np.ndarray, size: int, encoder_vocab: int) -> "Vocab":
+        """The ``size`` most frequent encoder ids given every id's count (ties: smaller id first)."""
         if size < 1:
             raise ValueError(f"vocabulary size must be >= 1, got {size}")
-        counts = np.bincount(np.ravel(pieces), minlength=encoder_vocab)
         order = np.lexsort((np.arange(counts.size), -counts))  # count desc, then id asc
         keep = order[:size]
         return cls.from_pieces(keep[counts[keep] > 0], encoder_vocab)
@@ -178,30 +183,56 @@ def corpus_tokens(ws: Workspace, vocab_size: int = 4096, *, model: str | None = 
     if not quiet:
         import sys
         print(f"tokenising {sel.size:,} documents (cached in {folder})", file=sys.stderr)
-    texts = DocTexts(ws)[sel]     # checks doc_id is 0..n-1
-    raw, kept = flatten(encode(tok, texts))  # the kept docs' pieces, in doc_id order
-    vocab = Vocab.top(raw, vocab_size, len(tok))
-    lens = np.zeros(doc_ids.size, np.int64)
-    lens[sel] = np.diff(kept)                # duplicates stay empty
-    offsets = np.zeros(doc_ids.size + 1, np.int64)
-    np.cumsum(lens, out=offsets[1:])
-    flat = vocab.lookup[raw]
-    _save_cache(folder, ws.root, {"flat": flat, "offsets": offsets, "pieces": vocab.pieces},
-                {"scheme": SCHEME, "model": model, "vocab_size": vocab_size, "n_docs": int(doc_ids.size)})
-    return DocTokens(flat, offsets), vocab, tok, key
+    texts = DocTexts(ws)          # checks doc_id is 0..n-1
+    info = {"scheme": SCHEME, "model": model, "vocab_size": vocab_size, "n_docs": int(doc_ids.size)}
+
+    def write(tmp: Path) -> None:
+        """Two passes, TOKENISE_DOCS documents at a time, so memory does not grow with the corpus:
+        tokenise each part into a scratch file (encoder ids) while counting the pieces; then the
+        vocabulary from the counts, and the compact ids written part by part into flat.npy."""
+        lens = np.zeros(doc_ids.size, np.int64)  # duplicates stay empty
+        counts = np.zeros(len(tok), np.int64)
+        parts = []
+        for i in range(0, sel.size, TOKENISE_DOCS):
+            ids = sel[i:i + TOKENISE_DOCS]
+            raw, kept = flatten(encode(tok, texts[ids]))
+            lens[ids] = np.diff(kept)
+            c = np.bincount(raw, minlength=counts.size)
+            counts = np.concatenate([counts, np.zeros(c.size - counts.size, np.int64)]) + c
+            parts.append(tmp / f"part-{len(parts):05d}.npy")
+            np.save(parts[-1], raw.astype(np.int32))
+        vocab = Vocab.of_counts(counts, vocab_size, len(tok))
+        offsets = np.zeros(doc_ids.size + 1, np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        flat = np.lib.format.open_memmap(tmp / "flat.npy", mode="w+", dtype=np.int32, shape=(int(offsets[-1]),))
+        at = 0
+        for part in parts:
+            raw = np.load(part)
+            flat[at:at + raw.size] = vocab.lookup[raw]
+            at += raw.size
+            files.remove(part, ws.root)
+        flat.flush()
+        del flat
+        np.save(tmp / "offsets.npy", offsets)
+        np.save(tmp / "pieces.npy", vocab.pieces)
+
+    _save_cache(folder, ws.root, names, write, info)
+    # read into memory, not mapped: the bytes used are the bytes just written, whatever happens to the file later
+    flat, offsets, pieces = (np.load(folder / f"{n}.npy") for n in names)
+    return DocTokens(flat, offsets), Vocab.from_pieces(pieces, len(tok)), tok, key
 
 
-def _save_cache(folder: Path, root: Path, arrays: dict[str, np.ndarray], info: dict) -> None:
-    """Write arrays as .npy into ``folder`` (inside ``root``) atomically: a temporary folder named after
-    this process (swept when a later writer finds its process gone), renamed into place. A full or
-    read-only disk is one line, with nothing left behind."""
+def _save_cache(folder: Path, root: Path, names: tuple[str, ...], write, info: dict) -> None:
+    """``write(tmp)`` writes the arrays ``names`` as <name>.npy into a temporary folder, installed as
+    ``folder`` (inside ``root``) atomically with their sha256s: the folder is named after this process
+    (swept when a later writer finds its process gone) and renamed into place. A full or read-only
+    disk is one line, with nothing left behind."""
     from dgamix.pipeline.core import files
 
     try:
         with files.atomic_dir(folder, root) as tmp:
-            for name, arr in arrays.items():
-                np.save(tmp / f"{name}.npy", arr)
-            sums = {name: manifest.file_checksum(tmp / f"{name}.npy") for name in arrays}
+            write(tmp)
+            sums = {name: manifest.file_checksum(tmp / f"{name}.npy") for name in names}
             (tmp / "info.json").write_text(json.dumps({**info, "sha256": sums}))
     except DgamixError:
         if not (folder / "info.json").exists():
