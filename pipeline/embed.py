@@ -58,7 +58,7 @@ def _auto_small_corpus(enc: Encoder, cfg: EmbedConfig, n_docs: int, sample: list
     if cfg.precision != "auto" or n_docs >= AUTO_MIN_DOCS:
         return None
     rep = small_corpus_precision(enc, cfg, sample, n_docs, AUTO_MIN_DOCS)
-    return rep, rep.cached or f"fewer than {AUTO_MIN_DOCS} documents and no decision cached here: fp32, not measured"
+    return rep, rep.cached or rep.skipped["all"]
 
 
 def embed_shard(enc: Encoder, texts: list[str], doc_ids: np.ndarray, cfg: EmbedConfig, tick=None) -> pa.Table:

@@ -164,11 +164,12 @@ def small_corpus_precision(enc: Encoder, cfg: EmbedConfig, texts: list[str], n_d
     without measuring; either way the report says why (``cached`` / ``skipped``)."""
     if n_docs >= VALIDATION_DOCS and decision_ready(enc, cfg):
         return resolve_precision(enc, cfg, texts)
-    why = (f"{n_docs} documents < {min_docs} and no decision cached for this machine: fp32 without measuring "
-           f"(an int8 export and a measurement would not be repaid; auto on a corpus of {min_docs}+ documents "
-           f"measures once, then every corpus of {VALIDATION_DOCS}+ documents on this machine reuses it)")
     if n_docs < VALIDATION_DOCS:
         why = f"{n_docs} documents < {VALIDATION_DOCS}: fp32 without measuring (a cosine check would cost more than it saves)"
+    else:
+        why = (f"{n_docs} documents < {min_docs} and no decision cached for this machine: fp32 without measuring "
+               f"(an int8 export and a measurement would not be repaid; auto on a corpus of {min_docs}+ documents "
+               f"measures once, then every corpus of {VALIDATION_DOCS}+ documents on this machine reuses it)")
     return PrecisionReport("auto", "fp32", skipped={"all": why})
 
 
