@@ -136,3 +136,75 @@ def test_protocol_reuses_a_run_only_with_the_same_code_settings_and_inputs(tmp_p
     p.code = proto.code_version()
     assert p.finished({**job, "config": proto.replace(job["config"], steps=7)}) is None  # another setting
     assert p.finished(job) == {"val": 5.0}
+
+
+def test_protocol_trains_the_primary_criterion_first_and_chooses_the_dga_arm_on_design_seeds(tmp_path):
+    proto = importlib.import_module("bench.experiments.efficacy.protocol")
+    p = proto.Protocol(tmp_path / "ws")
+    main = p.main_jobs(0.75, 30)
+    got = p.ordered(main, "dga-shrink")
+    assert sorted(j["name"] for j in got) == sorted(j["name"] for j in main)  # the same runs, reordered
+    first = [j for j in got if p.priority(j, "dga-shrink") == 0]
+    assert len(first) == 2 * 2 * len(proto.SEEDS) and got[:len(first)] == first
+    assert {(j["target"], j["arm"], j["regime"]) for j in first} == {
+        (t, a, "a") for t in proto.TESTS for a in ("static", "dga-shrink")}
+    assert [j["seed"] for j in first] == sorted(j["seed"] for j in first)  # whole seeds first
+    tiers = [p.priority(j, "dga-shrink") for j in got]
+    assert tiers == sorted(tiers) and tiers[-1] == 2 and all(j["regime"] == "b" for j in got if p.priority(j, "x") == 2)
+    runs = [{"arm": "dga", "val": 5.0}, {"arm": "dga", "val": 4.8}, {"arm": "dga-shrink", "val": 4.9},
+            {"arm": "dga-shrink", "val": 4.9}]
+    assert p.choose_dga(runs) == {"dga_chosen": "dga", "dga_val": {"dga": 4.9, "dga-shrink": 4.9}}  # tie: default
+    runs[0]["val"] = 5.1
+    assert p.choose_dga(runs)["dga_chosen"] == "dga-shrink"
+
+
+def test_protocol_queues_the_design_then_the_primary_then_the_rest(tmp_path):
+    """The order of amendment 1 (PROTOCOL.md), with runs that train nothing in a one-thread pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    proto = importlib.import_module("bench.experiments.efficacy.protocol")
+    log = []
+
+    class Dry(proto.Protocol):
+        def prepare(self, names=()):
+            pass
+
+        def size(self, candidates=None):
+            (self.out / "sizing.json").write_text("{}")
+            return {"chosen": "c64-s1200"}
+
+        def executor(self):
+            return ThreadPoolExecutor(1)
+
+        def finished(self, job):
+            return None
+
+        def run(self, job):
+            log.append(job["name"])
+            val = 5.0 - 0.1 * (job["lam"] or 0) - 0.05 * (job["arm"] == "dga-shrink")
+            rises = job["epochs"] == 30
+            return {"name": job["name"], "regime": job["regime"], "target": job["target"], "arm": job["arm"],
+                    "seed": job["seed"], "epochs": job["epochs"], "val": val,
+                    "curves": {"target": {"loss": [6.0, 4.9, 4.95 if rises else 4.9]}}}
+
+        def write_report(self, design, runs, design_runs, planned, t0, sizing=None):
+            log.append(("report", design["epochs"], design["dga_chosen"], planned))
+
+    p = Dry(tmp_path / "ws", out=tmp_path / "out", tag="t")
+    p.protocol()
+    report = [i for i, x in enumerate(log) if isinstance(x, tuple)]
+    assert [log[i] for i in report] == [("report", None, "dga-shrink", 130), ("report", 30, "dga-shrink", 130)]
+    names = [x for x in log if isinstance(x, str)]
+    assert len(names) == len(set(names)) == p.plan()["runs"] == 140  # every run once (static on MMLU: the grid's)
+    before = log[:report[0]]
+    assert before[:10] == [j["name"] for j in p.design_jobs()[:10]]               # lambda's grid
+    assert before[10:14] == [j["name"] for j in p.dga_jobs()]                      # then the DGA arms' design runs
+    assert [n.split("-")[3] for n in before[14:24]] == ["blend1"] * 10             # static's primary runs (lambda 1)
+    assert all("dga-shrink" in n and "-a-" in n for n in before[24:])             # the chosen arm's primary runs
+    assert len(before) == 34
+    after = log[report[0] + 1:report[1]]
+    first_b = next(i for i, n in enumerate(after) if "-be" in n)
+    assert all("-a-" in n for n in after[:first_b])                               # the rest of regime a first
+    assert [n for n in after[first_b:first_b + 3]] == [j["name"] for j in p.design_jobs()[10:]]  # then E's budgets
+    assert all("-be30-" in n for n in after[first_b + 3:])                        # then regime b at the chosen E
+    assert json.loads((tmp_path / "out" / "design.json").read_text())["epochs"] == 30

@@ -125,7 +125,8 @@ def protocol_plots(rep: dict, runs: list[dict], out: Path) -> list[Path]:
     ax.set_ylabel("MMLU validation loss")
     ax.set_title("regime b: IS under a limited budget per domain", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.lines:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "regime-b-is-curves.png"
     fig.savefig(path, dpi=110)

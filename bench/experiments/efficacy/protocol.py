@@ -56,7 +56,10 @@ SPLIT_SEED, TEST_SHARE, VAL_SHARE = 1, 0.3, 0.3
 TEST_WINDOWS = 256        # windows of each test split evaluated after training
 LEVEL = 1                 # domain reweighting over the k = 64 level-1 clusters
 ARMS = ("uniform", "is", "static", "dga", "dga-shrink")
-DGA_ARMS = {"dga": {}, "dga-shrink": {"normalise": "shrink"}}
+# DGA "at the current defaults" is pinned to DGAConfig's defaults when the protocol was registered, so that the
+# default this protocol decides can change without changing its arms
+DGA_DEFAULTS = {"eta": 0.3, "ema_beta": None, "normalise": "standardise", "init": "uniform"}
+DGA_ARMS = {"dga": DGA_DEFAULTS, "dga-shrink": {**DGA_DEFAULTS, "normalise": "shrink"}}
 
 # The testbed candidates (PROTOCOL.md: sizing), cheapest first: TrainConfig's fields the protocol sets (the rest
 # are TrainConfig's) and DGA's reweighting period, chosen so that every candidate makes >= MIN_REWEIGHTINGS.
@@ -149,6 +152,10 @@ class Protocol:
         self.log: list[str] = []
         self.code = code_version()
         self._tokens_key: str | None = None
+        self.futures: dict = {}  # run name -> Future, while ``protocol`` runs its pool
+
+    def __getstate__(self) -> dict:  # what a pool's worker gets: not the parent's futures
+        return {k: v for k, v in self.__dict__.items() if k != "futures"}
 
     # ----------------------------------------------------------------- workspace
     def prepare(self, names: tuple[str, ...] = (DESIGN, *TESTS)) -> None:
@@ -410,21 +417,17 @@ class Protocol:
         return baselines(inp["data"].tokens, docs, alphas, inp["mix"].batches.target_windows, evaluated, vocab.size)
 
     # ----------------------------------------------------------------- phases
-    def run_all(self, jobs: list[dict]) -> list[dict]:
-        todo = [j for j in jobs if self.finished(j) is None]
-        done = {j["name"]: self.finished(j) for j in jobs if j not in todo}
-        if done:
-            print(f"  {len(done)} finished runs reused", flush=True)
-        if self.jobs > 1 and len(todo) > 1:
-            import multiprocessing as mp
+    @staticmethod
+    def labelled(jobs: list[dict], results: dict[str, dict]) -> list[dict]:
+        """The result of every job whose run is in ``results`` (name -> result). A run serves every job of its
+        name (the static arm reuses the design grid's blend), so it is labelled as the job."""
+        return [{**results[j["name"]], "arm": j["arm"], "label": j["label"], "lam": j["lam"]}
+                for j in jobs if j["name"] in results]
 
-            with ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn")) as pool:
-                got = list(pool.map(_run_one, [(self, j) for j in todo]))
-        else:
-            got = [self.run(j) for j in todo]
-        done.update({j["name"]: r for j, r in zip(todo, got)})
-        # a run serves every job of its name (the static arm reuses the design grid's blend): label it as the job
-        return [{**done[j["name"]], "arm": j["arm"], "label": j["label"], "lam": j["lam"]} for j in jobs]
+    def finished_runs(self, jobs: list[dict]) -> list[dict]:
+        """The results of the jobs whose runs are finished now (stamps matching), trained nothing."""
+        found = {j["name"]: self.finished(j) for j in jobs}
+        return self.labelled(jobs, {k: v for k, v in found.items() if v is not None})
 
     def size(self, candidates: tuple[dict, ...] | None = None) -> dict:
         """Phase 0: the testbed. For each candidate, cheapest first, a uniform and a DGA run on MMLU (seed 0),
@@ -478,14 +481,44 @@ class Protocol:
         return grid + budgets
 
     def choose(self, design: list[dict]) -> dict:
-        """lambda: the lowest mean MMLU validation loss of the grid; regime b's budget: the smallest B_EPOCHS
-        at which IS's MMLU validation curve rises by RISE (else the largest)."""
+        """lambda: the lowest mean MMLU validation loss of the grid (ties: smaller lambda)."""
         by_lam = {lam: np.mean([r["val"] for r in design if r["arm"] == "blend" and r["lam"] == lam]) for lam in LAMBDAS}
         lam = min(LAMBDAS, key=lambda x: (by_lam[x], x))
-        rising = {r["epochs"]: curve_rises(r["curves"]["target"]["loss"]) for r in design if r["regime"] == "b"}
+        return {"lambda": lam, "lambda_val": {str(k): float(v) for k, v in by_lam.items()}}
+
+    @staticmethod
+    def choose_budget(budgets: list[dict]) -> dict:
+        """Regime b's budget: the smallest B_EPOCHS at which IS's MMLU validation curve rises by RISE (else the
+        largest)."""
+        rising = {r["epochs"]: curve_rises(r["curves"]["target"]["loss"]) for r in budgets}
         epochs = next((e for e in B_EPOCHS if rising.get(e)), B_EPOCHS[-1])
-        return {"lambda": lam, "lambda_val": {str(k): float(v) for k, v in by_lam.items()}, "epochs": epochs,
-                "is_rises": {str(k): v for k, v in rising.items()}}
+        return {"epochs": epochs, "is_rises": {str(k): v for k, v in rising.items()}}
+
+    def dga_jobs(self) -> list[dict]:
+        """The runs that choose between the DGA arms: each arm on MMLU, regime a, the design seeds."""
+        return [self.job("a", DESIGN, arm, s) for arm in DGA_ARMS for s in DESIGN_SEEDS]
+
+    @staticmethod
+    def choose_dga(runs: list[dict]) -> dict:
+        """The DGA arm with the lowest mean MMLU validation loss over the design seeds (ties: the current
+        default, listed first in DGA_ARMS). Made before any test-target run, as lambda is."""
+        val = {a: float(np.mean([r["val"] for r in runs if r["arm"] == a])) for a in DGA_ARMS}
+        return {"dga_chosen": min(DGA_ARMS, key=lambda a: (val[a], list(DGA_ARMS).index(a))), "dga_val": val}
+
+    @staticmethod
+    def priority(job: dict, chosen: str) -> int:
+        """The order the protocol trains a main job in: 0, what the primary criterion needs (regime a, the test
+        targets, the static arm and the chosen DGA arm); 1, the rest of regime a; 2, regime b. Only the order
+        depends on it: the set of runs is the pre-registered one."""
+        if job["regime"] == "a" and job["target"] in TESTS and job["arm"] in ("static", chosen):
+            return 0
+        return 1 if job["regime"] == "a" else 2
+
+    @classmethod
+    def ordered(cls, jobs: list[dict], chosen: str) -> list[dict]:
+        """``jobs`` by ``priority``; the primary's runs seed by seed, so that a protocol stopped part-way
+        leaves whole seeds (both arms, both test targets) to pair."""
+        return sorted(jobs, key=lambda j: (cls.priority(j, chosen), j["seed"] if cls.priority(j, chosen) == 0 else 0))
 
     def main_jobs(self, lam: float, epochs: int) -> list[dict]:
         jobs = []
@@ -508,22 +541,24 @@ class Protocol:
         return {"runs": len(names), "by_arm": counts, "testbed_candidates": [c["name"] for c in CANDIDATES],
                 "reweightings": {c["name"]: reweightings(testbed_config(c)) for c in CANDIDATES}}
 
-    def report(self, design: dict, runs: list[dict]) -> dict:
+    def report(self, design: dict, runs: list[dict], planned: int | None = None) -> dict:
         """Tables per regime: every arm's test target loss and general loss (mean ± 95% CI over seeds), the
-        unigram baselines, and the paired differences; the primary criterion."""
+        unigram baselines, and the paired differences; the primary criterion. ``runs`` may be a part of the
+        plan (``planned`` runs): cells show their seed counts, and the primary criterion is INCOMPLETE until
+        both test targets have every seed of both of its arms."""
         def pick(regime, target, arm):
             rs = [r for r in runs if r["regime"] == regime and r["arm"] == arm
                   and (r["target"] == target or arm == "uniform")]
             return {r["seed"]: (r["test"][target], r["final_general"]) for r in rs}
 
         uni = {t: self.unigram(t, design["lambda"]) for t in (DESIGN, *TESTS)}
-        dga_val = {a: np.mean([r["val"] for r in runs if r["regime"] == "a" and r["target"] == DESIGN
-                               and r["arm"] == a]) for a in DGA_ARMS}
-        chosen = min(DGA_ARMS, key=lambda a: dga_val[a])
-        out = {"design": design, "dga_chosen": chosen, "dga_val_mmlu": dga_val, "unigram": uni, "tables": {},
-               "primary": {}}
+        chosen = design["dga_chosen"]
+        out = {"design": design, "dga_chosen": chosen, "unigram": uni, "tables": {}, "primary": {},
+               "runs_finished": len({r["name"] for r in runs}), "runs_planned": planned}
         lines = []
         for regime in ("a", "b"):
+            if not any(r["regime"] == regime for r in runs):
+                continue  # not started (a partial report)
             for t in (DESIGN, *TESTS):
                 rows = {a: pick(regime, t, a) for a in ARMS}
                 tab = {a: {"target": ci95([v[0] for v in r.values()]), "general": ci95([v[1] for v in r.values()])}
@@ -538,7 +573,9 @@ class Protocol:
                                 "general": ci95([rows[a][s][1] - rows[ref][s][1] for s in seeds])}
                 out["tables"][f"{regime}:{t}"] = {"arms": tab, "diffs": diffs}
                 if regime == "a" and t in TESTS:
-                    out["primary"][t] = primary(rows["static"], rows[chosen])
+                    both = sorted(set(rows["static"]) & set(rows[chosen]))
+                    out["primary"][t] = ({**primary(rows["static"], rows[chosen]), "complete": both == list(SEEDS)}
+                                         if both else {"seeds": [], "complete": False, "pass": None})
                 u = uni[t]
                 lines += [f"\n### regime {regime}, target {t} (test split; 95% t-intervals over seeds)\n",
                           f"unigram cross-entropy (test): uniform mixture {u['mixture:uniform']['test']:.4f}, "
@@ -546,38 +583,131 @@ class Protocol:
                           f"target's own {u['own']['test']:.4f}"
                           + (f"; uniform − unigram (uniform mixture) {tab['uniform']['target']['mean'] - u['mixture:uniform']['test']:+.3f} "
                              f"(bar: <= -{UNIGRAM_MARGIN})" if "uniform" in tab else "") + "\n",
-                          "| arm | target loss | general loss |", "|---|---|---|"]
-                lines += [f"| {a} | {fmt(v['target'])} | {fmt(v['general'])} |" for a, v in tab.items()]
-                lines += [f"| unigram (uniform mixture) | {u['mixture:uniform']['test']:.4f} | - |",
+                          "| arm | seeds | target loss | general loss |", "|---|---|---|---|"]
+                lines += [f"| {a} | {v['target']['n']} | {fmt(v['target'])} | {fmt(v['general'])} |"
+                          for a, v in tab.items()]
+                lines += [f"| unigram (uniform mixture) | - | {u['mixture:uniform']['test']:.4f} | - |",
                           "", "| paired difference | target | general |", "|---|---|---|"]
                 lines += [f"| {k} | {fmt(v['target'], True)} | {fmt(v['general'], True)} |" for k, v in diffs.items()]
+        complete = all(p["complete"] for p in out["primary"].values())
         ok = all(p["pass"] for p in out["primary"].values())
-        out["primary_pass"] = ok
-        head = ["# Efficacy protocol (PROTOCOL.md)\n", f"lambda = {design['lambda']} (MMLU validation), regime b budget: "
-                f"IS at {design['epochs']} epochs; DGA arm chosen on MMLU validation: {chosen}\n",
-                "Primary (regime a, both test targets: DGA - static <= +0.02 on target loss, general no worse): "
-                + ("PASS" if ok else "FAIL") + "; " + "; ".join(
-                    f"{t}: target {fmt(p['target_diff'], True)}, general {fmt(p['general_diff'], True)}"
+        out["primary_pass"] = ok if complete else None
+        head = ["# Efficacy protocol (PROTOCOL.md)\n",
+                *([f"**Partial: {out['runs_finished']} of {planned} planned runs are finished.**\n"]
+                  if planned and out["runs_finished"] < planned else []),
+                f"lambda = {design['lambda']} (MMLU validation), regime b budget: "
+                + (f"IS at {design['epochs']} epochs; " if design["epochs"] else "not chosen yet; ") +
+                f"DGA arm chosen on MMLU validation (seeds {', '.join(map(str, DESIGN_SEEDS))}): {chosen}\n",
+                "Primary (regime a, both test targets, 5 seeds: DGA - static <= +0.02 on target loss, general no "
+                "worse): " + (("PASS" if ok else "FAIL") if complete else "INCOMPLETE") + "; " + "; ".join(
+                    f"{t}: target {fmt(p['target_diff'], True)}, general {fmt(p['general_diff'], True)} "
+                    f"(seeds {len(p['seeds'])})" if p["seeds"] else f"{t}: no paired seed yet"
                     for t, p in out["primary"].items())]
         out["markdown"] = "\n".join(head + lines) + "\n"
         return out
 
-    def protocol(self) -> dict:
+    def protocol(self, train: bool = True) -> dict:
+        """Phases 0-3; ``train=False`` trains nothing and reports the runs finished so far.
+
+        Runs go to one pool in the order of PROTOCOL.md (amendment 1): the design grid (lambda); the DGA
+        arms' design runs with the static arm's primary runs behind them (they need lambda only); once the
+        DGA arm is chosen, its primary runs; protocol.md once the primary's runs are done; then the rest
+        of regime a, regime b's budgets (E) and regime b."""
         t0 = time.perf_counter()
         self.prepare()
         self.out.mkdir(parents=True, exist_ok=True)
+        if not train:
+            return self.partial_report(t0)
         print("phase 0: the testbed (sizing on MMLU validation)", flush=True)
         sizing = self.size()
         print(f"  chose {sizing['chosen']}", flush=True)
-        print("phase 1: design grid on MMLU validation", flush=True)
-        design_runs = self.run_all(self.design_jobs())
-        design = self.choose(design_runs)
-        (self.out / "design.json").write_text(json.dumps(design, indent=1) + "\n")
-        print(f"  chose lambda {design['lambda']}, regime b at {design['epochs']} IS epochs", flush=True)
-        print("phase 2: regimes a and b", flush=True)
-        runs = self.run_all(self.main_jobs(design["lambda"], design["epochs"]))
+        self.futures = {}
+        with self.executor() as pool:
+            print("phase 1: design on MMLU validation (lambda, the DGA arm)", flush=True)
+            grid = [j for j in self.design_jobs() if j["regime"] == "a"]
+            budgets = [j for j in self.design_jobs() if j["regime"] == "b"]
+            design = self.choose(self.wait(pool, grid))
+            regime_a = [j for j in self.main_jobs(design["lambda"], B_EPOCHS[0]) if j["regime"] == "a"]
+            self.start(pool, self.dga_jobs())
+            self.start(pool, self.ordered([j for j in regime_a if j["target"] in TESTS and j["arm"] == "static"], ""))
+            design.update(self.choose_dga(self.wait(pool, self.dga_jobs())))
+            chosen = design["dga_chosen"]
+            print(f"  chose lambda {design['lambda']}, DGA arm {chosen}", flush=True)
+            print("phase 2: the primary criterion's runs, then the rest of regime a, then regime b", flush=True)
+            regime_a = self.ordered(regime_a, chosen)
+            first = [j for j in regime_a if self.priority(j, chosen) == 0]
+            self.wait(pool, first)
+            interim = {**design, "epochs": None}  # regime b's budget is chosen later
+            (self.out / "design.json").write_text(json.dumps(interim, indent=1) + "\n")
+            self.write_report(interim, self.finished_runs(regime_a), self.finished_runs(grid),
+                              len(self.main_names(design["lambda"])), t0)
+            self.start(pool, regime_a)
+            design.update(self.choose_budget(self.wait(pool, budgets)))
+            (self.out / "design.json").write_text(json.dumps(design, indent=1) + "\n")
+            print(f"  chose regime b at {design['epochs']} IS epochs", flush=True)
+            main = self.ordered(self.main_jobs(design["lambda"], design["epochs"]), chosen)
+            runs = self.wait(pool, main)
         print("phase 3: report", flush=True)
-        rep = self.report(design, runs)
+        design_runs = self.finished_runs(self.design_jobs())
+        return self.write_report(design, runs, design_runs, len(self.main_names(design["lambda"])), t0)
+
+    def executor(self):
+        """The pool the runs train in: ``jobs`` processes (spawned: each run its own torch state)."""
+        import multiprocessing as mp
+
+        return ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn"))
+
+    def start(self, pool, jobs: list[dict]) -> None:
+        """Queue the jobs whose runs are not finished (each run once, in order); finished ones are read."""
+        from concurrent.futures import Future
+
+        for j in jobs:
+            if j["name"] in self.futures:
+                continue
+            got = self.finished(j)
+            if got is None:
+                self.futures[j["name"]] = pool.submit(_run_one, (self, j))
+            else:
+                self.futures[j["name"]] = f = Future()
+                f.set_result(got)
+
+    def wait(self, pool, jobs: list[dict]) -> list[dict]:
+        """Queue ``jobs`` (``start``) and return their results once all are done."""
+        self.start(pool, jobs)
+        return self.labelled(jobs, {j["name"]: self.futures[j["name"]].result() for j in jobs})
+
+    def main_names(self, lam: float) -> set[str]:
+        """The distinct runs of regimes a and b once lambda is chosen (what the report's tables draw on)."""
+        return {j["name"] for j in self.main_jobs(lam, B_EPOCHS[0])}
+
+    def partial_report(self, t0: float) -> dict:
+        """The report of the runs finished so far, from design.json (written by phase 1)."""
+        path = self.out / "design.json"
+        if not path.exists():
+            raise SystemExit(f"error: {path} is missing: phase 1 has not finished, so nothing can be reported yet")
+        design = json.loads(path.read_text())
+        design["lambda"] = float(design["lambda"])
+        sizing = self.size_from_file()
+        main = self.main_jobs(design["lambda"], design["epochs"] or B_EPOCHS[0])
+        if design["epochs"] is None:  # regime b's budget is not chosen yet: its runs cannot exist
+            main = [j for j in main if j["regime"] == "a"]
+        return self.write_report(design, self.finished_runs(main), self.finished_runs(self.design_jobs()),
+                                 len(self.main_names(design["lambda"])), t0, sizing)
+
+    def size_from_file(self) -> dict:
+        """Phase 0's choice, read from sizing.json (so a report trains nothing)."""
+        sizing = json.loads((self.out / "sizing.json").read_text())
+        cand = next(c for c in CANDIDATES if c["name"] == sizing["chosen"])
+        self.base, self.tag = testbed_config(cand), f"{self.prefix}-{cand['name']}"
+        return sizing
+
+    def write_report(self, design: dict, runs: list[dict], design_runs: list[dict], planned: int, t0: float,
+                     sizing: dict | None = None) -> dict:
+        """protocol.json, protocol.md and the plots of ``runs`` (the finished part of ``planned`` runs)."""
+        print(f"  report: {len({r['name'] for r in runs})} of {planned} runs finished", flush=True)
+        rep = self.report(design, runs, planned)
+        if sizing is None:
+            sizing = json.loads((self.out / "sizing.json").read_text())
         rep.update(code=self.code, sizing=sizing, testbed={**asdict(self.base), "dga": asdict(self.base.dga)},
                    seconds=time.perf_counter() - t0, stage_commands=self.log,
                    runs=[{k: v for k, v in r.items() if k != "curves"} for r in runs],
@@ -587,7 +717,7 @@ class Protocol:
         from .plots import protocol_plots
 
         protocol_plots(rep, design_runs + runs, self.out)
-        print(rep["markdown"])
+        print(rep["markdown"], flush=True)
         return rep
 
 
@@ -605,6 +735,8 @@ def main(argv: list[str] | None = None):
     ap.add_argument("--targets", type=Path, default=MINIPILE / "targets")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--plan", action="store_true", help="print the runs it would train, train nothing")
+    ap.add_argument("--report", action="store_true",
+                    help="train nothing: write protocol.md / .json and the plots from the runs finished so far")
     args = ap.parse_args(argv)
     if not args.pool.exists() and not (args.workspace / "embeddings.parquet").exists():
         print(f"skipped: the mini-Pile is not here ({args.pool}); pass --pool and --targets to use another copy.")
@@ -614,4 +746,4 @@ def main(argv: list[str] | None = None):
         p = proto.plan()
         print(json.dumps(p, indent=1))
         return p
-    return proto.protocol()
+    return proto.protocol(train=not args.report)
