@@ -11,6 +11,8 @@ of its leaves' counts, so its terms estimate the whole domain's, not just the sa
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import pyarrow as pa
 
@@ -24,6 +26,7 @@ TERMS = 8
 TERM_CHARS = 2000          # characters of each sampled document that count towards its terms
 VOCAB_DOCS = 20_000        # documents that define the vocabulary
 VOCAB_SIZE = 20_000        # most frequent terms kept
+READ_DOCS = 10_000         # texts read (and held) at a time
 
 
 class TopK:
@@ -100,33 +103,42 @@ def _list_column(keys: np.ndarray, values: pa.Array, n_rows: int) -> pa.ListArra
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
 
 
-def top_terms(texts: list[str], leaf_pos: np.ndarray, leaf_weight: np.ndarray, tree: Tree,
-              n_terms: int = TERMS) -> list[list[list[str]]]:
+def top_terms(read: Callable[[np.ndarray], list[str]], doc_ids: np.ndarray, leaf_pos: np.ndarray,
+              leaf_weight: np.ndarray, tree: Tree, n_terms: int = TERMS, quiet: bool = True) -> list[list[list[str]]]:
     """c-TF-IDF top terms per domain per level: result[level-1][row in tree.domain[level-1]].
 
-    texts[i] belongs to the leaf at row ``leaf_pos[i]``; ``leaf_weight[row]`` scales the leaf's
-    counts when they are summed into coarser domains (size / documents sampled).
+    Document ``doc_ids[i]`` belongs to the leaf at row ``leaf_pos[i]``; ``read(ids)`` returns the
+    texts of ``ids`` (in that order). ``leaf_weight[row]`` scales the leaf's counts when they are
+    summed into coarser domains (size / documents sampled). Texts are read and counted READ_DOCS at
+    a time, in doc-id order (sequential reads); the counts are sums of integers, so they do not
+    depend on that order.
     """
     import scipy.sparse as sp
     from sklearn.feature_extraction.text import CountVectorizer
 
     empty = [[[] for _ in d] for d in tree.domain]
-    if not texts:
+    if not len(doc_ids):
         return empty
     vec = CountVectorizer(stop_words="english", token_pattern=r"(?u)\b[^\W\d_][^\W\d_]+\b",
                           max_features=VOCAB_SIZE, dtype=np.float64)
+    # the vocabulary: an even stride over the sample, which is ordered by leaf (fit sorts its terms, so the
+    # order the texts are read in does not matter)
     try:
-        vec.fit(texts[::-(-len(texts) // VOCAB_DOCS)])  # an even stride over the leaves
+        vec.fit(read(np.sort(doc_ids[::-(-len(doc_ids) // VOCAB_DOCS)])))
     except ValueError:  # only stop words / no letters: no terms to show
         return empty
     vocab = np.asarray(vec.get_feature_names_out())
     n_leaf = len(tree.domain[-1])
     leaf_counts = sp.csr_matrix((n_leaf, len(vocab)))
-    for a in range(0, len(texts), 10_000):
-        x = vec.transform(texts[a:a + 10_000])
-        rows = leaf_pos[a:a + 10_000]
-        s = sp.csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(n_leaf, len(rows)))
-        leaf_counts = leaf_counts + s @ x
+    order = np.argsort(doc_ids, kind="stable")
+    with progress_bar("count terms", len(order), quiet, unit="docs") as tick:
+        for a in range(0, len(order), READ_DOCS):
+            take = order[a:a + READ_DOCS]
+            x = vec.transform(read(doc_ids[take]))
+            rows = leaf_pos[take]
+            s = sp.csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(n_leaf, len(rows)))
+            leaf_counts = leaf_counts + s @ x
+            tick(len(take))
     out = []
     below = 1
     for level in range(tree.depth, 0, -1):
@@ -158,30 +170,31 @@ def top_terms(texts: list[str], leaf_pos: np.ndarray, leaf_weight: np.ndarray, t
 
 def build_domains(tree: Tree, sizes: list[np.ndarray], stats: DomainStats, texts: DocTexts,
                   quiet: bool = True) -> pa.Table:
-    """The domains table (see module doc). ``texts``: the workspace's texts by doc id."""
+    """The domains table (see module doc). ``texts``: the workspace's texts by doc id.
 
-    def texts_of(ids: np.ndarray, chars: int) -> dict[int, str]:
-        ids = np.unique(ids)
-        out: dict[int, str] = {}
-        with progress_bar("read texts", len(ids), quiet, unit="docs") as tick:
-            for a in range(0, len(ids), 50_000):
-                chunk = ids[a:a + 50_000]
-                out.update((int(i), t[:chars] if t else "") for i, t in zip(chunk, texts[chunk]))
-                tick(len(chunk))
-        return out
+    Holds the snippets of the exemplars (SNIPPET_CHARS each) and READ_DOCS texts at a time, never
+    the whole text sample: at 262,144 leaves that sample is about a million documents."""
+
+    def read(ids: np.ndarray) -> list[str]:  # cut to TERM_CHARS: the characters that count towards terms
+        return [t[:TERM_CHARS] if t else "" for t in texts[ids]]
 
     ex = [e.result() for e in stats.exemplars]
     leaf_keys, _, sample_ids = stats.sample.result()
-    need = np.concatenate([e[2] for e in ex] + [sample_ids]) if ex else sample_ids
-    text = texts_of(need, TERM_CHARS)
+    snippet: dict[int, str] = {}
+    need = np.unique(np.concatenate([e[2] for e in ex])) if ex else np.zeros(0, np.int64)
+    with progress_bar("read exemplars", len(need), quiet, unit="docs") as tick:
+        for a in range(0, len(need), READ_DOCS):
+            chunk = need[a:a + READ_DOCS]
+            snippet.update((int(i), _snippet(t)) for i, t in zip(chunk, read(chunk)))
+            tick(len(chunk))
     n_sampled = np.bincount(leaf_keys, minlength=len(tree.domain[-1]))
     weight = sizes[-1] / np.maximum(n_sampled, 1)
-    terms = top_terms([text[int(i)] for i in sample_ids], leaf_keys, weight, tree)
+    terms = top_terms(read, sample_ids, leaf_keys, weight, tree, quiet=quiet)
     tables = []
     for i in range(tree.depth):
         m = len(tree.domain[i])
         keys, _, ids = ex[i]
-        snippets = pa.array([_snippet(text[int(d)]) for d in ids], pa.string())
+        snippets = pa.array([snippet[int(d)] for d in ids], pa.string())
         tables.append(pa.table({
             "level": pa.array(np.full(m, i + 1, np.int32)),
             "domain": pa.array(tree.domain[i], pa.int64()),

@@ -74,6 +74,28 @@ def test_stage_recovers_blobs_and_nests_levels(tmp_path):
         assert sum(r["size"] for r in tree_t.to_pylist() if r["level"] == lv) == 1600
 
 
+def test_domains_read_texts_a_bounded_number_at_a_time_and_do_not_depend_on_it(tmp_path, monkeypatch):
+    import dgamix.pipeline.domains as domains
+    from dgamix.pipeline.core.sources import DocTexts
+
+    ws, _, _ = _blobs_workspace(tmp_path)
+    cluster_workspace(ws, ClusterParams((8, 4)), quiet=True)
+    whole = pl.read_parquet(ws.domains("k8-4"))
+    asked = []
+    real = DocTexts.__getitem__
+
+    def recorded(self, ids):
+        asked.append(len(ids))
+        return real(self, ids)
+
+    monkeypatch.setattr(DocTexts, "__getitem__", recorded)
+    monkeypatch.setattr(domains, "READ_DOCS", 97)
+    cluster_workspace(ws, ClusterParams((8, 4)), "again", quiet=True)  # the same seed: the same tree
+    assert pl.read_parquet(ws.domains("again")).equals(whole) and whole.height == 8 + 32
+    # one read of the vocabulary's documents (at most VOCAB_DOCS: here the whole sample); the others <= 97
+    assert max(asked) == 1600 and sorted(asked)[-2] <= 97 and sum(asked) >= 2 * 1600
+
+
 def test_domains_describe_the_clusters(tmp_path):
     ws, x, labels = _blobs_workspace(tmp_path)
     cluster_workspace(ws, ClusterParams((8, 2)), quiet=True)
