@@ -285,7 +285,7 @@ def _build_basis(ws, out_ws, clusters, level, target, by, name, generic, smoothi
         ex, _ = load_target(ws, target)
         if ex["group"].null_count == ex.num_rows:
             build_rows(by, np.zeros((0, level), np.int64), level, dom, groups=None)  # its one-line error
-    assign = target_assignments(ws, target, clusters)
+    assign = target_assignments(ws, target, clusters, tree)
     reweight = np.asarray(assign["split"].to_pylist()) == "reweight"
     assigned = np.stack([np.asarray(assign[f"level_{i}"]) for i in range(1, level + 1)], 1)[reweight]
     groups = np.asarray(assign["group"].to_pylist(), dtype=object)[reweight]

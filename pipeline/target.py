@@ -21,6 +21,7 @@ from dgamix.pipeline.core.workspace import Workspace
 from dgamix.pipeline.corpus import CorpusSpec, load_corpus
 from dgamix.pipeline.embed import embed_shard
 from dgamix.pipeline.encoder import EmbedConfig, Encoder, check_int8_export, count_tokens, load_encoder
+from dgamix.pipeline.kmeans import Tree
 from dgamix.pipeline.vectors import (
     UserVectors,
     VectorFile,
@@ -176,16 +177,19 @@ def summarise(ws: Workspace, name: str) -> dict:
             "skipped_empty": meta.get("skipped_empty", 0), "path": str(ws.target_dir(name) / "examples.parquet")}
 
 
-def target_assignments(ws: Workspace, target: str, clusters: str) -> pa.Table:
+def target_assignments(ws: Workspace, target: str, clusters: str, tree: Tree | None = None) -> pa.Table:
     """example_id, split, group, level_1..level_L of the target under ``clusters`` (cached).
 
     The examples descend the same tree as the corpus. The cache in WS/targets/T/<clusters>/
-    is rebuilt when the tree or the target changed (fingerprints in its metadata).
+    is rebuilt when the tree or the target changed (fingerprints in its metadata). ``tree``:
+    the clustering's tree when the caller has loaded it already (at 262,144 leaves its
+    centroids are 400 MB), else it is loaded here.
     """
     from dgamix.pipeline.cluster import load_tree
 
     examples, tmeta = load_target(ws, target)
-    tree, _ = load_tree(ws, clusters)
+    if tree is None:
+        tree, _ = load_tree(ws, clusters)
     fp = manifest.fingerprint(tmeta.get("inputs"), tree.checksum())
     path = ws.target_dir(target) / clusters / "assignments.parquet"
     if path.exists() and manifest.read_meta(path).get("inputs") == fp:
