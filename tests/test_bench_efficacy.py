@@ -141,7 +141,7 @@ def test_protocol_reuses_a_run_only_with_the_same_code_settings_and_inputs(tmp_p
 def test_protocol_trains_the_primary_criterion_first_and_chooses_the_dga_arm_on_design_seeds(tmp_path):
     proto = importlib.import_module("bench.experiments.efficacy.protocol")
     p = proto.Protocol(tmp_path / "ws")
-    main = p.main_jobs(0.75, 30)
+    main = p.main_jobs(0.75, 30, "dga-shrink")
     got = p.ordered(main, "dga-shrink")
     assert sorted(j["name"] for j in got) == sorted(j["name"] for j in main)  # the same runs, reordered
     first = [j for j in got if p.priority(j, "dga-shrink") == 0]
@@ -159,7 +159,8 @@ def test_protocol_trains_the_primary_criterion_first_and_chooses_the_dga_arm_on_
 
 
 def test_protocol_queues_the_design_then_the_primary_then_the_rest(tmp_path):
-    """The order of amendment 1 (PROTOCOL.md), with runs that train nothing in a one-thread pool."""
+    """The order of amendment 1 and the runs of amendment 2 (PROTOCOL.md), with runs that train nothing in a
+    one-thread pool."""
     from concurrent.futures import ThreadPoolExecutor
 
     proto = importlib.import_module("bench.experiments.efficacy.protocol")
@@ -188,23 +189,29 @@ def test_protocol_queues_the_design_then_the_primary_then_the_rest(tmp_path):
                     "curves": {"target": {"loss": [6.0, 4.9, 4.95 if rises else 4.9]}}}
 
         def write_report(self, design, runs, design_runs, planned, t0, sizing=None):
-            log.append(("report", design["epochs"], design["dga_chosen"], planned))
+            log.append(("report", design["epochs"], design["dga_chosen"], planned, len(runs)))
 
     p = Dry(tmp_path / "ws", out=tmp_path / "out", tag="t")
     p.protocol()
-    report = [i for i, x in enumerate(log) if isinstance(x, tuple)]
-    assert [log[i] for i in report] == [("report", None, "dga-shrink", 130), ("report", 30, "dga-shrink", 130)]
+    reports = [x for x in log if isinstance(x, tuple)]
     names = [x for x in log if isinstance(x, str)]
-    assert len(names) == len(set(names)) == p.plan()["runs"] == 140  # every run once (static on MMLU: the grid's)
-    before = log[:report[0]]
-    assert before[:10] == [j["name"] for j in p.design_jobs()[:10]]               # lambda's grid
-    assert before[10:14] == [j["name"] for j in p.dga_jobs()]                      # then the DGA arms' design runs
-    assert [n.split("-")[3] for n in before[14:24]] == ["blend1"] * 10             # static's primary runs (lambda 1)
-    assert all("dga-shrink" in n and "-a-" in n for n in before[24:])             # the chosen arm's primary runs
-    assert len(before) == 34
-    after = log[report[0] + 1:report[1]]
-    first_b = next(i for i, n in enumerate(after) if "-be" in n)
-    assert all("-a-" in n for n in after[:first_b])                               # the rest of regime a first
-    assert [n for n in after[first_b:first_b + 3]] == [j["name"] for j in p.design_jobs()[10:]]  # then E's budgets
-    assert all("-be30-" in n for n in after[first_b + 3:])                        # then regime b at the chosen E
+    # lambda = 1 (the lowest validation loss), dga-shrink (lower on seeds 0, 1), E = 30 (the first that rises)
+    assert [r[:4] for r in reports] == [("report", None, "dga-shrink", 70), ("report", 30, "dga-shrink", 70)]
+    # grid 10, the DGA arms' design 4, main 70 less the 4 runs they share with them, the 3 budgets
+    assert len(names) == len(set(names)) == p.plan()["runs"] == 10 + 4 + 70 - 4 + 3
+    grid, dga = [j["name"] for j in p.design_jobs()[:10]], [j["name"] for j in p.dga_jobs()]
+    assert names[:14] == grid + dga
+    first = [j["name"] for j in p.ordered(p.main_jobs(1.0, 30, "dga-shrink"), "dga-shrink")
+             if p.priority(j, "dga-shrink") == 0]
+    assert names[14:24] == [n for n in first if "blend1" in n]                     # static (lambda 1) first
+    assert names[24:34] == [n for n in first if "dga-shrink" in n]                 # then the chosen arm's
+    assert log.index(reports[0]) > log.index(names[33])                           # the interim report after them
+    budgets = [j["name"] for j in p.design_jobs()[10:]]
+    i = names.index(budgets[0])
+    assert all("-a-" in n for n in names[34:i]) and names[i:i + 3] == budgets     # the rest of regime a, then E
+    assert all("-be30-" in n for n in names[i + 3:])                              # then regime b at E = 30
+    assert not any(n.rsplit("-", 2)[-2] == "dga" for n in names[14:])             # the other arm: design only
+    assert not any("-a-gsm8k-is-" in n or "-be30-fables-is-" in n for n in names)  # IS at lambda 1: the static run
     assert json.loads((tmp_path / "out" / "design.json").read_text())["epochs"] == 30
+    assert p.main_jobs(1.0, 30, "dga")[5]["arm"] == "is" and p.main_jobs(1.0, 30, "dga")[5]["name"].endswith(
+        "-a-mmlu-blend1-s0")

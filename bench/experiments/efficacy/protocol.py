@@ -26,6 +26,7 @@ basis, tokens) as the job would have now.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgamix.mixing.dga import DGAConfig
+from dgamix.mixing.dga import DEFAULT_EMA_BETA, DGAConfig
 from dgamix.mixing.testbed.config import TrainConfig
 
 from .regimes import CLUSTERS, MINIPILE, RESULTS, ROOT
@@ -58,8 +59,12 @@ LEVEL = 1                 # domain reweighting over the k = 64 level-1 clusters
 ARMS = ("uniform", "is", "static", "dga", "dga-shrink")
 # DGA "at the current defaults" is pinned to DGAConfig's defaults when the protocol was registered, so that the
 # default this protocol decides can change without changing its arms
+# (ema_beta None means DEFAULT_EMA_BETA, which the runs record as None: the guard below pins its value)
 DGA_DEFAULTS = {"eta": 0.3, "ema_beta": None, "normalise": "standardise", "init": "uniform"}
 DGA_ARMS = {"dga": DGA_DEFAULTS, "dga-shrink": {**DGA_DEFAULTS, "normalise": "shrink"}}
+if DEFAULT_EMA_BETA != 0.1:
+    raise RuntimeError(f"the protocol's DGA arms were registered with EMA beta 0.1 (ema_beta=None), and "
+                       f"DEFAULT_EMA_BETA is {DEFAULT_EMA_BETA} now: pin ema_beta=0.1 in DGA_DEFAULTS (a new run set)")
 
 # The testbed candidates (PROTOCOL.md: sizing), cheapest first: TrainConfig's fields the protocol sets (the rest
 # are TrainConfig's) and DGA's reweighting period, chosen so that every candidate makes >= MIN_REWEIGHTINGS.
@@ -335,8 +340,10 @@ class Protocol:
         summary = train_run(self.ws, CLUSTERS, LEVEL, job["target"], job["mixer"], job["basis"], job["config"],
                             job["name"], overwrite=True, quiet=True)
         result = self.collect(job, summary, time.perf_counter() - t0)
-        path = self.ws / "runs" / job["name"] / "bench-stamp.json"
-        path.write_text(json.dumps({"stamp": self.stamp(job), "result": result}) + "\n")
+        from dgamix.pipeline.core.files import atomic_file
+
+        with atomic_file(self.ws / "runs" / job["name"] / "bench-stamp.json") as tmp:
+            tmp.write_text(json.dumps({"stamp": self.stamp(job), "result": result}) + "\n")
         print(f"  {job['name']:<36} val {result['val']:.4f} general {result['final_general']:.4f} test "
               + " ".join(f"{t} {v:.4f}" for t, v in result["test"].items()) + f"  {result['seconds']:.0f} s", flush=True)
         return result
@@ -520,25 +527,37 @@ class Protocol:
         leaves whole seeds (both arms, both test targets) to pair."""
         return sorted(jobs, key=lambda j: (cls.priority(j, chosen), j["seed"] if cls.priority(j, chosen) == 0 else 0))
 
-    def main_jobs(self, lam: float, epochs: int) -> list[dict]:
+    def main_jobs(self, lam: float, epochs: int, chosen: str = "dga") -> list[dict]:
+        """Regimes a and b: uniform, IS, static and the chosen DGA arm x SEEDS x the three targets (amendment 2:
+        the other DGA arm has its design runs only). At lambda = 1 the static mix is IS's histogram, weight for
+        weight, so one run serves both rows: the IS job is the static run, labelled IS."""
         jobs = []
         for regime in ("a", "b"):
             e = epochs if regime == "b" else None
             jobs += [self.job(regime, DESIGN, "uniform", s, epochs=e) for s in SEEDS]
             for t in (DESIGN, *TESTS):
-                for arm in ARMS[1:]:
-                    jobs += [self.job(regime, t, arm, s, lam=lam if arm == "static" else None, epochs=e) for s in SEEDS]
+                for arm in ("is", "static", chosen):
+                    for s in SEEDS:
+                        if arm == "is" and lam == 1.0:
+                            jobs.append({**self.job(regime, t, "static", s, lam=lam, epochs=e), "arm": "is",
+                                         "label": "is"})
+                        else:
+                            jobs.append(self.job(regime, t, arm, s, lam=lam if arm == "static" else None, epochs=e))
         return jobs
 
     def plan(self) -> dict:
         """The runs the protocol trains (distinct run names; the static arm reuses the design grid's blend at
-        seeds DESIGN_SEEDS on MMLU when lambda is on the grid), by arm, and DGA's reweightings per run."""
-        jobs = self.design_jobs() + self.main_jobs(LAMBDAS[2], B_EPOCHS[0])
+        seeds DESIGN_SEEDS on MMLU when lambda is on the grid), by arm, and DGA's reweightings per run. With
+        design.json's lambda and DGA arm once phase 1 chose them (else lambda 0.5 and dga)."""
+        path = self.out / "design.json"
+        design = json.loads(path.read_text()) if path.exists() else {}
+        lam, chosen = float(design.get("lambda", LAMBDAS[2])), design.get("dga_chosen", "dga")
+        jobs = self.design_jobs() + self.dga_jobs() + self.main_jobs(lam, B_EPOCHS[0], chosen)
         names = {j["name"]: j["arm"] for j in jobs}
         counts: dict[str, int] = {}
         for arm in names.values():
             counts[arm] = counts.get(arm, 0) + 1
-        return {"runs": len(names), "by_arm": counts, "testbed_candidates": [c["name"] for c in CANDIDATES],
+        return {"runs": len(names), "lambda": lam, "dga_chosen": chosen, "by_arm": counts, "testbed_candidates": [c["name"] for c in CANDIDATES],
                 "reweightings": {c["name"]: reweightings(testbed_config(c)) for c in CANDIDATES}}
 
     def report(self, design: dict, runs: list[dict], planned: int | None = None) -> dict:
@@ -589,7 +608,7 @@ class Protocol:
                 lines += [f"| unigram (uniform mixture) | - | {u['mixture:uniform']['test']:.4f} | - |",
                           "", "| paired difference | target | general |", "|---|---|---|"]
                 lines += [f"| {k} | {fmt(v['target'], True)} | {fmt(v['general'], True)} |" for k, v in diffs.items()]
-        complete = all(p["complete"] for p in out["primary"].values())
+        complete = set(out["primary"]) == set(TESTS) and all(p["complete"] for p in out["primary"].values())
         ok = all(p["pass"] for p in out["primary"].values())
         out["primary_pass"] = ok if complete else None
         head = ["# Efficacy protocol (PROTOCOL.md)\n",
@@ -598,6 +617,8 @@ class Protocol:
                 f"lambda = {design['lambda']} (MMLU validation), regime b budget: "
                 + (f"IS at {design['epochs']} epochs; " if design["epochs"] else "not chosen yet; ") +
                 f"DGA arm chosen on MMLU validation (seeds {', '.join(map(str, DESIGN_SEEDS))}): {chosen}\n",
+                *(["At lambda = 1 the static mix is IS's histogram: one run serves both rows (amendment 2).\n"]
+                  if design["lambda"] == 1.0 else []),
                 "Primary (regime a, both test targets, 5 seeds: DGA - static <= +0.02 on target loss, general no "
                 "worse): " + (("PASS" if ok else "FAIL") if complete else "INCOMPLETE") + "; " + "; ".join(
                     f"{t}: target {fmt(p['target_diff'], True)}, general {fmt(p['general_diff'], True)} "
@@ -622,34 +643,36 @@ class Protocol:
         sizing = self.size()
         print(f"  chose {sizing['chosen']}", flush=True)
         self.futures = {}
-        with self.executor() as pool:
+        with self.executor() as pool, _cancel_on_failure(pool):
             print("phase 1: design on MMLU validation (lambda, the DGA arm)", flush=True)
             grid = [j for j in self.design_jobs() if j["regime"] == "a"]
             budgets = [j for j in self.design_jobs() if j["regime"] == "b"]
+            self.start(pool, grid + self.dga_jobs())
             design = self.choose(self.wait(pool, grid))
-            regime_a = [j for j in self.main_jobs(design["lambda"], B_EPOCHS[0]) if j["regime"] == "a"]
-            self.start(pool, self.dga_jobs())
-            self.start(pool, self.ordered([j for j in regime_a if j["target"] in TESTS and j["arm"] == "static"], ""))
+            statics = [j for j in self.main_jobs(design["lambda"], B_EPOCHS[0])
+                       if j["regime"] == "a" and j["target"] in TESTS and j["arm"] == "static"]
+            self.start(pool, self.ordered(statics, ""))  # they need lambda only
             design.update(self.choose_dga(self.wait(pool, self.dga_jobs())))
             chosen = design["dga_chosen"]
             print(f"  chose lambda {design['lambda']}, DGA arm {chosen}", flush=True)
             print("phase 2: the primary criterion's runs, then the rest of regime a, then regime b", flush=True)
-            regime_a = self.ordered(regime_a, chosen)
+            regime_a = self.ordered([j for j in self.main_jobs(design["lambda"], B_EPOCHS[0], chosen)
+                                     if j["regime"] == "a"], chosen)
             first = [j for j in regime_a if self.priority(j, chosen) == 0]
+            self.start(pool, regime_a)  # first-in first-out: the primary's runs, then the rest
             self.wait(pool, first)
             interim = {**design, "epochs": None}  # regime b's budget is chosen later
             (self.out / "design.json").write_text(json.dumps(interim, indent=1) + "\n")
             self.write_report(interim, self.finished_runs(regime_a), self.finished_runs(grid),
-                              len(self.main_names(design["lambda"])), t0)
-            self.start(pool, regime_a)
+                              len(self.main_names(design["lambda"], chosen)), t0)
             design.update(self.choose_budget(self.wait(pool, budgets)))
             (self.out / "design.json").write_text(json.dumps(design, indent=1) + "\n")
             print(f"  chose regime b at {design['epochs']} IS epochs", flush=True)
-            main = self.ordered(self.main_jobs(design["lambda"], design["epochs"]), chosen)
+            main = self.ordered(self.main_jobs(design["lambda"], design["epochs"], chosen), chosen)
             runs = self.wait(pool, main)
         print("phase 3: report", flush=True)
         design_runs = self.finished_runs(self.design_jobs())
-        return self.write_report(design, runs, design_runs, len(self.main_names(design["lambda"])), t0)
+        return self.write_report(design, runs, design_runs, len(self.main_names(design["lambda"], chosen)), t0)
 
     def executor(self):
         """The pool the runs train in: ``jobs`` processes (spawned: each run its own torch state)."""
@@ -676,9 +699,9 @@ class Protocol:
         self.start(pool, jobs)
         return self.labelled(jobs, {j["name"]: self.futures[j["name"]].result() for j in jobs})
 
-    def main_names(self, lam: float) -> set[str]:
-        """The distinct runs of regimes a and b once lambda is chosen (what the report's tables draw on)."""
-        return {j["name"] for j in self.main_jobs(lam, B_EPOCHS[0])}
+    def main_names(self, lam: float, chosen: str) -> set[str]:
+        """The distinct runs of regimes a and b once lambda and the DGA arm are chosen (the report's tables)."""
+        return {j["name"] for j in self.main_jobs(lam, B_EPOCHS[0], chosen)}
 
     def partial_report(self, t0: float) -> dict:
         """The report of the runs finished so far, from design.json (written by phase 1)."""
@@ -688,11 +711,11 @@ class Protocol:
         design = json.loads(path.read_text())
         design["lambda"] = float(design["lambda"])
         sizing = self.size_from_file()
-        main = self.main_jobs(design["lambda"], design["epochs"] or B_EPOCHS[0])
+        main = self.main_jobs(design["lambda"], design["epochs"] or B_EPOCHS[0], design["dga_chosen"])
         if design["epochs"] is None:  # regime b's budget is not chosen yet: its runs cannot exist
             main = [j for j in main if j["regime"] == "a"]
         return self.write_report(design, self.finished_runs(main), self.finished_runs(self.design_jobs()),
-                                 len(self.main_names(design["lambda"])), t0, sizing)
+                                 len(self.main_names(design["lambda"], design["dga_chosen"])), t0, sizing)
 
     def size_from_file(self) -> dict:
         """Phase 0's choice, read from sizing.json (so a report trains nothing)."""
@@ -719,6 +742,16 @@ class Protocol:
         protocol_plots(rep, design_runs + runs, self.out)
         print(rep["markdown"], flush=True)
         return rep
+
+
+@contextlib.contextmanager
+def _cancel_on_failure(pool):
+    """A failed run stops the protocol now: the queued runs are cancelled (the running ones finish)."""
+    try:
+        yield
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
 
 
 def _run_one(arg):
