@@ -137,6 +137,15 @@ def test_protocol_reuses_a_run_only_with_the_same_code_settings_and_inputs(tmp_p
     assert p.finished({**job, "config": proto.replace(job["config"], steps=7)}) is None  # another setting
     assert p.finished(job) == {"val": 5.0}
 
+    # a fresh machine: no workspace copy, only the committed record beside the results
+    p = Fixed(tmp_path / "ws2", out=tmp_path / "results")
+    assert p.finished(job) is None
+    p.record("r").parent.mkdir(parents=True)
+    p.record("r").write_text(json.dumps({"stamp": p.stamp(job), "result": {"val": 4.0}}))
+    assert p.finished(job) == {"val": 4.0}
+    p.fingerprints = {"corpus": "c2", "target": "t1"}  # rebuilt from other embeddings (another CPU, say)
+    assert p.finished(job) is None
+
 
 def test_protocol_trains_the_primary_criterion_first_and_chooses_the_dga_arm_on_design_seeds(tmp_path):
     proto = importlib.import_module("bench.experiments.efficacy.protocol")

@@ -18,8 +18,8 @@ Phases (each reuses every finished run whose stamp matches, see ``stamp``):
    so one uniform run per seed (and regime) is evaluated on every target's test split;
 3. tables (paired differences with 95% t-intervals), the primary criterion, plots, JSON.
 
-Reuse: a run is read instead of trained only when its stamp (WS/runs/<name>/bench-stamp.json)
-records the same code version (``code_version``: the source of mixing/ and pipeline/core/, which
+Reuse: a run is read instead of trained only when its stamp (WS/runs/<name>/bench-stamp.json, and
+the committed copy in <out>/runs/<name>.json, which survives a new machine) records the same code version (``code_version``: the source of mixing/ and pipeline/core/, which
 decide training), the same settings and the same input fingerprints (corpus, clustering, target,
 basis, tokens) as the job would have now.
 """
@@ -313,17 +313,29 @@ class Protocol:
                 "level": LEVEL, "clusters": CLUSTERS, "params": json.loads(json.dumps(recorded_params(job["config"]))),
                 "inputs": self.inputs(job)}
 
+    def record(self, name: str) -> Path:
+        """Where a finished run's stamp and result are kept beside the protocol's results. The records are
+        committed with them, so a fresh machine that rebuilds the same workspace (same fingerprints) reuses
+        the runs instead of training them again; the workspace's copy (WS/runs/<name>/bench-stamp.json)
+        serves when the records are not there."""
+        return self.out / "runs" / f"{name}.json"
+
     def finished(self, job: dict) -> dict | None:
-        """The stored result of ``job`` when its run's stamp matches the job's stamp now; else None."""
-        path = self.ws / "runs" / job["name"] / "bench-stamp.json"
-        if not path.exists():
+        """The stored result of ``job`` when a stamp kept for its run matches the job's stamp now; else None."""
+        paths = [p for p in (self.ws / "runs" / job["name"] / "bench-stamp.json", self.record(job["name"]))
+                 if p.exists()]
+        if not paths:
             return None
         job = self.resolved(job)
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        return saved["result"] if saved.get("stamp") == self.stamp(job) else None
+        stamp = self.stamp(job)
+        for path in paths:
+            try:
+                saved = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if saved.get("stamp") == stamp:
+                return saved["result"]
+        return None
 
     # ----------------------------------------------------------------- one run
     def run(self, job: dict) -> dict:
@@ -342,8 +354,10 @@ class Protocol:
         result = self.collect(job, summary, time.perf_counter() - t0)
         from dgamix.pipeline.core.files import atomic_file
 
-        with atomic_file(self.ws / "runs" / job["name"] / "bench-stamp.json") as tmp:
-            tmp.write_text(json.dumps({"stamp": self.stamp(job), "result": result}) + "\n")
+        saved = json.dumps({"stamp": self.stamp(job), "result": result}) + "\n"
+        for path in (self.ws / "runs" / job["name"] / "bench-stamp.json", self.record(job["name"])):
+            with atomic_file(path) as tmp:
+                tmp.write_text(saved)
         print(f"  {job['name']:<36} val {result['val']:.4f} general {result['final_general']:.4f} test "
               + " ".join(f"{t} {v:.4f}" for t, v in result["test"].items()) + f"  {result['seconds']:.0f} s", flush=True)
         return result
