@@ -359,10 +359,36 @@ def test_auto_leaves_out_a_candidate_that_fails(encoder, texts50, monkeypatch):
     monkeypatch.setattr(dgamix.pipeline.precision, "bf16_is_fast", lambda device: True)
     monkeypatch.setattr(dgamix.pipeline.precision, "_runner", runner)
     monkeypatch.setattr(dgamix.pipeline.onnx_int8, "onnxruntime_available", lambda: True)
-    rep = dgamix.pipeline.precision.resolve_precision(encoder, EmbedConfig(precision="auto", batch_size=7), texts50[:6])
-    assert rep.precision == "fp32" and set(rep.docs_per_s) == {"fp32"}
-    assert rep.skipped == {"int8": "RuntimeError: quantize_dynamic: unsupported node",
-                           "bf16": "RuntimeError: autocast: no kernel"}
+    for int8_first in (False, True):  # bf16 timed with the others, or only once int8 did not qualify
+        monkeypatch.setattr(dgamix.pipeline.precision, "int8_outruns_bf16", lambda device, v=int8_first: v)
+        rep = dgamix.pipeline.precision.resolve_precision(encoder, EmbedConfig(precision="auto", batch_size=7),
+                                                          texts50[:6])
+        assert rep.precision == "fp32" and set(rep.docs_per_s) == {"fp32"}
+        assert rep.skipped == {"int8": "RuntimeError: quantize_dynamic: unsupported node",
+                               "bf16": "RuntimeError: autocast: no kernel"}
+
+
+@needs_ort
+def test_auto_times_bf16_only_when_int8_does_not_qualify_where_int8_outruns_it(encoder, texts50, monkeypatch):
+    """On a CPU with AVX-512 VNNI and no AMX (made so here on every machine), bf16 is timed after int8,
+    and only when int8 does not qualify; the report says why it was not timed."""
+    import dgamix.pipeline.precision
+
+    real_runner, asked = dgamix.pipeline.precision._runner, []
+
+    def runner(model, cfg, precision, sample):
+        asked.append(precision)
+        return real_runner(model, cfg, "fp32" if precision == "bf16" else precision, sample)  # bf16 = fp32's speed
+
+    monkeypatch.setattr(dgamix.pipeline.precision, "bf16_is_fast", lambda device: True)
+    monkeypatch.setattr(dgamix.pipeline.precision, "int8_outruns_bf16", lambda device: True)
+    monkeypatch.setattr(dgamix.pipeline.precision, "_runner", runner)
+    rep = dgamix.pipeline.precision.measure_auto(encoder, EmbedConfig(precision="auto"), texts50[:32])
+    assert asked[:2] == ["fp32", "int8"]
+    if rep.precision == "int8":   # int8 qualified (its usual outcome): bf16 never ran
+        assert "bf16" not in asked and "bf16" not in rep.docs_per_s and "not timed" in rep.skipped["bf16"]
+    else:                         # int8 was not fast enough on this machine: bf16 was timed after it
+        assert asked[2:] == ["bf16"] and "bf16" in rep.docs_per_s and "bf16" not in rep.skipped
 
 
 def test_unknown_precision_is_a_user_error(tmp_path, encoder):
