@@ -18,10 +18,11 @@ Phases (each reuses every finished run whose stamp matches, see ``stamp``):
    so one uniform run per seed (and regime) is evaluated on every target's test split;
 3. tables (paired differences with 95% t-intervals), the primary criterion, plots, JSON.
 
-Reuse: a run is read instead of trained only when its stamp (WS/runs/<name>/bench-stamp.json, and
-the committed copy in <out>/runs/<name>.json, which survives a new machine) records the same code version (``code_version``: the source of mixing/ and pipeline/core/, which
-decide training), the same settings and the same input fingerprints (corpus, clustering, target,
-basis, tokens) as the job would have now.
+Reuse: a run is read instead of trained only when its stamp (WS/runs/<name>/bench-stamp.json, or
+the committed copy in <out>/runs/<name>.json, which survives a new machine) records the same code
+version (``code_version``: the source of mixing/ and pipeline/core/, which decide training), the
+same settings and the same input fingerprints (corpus, clustering, target, basis, tokens) as the
+job would have now.
 """
 from __future__ import annotations
 
