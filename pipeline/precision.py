@@ -79,30 +79,37 @@ class PrecisionReport:
         return out
 
 
+def cpu_info() -> tuple[str | None, set[str]]:
+    """The CPU's model name and instruction-set flags, from /proc/cpuinfo (None and no flags where
+    there is none)."""
+    model, flags = None, set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model is None:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return model, flags
+
+
 def bf16_is_fast(device: str) -> bool:
     """Whether bf16 can beat fp32 here: a CUDA device with bf16, or a CPU with AMX/AVX512-BF16 units."""
     import torch
 
     if device.startswith("cuda"):
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return bool(cpu_info()[1] & {"amx_bf16", "avx512_bf16"})
 
 
 def int8_outruns_bf16(device: str) -> bool:
     """Whether int8 (ONNX Runtime, VNNI) has the higher peak than bf16 here: a CPU with AVX-512 VNNI
     and no AMX. AVX-512 BF16's dot products do twice fp32's work per instruction, VNNI's four times,
     so bf16 is worth timing there only when int8 does not qualify."""
-    if not device.startswith("cpu"):
-        return False
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False
-    return "avx512_vnni" in flags and not flags & {"amx_bf16", "amx_int8", "amx_tile"}
+    flags = cpu_info()[1]
+    return device.startswith("cpu") and "avx512_vnni" in flags and not flags & {"amx_bf16", "amx_int8", "amx_tile"}
 
 
 def measure_precision(enc: Encoder, cfg: EmbedConfig, texts: list[str], precision: str) -> PrecisionReport:
@@ -194,7 +201,8 @@ def measure_auto(enc: Encoder, cfg: EmbedConfig, texts: list[str]) -> PrecisionR
     of their load slows a part, not the best of them), and the candidates take turns part by part,
     so load elsewhere hits them alike. The cosine to fp32 is over the whole sample. A candidate
     that fails is left out (fp32 must work). On a CPU where int8's peak is above bf16's
-    (:func:`int8_outruns_bf16`), bf16 is timed only when int8 does not qualify."""
+    (:func:`int8_outruns_bf16`), bf16 is timed only when int8 does not qualify, after the others
+    (against fp32's speed from their turns)."""
     from dgamix.pipeline.onnx_int8 import cores, onnxruntime_available
 
     t0 = time.perf_counter()
@@ -209,11 +217,11 @@ def measure_auto(enc: Encoder, cfg: EmbedConfig, texts: list[str]) -> PrecisionR
         cands.append("int8")
     if cfg.device.startswith("cuda"):
         cands.append("fp16")
-    later = []  # timed only if no candidate before it qualifies
+    bf16_last = False  # bf16 timed only if int8 does not qualify
     if not bf16_is_fast(cfg.device):
         rep.skipped["bf16"] = "no bf16 units on this device (autocast would be slower than fp32)"
     elif "int8" in cands and int8_outruns_bf16(cfg.device):
-        later.append("bf16")
+        bf16_last = True
     else:
         cands.append("bf16")
     if not sample:
@@ -277,10 +285,10 @@ def measure_auto(enc: Encoder, cfg: EmbedConfig, texts: list[str]) -> PrecisionR
     with torch_threads(cores()):
         measure(cands)
         choose(cands[1:])
-        if later and rep.precision == "fp32":
-            measure(later)
-            choose(later)
-        elif later:
+        if bf16_last and rep.precision == "fp32":
+            measure(["bf16"])
+            choose(["bf16"])
+        elif bf16_last:
             rep.skipped["bf16"] = (f"not timed: {rep.precision} qualified, and on a CPU with AVX-512 VNNI and no "
                                    f"AMX int8's peak is twice bf16's")
     rep.cosine_mean, rep.cosine_min = rep.cosines.get(rep.precision, [1.0, 1.0])
@@ -304,16 +312,8 @@ def machine_fingerprint(device: str) -> dict:
 
     from dgamix.pipeline.onnx_int8 import cores
 
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
+    model, flags = cpu_info()
+    cpu = model or platform.processor() or platform.machine()
     versions = {}
     for lib in LIBRARIES:
         try:
