@@ -20,6 +20,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from dgamix.pipeline.precision import cpu_info
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 FOLDERS = ("micro", "experiments")  # experiments run with --quick too: a short run of each
@@ -33,16 +35,9 @@ def machine() -> dict:
         info["cores_usable"] = len(os.sched_getaffinity(0))
     except AttributeError:
         pass
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        for line in cpuinfo.splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-        flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags")), [])
-        info["cpu_flags"] = [f for f in FLAGS if f in flags]
-    except OSError:
-        info["cpu_model"] = platform.processor()
+    model, flags = cpu_info()
+    info["cpu_model"] = model or platform.processor()
+    info["cpu_flags"] = [f for f in FLAGS if f in flags]
     try:
         mem = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
         info["memory_gib"] = round(int(mem.split()[1]) / 2**20, 1)

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dgamix.pipeline.precision import cpu_info
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -144,8 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
            "rows": rows, "trainer_vs_plain": rows["trainer (uniform)"]["tokens_per_s"] / plain,
            "bf16_vs_fp32": rows["plain bf16 autocast"]["tokens_per_s"] / plain,
            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                       "bf16_units": "avx512_bf16" in Path("/proc/cpuinfo").read_text()
-                       if Path("/proc/cpuinfo").exists() else None}}
+                       "bf16_units": "avx512_bf16" in cpu_info()[1]}}
     print(f"{'loop':<22}{'tokens/s':>10}{'seconds':>9}{'train loss':>12}")
     for label, r in rows.items():
         print(f"{label:<22}{r['tokens_per_s']:>10.0f}{r['seconds']:>9.1f}{r['final_train_loss']:>12.4f}")
