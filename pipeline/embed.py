@@ -314,7 +314,8 @@ def _encoder_params(ws: Workspace, cfg: EmbedConfig, enc: Encoder, model_fp: str
     if rep is None:  # auto: this machine's cached decision, else measured (precision.resolve_precision)
         rep = measure_precision(enc, cfg, sample, cfg.precision)
         source = "requested" if cfg.precision != "auto" else (
-            rep.cached or f"measured on {rep.sample} documents in {rep.seconds:.1f} s")
+            rep.cached or f"measured on {rep.sample} documents in {rep.seconds:.1f} s"
+            + (" (fp32 timed on its ONNX export)" if rep.fp32_runner == "onnx-export" else ""))
     elif rep.precision == "int8":  # recorded: is this dgamix's int8 export the one that made the parts?
         rep.recipe = check_int8_export(enc, cfg, None if overwrite else rep.recipe, sample,
                                        str(ws.embeddings_dir), "pass --overwrite to re-embed, or use another "
@@ -460,5 +461,6 @@ def _recorded_precision(ws: Workspace, cfg: EmbedConfig, model_fp: str) -> Preci
             choice = p.get("precision_choice") or {}
             return PrecisionReport(cfg.precision, p["precision"], p["precision_cosine_mean"], p["precision_cosine_min"],
                                    p.get("precision_sample", 0), p.get("int8_recipe"), choice.get("docs_per_s", {}),
-                                   choice.get("cosine", {}), choice.get("skipped", {}), choice.get("cached"))
+                                   choice.get("cosine", {}), choice.get("skipped", {}), choice.get("cached"),
+                                   fp32_runner=choice.get("fp32_runner", "torch"))
     return None

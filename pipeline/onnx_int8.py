@@ -91,11 +91,15 @@ def require_onnxruntime(for_export: bool = False) -> None:
 
 
 def onnxruntime_available() -> bool:
-    try:
-        require_onnxruntime(for_export=True)
-        return True
-    except DgamixError:
-        return False
+    """Whether ONNX Runtime and onnx are installed (found, not imported: importing onnx takes most
+    of a second, and a run with a cached export never needs it)."""
+    import sys
+    from importlib.util import find_spec
+
+    def found(name: str) -> bool:  # (a module set to None in sys.modules counts as not installed)
+        return sys.modules[name] is not None if name in sys.modules else find_spec(name) is not None
+
+    return found("onnxruntime") and found("onnx")
 
 
 def cache_root() -> Path:

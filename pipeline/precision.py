@@ -5,6 +5,7 @@ small JSON file per machine, model and settings under the dgamix cache root, nev
 workspace: the same machine does not measure again for every corpus)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -38,7 +39,7 @@ MIN_MEAN_COSINE = 0.99      # a precision other than fp32 must keep this mean co
 MIN_MIN_COSINE = 0.95       # ... and this worst-document cosine (on the validation sample)
 AUTO_MARGIN = 1.1           # auto leaves fp32 only for a precision at least this much faster
 TIMING_PARTS = 4            # auto times each candidate on this many interleaved parts of the sample
-AUTO_VERSION = 2            # of how auto measures and decides: bump it and cached decisions are ignored
+AUTO_VERSION = 3            # of how auto measures and decides: bump it and cached decisions are ignored
 DECISION_FORMAT = 1         # of the decision cache files
 # what auto's speed ranking depends on besides the model and settings (see machine_fingerprint)
 CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
@@ -63,6 +64,8 @@ class PrecisionReport:
                                                     # from this machine's decision cache instead of measured
     seconds: float = 0.0                            # auto: time spent measuring (not recorded in manifests)
     failed: bool = False                            # auto: a candidate failed (such a decision is not cached)
+    fp32_runner: str = "torch"                      # auto: what fp32 was timed on: torch (as fp32 runs), or
+                                                    # "onnx-export" (the fp32 graph int8 was quantised from)
 
     def params(self) -> dict:
         """The deterministic part, for manifest params."""
@@ -74,6 +77,8 @@ class PrecisionReport:
         if not (self.docs_per_s or self.skipped or self.cached):
             return None
         out = {"docs_per_s": self.docs_per_s, "cosine": self.cosines, "skipped": self.skipped}
+        if self.docs_per_s:
+            out["fp32_runner"] = self.fp32_runner
         if self.cached:
             out["cached"] = self.cached
         return out
@@ -97,9 +102,9 @@ def cpu_info() -> tuple[str | None, set[str]]:
 
 def bf16_is_fast(device: str) -> bool:
     """Whether bf16 can beat fp32 here: a CUDA device with bf16, or a CPU with AMX/AVX512-BF16 units."""
-    import torch
-
     if device.startswith("cuda"):
+        import torch  # only here: a CPU run that never needs torch does not import it
+
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     return bool(cpu_info()[1] & {"amx_bf16", "avx512_bf16"})
 
@@ -202,7 +207,14 @@ def measure_auto(enc: Encoder, cfg: EmbedConfig, texts: list[str]) -> PrecisionR
     so load elsewhere hits them alike. The cosine to fp32 is over the whole sample. A candidate
     that fails is left out (fp32 must work). On a CPU where int8's peak is above bf16's
     (:func:`int8_outruns_bf16`), bf16 is timed only when int8 does not qualify, after the others
-    (against fp32's speed from their turns)."""
+    (against fp32's speed from their turns).
+
+    fp32 is the reference and the speed to beat. Where int8 and fp32 are the only candidates and
+    torch is not loaded yet (int8's export is cached: a machine's second corpus or setting), fp32
+    runs as the fp32 ONNX export int8 was quantised from (``Int8Encoder.reference``: the same
+    graph, cosine >= 0.99999 to torch's) instead of loading torch and the model, which is most of
+    a measurement's time; int8 must then beat ONNX Runtime's fp32 speed instead of torch's
+    (``fp32_runner`` records which one ran; bench/micro/embed.py times both)."""
     from dgamix.pipeline.onnx_int8 import cores, onnxruntime_available
 
     t0 = time.perf_counter()
@@ -244,9 +256,9 @@ def measure_auto(enc: Encoder, cfg: EmbedConfig, texts: list[str]) -> PrecisionR
 
     def measure(ps: list[str]) -> None:
         """Warm up and time the precisions ``ps`` part by part; their docs/s and cosines into ``rep``."""
-        for p in ps:
+        for p in [p for p in ps if p not in rep.skipped]:
             try:
-                run = _runner(enc, cfg, p, sample)  # int8: export / cache load happens here, untimed
+                run = runs.get(p) or _runner(enc, cfg, p, sample)  # int8: export / cache load here, untimed
                 _run_features(run, *subset(warm), left, replace(cfg, batch_size=1))
                 runs[p] = run
             except Exception as e:  # a candidate that fails is left out; fp32 must work
@@ -282,15 +294,25 @@ def measure_auto(enc: Encoder, cfg: EmbedConfig, texts: list[str]) -> PrecisionR
                     and rep.docs_per_s[p] >= AUTO_MARGIN * rep.docs_per_s[rep.precision]):
                 rep.precision = p
 
-    with torch_threads(cores()):
+    if cands == ["fp32", "int8"] and not enc.loaded:  # fp32 on int8's fp32 export: see the docstring
+        try:
+            runs["int8"] = _runner(enc, cfg, "int8", sample)
+        except Exception as e:  # noqa: BLE001 - as in measure: int8 is left out, fp32 runs on torch
+            leave_out("int8", e)
+        # an export made just now has loaded torch and the model: fp32 is then timed as it runs
+        export = runs["int8"].reference() if "int8" in runs and not enc.loaded else None
+        if export is not None:
+            runs["fp32"], rep.fp32_runner = export, "onnx-export"
+    with contextlib.nullcontext() if "fp32" in runs else torch_threads(cores()):
         measure(cands)
-        choose(cands[1:])
-        if bf16_last and rep.precision == "fp32":
+    choose(cands[1:])
+    if bf16_last and rep.precision == "fp32":
+        with torch_threads(cores()):
             measure(["bf16"])
-            choose(["bf16"])
-        elif bf16_last:
-            rep.skipped["bf16"] = (f"not timed: {rep.precision} qualified, and on a CPU with AVX-512 VNNI and no "
-                                   f"AMX int8's peak is twice bf16's")
+        choose(["bf16"])
+    elif bf16_last:
+        rep.skipped["bf16"] = (f"not timed: {rep.precision} qualified, and on a CPU with AVX-512 VNNI and no "
+                               f"AMX int8's peak is twice bf16's")
     rep.cosine_mean, rep.cosine_min = rep.cosines.get(rep.precision, [1.0, 1.0])
     if rep.precision == "int8":
         rep.recipe = enc.int8.recipe
@@ -362,7 +384,8 @@ def cached_decision(enc: Encoder, cfg: EmbedConfig, texts: list[str]) -> Precisi
             return None
         rep = PrecisionReport("auto", r["precision"], float(r["cosine_mean"]), float(r["cosine_min"]),
                               int(r["sample"]), r.get("recipe"), dict(r["docs_per_s"]), dict(r["cosines"]),
-                              dict(r["skipped"]), cached=f"cached decision from {d['decided']}")
+                              dict(r["skipped"]), cached=f"cached decision from {d['decided']}",
+                              fp32_runner=r.get("fp32_runner", "torch"))
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
     if rep.precision != "fp32" and not (rep.cosine_mean >= MIN_MEAN_COSINE and rep.cosine_min >= MIN_MIN_COSINE):
@@ -386,7 +409,8 @@ def store_decision(enc: Encoder, cfg: EmbedConfig, rep: PrecisionReport) -> Path
         return None
     inputs = decision_inputs(enc, cfg)
     path = decision_path(inputs)
-    keep = ("precision", "cosine_mean", "cosine_min", "sample", "recipe", "docs_per_s", "cosines", "skipped")
+    keep = ("precision", "cosine_mean", "cosine_min", "sample", "recipe", "docs_per_s", "cosines", "skipped",
+            "fp32_runner")
     blob = {"format": DECISION_FORMAT, "decided": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "measure_seconds": round(rep.seconds, 2), "inputs": inputs,
             # the load of other processes while measuring: a ranking made on a busy machine can be off;

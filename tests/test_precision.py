@@ -226,12 +226,32 @@ def test_warm_int8_run_needs_no_torch(int8_cache, encoder, texts50, fp32_ref, tm
             "cfg=EmbedConfig(precision='int8'), quiet=True)\n"
             "print(s['precision'], s['precision_cosine_mean'], 'torch' in sys.modules, "
             "'sentence_transformers' in sys.modules)\n")
+    # and auto's first measurement on a machine whose export is cached (no decision yet): fp32 on the
+    # export; torch only where a torch candidate (bf16) was timed
+    auto = ("import sys, json\n"
+            "import polars as pl\n"
+            "from dgamix.pipeline.encoder import EmbedConfig, load_encoder\n"
+            "from dgamix.pipeline.precision import measure_auto\n"
+            f"texts = pl.read_parquet({str(corpus)!r})['text'].to_list()\n"
+            "cfg = EmbedConfig(precision='auto')\n"
+            "r = measure_auto(load_encoder(cfg), cfg, texts)\n"
+            "print(json.dumps([r.precision, r.fp32_runner, sorted(r.docs_per_s), r.cosines['fp32'], "
+            "'torch' in sys.modules, 'sentence_transformers' in sys.modules, 'onnx' in sys.modules]))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "DGAMIX_CACHE": int8_cache})
     assert out.returncode == 0, out.stderr[-2000:]
     precision, cosine, torch_loaded, st_loaded = out.stdout.split()
     assert (precision, torch_loaded, st_loaded) == ("int8", "False", "False")
     assert float(cosine) >= 0.99
+    out = subprocess.run([sys.executable, "-c", auto], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "DGAMIX_CACHE": int8_cache})
+    assert out.returncode == 0, out.stderr[-2000:]
+    chosen, runner, timed, fp32_cos, torch_loaded, st_loaded, onnx_loaded = json.loads(out.stdout.splitlines()[-1])
+    assert fp32_cos == [1.0, 1.0] and "int8" in timed and not onnx_loaded  # onnx is for exporting only
+    if "bf16" in timed:  # a CPU with AMX (bf16 timed with the others) or where int8 did not qualify
+        assert torch_loaded and st_loaded
+    else:
+        assert (runner, torch_loaded, st_loaded) == ("onnx-export", False, False), (chosen, runner, timed)
     ws = Workspace(tmp_path / "ws")
     e = pl.read_parquet(ws.embeddings_dir / "*.parquet").sort("doc_id")
     vec = np.asarray(e["embedding"].to_list(), dtype=np.float32)
@@ -389,6 +409,31 @@ def test_auto_times_bf16_only_when_int8_does_not_qualify_where_int8_outruns_it(e
         assert "bf16" not in asked and "bf16" not in rep.docs_per_s and "not timed" in rep.skipped["bf16"]
     else:                         # int8 was not fast enough on this machine: bf16 was timed after it
         assert asked[2:] == ["bf16"] and "bf16" in rep.docs_per_s and "bf16" not in rep.skipped
+
+
+@needs_ort
+def test_auto_times_fp32_on_the_export_only_when_torch_is_not_needed(encoder, texts50, monkeypatch):
+    """With int8's export cached and no model loaded, fp32 (reference and speed) runs on the fp32 export
+    and the model stays unloaded; with a bf16 candidate (torch needed anyway) or the model already
+    loaded, fp32 is torch's, as it runs."""
+    import dgamix.pipeline.precision as P
+    from dgamix.pipeline.encoder import Encoder
+
+    cfg = EmbedConfig(precision="auto")
+    encode(Encoder(encoder.model), texts50[:4], EmbedConfig(precision="int8"))  # the export, cached
+    monkeypatch.setattr(P, "bf16_is_fast", lambda device: False)
+    enc = Encoder(cfg=cfg)
+    rep = P.measure_auto(enc, cfg, texts50[:32])
+    assert (rep.fp32_runner, enc.loaded, sorted(rep.docs_per_s)) == ("onnx-export", False, ["fp32", "int8"])
+    assert rep.cosines["fp32"] == [1.0, 1.0] and rep.cosines["int8"][0] >= 0.99
+    assert rep.choice()["fp32_runner"] == "onnx-export"
+    rep = P.measure_auto(Encoder(encoder.model), cfg, texts50[:32])  # the model is loaded: torch
+    assert rep.fp32_runner == "torch" and rep.choice()["fp32_runner"] == "torch"
+    monkeypatch.setattr(P, "bf16_is_fast", lambda device: True)
+    monkeypatch.setattr(P, "int8_outruns_bf16", lambda device: False)  # bf16 timed with the others
+    enc = Encoder(cfg=cfg)
+    rep = P.measure_auto(enc, cfg, texts50[:32])
+    assert rep.fp32_runner == "torch" and enc.loaded and "bf16" in rep.docs_per_s
 
 
 def test_unknown_precision_is_a_user_error(tmp_path, encoder):

@@ -5,7 +5,9 @@ Every ratio compares against the plain peer measured in the same process, on the
   dgamix-*     dgamix.pipeline.embed.encode at fp32 / bf16 / int8 (tokenised once, global length
                bucketing under a token budget, intra-op threads = cores; int8 = ONNX Runtime
                per-channel dynamic quantisation of a fused graph, exported once and cached, one
-               single-threaded session run on `cores` batches at once, see pipeline/onnx_int8.py).
+               single-threaded session run on `cores` batches at once, see pipeline/onnx_int8.py);
+               dgamix-fp32export: the unquantised fp32 export run the same way, which auto times as
+               fp32 when torch is not loaded (pipeline/precision.py: measure_auto).
 Methods run interleaved, best of --repeat (other processes share these cores); cosine is to the
 plain fp32 vectors (mean and min over documents); peak RSS is the largest resident set seen while
 each method ran (sampled every 10 ms), and ru_maxrss for the whole process. plain gets all texts
@@ -59,8 +61,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import polars as pl  # noqa: E402
 
-from dgamix.pipeline.encoder import DEFAULT_MODEL, EMBED_STAGE, EmbedConfig, encode, load_encoder, model_fingerprint  # noqa: E402
-from dgamix.pipeline.onnx_int8 import EXPORT_VERSION, FP32_FILE, cache_root, cores, onnxruntime_available  # noqa: E402
+from dgamix.pipeline.encoder import (DEFAULT_MODEL, EMBED_STAGE, EmbedConfig, _embed_with, encode,  # noqa: E402
+                                     int8_encoder, load_encoder, model_fingerprint)
+from dgamix.pipeline.onnx_int8 import (EXPORT_VERSION, FP32_FILE, cache_root, cores, keep_fp32,  # noqa: E402
+                                       onnxruntime_available)
 from dgamix.pipeline.precision import bf16_is_fast, machine_fingerprint  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -134,6 +138,12 @@ def bench_corpus(enc, texts: list[str], args, methods: list[str]) -> dict:
         if m == "plain-bs16":
             return np.asarray(model.encode(xs, batch_size=16, normalize_embeddings=True, convert_to_numpy=True,
                                            show_progress_bar=False), np.float32)
+        if m == "dgamix-fp32export":  # the fp32 ONNX export auto times as fp32 when torch is not loaded
+            cfg = EmbedConfig(max_seq_length=seq, precision="int8", device=args.device)
+            int8 = int8_encoder(enc, cfg, xs)
+            if int8.reference() is None:  # a cache made before dgamix kept the fp32 export
+                keep_fp32(int8, enc.model)
+            return _embed_with(enc, int8.reference(), xs, cfg)
         return encode(enc, xs, EmbedConfig(max_seq_length=seq, precision=m.split("-")[1], device=args.device))
 
     res: dict[str, dict] = {m: {"seconds": float("inf")} for m in methods}
@@ -403,6 +413,8 @@ def main() -> None:
             skipped["dgamix-int8"] = "onnxruntime / onnx not installed"
             continue
         methods.append(f"dgamix-{p}")
+        if p == "int8":
+            methods.append("dgamix-fp32export")
     data = corpora(args.docs, args.seed)
     short_source = data.pop("_short_source")
     results = {name: bench_corpus(model, texts, args, methods) for name, texts in data.items()}
