@@ -168,12 +168,15 @@ def read_meta(path: str | Path, kind: str | None = None) -> dict:
     return meta
 
 
-def read(path: str | Path, kind: str | None = None, columns: list[str] | None = None) -> tuple[pa.Table, dict]:
-    """Read a manifest; returns (table, metadata). Clear errors for missing/corrupt/old files."""
+def read(path: str | Path, kind: str | None = None, columns: list[str] | None = None,
+         dictionary: list[str] | None = None) -> tuple[pa.Table, dict]:
+    """Read a manifest; returns (table, metadata). Clear errors for missing/corrupt/old files.
+    ``dictionary``: columns read dictionary-encoded (few distinct values over many rows, such as
+    docs.parquet's source: one string per file instead of one per document)."""
     path = Path(path)
     meta = read_meta(path, kind)
     try:
-        table = pq.read_table(path, columns=columns, page_checksum_verification=True)
+        table = pq.read_table(path, columns=columns, read_dictionary=dictionary, page_checksum_verification=True)
     except (pa.ArrowException, OSError) as e:
         raise corrupt(path, e) from None
     if columns:

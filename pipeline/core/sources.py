@@ -520,7 +520,7 @@ class DocTexts:
     def __init__(self, ws, cache_bytes: int = 1 << 30) -> None:
         from dgamix.pipeline.core import manifest  # manifest reads sources' files: import here, not at the top
 
-        docs, meta = manifest.read(ws.docs, "docs", columns=["doc_id", "source", "row"])
+        docs, meta = manifest.read(ws.docs, "docs", columns=["doc_id", "source", "row"], dictionary=["source"])
         doc_id = np.asarray(docs["doc_id"], dtype=np.int64)
         if doc_id.size and not np.array_equal(doc_id, np.arange(doc_id.size)):
             order = np.argsort(doc_id)
@@ -548,7 +548,11 @@ class DocTexts:
     def _index(self, docs: pa.Table, text_col: str, root, files: list[str], cache_bytes: int,
                group_rows: int = GROUP_ROWS, stamps: dict[str, tuple[int, int]] | None = None,
                copies: dict[str, str] | None = None) -> None:
-        src = docs["source"].combine_chunks().dictionary_encode()
+        src = docs["source"]
+        if pa.types.is_dictionary(src.type):  # read so (DocTexts): one dictionary for all row groups
+            src = pa.table({"s": src}).unify_dictionaries()["s"].combine_chunks()
+        else:
+            src = src.combine_chunks().dictionary_encode()
         self.source_names = src.dictionary.to_pylist()                       # (S,) recorded sources
         self.source = np.asarray(src.indices.to_numpy(zero_copy_only=False), np.int64)  # (n,)
         self.row = np.asarray(docs["row"], dtype=np.int64)                   # (n,)
