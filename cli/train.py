@@ -22,7 +22,8 @@ def train(
     target: str = typer.Option(..., help="Target name (WS/targets/T): 'reweight' examples drive the alignments, "
                                          "'holdout' examples give the target loss."),
     mixer: str = typer.Option(..., help="uniform | natural (cluster sizes) | is (static importance sampling, needs "
-                                        "--basis) | dga | dga-noema (DGA without EMA) | doge."),
+                                        "--basis; the recommended start, see docs/results.md) | dga | dga-noema "
+                                        "(DGA without EMA) | doge."),
     name: str = typer.Option(..., "--name", help="Run name: outputs go to WS/runs/NAME/."),
     basis: Optional[str] = typer.Option(None, help="Basis name (WS/bases/B.parquet): dga/dga-noema/doge reweight its N "
                                                    "bases (distribution reweighting); without it they reweight the "
