@@ -239,6 +239,30 @@ def test_shards_read_their_own_texts_by_file_and_row(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_doc_texts_reads_sources_given_as_dictionaries(tmp_path):
+    """docs.parquet's source column read dictionary-encoded: row groups may carry different
+    dictionaries (as pyarrow reads them back); the texts are those of the plain-string column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dgamix.pipeline.core.sources import DocTexts
+
+    for name, n in (("a", 6), ("b", 4)):
+        pq.write_table(pa.table({"text": [f"{name} {i}" for i in range(n)]}), tmp_path / f"{name}.parquet")
+    a, b = str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")
+    sources, rows = [a, b, a, b, a, a], [0, 3, 5, 1, 2, 4]
+    chunks = [pa.array(sources[:3]).dictionary_encode(), pa.array(sources[3:]).dictionary_encode()]
+    as_dict = pa.table({"source": pa.chunked_array(chunks), "row": rows})
+    assert as_dict["source"].chunk(0).dictionary.to_pylist() == [a, b]
+    assert as_dict["source"].chunk(1).dictionary.to_pylist() == [b, a]  # another dictionary per row group
+    plain = pa.table({"source": sources, "row": rows})
+    want = [f"{'a' if s == a else 'b'} {r}" for s, r in zip(sources, rows)]
+    for table in (as_dict, plain):
+        texts = DocTexts.of_table(table, "text")
+        assert texts[[5, 0, 3, 1]] == [want[5], want[0], want[3], want[1]] and texts[range(6)] == want
+        assert sorted(texts.source_names) == [a, b]
+
+
 def test_embedding_reads_texts_shard_by_shard_with_the_same_result(tmp_path, monkeypatch):
     """A multi-file corpus with small Parquet row groups embeds, dedups and counts tokens as the
     in-memory texts give (near-duplicates across files found; vectors equal to encoding the texts)."""
