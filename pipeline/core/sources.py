@@ -548,11 +548,9 @@ class DocTexts:
     def _index(self, docs: pa.Table, text_col: str, root, files: list[str], cache_bytes: int,
                group_rows: int = GROUP_ROWS, stamps: dict[str, tuple[int, int]] | None = None,
                copies: dict[str, str] | None = None) -> None:
-        src = docs["source"]
-        if pa.types.is_dictionary(src.type):  # read so (DocTexts): one dictionary for all row groups
-            src = pa.table({"s": src}).unify_dictionaries()["s"].combine_chunks()
-        else:
-            src = src.combine_chunks().dictionary_encode()
+        # (read dictionary-encoded by DocTexts: combine_chunks unifies the row groups' dictionaries,
+        # and dictionary_encode keeps an encoded column as it is)
+        src = docs["source"].combine_chunks().dictionary_encode()
         self.source_names = src.dictionary.to_pylist()                       # (S,) recorded sources
         self.source = np.asarray(src.indices.to_numpy(zero_copy_only=False), np.int64)  # (n,)
         self.row = np.asarray(docs["row"], dtype=np.int64)                   # (n,)
