@@ -31,13 +31,17 @@ def embed(
     corpus: list[Path] = typer.Argument(..., help="Corpus files or folders: .parquet, .jsonl / .json / .ndjson (also gzip "
                                         ".gz or zstd .zst compressed), .arrow, a Hugging Face dataset saved with "
                                         "save_to_disk, or .txt files (one document per file). A folder is read "
-                                        "recursively in sorted path order, each file one source. Compressed JSON Lines "
-                                        "is copied once into WS/texts/ as Parquet (row-indexed texts for training; its "
-                                        "size in MiB is printed)."),
+                                        "recursively in sorted path order, each file one source."),
     workspace: Path = typer.Option(..., "--workspace", "-w", help=WS_HELP),
     text_column: str = typer.Option(_S.text_column, help="Column holding the document text."),
     id_column: str = typer.Option(_S.id_column, help="Column holding your document ids (generated as <file>:<row> when absent)."),
     keep_columns: Optional[str] = typer.Option(None, help="Comma-separated input columns to carry into docs.parquet (e.g. topic)."),
+    text_store: bool = typer.Option(_S.text_store, "--text-store/--no-text-store",
+                                    help="Copy the texts of Parquet and JSON Lines inputs once into WS/texts/, indexed "
+                                    "by row, so that training reads any document in one disk read without holding "
+                                    "text in memory. Disk: about the uncompressed text (the summary prints MiB). "
+                                    "Without it training reads the input files in place (whole text columns, kept "
+                                    "in a 1 GiB cache per process). Compressed JSON Lines is always copied."),
     dedup: bool = typer.Option(_D is not None, "--dedup/--no-dedup", help="Mark near-duplicates (MinHash LSH on word 5-shingles) and skip them."),
     dedup_threshold: float = typer.Option(_D.threshold, min=0.0, max=1.0, help="Jaccard similarity at which two documents are near-duplicates."),
     vectors: Optional[Path] = typer.Option(None, help="Your own vectors instead of encoding: a Parquet file with the "
@@ -80,7 +84,7 @@ def embed(
 
     eng = engine_config(engine, ray_address, num_workers, gpus_per_worker, device)
     require_device(device)  # the driver loads the model on it too (token counts, precision check)
-    spec = CorpusSpec(text_column, id_column, split_csv(keep_columns))
+    spec = CorpusSpec(text_column, id_column, split_csv(keep_columns), text_store)
     cfg = EmbedConfig(model, max_seq_length, batch_size, shard_size, precision, dtype, device)
     user = UserVectors(str(vectors), vectors_encoder) if vectors is not None else None
     summary = embed_corpus(Workspace(workspace), [str(c) for c in corpus], spec, cfg,

@@ -1,12 +1,14 @@
 """Reading a corpus (Parquet, JSON Lines, gzip/zstd-compressed JSON Lines, a Hugging Face dataset
 saved with ``save_to_disk``, or a folder of plain-text files) into the docs manifest.
 
-Text is never copied into the workspace, with one exception: compressed JSON Lines has no random
-access by row, so ``load_corpus(..., copies=FOLDER)`` writes a Parquet copy of such a file's text
-column (row groups of COPY_GROUP_ROWS rows) once, while reading it; the embed stage puts these in
-``WS/texts/`` and prints their size. docs.parquet records (source, row) and
-:class:`dgamix.pipeline.core.sources.TextReader` reads a document's text back from its source (or
-its copy) when a later stage needs it. Reading one input file is ``dgamix.pipeline.core.sources``' job.
+Training reads documents at random by (source, row), which Parquet and JSON Lines cannot serve
+one row at a time: ``load_corpus(..., copies=FOLDER)`` writes, while it reads a file anyway, a
+row-indexed copy of its text column there (:mod:`dgamix.pipeline.core.textstore`; the embed stage
+puts these in ``WS/texts/`` and prints their size). Compressed JSON Lines is always copied (it has
+no random access at all); Parquet and plain JSON Lines unless ``CorpusSpec.text_store`` is off;
+Arrow files (memory-mapped) and plain-text files (one document each) never. docs.parquet records
+(source, row) and :class:`dgamix.pipeline.core.sources.TextReader` reads a document's text back
+from its copy, or its source, when a later stage needs it. Reading one input file is ``dgamix.pipeline.core.sources``' job.
 """
 from __future__ import annotations
 
@@ -19,10 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dgamix.pipeline.core import manifest
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.manifest import file_checksum
 from dgamix.pipeline.core.sources import (
+    JSONL_SUFFIXES,
     check_unique_names,
     column,
     file_stamp,
@@ -34,6 +36,7 @@ from dgamix.pipeline.core.sources import (
     text_column,
     unreadable,
 )
+from dgamix.pipeline.core.textstore import SUFFIX, TextStoreWriter, read_header
 
 
 def label_column(table: pa.Table, name: str, path: Path, option: str, what: str, kind: str = "column") -> pa.Array:
@@ -59,6 +62,7 @@ class CorpusSpec:
     text_column: str = "text"
     id_column: str = "id"
     keep_columns: tuple[str, ...] = field(default_factory=tuple)
+    text_store: bool = True  # copy Parquet / JSON Lines texts into WS/texts/ for reading by row (compressed: always)
 
 
 KINDS = ".parquet, .jsonl (also .jsonl.gz / .jsonl.zst), .arrow, a saved Hugging Face dataset or a folder of .txt files"
@@ -178,7 +182,6 @@ def _concat(parts: list[pa.Table], files: list[Path], spec: CorpusSpec, keep_opt
 
 
 PIECE_ROWS = 65_536  # rows per batch when a large Parquet file or a compressed file is read in pieces
-COPY_GROUP_ROWS = 4096  # rows per row group of a compressed file's Parquet copy (the unit of reading by row)
 
 
 def _pieces(path: Path, stream: bool):
@@ -206,39 +209,39 @@ def _pieces(path: Path, stream: bool):
 
 
 def copy_name(path: Path, checksum: str) -> str:
-    """The file name of the row-indexed Parquet copy of compressed input ``path`` (of these bytes)."""
-    return f"{input_stem(path)}.{checksum[:16]}.parquet"
+    """The file name of the row-indexed copy of input ``path``'s texts (of these bytes)."""
+    return f"{input_stem(path)}.{checksum[:16]}{SUFFIX}"
+
+
+def needs_copy(path: Path, spec: CorpusSpec) -> bool:
+    """Whether the texts of input ``path`` are copied into the workspace (see the module docstring)."""
+    return is_compressed(path) or (spec.text_store and file_type(path) in (".parquet", *JSONL_SUFFIXES))
 
 
 class _Copy:
-    """Writes the text column of a compressed input, piece by piece, into its Parquet copy in
-    ``folder`` (atomically: complete or absent). A copy made from the same bytes is kept as it is."""
+    """Writes the text column of an input, piece by piece, into its copy in ``folder`` (atomically:
+    complete or absent). A whole copy made from the same bytes is kept as it is."""
 
     def __init__(self, folder: Path, path: Path, checksum: str, text_col: str) -> None:
         self.path = folder / copy_name(path, checksum)
         self.done = False
         if self.path.exists():
             try:
-                self.done = manifest.read_meta(self.path, "text-copy").get("inputs") == checksum
+                head = read_header(self.path)
+                self.done = head.get("inputs") == checksum and head.get("text_column") == text_col
             except DgamixError:
                 self.done = False  # damaged: written again
-        self._ctx = None if self.done else manifest.writer(
-            self.path, pa.schema([(text_col, pa.large_string())]), "text-copy",
-            {"source": str(path), "text_column": text_col}, checksum)
-        self._w = None if self._ctx is None else self._ctx.__enter__()
-        self.text_col = text_col
+        self._w = None if self.done else TextStoreWriter(
+            self.path, {"source": str(path), "text_column": text_col, "inputs": checksum})
 
     def add(self, text: pa.Array) -> None:
         if self._w is not None:
-            self._w.write_table(pa.table({self.text_col: text.cast(pa.large_string())}), row_group_size=COPY_GROUP_ROWS)
+            self._w.add(text)
 
     def close(self, error: BaseException | None = None) -> None:
-        if self._ctx is not None:
-            ctx, self._ctx, self._w = self._ctx, None, None
-            if error is None:
-                ctx.__exit__(None, None, None)
-            else:
-                ctx.__exit__(type(error), error, error.__traceback__)
+        if self._w is not None:
+            w, self._w = self._w, None
+            w.close(error)
 
 
 def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "--keep-columns",
@@ -250,8 +253,8 @@ def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "-
     ``keep_texts``; without it no texts are kept, and a large Parquet file is read PIECE_ROWS rows
     at a time (the embed stage reads texts back by (source, row) shard by shard,
     :class:`dgamix.pipeline.core.sources.TextRefs`). Compressed JSON Lines is always read in
-    pieces; with ``copies`` (a folder) each such file's text column is also written to a
-    row-indexed Parquet copy there (:func:`copy_name`), listed in ``stats["copies"]`` (input ->
+    pieces; with ``copies`` (a folder) the text column of each file that :func:`needs_copy` is also
+    written to a row-indexed copy there (:func:`copy_name`), listed in ``stats["copies"]`` (input ->
     copy) with their size in ``stats["copy_bytes"]``. ``scanned``: :func:`scan_inputs` of ``paths``
     when the caller has it already.
 
@@ -268,10 +271,10 @@ def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "-
     files = list(scanned.files)
     parts, part_files, skipped, texts = [], [], 0, []
     generated = []  # (part index, file, rows, kept rows) of the files whose ids are made up
-    made, copy_bytes = {}, 0  # compressed input -> its Parquet copy
+    made, copy_bytes = {}, 0  # input -> its copy
     for path in files:
         copy = None
-        if copies is not None and is_compressed(path):
+        if copies is not None and needs_copy(path, spec):
             copy = _Copy(copies, path, scanned.checksums[str(path)], spec.text_column)
         try:
             got = _read_file(path, spec, keep_option, keep_texts, copy)

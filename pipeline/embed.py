@@ -25,6 +25,7 @@ from dgamix.pipeline.core.models import model_fingerprint
 from dgamix.pipeline.core.progress import progress_bar
 from dgamix.pipeline.core.sources import DocTexts, TextReader, TextRefs, portable_source
 from dgamix.pipeline.core.stage import StageRun, run_stage
+from dgamix.pipeline.core.textstore import SUFFIX
 from dgamix.pipeline.core.workspace import Workspace
 from dgamix.pipeline.corpus import CorpusSpec, load_corpus, scan_inputs
 from dgamix.pipeline.dedup import DedupConfig, near_duplicates_sharded
@@ -44,7 +45,7 @@ from dgamix.pipeline.encoder import (
 )
 from dgamix.pipeline.engine import LOCAL, EngineConfig, map_shards, session, threads_per_worker
 from dgamix.pipeline.precision import PrecisionReport, measure_precision, small_corpus_precision
-from dgamix.pipeline.vectors import UserVectors, VectorFile, record, summary_line
+from dgamix.pipeline.vectors import RowFile, UserVectors, VectorFile, record, summary_line
 
 AUTO_MIN_DOCS = 1000        # embed stage: auto measures (exporting int8 if needed) from this many documents;
                             # below, this machine's cached decision is reused, else fp32 (see _auto_small_corpus)
@@ -179,8 +180,9 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
 
     ``vectors``: your own vectors (:mod:`dgamix.pipeline.vectors`), checked and L2-normalised, are
     written as the embeddings parts instead of encoding; ``cfg.model``'s tokenizer still counts
-    n_tokens and near-duplicates are still found on the texts. Compressed JSON Lines inputs get a
-    row-indexed Parquet copy of their texts in WS/texts/ (``text_copies_mib`` in the summary).
+    n_tokens and near-duplicates are still found on the texts. Parquet and JSON Lines inputs get a
+    row-indexed copy of their texts in WS/texts/ (compressed ones always, others unless
+    ``spec.text_store`` is off; ``text_copies_mib`` in the summary): training reads documents from it.
     """
     t0 = time.perf_counter()
     if vectors is None:
@@ -204,7 +206,7 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
                                   f"them, or use another --workspace.")
         # the texts stay in their files: every shard's job reads its own (TextRefs), so the driver holds
         # at most one shard's texts and its reader's cache (files without a row index), not the corpus;
-        # compressed files are read once here and copied to WS/texts/ with a row index
+        # texts of Parquet / JSON Lines files are copied to WS/texts/ with a row index while read here
         base, stats = load_corpus(inputs, spec, keep_texts=False, scanned=scanned, copies=ws.at(TEXTS))
         corpus = DocTexts.of_table(base, spec.text_column, group_rows=2 * cfg.shard_size, stamps=stats["stamps"],
                                    copies=stats["copies"])
@@ -292,7 +294,7 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
            "skipped_empty": int(manifest.read_meta(base_ws.docs).get("skipped_empty", 0)),
            "shards": len(shards), "shards_embedded": done, "shards_skipped": skipped, "engine": engine.name}
     if stats["copies"]:
-        out["text_copies"] = f"{len(stats['copies'])} compressed files as Parquet in {base_ws.root / TEXTS}"
+        out["text_copies"] = f"{len(stats['copies'])} files' texts, row-indexed, in {base_ws.root / TEXTS}"
         out["text_copies_mib"] = round(stats["copy_bytes"] / 2**20, 1)
     if user is not None:
         out["vectors"] = summary_line(user["record"])
@@ -343,31 +345,38 @@ def _vector_params(cfg: EmbedConfig, model_fp: str, docs_fp: str, record: dict) 
 
 
 def _user_vectors(ws: Workspace, vfile: VectorFile, vectors: UserVectors, ids: pa.ChunkedArray) -> dict:
-    """Every document's vector from ``vfile``, checked and normalised into a float32 memory map under
-    WS/cache/ (disk: documents x dim x 4 bytes while the stage runs; removed by ``discard``)."""
+    """Every document's vector from ``vfile``, checked and normalised into a float32 :class:`RowFile`
+    under WS/cache/ (disk: documents x dim x 4 bytes while the stage runs; memory: one batch;
+    removed by ``discard``)."""
     rows = vfile.match(ids.combine_chunks())
     dim = vfile.dimension()
     folder = files.make_dir(ws.root / "cache", ws.root)
     for old in folder.glob(".vectors-*"):  # a killed run's (we hold the embed lock)
         files.remove(old, ws.root)
     path = folder / f".vectors-{uuid.uuid4().hex[:8]}.f32"
+    matrix = None
     try:
-        matrix = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows.size, dim))
+        matrix = RowFile(path, rows.size, dim)
         renormalised = vfile.scatter(rows, matrix)
     except BaseException:
+        if matrix is not None:
+            matrix.close()
         files.discard(path)
         raise
-    return {"matrix": matrix, "record": record(vfile, vectors, renormalised, rows.size),
-            "discard": lambda: files.discard(path)}
+
+    def discard() -> None:
+        matrix.close()
+        files.discard(path)
+    return {"matrix": matrix, "record": record(vfile, vectors, renormalised, rows.size), "discard": discard}
 
 
 def _drop_stale_copies(ws: Workspace, used: dict[str, str]) -> None:
-    """Remove copies in WS/texts/ of compressed inputs no longer in the corpus."""
+    """Remove copies in WS/texts/ of inputs no longer in the corpus (and Parquet copies of earlier versions)."""
     folder = ws.at(TEXTS)
     keep = {Path(p).name for p in used.values()}
     if folder.is_dir():
         for f in folder.iterdir():
-            if f.name not in keep and f.suffix == ".parquet":
+            if f.name not in keep and f.suffix in (".parquet", SUFFIX):
                 files.remove(f, ws.root)
 
 

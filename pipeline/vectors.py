@@ -13,6 +13,7 @@ come from another encoder or dimension is refused.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,7 +137,7 @@ class VectorFile:
         return np.asarray(rows.to_numpy(zero_copy_only=False), np.int64)
 
     def scatter(self, rows: np.ndarray, out: np.ndarray) -> int:
-        """Write the vector of file row ``rows[i]`` into ``out[i]`` (float32 (n, dim), e.g. a memmap),
+        """Write the vector of file row ``rows[i]`` into ``out[i]`` (float32 (n, dim): an array or a :class:`RowFile`),
         L2-normalised, reading the file once batch by batch. Returns how many vectors were not of unit
         norm before. One line for a vector of another dimension, a null vector, a value that is not
         finite or a zero vector (of the documents used)."""
@@ -190,6 +191,50 @@ class VectorFile:
     def _fail(self, rows: np.ndarray, what: str, fix: str) -> None:
         ids = self.ids().take(pa.array(rows[:EXAMPLES], pa.int64())).to_pylist()
         raise DgamixError(f"{self.option} {self.path}: {rows.size:,} vectors have {what} (ids {_examples(ids)}); {fix}.")
+
+
+class RowFile:
+    """An (n, dim) float32 matrix in a file, written and read by row position (``os.pwrite`` /
+    ``os.pread``): :meth:`VectorFile.scatter` writes into it and the embed stage reads it back shard
+    by shard, so the process holds one batch of vectors, not the matrix (a memory map would keep
+    every page it wrote resident until the kernel writes it back)."""
+
+    def __init__(self, path: str | Path, n: int, dim: int) -> None:
+        self.path, self.n, self.dim, self._row = Path(path), int(n), int(dim), 4 * int(dim)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.ftruncate(self._fd, self.n * self._row)
+
+    def __setitem__(self, rows, x) -> None:
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        x = np.asarray(x, np.float32).reshape(rows.size, self.dim)
+        order = np.argsort(rows, kind="stable")
+        rows, x = rows[order], x[order]
+        cut = np.r_[0, np.flatnonzero(np.diff(rows) != 1) + 1, rows.size]  # runs of consecutive rows
+        for a, b in zip(cut[:-1].tolist(), cut[1:].tolist()):
+            data, at = memoryview(np.ascontiguousarray(x[a:b])).cast("B"), int(rows[a]) * self._row
+            while data:
+                done = os.pwrite(self._fd, data, at)
+                data, at = data[done:], at + done
+
+    def __getitem__(self, rows) -> np.ndarray:
+        """The vectors at ``rows`` (one read of the span from the smallest to the largest row)."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        if rows.size == 0:
+            return np.zeros((0, self.dim), np.float32)
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        buf = bytearray((hi - lo) * self._row)
+        view, at = memoryview(buf), lo * self._row
+        while view:
+            got = os.preadv(self._fd, [view], at)
+            if got == 0:
+                raise DgamixError(f"{self.path} is shorter than {self.n:,} vectors; rerun the stage.")
+            view, at = view[got:], at + got
+        return np.frombuffer(buf, np.float32).reshape(-1, self.dim)[rows - lo]
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def read_vectors(vectors: UserVectors, corpus_ids: pa.Array, id_column: str, option: str = "--vectors"

@@ -1,6 +1,7 @@
 """Stage 1a: the embed stage with the real packaged MiniLM model, resume, dedup and bad inputs."""
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -265,11 +266,13 @@ def test_doc_texts_reads_sources_given_as_dictionaries(tmp_path):
 
 def test_embedding_reads_texts_shard_by_shard_with_the_same_result(tmp_path, monkeypatch):
     """A multi-file corpus with small Parquet row groups embeds, dedups and counts tokens as the
-    in-memory texts give (near-duplicates across files found; vectors equal to encoding the texts)."""
+    in-memory texts give (near-duplicates across files found; vectors equal to encoding the texts),
+    read in place (--no-text-store) or from the workspace's row-indexed copies (the default)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from dgamix.pipeline.core.sources import TextRefs
+    from dgamix.pipeline.corpus import CorpusSpec
     from dgamix.pipeline.encoder import count_tokens, encode, load_encoder
 
     rng = np.random.default_rng(6)
@@ -285,7 +288,8 @@ def test_embedding_reads_texts_shard_by_shard_with_the_same_result(tmp_path, mon
     real_load = embed_mod.load_corpus
     monkeypatch.setattr(embed_mod, "load_corpus", lambda *a, **k: real_load(*a, **k) if k.get("keep_texts") is False
                         else pytest.fail("the embed stage asked load_corpus for the texts"))
-    out = embed_corpus(ws, [str(tmp_path / "a.parquet"), str(tmp_path / "b.jsonl")], cfg=cfg, quiet=True)
+    inputs = [str(tmp_path / "a.parquet"), str(tmp_path / "b.jsonl")]
+    out = embed_corpus(ws, inputs, CorpusSpec(text_store=False), cfg=cfg, quiet=True)
     assert len(seen) == 5 and all(isinstance(j["texts"], TextRefs) for j in seen)
     fa, fb = str(tmp_path / "a.parquet"), str(tmp_path / "b.jsonl")
     assert [len(j["texts"]) for j in seen] == [4, 4, 4, 4, 1]
@@ -300,6 +304,13 @@ def test_embedding_reads_texts_shard_by_shard_with_the_same_result(tmp_path, mon
     kept = (a + b)[:17]
     ref = np.concatenate([encode(enc, kept[i:i + 4], cfg) for i in range(0, 17, 4)])  # the same shards
     assert np.abs(x - ref).max() < 1e-5
+    seen.clear()  # the default: every shard reads the copies, one row at a time; the same results
+    stored = Workspace(tmp_path / "stored")
+    assert embed_corpus(stored, inputs, cfg=cfg, quiet=True)["duplicates"] == 1
+    assert [Path(j["texts"].files[0]).parent for j in seen] == [stored.root / "texts"] * 5
+    assert all(j["texts"].cheap for j in seen)
+    assert pl.read_parquet(stored.docs).drop("source").equals(docs.drop("source"))
+    assert np.array_equal(embeddings_of(stored)[1], x)
 
 
 def test_load_corpus_streams_large_parquet_files_in_batches(tmp_path, monkeypatch):

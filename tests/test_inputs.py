@@ -13,6 +13,7 @@ import pytest
 import zstandard
 
 from dgamix.pipeline.core.sources import DocTexts
+from dgamix.pipeline.core.textstore import read_header
 from dgamix.pipeline.core.workspace import Workspace
 from tests.helpers import DATA, cli_ok, one_line_error, run_cli
 
@@ -94,12 +95,18 @@ def test_every_format_gives_the_texts_parquet_gives(rows, vectors, tmp_path):
         assert texts[ids] == [want[i] for i in ids], kind
         refs = texts.refs(ids)        # what an embed shard reads: every file by its rows
         assert refs.read() == [want[i] for i in ids], kind
-        assert ("text_copies_mib" in out) == (kind in ("gz", "zst", "shards")), (kind, out)
+        assert ("text_copies_mib" in out) == (kind != "hf"), (kind, out)  # Arrow files are read in place
         if kind == "shards":
             assert docs["source"].unique(maintain_order=True).to_list() == [
                 "../shards/a-000.parquet", "../shards/a-001.jsonl.zst", "../shards/b/000.jsonl.gz"]
-            copies = sorted(p.name for p in (ws / "texts").iterdir())  # one per compressed shard
-            assert len(copies) == 2 and copies[0].startswith("000.") and copies[1].startswith("a-001."), copies
+            copies = sorted(p.name for p in (ws / "texts").iterdir())  # one per Parquet / JSON Lines shard
+            assert [c.split(".")[0] for c in copies] == ["000", "a-000", "a-001"], copies
+            assert all(c.endswith(".texts") for c in copies), copies
+            # without the text store only compressed files are copied, and the texts are the same
+            bare = tmp_path / kind / "bare"
+            _embed(_write(kind, rows, tmp_path / "bare-src"), bare, vectors, "--no-text-store", "-q")
+            assert sorted(p.name.split(".")[0] for p in (bare / "texts").iterdir()) == ["000", "a-001"]
+            assert DocTexts(Workspace(bare))[list(range(N - 1))] == want
         if kind == "hf":
             assert len(list((tmp_path / "hf" / "hf").glob("data-*.arrow"))) > 1
             assert docs["source"].str.ends_with(".arrow").all() and refs.cheap  # memory-mapped: read by row
@@ -112,7 +119,7 @@ def test_compressed_texts_are_read_from_the_workspace_copy(rows, vectors, tmp_pa
     ws = tmp_path / "ws"
     _embed(src, ws, vectors, "-q")
     (copy,) = (ws / "texts").iterdir()
-    assert pq.ParquetFile(copy).metadata.num_rows == N and copy.name.startswith("c.")
+    assert read_header(copy)["rows"] == N and copy.name.startswith("c.") and copy.suffix == ".texts"
     stamp = copy.stat().st_mtime_ns
     _embed(src, ws, vectors, "-q")                    # a rerun keeps the copy of the same bytes
     assert copy.stat().st_mtime_ns == stamp
@@ -124,6 +131,51 @@ def test_compressed_texts_are_read_from_the_workspace_copy(rows, vectors, tmp_pa
 
     with pytest.raises(DgamixError, match="row-indexed copy .* is missing; rerun `dgamix embed`"):
         DocTexts(Workspace(ws))[[3]]
+
+
+def test_text_store_reads_rows_exactly_and_a_damaged_copy_is_one_line(rows, vectors, tmp_path):
+    """The .texts copy gives back every text (unicode, empty, null as empty) in any order, in a
+    pickled copy too; truncation is caught on opening, a flipped byte on reading that row, and a
+    rerun of embed writes an unreadable copy again."""
+    import pickle
+
+    from dgamix.pipeline.core.errors import DgamixError
+    from dgamix.pipeline.core.textstore import TextStore, TextStoreWriter
+
+    texts = ["héllo wörld", "", None, "naïve ☃ " * 50, "last"]
+    w = TextStoreWriter(tmp_path / "s.texts", {"source": "x"})
+    w.add(pa.array(texts[:2]))
+    w.add(pa.array(["skip"] + texts[2:]).slice(1))  # a sliced piece: its own offsets
+    w.close()
+    store = pickle.loads(pickle.dumps(TextStore(tmp_path / "s.texts")))
+    want = [t or "" for t in texts]
+    assert len(store) == 5 and store.read([4, 0, 3, 3, 1, 2]) == [want[i] for i in (4, 0, 3, 3, 1, 2)]
+    raw = (tmp_path / "s.texts").read_bytes()
+    (tmp_path / "cut.texts").write_bytes(raw[:-3])
+    with pytest.raises(DgamixError, match=r"cut.texts, dgamix's copy .* is damaged \(no dgamix footer"):
+        TextStore(tmp_path / "cut.texts")
+    flipped = bytearray(raw)
+    flipped[len("héllo wörld".encode()) + 3] ^= 0x20  # inside row 3
+    (tmp_path / "flip.texts").write_bytes(bytes(flipped))
+    store = TextStore(tmp_path / "flip.texts")
+    assert store.read([0, 4]) == [want[0], want[4]]
+    with pytest.raises(DgamixError, match=r"\(row 3 does not match its checksum\); delete it and rerun `dgamix embed`"):
+        store.read([0, 3])
+    w = TextStoreWriter(tmp_path / "gone.texts", {})  # an interrupted write leaves nothing
+    w.add(pa.array(["a"]))
+    w.close(RuntimeError("stop"))
+    assert not (tmp_path / "gone.texts").exists() and not list(tmp_path.glob(".gone*"))
+
+    src = _write("parquet", rows, tmp_path / "c")  # a rerun of embed writes a copy it cannot open again
+    ws = tmp_path / "ws"
+    _embed(src, ws, vectors, "-q")
+    (copy,) = (ws / "texts").iterdir()
+    good = copy.read_bytes()
+    copy.write_bytes(good[:100])
+    with pytest.raises(DgamixError, match="is damaged"):
+        DocTexts(Workspace(ws))[[0]]
+    _embed(src, ws, vectors, "-q")
+    assert copy.read_bytes() == good and DocTexts(Workspace(ws))[[0]] == [rows[0]["text"]]
 
 
 def test_truncated_compressed_files_are_one_line(rows, tmp_path):

@@ -57,12 +57,19 @@ def test_texts_by_doc_id_in_any_order_and_after_moves(real_ws, tmp_path):
     # the workspace moved alone: the file it was embedded from is found
     shutil.copytree(real_ws, tmp_path / "alone", ignore=shutil.ignore_patterns("runs", ".lock-*"))
     assert DocTexts(Workspace(tmp_path / "alone"))[ids[:2]] == [corpus[7], corpus[3]]
-    # neither: one line naming the missing file and the fix
+    # neither: training reads the workspace's row-indexed copy, so the corpus file is not needed
     (tmp_path / "moved" / "corpus.parquet").rename(tmp_path / "moved" / "elsewhere.parquet")
     texts = DocTexts(Workspace(tmp_path / "moved" / "ws"))
     texts.reader.fallback.clear()  # as on another machine, where the embed-time file does not exist
+    assert DocTexts(Workspace(tmp_path / "moved" / "ws"))[ids] == [corpus[i] for i in ids]
+    # read in place (a workspace embedded with --no-text-store): one line naming the missing file and the fix
+    texts.reader.copies.clear()
     with pytest.raises(DgamixError, match=r"corpus file .*moved/ws/\.\./corpus\.parquet .* is missing; move it back"):
         texts[[1]]
+    (copy,) = (tmp_path / "moved" / "ws" / "texts").iterdir()
+    copy.unlink()
+    with pytest.raises(DgamixError, match=r"row-indexed copy of the corpus file \.\./corpus\.parquet's texts, is missing"):
+        DocTexts(Workspace(tmp_path / "moved" / "ws"))[[1]]
     with pytest.raises(IndexError):
         DocTexts(Workspace(real_ws))[[10_000]]
 

@@ -129,3 +129,21 @@ def test_a_minilm_workspace_refuses_target_vectors(corpus, tmp_path):
     tv = write_vectors(tmp_path / "tv.parquet", corpus["tids"], corpus["t"])
     one_line_error(run_cli("target", corpus["root"] / "target.parquet", "--workspace", ws.root, "--name", "t",
                            "--vectors", tv), "leave --vectors out")
+
+
+def test_row_file_writes_scattered_rows_and_reads_any_rows_back(tmp_path):
+    """The embed stage's scratch matrix: rows written in any order (runs and single rows), read back
+    exactly, without holding the matrix in memory."""
+    from dgamix.pipeline.vectors import RowFile
+
+    rng = np.random.default_rng(0)
+    want = rng.standard_normal((1000, 7)).astype(np.float32)
+    m = RowFile(tmp_path / "m.f32", 1000, 7)
+    order = np.r_[np.arange(500, 1000), rng.permutation(500)]  # a run, then scattered rows
+    for part in np.array_split(order, 9):
+        m[part] = want[part]
+    ids = np.array([3, 999, 0, 500, 3, 41])
+    assert np.array_equal(m[ids], want[ids]) and np.array_equal(m[np.arange(1000)], want)
+    assert m[np.zeros(0, np.int64)].shape == (0, 7)
+    m.close()
+    assert (tmp_path / "m.f32").stat().st_size == 1000 * 7 * 4

@@ -20,6 +20,10 @@ log(time) against log(N) between consecutive sizes; a plot goes to bench/micro/r
 
     python -m bench.micro.scale [--sizes 10000,100000,1000000,10000000] [--work /tmp/dgamix-scale]
     python -m bench.micro.scale --quick        # 10k and 100k documents (a few minutes)
+    python -m bench.micro.scale --sizes 10000000 --keep --resume --work W   # goes on after an interruption
+
+The online row also times the same random draws read from the input files in place (what
+``dgamix embed --no-text-store`` gives training) against the workspace's row-indexed copy (the default).
 
 The workspace of each size is deleted after its row unless --keep; the corpus of the largest size
 needs about 0.5 KB of text and 0.8 KB of vectors per document on disk.
@@ -202,26 +206,53 @@ t = time.perf_counter()
 for _ in range(20):
     n += sum(len(x) for x in mix.next_batch(256).texts)
 text_s = (time.perf_counter() - t) / 20
+# the same draws read from the input files in place (as with --no-text-store): whole text columns in a 1 GiB cache
+from dgamix.pipeline.core.sources import DocTexts
+from dgamix.pipeline.core.workspace import Workspace
+texts = DocTexts(Workspace(ws))
+texts.reader.copies.clear()
+rng = np.random.default_rng(0)
+t = time.perf_counter()
+texts[rng.integers(len(texts), size=256)]
+place_first = time.perf_counter() - t
+t = time.perf_counter()
+for _ in range(3):
+    texts[rng.integers(len(texts), size=256)]
+place_s = (time.perf_counter() - t) / 3
 print(json.dumps({"build_s": round(build, 2), "next_ids_256_ms": round(1e3 * ids_s, 3),
                   "first_batch_256_texts_ms": round(1e3 * first_s, 2),
-                  "next_batch_256_texts_ms": round(1e3 * text_s, 2), "chars_read": n}))
+                  "next_batch_256_texts_ms": round(1e3 * text_s, 2), "chars_read": n,
+                  "in_place_first_256_texts_ms": round(1e3 * place_first, 2),
+                  "in_place_256_texts_ms": round(1e3 * place_s, 2)}))
 """
 
 
 def run_size(n: int, args, vocab: Vocabulary, env: dict) -> dict:
     folder = Path(args.work) / f"n{n}"
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    done = folder / "row.json"  # the stages measured so far (--resume goes on from them)
+    if args.resume and done.exists():
+        row = json.loads(done.read_text())
+        print(f"\n{n:,} documents: resuming after {', '.join(row['stages']) or 'the corpus'}", flush=True)
+    else:
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        row = {"docs": n, "corpus": make_corpus(folder, n, args, vocab), "stages": {}}
+        done.write_text(json.dumps(row))
     ws, log = folder / "ws", folder / "log.txt"
-    row: dict = {"docs": n, "corpus": make_corpus(folder, n, args, vocab), "stages": {}}
     levels = args.levels if n >= 1_000_000 else args.small_levels
     dg = [sys.executable, "-m", "dgamix.cli.main"]
     st = row["stages"]
     print(f"\n{n:,} documents: corpus in {row['corpus']['seconds']} s", flush=True)
 
     def stage(name: str, *cmd, ws_=ws):
-        st[name] = measured([*dg, *cmd], ws_, env, log)
+        if name in st:
+            return
+        resumed = row.get("started") == name  # interrupted before: its runner resumes, so it takes less time
+        row["started"] = name
+        done.write_text(json.dumps(row))
+        st[name] = {**measured([*dg, *cmd], ws_, env, log), **({"resumed": True} if resumed else {})}
+        done.write_text(json.dumps(row))
         print(f"  {name:<22}{st[name]['seconds']:>9.1f} s{st[name]['peak_rss_mib']:>9.0f} MiB"
               f"{st[name]['bytes_added'] / 2**20:>10.1f} MiB on disk", flush=True)
 
@@ -236,13 +267,16 @@ def run_size(n: int, args, vocab: Vocabulary, env: dict) -> dict:
               "--target", "t", "--by", by, "--name", "is" if by == "single" else "km")
     stage(f"basis temper L{depth}", "basis", "--workspace", ws, "--clusters", "c", "--level", str(depth),
           "--target", "t", "--by", "single", "--temper", "0.5,1", "--name", "tempered")
-    t = measured([sys.executable, "-c", ONLINE, ws, "c", str(depth), str(args.draws)], None, env, log)
-    st["online (build+draws)"] = t
-    online = json.loads(log.read_text().strip().splitlines()[-1])
-    row["online"] = online
+    if "online (build+draws)" not in st:
+        st["online (build+draws)"] = measured([sys.executable, "-c", ONLINE, ws, "c", str(depth), str(args.draws)],
+                                              None, env, log)
+        row["online"] = json.loads(log.read_text().strip().splitlines()[-1])
+        done.write_text(json.dumps(row))
+    t, online = st["online (build+draws)"], row["online"]
     print(f"  online: build {online['build_s']} s, next_ids(256) {online['next_ids_256_ms']} ms, "
           f"next_batch(256) with texts {online['first_batch_256_texts_ms']} ms first, then "
-          f"{online['next_batch_256_texts_ms']} ms; {t['peak_rss_mib']:.0f} MiB", flush=True)
+          f"{online['next_batch_256_texts_ms']} ms (in place: {online['in_place_256_texts_ms']} ms); "
+          f"{t['peak_rss_mib']:.0f} MiB", flush=True)
     stage("schedule 1M rows", "schedule", "--workspace", ws, "--clusters", "c", "--level", str(depth),
           "--mixer", "is", "--basis", "is", "--steps", str(args.schedule_rows // 256), "--batch-size", "256",
           "--name", "s")
@@ -327,6 +361,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="/tmp/dgamix-scale", help="scratch folder (corpora, workspaces)")
     ap.add_argument("--keep", action="store_true", help="keep each size's corpus and workspace")
+    ap.add_argument("--resume", action="store_true", help="go on from the stages a size's folder under --work has "
+                    "measured (its corpus kept), e.g. after an interrupted 10M run; needs --keep's folders")
     ap.add_argument("--out", type=Path, default=RESULTS / "scale.json")
     args = ap.parse_args()
     sizes = [10_000, 100_000] if args.quick else [int(s) for s in args.sizes.split(",")]

@@ -3,10 +3,12 @@ Arrow IPC as `datasets.save_to_disk` writes it, or plain text) as an Arrow table
 and documents' texts back from their sources by (source, row).
 
 Random access by row: Parquet reads the row groups that hold the rows, Arrow IPC files are
-memory-mapped, plain JSON Lines and text files are read whole (a reader keeps them). Compressed
-JSON Lines has no random access: the embed stage writes a row-indexed Parquet copy of its text
-column into the workspace once (``WS/texts/``, recorded in docs.parquet as ``text_copies``), and
-:class:`TextReader` reads that copy in its place.
+memory-mapped, plain JSON Lines and text files are read whole (a reader keeps them). For training,
+which draws rows at random over the whole corpus, the embed stage writes a row-indexed copy of the
+text column of Parquet and JSON Lines inputs (compressed ones always) into the workspace once
+(``WS/texts/*.texts``, :mod:`dgamix.pipeline.core.textstore`; recorded in docs.parquet as
+``text_copies``), and :class:`TextReader` reads that copy in the source's place: one disk read per
+document, no text column held in memory.
 
 Part of the kernel: stage 1 reads corpora and targets with it (each embed shard reads its own
 texts through :class:`TextRefs`), and stage 3 reads training texts back with :class:`DocTexts` /
@@ -25,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.textstore import TextStore, is_store
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}  # of JSON Lines: a.jsonl.gz, a.jsonl.zst
@@ -354,6 +357,14 @@ def read_rows(path: Path, text_col: str, rows: np.ndarray) -> list[str]:
     rows = np.asarray(rows, np.int64)
     if rows.size == 0:
         return []
+    if is_store(path):
+        store = TextStore(path)
+        if rows.max() >= len(store):
+            raise _row_bound(str(path), len(store), int(rows.max()))
+        try:
+            return store.read(rows)
+        finally:
+            store.close()
     if file_type(path) != ".parquet":
         col = text_column(read_table(path, None), path, text_col)
         if rows.max() >= len(col):
@@ -445,8 +456,9 @@ class TextReader:
     many files reads each file about once instead of once per batch. A relative source is
     relative to the workspace ``root``; when it is not there, ``fallback`` (relative source ->
     absolute file at embed time, ``recorded_files``) is tried, so a project moved whole and a
-    workspace moved alone both find their corpus. ``copies`` (source -> its row-indexed Parquet
-    copy, relative to ``root`` or absolute) are read in place of compressed sources.
+    workspace moved alone both find their corpus. ``copies`` (source -> its row-indexed copy,
+    relative to ``root`` or absolute) are read in place of their sources: a ``.texts`` copy
+    (:class:`~dgamix.pipeline.core.textstore.TextStore`) row by row from disk, outside the cache.
     """
 
     def __init__(self, text_column: str = "text", root: str | Path | None = None,
@@ -456,6 +468,7 @@ class TextReader:
         self.copies = dict(copies or {})
         self.cache_bytes = int(cache_bytes)
         self._cols: OrderedDict[str, pa.Array] = OrderedDict()
+        self._stores: dict[str, TextStore] = {}
 
     def path(self, source: str) -> Path:
         """The file of a recorded source (see the class docstring); a one-line error if it is missing."""
@@ -463,7 +476,7 @@ class TextReader:
             copy = Path(self.copies[source])
             copy = copy if copy.is_absolute() or self.root is None else Path(self.root) / copy
             if not copy.exists():
-                raise DgamixError(f"{copy}, the row-indexed copy of the compressed corpus file {source}, is missing; "
+                raise DgamixError(f"{copy}, the row-indexed copy of the corpus file {source}'s texts, is missing; "
                                   f"rerun `dgamix embed` on the same corpus and workspace to write it again.")
             return copy
         path = Path(source)
@@ -477,12 +490,17 @@ class TextReader:
                               f"together with its corpus), or re-embed the corpus.")
         return path
 
-    def _column(self, source: str) -> pa.Array:
+    def _column(self, source: str) -> pa.Array | TextStore:
+        if source in self._stores:
+            return self._stores[source]
         col = self._cols.get(source)
         if col is not None:
             self._cols.move_to_end(source)
             return col
         path = self.path(source)
+        if is_store(path):
+            self._stores[source] = TextStore(path)
+            return self._stores[source]
         cols = [self.text_column] if file_type(path) in (".parquet", ".arrow") else None
         col = text_column(read_table(path, cols), path, self.text_column)
         self._cols[source] = col
@@ -501,7 +519,10 @@ class TextReader:
             col = self._column(sources[i])
             if max(rows[i:j]) >= len(col):
                 raise _row_bound(sources[i], len(col), max(rows[i:j]))
-            out[i:j] = col.take(pa.array(rows[i:j], pa.int64())).to_pylist()
+            if isinstance(col, TextStore):
+                out[i:j] = col.read(rows[i:j])
+            else:
+                out[i:j] = col.take(pa.array(rows[i:j], pa.int64())).to_pylist()
             i = j
         return out
 
@@ -540,7 +561,7 @@ class DocTexts:
         file whose row groups hold at most ``group_rows`` rows counts as indexed in :meth:`refs`.
         ``stamps``: each file's file_stamp from before it was first read (load_corpus's), which
         :class:`TextRefs` checks; files without one are stamped when first referred to. ``copies``:
-        compressed source -> its row-indexed Parquet copy (absolute paths), read in its place."""
+        source -> its row-indexed copy (absolute paths), read in its place."""
         self = cls.__new__(cls)
         self._index(docs, text_column, None, [], cache_bytes, group_rows, stamps, copies)
         return self
@@ -563,7 +584,7 @@ class DocTexts:
         """(absolute path, file_stamp, indexed) of recorded source ``s``, looked up once."""
         if s not in self._files:
             path = self.reader.path(self.source_names[s]).absolute()
-            indexed = file_type(path) == ".arrow"  # memory-mapped: any row is read alone
+            indexed = is_store(path) or file_type(path) == ".arrow"  # any row is read alone
             if file_type(path) == ".parquet":
                 try:
                     md = pq.ParquetFile(path).metadata
