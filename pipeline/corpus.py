@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dgamix.pipeline.core.errors import DgamixError
+from dgamix.pipeline.core.files import discard
 from dgamix.pipeline.core.manifest import file_checksum
 from dgamix.pipeline.core.sources import (
     JSONL_SUFFIXES,
@@ -263,6 +264,17 @@ def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "-
     instead of its stem when two such files share a stem). Duplicate ids and an empty corpus are
     errors. ``keep_option`` is the option that named ``spec.keep_columns`` (for messages).
     """
+    written: list[Path] = []  # copies written by this call: removed again if it fails
+    try:
+        return _load_corpus(paths, spec, keep_option, keep_texts, scanned, copies, written)
+    except BaseException:
+        for p in written:
+            discard(p)
+        raise
+
+
+def _load_corpus(paths, spec: CorpusSpec, keep_option: str, keep_texts: bool, scanned: InputFiles | None,
+                 copies: Path | None, written: list[Path]) -> tuple[pa.Table, dict]:
     for c in spec.keep_columns:
         if c in RESERVED_COLUMNS:
             raise DgamixError(f"{keep_option} {c!r}: docs.parquet has its own column {c!r}; rename that column in "
@@ -285,6 +297,8 @@ def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "-
         if copy is not None:
             copy.close()
             made[str(path)] = str(copy.path)
+            if not copy.done:
+                written.append(copy.path)
             copy_bytes += copy.path.stat().st_size
         pieces, keeps, offset, has_ids, n_skipped, kept_texts = got
         skipped += n_skipped
@@ -311,7 +325,7 @@ def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "-
                           f"make ids unique or pass --id-column of a unique column.")
     stats = {"files": [str(f) for f in files], "skipped_empty": int(skipped), "n_docs": docs.num_rows,
              "stamps": dict(scanned.stamps), "checksums": dict(scanned.checksums), "copies": made,
-             "copy_bytes": int(copy_bytes)}
+             "copy_bytes": int(copy_bytes), "copies_written": list(written)}
     if keep_texts:
         stats["texts"] = pa.chunked_array(texts, pa.large_string()).combine_chunks()
     return docs, stats

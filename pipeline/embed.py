@@ -208,6 +208,7 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
         # at most one shard's texts and its reader's cache (files without a row index), not the corpus;
         # texts of Parquet / JSON Lines files are copied to WS/texts/ with a row index while read here
         base, stats = load_corpus(inputs, spec, keep_texts=False, scanned=scanned, copies=ws.at(TEXTS))
+        st.discard_on_failure(stats["copies_written"])
         corpus = DocTexts.of_table(base, spec.text_column, group_rows=2 * cfg.shard_size, stamps=stats["stamps"],
                                    copies=stats["copies"])
         n = base.num_rows

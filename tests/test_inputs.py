@@ -176,6 +176,11 @@ def test_text_store_reads_rows_exactly_and_a_damaged_copy_is_one_line(rows, vect
         DocTexts(Workspace(ws))[[0]]
     _embed(src, ws, vectors, "-q")
     assert copy.read_bytes() == good and DocTexts(Workspace(ws))[[0]] == [rows[0]["text"]]
+    # a run that fails after copying (here: vectors for no document) leaves no copy behind
+    pq.write_table(pa.table({"id": ["nope"], "vector": [[1.0, 0.0]]}), tmp_path / "bad-vectors.parquet")
+    one_line_error(run_cli("embed", src, "--workspace", tmp_path / "bad", "--vectors", tmp_path / "bad-vectors.parquet"),
+                   "have no vector")
+    assert not [p for p in (tmp_path / "bad").rglob("*") if p.is_file() and not p.name.startswith(".lock-")]
 
 
 def test_truncated_compressed_files_are_one_line(rows, tmp_path):

@@ -49,6 +49,12 @@ class StageRun:
         self.base, self.lock_name, self.outputs = ws, lock_name, outputs
         self.ws = ws
         self.folder: Path | None = None  # the staging folder, once replacing
+        self.made: list[Path] = []       # files written in place that a failed run removes (discard_on_failure)
+
+    def discard_on_failure(self, paths: Iterable[str | Path]) -> None:
+        """Files this run wrote in place, outside a staging folder: removed if the stage fails, so
+        that a failed run leaves the workspace as it found it."""
+        self.made.extend(Path(p) for p in paths)
 
     @property
     def replacing(self) -> bool:
@@ -135,6 +141,8 @@ def run_stage(ws: Workspace, lock_name: str, outputs: Iterable[str], *, overwrit
         except BaseException as e:
             if st.folder is not None:  # the complete old outputs stay; the staged ones are dropped
                 files.discard(st.folder)
+            for p in st.made:
+                files.discard(p)
             if isinstance(e, OSError):  # a write error the stage did not name itself: one line all the same
                 raise files.os_error(e.filename or ws.root, e) from None
             raise
