@@ -249,6 +249,9 @@ def run_size(n: int, args, vocab: Vocabulary, env: dict) -> dict:
         if name in st:
             return
         resumed = row.get("started") == name  # interrupted before: its runner resumes, so it takes less time
+        if resumed and not st and ws_.exists():  # the first stage: start the workspace again, timed whole
+            shutil.rmtree(ws_)
+            resumed = False
         row["started"] = name
         done.write_text(json.dumps(row))
         st[name] = {**measured([*dg, *cmd], ws_, env, log), **({"resumed": True} if resumed else {})}
