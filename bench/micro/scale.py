@@ -288,9 +288,75 @@ def run_size(n: int, args, vocab: Vocabulary, env: dict) -> dict:
     print(f"  near-duplicates: recall {q['dup_recall']:.3f}, precision {q['dup_precision']:.3f}; "
           f"leaf purity {q['leaf_purity']:.3f} over {q['leaves']:,} leaves", flush=True)
     row["workspace_bytes"] = du(ws)
+    row["text_store_bytes"] = du(ws / "texts") if (ws / "texts").exists() else 0
+    if n == args.formats_size and "formats" not in row:
+        print(f"  the same {n:,} documents from JSON Lines:", flush=True)
+        row["formats"] = formats_row(n, args, env)
+        done.write_text(json.dumps(row))
     if not args.keep:
         shutil.rmtree(folder)
     return row
+
+
+READS = r"""
+import json, sys, time
+import numpy as np
+from dgamix.pipeline.core.sources import DocTexts
+from dgamix.pipeline.core.workspace import Workspace
+texts = DocTexts(Workspace(sys.argv[1]))
+rng = np.random.default_rng(0)
+t = time.perf_counter()
+n = sum(map(len, texts[rng.integers(len(texts), size=256)]))
+first = time.perf_counter() - t
+t = time.perf_counter()
+for _ in range(20):
+    n += sum(map(len, texts[rng.integers(len(texts), size=256)]))
+print(json.dumps({"first_256_texts_ms": round(1e3 * first, 2),
+                  "per_256_texts_ms": round(1e3 * (time.perf_counter() - t) / 20, 2), "chars": n}))
+"""
+
+
+def formats_row(n: int, args, env: dict) -> dict:
+    """The same corpus of ``n`` documents (the size's Parquet shards, kept) given as JSON Lines, plain,
+    gzip- and zstd-compressed: ``embed --vectors`` from each (with the text store, and plain JSON
+    Lines also without it), its text-store bytes, and random reads of 256 texts by doc id."""
+    import gzip
+
+    import zstandard
+
+    folder = Path(args.work) / f"n{n}"
+    log = folder / "formats-log.txt"
+    shards = sorted((folder / "corpus").glob("shard-*.parquet"))
+    out: dict = {"docs": n}
+    for kind in ("jsonl", "jsonl.gz", "jsonl.zst"):
+        src = folder / f"corpus-{kind.replace('.', '-')}"
+        if not src.exists():
+            tmp = src.with_name(src.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            for shard in shards:
+                t = pq.read_table(shard)
+                lines = "".join(json.dumps({"id": i, "text": x}) + "\n"
+                                for i, x in zip(t["id"].to_pylist(), t["text"].to_pylist())).encode()
+                data = gzip.compress(lines, 6, mtime=0) if kind.endswith(".gz") else \
+                    zstandard.ZstdCompressor(level=3).compress(lines) if kind.endswith(".zst") else lines
+                (tmp / f"{shard.stem}.{kind}").write_bytes(data)
+            tmp.rename(src)
+        for store in ((True, False) if kind == "jsonl" else (True,)):
+            name = f"{kind}{'' if store else ' in place'}"
+            ws = folder / f"ws-{kind.replace('.', '-')}{'' if store else '-in-place'}"
+            shutil.rmtree(ws, ignore_errors=True)
+            m = measured([sys.executable, "-m", "dgamix.cli.main", "embed", src, "--workspace", ws, "--vectors",
+                          folder / "vectors.parquet", "-q", *(() if store else ("--no-text-store",))], ws, env, log)
+            r = measured([sys.executable, "-c", READS, ws], None, env, log)
+            reads = json.loads(log.read_text().strip().splitlines()[-1])
+            out[name] = {"input_bytes": du(src), "embed": m, "text_store_bytes": du(ws / "texts"),
+                         "reads": {**reads, "peak_rss_mib": r["peak_rss_mib"]}}
+            print(f"  {name:<20} input {du(src) / 2**20:8.1f} MiB  embed {m['seconds']:7.1f} s "
+                  f"{m['peak_rss_mib']:6.0f} MiB  store {out[name]['text_store_bytes'] / 2**20:7.1f} MiB  "
+                  f"256 texts {reads['first_256_texts_ms']} ms first, then {reads['per_256_texts_ms']} ms", flush=True)
+            shutil.rmtree(ws)
+    return out
 
 
 def quality(folder: Path, ws: Path, depth: int) -> dict:
@@ -364,6 +430,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="/tmp/dgamix-scale", help="scratch folder (corpora, workspaces)")
     ap.add_argument("--keep", action="store_true", help="keep each size's corpus and workspace")
+    ap.add_argument("--formats-size", type=int, default=100_000, help="also embed this size's corpus from JSON Lines, "
+                    "plain and gzip/zstd-compressed (it must be among --sizes; 0: skip)")
     ap.add_argument("--resume", action="store_true", help="go on from the stages a size's folder under --work has "
                     "measured (its corpus kept), e.g. after an interrupted 10M run; needs --keep's folders")
     ap.add_argument("--out", type=Path, default=RESULTS / "scale.json")
