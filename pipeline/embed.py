@@ -195,7 +195,9 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
     with run_stage(ws, "embed", OUTPUTS, overwrite=overwrite, replace_now=False) as st:
         scanned = scan_inputs(inputs)
         model_fp = model_fingerprint(cfg.model)  # of the tokenizer's model too (n_tokens; the trainer's pieces)
-        docs_params = {"corpus": [str(f) for f in scanned.files], **asdict(spec),
+        # where training reads the texts (spec.text_store) does not change the documents: not in docs' identity
+        docs_params = {"corpus": [str(f) for f in scanned.files],
+                       **{k: v for k, v in asdict(spec).items() if k != "text_store"},
                        "dedup": asdict(dedup) if dedup else None, "tokenizer": model_fp}
         docs_fp = manifest.fingerprint(scanned.checksums, docs_params)
         same_docs = _same_or_replace(st, ws.docs, docs_fp, "a corpus", overwrite, OUTPUTS)
@@ -207,14 +209,20 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
         # the texts stay in their files: every shard's job reads its own (TextRefs), so the driver holds
         # at most one shard's texts and its reader's cache (files without a row index), not the corpus;
         # texts of Parquet / JSON Lines files are copied to WS/texts/ with a row index while read here
+        if st.replacing:  # made again even if empty, so that it replaces the old copies
+            files.make_dir(ws.at(TEXTS), base_ws.root)
         base, stats = load_corpus(inputs, spec, keep_texts=False, scanned=scanned, copies=ws.at(TEXTS))
-        st.discard_on_failure(stats["copies_written"])
+        copies = {portable_source(src, base_ws.root): f"{TEXTS}/{Path(copy).name}"
+                  for src, copy in stats["copies"].items()}
+        if not same_docs:  # a run that fails before docs.parquet names them leaves none behind
+            st.discard_on_failure(stats["copies_written"])
         corpus = DocTexts.of_table(base, spec.text_column, group_rows=2 * cfg.shard_size, stamps=stats["stamps"],
                                    copies=stats["copies"])
         n = base.num_rows
         user = None
         if vfile is not None:  # every vector checked before the near-duplicate pass and the parts
             user = _user_vectors(base_ws, vfile, vectors, base["id"])
+            st.discard_on_failure([user["path"]])
         if vectors is not None:
             enc = Encoder(cfg=cfg)  # its tokenizer only (no model is run)
             enc.fingerprint = (cfg.model, model_fp)
@@ -223,7 +231,11 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
             enc.fingerprint = (cfg.model, model_fp)  # kept on the encoder: the int8 cache key reuses it
 
         if same_docs:
-            docs, _ = manifest.read(ws.docs, "docs")
+            docs, meta = manifest.read(ws.docs, "docs")
+            if meta.get("text_copies") != copies:  # the text store turned on or off, or an older version's copies
+                manifest.write(ws.docs, docs, "docs", docs_params, docs_fp,
+                               extra={"skipped_empty": meta.get("skipped_empty", 0), "text_column": spec.text_column,
+                                      "text_copies": copies})
         else:
             if not st.replacing:  # parts of an interrupted first run, or embeddings replaced under --overwrite
                 for p in (ws.embeddings, ws.embeddings_dir):
@@ -234,11 +246,10 @@ def embed_corpus(ws: Workspace, inputs: list[str], spec: CorpusSpec = CorpusSpec
             n_tokens = np.concatenate([count_tokens(enc, r.read(corpus.reader)) for r in refs]) \
                 if n else np.zeros(0, np.int64)
             docs = _docs_table(base, dup_of, n_tokens, ws.root)
-            copies = {portable_source(src, base_ws.root): f"{TEXTS}/{Path(copy).name}"
-                      for src, copy in stats["copies"].items()}
             manifest.write(ws.docs, docs, "docs", docs_params, docs_fp,
                            extra={"skipped_empty": stats["skipped_empty"], "text_column": spec.text_column,
                                   "text_copies": copies})
+            st.keep(stats["copies_written"])  # named by docs.parquet now: a later failure keeps them
         _drop_stale_copies(ws, stats["copies"])
 
         kept = np.asarray(docs["doc_id"])[np.asarray(docs["dup_of"].is_null())]
@@ -368,7 +379,8 @@ def _user_vectors(ws: Workspace, vfile: VectorFile, vectors: UserVectors, ids: p
     def discard() -> None:
         matrix.close()
         files.discard(path)
-    return {"matrix": matrix, "record": record(vfile, vectors, renormalised, rows.size), "discard": discard}
+    return {"matrix": matrix, "path": path, "record": record(vfile, vectors, renormalised, rows.size),
+            "discard": discard}
 
 
 def _drop_stale_copies(ws: Workspace, used: dict[str, str]) -> None:

@@ -201,6 +201,7 @@ class RowFile:
 
     def __init__(self, path: str | Path, n: int, dim: int) -> None:
         self.path, self.n, self.dim, self._row = Path(path), int(n), int(dim), 4 * int(dim)
+        self._fd = None
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         os.ftruncate(self._fd, self.n * self._row)
 
@@ -235,6 +236,9 @@ class RowFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def read_vectors(vectors: UserVectors, corpus_ids: pa.Array, id_column: str, option: str = "--vectors"

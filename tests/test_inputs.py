@@ -159,6 +159,12 @@ def test_text_store_reads_rows_exactly_and_a_damaged_copy_is_one_line(rows, vect
     (tmp_path / "flip.texts").write_bytes(bytes(flipped))
     store = TextStore(tmp_path / "flip.texts")
     assert store.read([0, 4]) == [want[0], want[4]]
+    nbytes = len(raw) - 16 - 8 * 6 - 4 * 5 - int(np.frombuffer(raw[-16:-8], "<i8")[0])
+    zeroed = bytearray(raw)
+    zeroed[nbytes:nbytes + 8 * 6 + 4 * 5] = bytes(8 * 6 + 4 * 5)  # offsets and checksums all zero
+    (tmp_path / "zero.texts").write_bytes(bytes(zeroed))
+    with pytest.raises(DgamixError, match=r"row 1 does not match its checksum"):
+        TextStore(tmp_path / "zero.texts").read([1])
     with pytest.raises(DgamixError, match=r"\(row 3 does not match its checksum\); delete it and rerun `dgamix embed`"):
         store.read([0, 3])
     w = TextStoreWriter(tmp_path / "gone.texts", {})  # an interrupted write leaves nothing
@@ -208,3 +214,75 @@ def test_minilm_embeds_a_compressed_corpus_as_its_parquet(rows, tmp_path):
     eb = pl.read_parquet(Workspace(b / "ws").embeddings_dir / "*.parquet").sort("doc_id")
     xa, xb = (np.asarray(e["embedding"].to_list(), np.float32) for e in (ea, eb))
     assert ea["doc_id"].to_list() == eb["doc_id"].to_list() and np.abs(xa - xb).max() < 1e-5
+
+
+def _copies(ws) -> list[str]:
+    return sorted(p.name.split(".")[0] for p in (ws / "texts").iterdir()) if (ws / "texts").exists() else []
+
+
+def test_turning_the_text_store_on_or_off_keeps_the_embeddings(rows, vectors, tmp_path):
+    """--text-store is where training reads texts, not what the documents are: switching it re-embeds
+    nothing, records the copies in docs.parquet, drops the unused ones; --overwrite with another
+    corpus replaces the old copies even when it makes none."""
+    src = _write("shards", rows, tmp_path / "c")
+    ws = tmp_path / "ws"
+    _embed(src, ws, vectors, "-q")
+    want = DocTexts(Workspace(ws))[list(range(N - 1))]
+    parts = {p.name: p.stat().st_mtime_ns for p in (ws / "embeddings").iterdir()}
+    assert _copies(ws) == ["000", "a-000", "a-001"]
+    out = _embed(src, ws, vectors, "--no-text-store")
+    assert "shards_embedded  : 0" in out or "shards_embedded : 0" in out, out
+    assert _copies(ws) == ["000", "a-001"]                      # compressed ones only
+    meta = pq.read_schema(Workspace(ws).docs).metadata[b"dgamix"]
+    assert sorted(json.loads(meta)["text_copies"]) == ["../c/shards/a-001.jsonl.zst", "../c/shards/b/000.jsonl.gz"]
+    assert DocTexts(Workspace(ws))[list(range(N - 1))] == want
+    _embed(src, ws, vectors, "-q")
+    assert _copies(ws) == ["000", "a-000", "a-001"] and DocTexts(Workspace(ws))[list(range(N - 1))] == want
+    assert {p.name: p.stat().st_mtime_ns for p in (ws / "embeddings").iterdir()} == parts  # never re-embedded
+
+    other = tmp_path / "other.parquet"
+    pq.write_table(pa.Table.from_pylist(rows[:20]), other)
+    _embed(other, ws, vectors, "--overwrite", "--no-text-store", "-q")
+    assert _copies(ws) == [] and DocTexts(Workspace(ws))[[0]] == [rows[0]["text"]]
+
+
+def test_a_failed_embed_keeps_the_copies_docs_names_and_no_scratch_vectors(rows, vectors, tmp_path, monkeypatch):
+    """A failure after docs.parquet is written (here: writing the first embeddings part) keeps the
+    copies docs.parquet names, so its texts stay readable, and removes the --vectors scratch matrix."""
+    from dgamix.pipeline import embed as embed_mod
+    from dgamix.pipeline.encoder import EmbedConfig
+    from dgamix.pipeline.vectors import UserVectors
+
+    src = _write("parquet", rows, tmp_path / "c")
+    real = embed_mod.manifest.write
+
+    def failing(path, table, kind, *a, **k):
+        if kind == "embeddings-part":
+            raise KeyboardInterrupt
+        return real(path, table, kind, *a, **k)
+    monkeypatch.setattr(embed_mod.manifest, "write", failing)
+    ws = Workspace(tmp_path / "ws")
+    with pytest.raises(KeyboardInterrupt):
+        embed_mod.embed_corpus(ws, [str(src)], cfg=EmbedConfig(shard_size=16), quiet=True,
+                               vectors=UserVectors(str(vectors)))
+    assert ws.docs.exists() and DocTexts(ws)[[0, 10]] == [rows[0]["text"], rows[11]["text"]]
+    assert not list((ws.root / "cache").glob(".vectors-*"))
+
+
+def test_text_reader_keeps_a_bounded_number_of_copies_open(tmp_path, monkeypatch):
+    from dgamix.pipeline.core import sources
+    from dgamix.pipeline.core.textstore import TextStoreWriter
+
+    monkeypatch.setattr(sources, "OPEN_STORES", 3)
+    copies = {}
+    for i in range(8):
+        w = TextStoreWriter(tmp_path / f"s{i}.texts", {})
+        w.add(pa.array([f"file {i} row {r}" for r in range(5)]))
+        w.close()
+        copies[f"src{i}"] = str(tmp_path / f"s{i}.texts")
+    reader = sources.TextReader(copies=copies)
+    order = [0, 1, 2, 3, 4, 0, 5, 6, 7, 2, 1]
+    got = reader.read([f"src{i}" for i in order], [i % 5 for i in range(len(order))])
+    assert got == [f"file {i} row {k % 5}" for k, i in enumerate(order)]
+    assert sum(t.is_open for t in reader._stores.values()) <= 3
+    assert [k for k, t in reader._stores.items() if t.is_open] == ["src7", "src2", "src1"]

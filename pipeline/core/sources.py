@@ -448,6 +448,9 @@ class TextRefs:
                               f"leave the corpus as it is during a run, with one copy on shared storage, and rerun.")
 
 
+OPEN_STORES = 64  # TextReader: text-store copies kept open at once (the least recently used closed first)
+
+
 class TextReader:
     """Reads documents' text back from their sources by (source, row).
 
@@ -468,7 +471,7 @@ class TextReader:
         self.copies = dict(copies or {})
         self.cache_bytes = int(cache_bytes)
         self._cols: OrderedDict[str, pa.Array] = OrderedDict()
-        self._stores: dict[str, TextStore] = {}
+        self._stores: OrderedDict[str, TextStore] = OrderedDict()  # least recently used first
 
     def path(self, source: str) -> Path:
         """The file of a recorded source (see the class docstring); a one-line error if it is missing."""
@@ -492,7 +495,8 @@ class TextReader:
 
     def _column(self, source: str) -> pa.Array | TextStore:
         if source in self._stores:
-            return self._stores[source]
+            self._stores.move_to_end(source)
+            return self._bounded(source)
         col = self._cols.get(source)
         if col is not None:
             self._cols.move_to_end(source)
@@ -500,13 +504,22 @@ class TextReader:
         path = self.path(source)
         if is_store(path):
             self._stores[source] = TextStore(path)
-            return self._stores[source]
+            return self._bounded(source)
         cols = [self.text_column] if file_type(path) in (".parquet", ".arrow") else None
         col = text_column(read_table(path, cols), path, self.text_column)
         self._cols[source] = col
         while len(self._cols) > 1 and sum(c.nbytes for c in self._cols.values()) > self.cache_bytes:
             self._cols.popitem(last=False)
         return col
+
+    def _bounded(self, source: str) -> TextStore:
+        """The text store of ``source`` (the most recently used), after closing the least recently used
+        open ones beyond OPEN_STORES: a corpus of thousands of files keeps a bounded number of files
+        open (a closed store opens again when read)."""
+        others = [t for k, t in self._stores.items() if k != source and t.is_open]
+        for store in others[:max(0, len(others) + 1 - OPEN_STORES)]:
+            store.close()
+        return self._stores[source]
 
     def read(self, sources: list[str], rows: list[int]) -> list[str]:
         """Texts of the documents at (sources[i], rows[i]), in that order."""

@@ -56,6 +56,11 @@ class StageRun:
         that a failed run leaves the workspace as it found it."""
         self.made.extend(Path(p) for p in paths)
 
+    def keep(self, paths: Iterable[str | Path]) -> None:
+        """Files given to :meth:`discard_on_failure` that the run now keeps whatever happens."""
+        drop = {Path(p) for p in paths}
+        self.made = [p for p in self.made if p not in drop]
+
     @property
     def replacing(self) -> bool:
         return self.folder is not None

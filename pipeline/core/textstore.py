@@ -9,7 +9,7 @@ Layout of a ``.texts`` file (little-endian), written in one pass:
 
     the documents' UTF-8 bytes, one after another
     offsets   int64  (rows + 1)    where each document starts in the bytes above; the last is their length
-    crc32     uint32 (rows)        of each document's bytes
+    crc32     uint32 (rows)        of each document's row number and length (two int64), then its bytes
     header    JSON                 {"source", "text_column", "inputs" (checksum of the input's bytes), "rows", "bytes"}
     header length int64, MAGIC (8 bytes)
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import zlib
 from pathlib import Path
 
@@ -43,6 +44,17 @@ def is_store(path: str | Path) -> bool:
     return Path(path).suffix == SUFFIX
 
 
+def _crc(row: int, data) -> int:
+    """A document's checksum: its row number and length first, so that a zeroed or shifted index
+    (offsets and checksums of another row, or none) does not check out."""
+    return zlib.crc32(data, zlib.crc32(struct.pack("<qq", row, len(data))))
+
+
+def _unreadable(path: Path, e: OSError) -> DgamixError:
+    return DgamixError(f"cannot read {path}, dgamix's copy of a corpus file's texts ({e.strerror or e}); check the "
+                       f"file's permissions and the disk, or raise the limit of open files (ulimit -n).")
+
+
 def _damaged(path: Path, what: str) -> DgamixError:
     return DgamixError(f"{path}, dgamix's copy of a corpus file's texts, is damaged ({what}); delete it and rerun "
                        f"`dgamix embed` with the same corpus and workspace to write it again.")
@@ -58,6 +70,7 @@ class TextStoreWriter:
         self._f = open(self._ctx.__enter__(), "wb")
         self._lengths: list[np.ndarray] = []
         self._crcs: list[np.ndarray] = []
+        self._rows = 0
 
     def add(self, text: pa.Array) -> None:
         """The next rows' texts (string or large_string; a null is stored as an empty text)."""
@@ -72,7 +85,10 @@ class TextStoreWriter:
         local = (offsets - offsets[0]).tolist()
         self._f.write(data)
         self._lengths.append(np.diff(offsets))
-        self._crcs.append(np.fromiter((zlib.crc32(data[a:b]) for a, b in zip(local, local[1:])), np.uint32, n))
+        first = self._rows
+        self._crcs.append(np.fromiter((_crc(first + i, data[a:b]) for i, (a, b) in enumerate(zip(local, local[1:]))),
+                                      np.uint32, n))
+        self._rows += n
 
     def close(self, error: BaseException | None = None) -> None:
         if self._f is None:
@@ -100,7 +116,8 @@ class TextStoreWriter:
 
 
 def read_header(path: str | Path) -> dict:
-    """The header of a ``.texts`` file, its size checked against it; a one-line error if it is not whole."""
+    """The header of a ``.texts`` file, its size checked against it; a one-line error if it is not whole
+    (or cannot be read at all)."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -115,12 +132,14 @@ def read_header(path: str | Path) -> dict:
             if not 0 < hlen <= size - _TAIL:
                 raise _damaged(path, "its footer is garbled")
             f.seek(size - _TAIL - hlen)
-            head = json.loads(f.read(hlen))
-    except (OSError, ValueError) as e:
-        if isinstance(e, DgamixError):
-            raise
-        raise _damaged(path, f"{type(e).__name__}: {e}") from None
-    rows, nbytes = int(head.get("rows", -1)), int(head.get("bytes", -1))
+            raw = f.read(hlen)
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    try:
+        head = json.loads(raw)
+        rows, nbytes = int(head["rows"]), int(head["bytes"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise _damaged(path, f"its header is garbled: {type(e).__name__}") from None
     if rows < 0 or nbytes < 0 or nbytes + 8 * (rows + 1) + 4 * rows + hlen + _TAIL != size:
         raise _damaged(path, "its size does not match its header")
     return head
@@ -130,7 +149,7 @@ class TextStore:
     """Reads documents of a ``.texts`` file by row (see the module docstring)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path, self._fd = Path(path), None
         self.header = read_header(self.path)
         self.rows, self.nbytes = int(self.header["rows"]), int(self.header["bytes"])
         self._fd: int | None = None
@@ -139,16 +158,30 @@ class TextStore:
         return self.rows
 
     def _read(self, fd: int, n: int, at: int) -> bytes:
-        got = os.pread(fd, n, at)
-        if len(got) != n:
-            raise _damaged(self.path, "shorter than its header says")
-        return got
+        parts, left = [], n
+        try:
+            while left:  # one pread returns at most about 2 GiB
+                got = os.pread(fd, left, at + n - left)
+                if not got:
+                    raise _damaged(self.path, "shorter than its header says")
+                parts.append(got)
+                left -= len(got)
+        except OSError as e:
+            raise _unreadable(self.path, e) from None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None
 
     def read(self, rows) -> list[str]:
         """The texts at ``rows`` (any order, repeats allowed). Rows must be < ``len(self)``."""
         rows = np.asarray(rows, np.int64).reshape(-1)
         if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except OSError as e:
+                raise _unreadable(self.path, e) from None
         fd, out = self._fd, []
         crc_at = self.nbytes + 8 * (self.rows + 1)
         for r in rows.tolist():
@@ -156,7 +189,7 @@ class TextStore:
             if not 0 <= a <= b <= self.nbytes:
                 raise _damaged(self.path, f"offsets of row {r:,}")
             raw = self._read(fd, b - a, a)
-            if zlib.crc32(raw) != int(np.frombuffer(self._read(fd, 4, crc_at + 4 * r), "<u4")[0]):
+            if _crc(r, raw) != int(np.frombuffer(self._read(fd, 4, crc_at + 4 * r), "<u4")[0]):
                 raise _damaged(self.path, f"row {r:,} does not match its checksum")
             out.append(raw.decode("utf-8"))
         return out
