@@ -194,7 +194,7 @@ def _pieces(path: Path, stream: bool):
         return
     if stream and file_type(path) == ".parquet":
         try:
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(path, pre_buffer=False)  # streamed: keep one batch, not every row group read
             big = pf.metadata.num_rows > PIECE_ROWS
         except (pa.ArrowException, OSError, ValueError):
             big = False  # read_table below says what is wrong, in one line

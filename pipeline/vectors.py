@@ -70,7 +70,8 @@ class VectorFile:
             raise DgamixError(f"{option} {self.path} does not exist; give a Parquet file with columns "
                               f"{id_column!r} and {VECTOR_COLUMN!r}.")
         try:
-            self.file = pq.ParquetFile(self.path)
+            # pre_buffer off: streaming keeps one batch, not the cached bytes of every row group read
+            self.file = pq.ParquetFile(self.path, pre_buffer=False)
             schema = self.file.schema_arrow
         except (pa.ArrowException, OSError, ValueError) as e:
             raise DgamixError(f"{option} {self.path}: cannot read as Parquet ({(str(e).splitlines() or [''])[0]}); "
