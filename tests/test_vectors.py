@@ -147,3 +147,26 @@ def test_row_file_writes_scattered_rows_and_reads_any_rows_back(tmp_path):
     assert m[np.zeros(0, np.int64)].shape == (0, 7)
     m.close()
     assert (tmp_path / "m.f32").stat().st_size == 1000 * 7 * 4
+
+
+def test_reading_vectors_keeps_one_batch_not_the_file(tmp_path):
+    """VectorFile streams the file: after reading every vector, Arrow holds about nothing of it (a
+    pre-buffering reader kept the bytes of every row group read until the file was closed)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dgamix.pipeline.vectors import RowFile, VectorFile
+
+    n, dim = 40_000, 64
+    x = np.random.default_rng(1).standard_normal((n, dim)).astype(np.float32)
+    pq.write_table(pa.table({"id": [f"d{i}" for i in range(n)],
+                             "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), dim)}),
+                   tmp_path / "v.parquet", row_group_size=10_000, compression="none")
+    vf = VectorFile(tmp_path / "v.parquet", "id")
+    rows = vf.match(vf.ids())
+    before = pa.total_allocated_bytes()
+    m = RowFile(tmp_path / "m.f32", n, dim)
+    assert vf.scatter(rows, m) > 0 and np.allclose(m[np.array([0, n - 1])], x[[0, n - 1]] / np.linalg.norm(
+        x[[0, n - 1]], axis=1, keepdims=True), atol=1e-6)
+    assert pa.total_allocated_bytes() - before < x.nbytes // 4, (pa.total_allocated_bytes() - before, x.nbytes)
+    m.close()
