@@ -278,12 +278,14 @@ def near_duplicates_sharded(shards: list[list[str] | TextRefs], cfg: DedupConfig
        ``folder``/sig-NNNNN.npy on shared storage, never held by the driver all at once;
     2. buckets: band by band (datasketch's b bands of r rows), the (n, r) band keys are sorted and
        only documents that share a bucket with another are kept (memory: one band's keys, n x r x 4
-       bytes, plus ~100 bytes per colliding document and band; every signature file is read once
-       per band; a shard given as texts travels to its task, one given as ``TextRefs`` is read there);
+       bytes, plus ~100 bytes per colliding document and band; every signature file is read whole
+       once per band, never memory-mapped; a shard given as texts travels to its task, one given as
+       ``TextRefs`` is read there);
     3. the sequential rule of ``near_duplicates``: in corpus order, a colliding document is a
        near-duplicate of the earliest *kept* earlier document it shares a bucket with whose MinHash
        Jaccard estimate reaches the threshold (its predecessors merged in order, stopping at the
-       first hit). The result equals ``near_duplicates(sum(shards, []), cfg)`` exactly.
+       first hit), on the colliding documents' signatures only (num_perm x 4 bytes each). The result
+       equals ``near_duplicates(sum(shards, []), cfg)`` exactly.
     Returns dup_of, int64 (n,): -1 when kept. ``folder`` is created and its signature files removed.
     """
     import heapq
@@ -297,31 +299,41 @@ def near_duplicates_sharded(shards: list[list[str] | TextRefs], cfg: DedupConfig
         for n in map_tasks(signature_shard, ((s, cfg, str(p)) for s, p in zip(shards, paths)), engine or LOCAL):
             if progress is not None:
                 progress(n)
-        sigs = [np.load(p, mmap_mode="r") for p in paths]
-        offsets = np.r_[0, np.cumsum([s.shape[0] for s in sigs])].astype(np.int64)
+        # read whole, one shard at a time, never memory-mapped: a map keeps every page it touched
+        # resident, and a band's columns touch every page of the signatures
+        sizes = [int(np.load(p, mmap_mode="r").shape[0]) for p in paths]  # the header only
+        offsets = np.r_[0, np.cumsum(sizes)].astype(np.int64)
         n = int(offsets[-1])
-
-        def row(i: int) -> np.ndarray:
-            s = int(np.searchsorted(offsets, i, side="right")) - 1
-            return sigs[s][i - offsets[s]]
 
         b, r = lsh_shape(cfg)
         bands = []  # per band: colliding docs sorted by (bucket, doc), each one's bucket start, doc -> position
         for k in range(b):
-            keys = np.concatenate([np.ascontiguousarray(s[:, k * r:(k + 1) * r]) for s in sigs]) if n else \
-                np.zeros((0, r), np.uint32)
+            keys = np.concatenate([np.ascontiguousarray(np.load(p)[:, k * r:(k + 1) * r]) for p in paths]) if n \
+                else np.zeros((0, r), np.uint32)
             keys = keys.view(np.dtype((np.void, keys.dtype.itemsize * r))).ravel()
             _, bucket, counts = np.unique(keys, return_inverse=True, return_counts=True)
+            del keys
             docs = np.flatnonzero(counts[bucket] > 1)
             order = np.lexsort((docs, bucket[docs]))
             docs, g = docs[order], bucket[docs][order]
             start = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
             starts = np.repeat(start, np.diff(np.r_[start, docs.size]))
             bands.append((docs, starts, dict(zip(docs.tolist(), range(docs.size)))))
+        colliding = np.array(sorted(set().union(*(band[2] for band in bands))) if bands else [], np.int64)
+        # the colliding documents' signatures only (memory: num_perm x 4 bytes each), one read per shard
+        held = np.zeros((colliding.size, cfg.num_perm), np.uint32)
+        shard_of = np.searchsorted(offsets, colliding, side="right") - 1
+        for s_, p in enumerate(paths):
+            at = np.flatnonzero(shard_of == s_)
+            if at.size:
+                held[at] = np.load(p)[colliding[at] - offsets[s_]]
+
+        def row(i: int) -> np.ndarray:
+            return held[int(np.searchsorted(colliding, i))]
+
         dup_of = np.full(n, -1, dtype=np.int64)
         kept = np.ones(n, dtype=bool)
-        colliding = sorted(set().union(*(band[2] for band in bands))) if bands else []
-        for i in colliding:
+        for i in colliding.tolist():
             preds = [docs[starts[p]:p] for docs, starts, where in bands if (p := where.get(i)) is not None]
             sig_i, last = row(i), -1
             for j in heapq.merge(*preds):
