@@ -8,7 +8,8 @@ puts these in ``WS/texts/`` and prints their size). Compressed JSON Lines is alw
 no random access at all); Parquet and plain JSON Lines unless ``CorpusSpec.text_store`` is off;
 Arrow files (memory-mapped) and plain-text files (one document each) never. docs.parquet records
 (source, row) and :class:`dgamix.pipeline.core.sources.TextReader` reads a document's text back
-from its copy, or its source, when a later stage needs it. Reading one input file is ``dgamix.pipeline.core.sources``' job.
+from its copy, or its source, when a later stage needs it. Reading one input file is
+``dgamix.pipeline.core.sources``' job.
 """
 from __future__ import annotations
 

@@ -149,10 +149,9 @@ class TextStore:
     """Reads documents of a ``.texts`` file by row (see the module docstring)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path, self._fd = Path(path), None
+        self.path, self._fd = Path(path), None  # the descriptor is opened on the first read
         self.header = read_header(self.path)
         self.rows, self.nbytes = int(self.header["rows"]), int(self.header["bytes"])
-        self._fd: int | None = None
 
     def __len__(self) -> int:
         return self.rows
