@@ -249,6 +249,17 @@ def near_duplicates(texts: list[str], cfg: DedupConfig = DedupConfig(), progress
 
 # --------------------------------------------------------------------------- at corpus scale
 
+def _band_digest(keys: np.ndarray) -> np.ndarray:
+    """(m,) uint64 digests of (m, r) uint32 band keys: equal keys give equal digests; unequal keys
+    rarely do, and callers confirm on the keys themselves."""
+    h = np.zeros(keys.shape[0], np.uint64)
+    for j in range(keys.shape[1]):
+        h ^= keys[:, j].astype(np.uint64)
+        h *= np.uint64(_FMIX64[0])
+        h ^= h >> np.uint64(29)
+    return h
+
+
 def lsh_shape(cfg: DedupConfig) -> tuple[int, int]:
     """(bands b, rows per band r) that datasketch's MinHashLSH uses for cfg's threshold and num_perm."""
     from datasketch import MinHashLSH
@@ -276,11 +287,12 @@ def near_duplicates_sharded(shards: list[list[str] | TextRefs], cfg: DedupConfig
 
     1. signatures: one task per shard (``signature_shard``, local or Ray), each written to
        ``folder``/sig-NNNNN.npy on shared storage, never held by the driver all at once;
-    2. buckets: band by band (datasketch's b bands of r rows), the (n, r) band keys are sorted and
-       only documents that share a bucket with another are kept (memory: one band's keys, n x r x 4
-       bytes, plus ~100 bytes per colliding document and band; every signature file is read whole
-       once per band, never memory-mapped; a shard given as texts travels to its task, one given as
-       ``TextRefs`` is read there);
+    2. buckets: band by band (datasketch's b bands of r rows), each document's band key is reduced
+       to a 64-bit digest and the digests sorted; only documents that share a digest with another
+       are candidates, and their full keys decide the buckets exactly (memory: ~32 bytes per
+       document for the band, plus ~24 bytes per colliding document and band; every signature
+       file is read whole twice per band, never memory-mapped; a shard given as texts travels to
+       its task, one given as ``TextRefs`` is read there);
     3. the sequential rule of ``near_duplicates``: in corpus order, a colliding document is a
        near-duplicate of the earliest *kept* earlier document it shares a bucket with whose MinHash
        Jaccard estimate reaches the threshold (its predecessors merged in order, stopping at the
@@ -306,20 +318,44 @@ def near_duplicates_sharded(shards: list[list[str] | TextRefs], cfg: DedupConfig
         n = int(offsets[-1])
 
         b, r = lsh_shape(cfg)
-        bands = []  # per band: colliding docs sorted by (bucket, doc), each one's bucket start, doc -> position
+        bands = []  # per band: its colliding docs sorted by (bucket, doc), and each one's bucket start
         for k in range(b):
-            keys = np.concatenate([np.ascontiguousarray(np.load(p)[:, k * r:(k + 1) * r]) for p in paths]) if n \
-                else np.zeros((0, r), np.uint32)
+            cols = slice(k * r, (k + 1) * r)
+            # candidates: documents whose band digest (8 bytes each) another document shares
+            digest = np.concatenate([_band_digest(np.load(p)[:, cols]) for p in paths]) if n \
+                else np.zeros(0, np.uint64)
+            order = np.argsort(digest, kind="stable")
+            sorted_digest = digest[order]
+            del digest
+            same = sorted_digest[1:] == sorted_digest[:-1]
+            del sorted_digest
+            shared = np.zeros(n, bool)
+            shared[1:] |= same
+            shared[:-1] |= same
+            cand = np.sort(order[shared])
+            del order, shared, same
+            # exact buckets among the candidates only, on their full band keys (a digest can collide)
+            keys = np.zeros((cand.size, r), np.uint32)
+            shard_of = np.searchsorted(offsets, cand, side="right") - 1
+            for s_, p in enumerate(paths):
+                at = np.flatnonzero(shard_of == s_)
+                if at.size:
+                    keys[at] = np.load(p)[cand[at] - offsets[s_], cols]
             keys = keys.view(np.dtype((np.void, keys.dtype.itemsize * r))).ravel()
             _, bucket, counts = np.unique(keys, return_inverse=True, return_counts=True)
-            del keys
-            docs = np.flatnonzero(counts[bucket] > 1)
-            order = np.lexsort((docs, bucket[docs]))
-            docs, g = docs[order], bucket[docs][order]
+            bucket = bucket.reshape(-1)
+            mine = counts[bucket] > 1
+            docs, bucket = cand[mine], bucket[mine]
+            order = np.lexsort((docs, bucket))
+            docs, g = docs[order], bucket[order]
             start = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
             starts = np.repeat(start, np.diff(np.r_[start, docs.size]))
-            bands.append((docs, starts, dict(zip(docs.tolist(), range(docs.size)))))
-        colliding = np.array(sorted(set().union(*(band[2] for band in bands))) if bands else [], np.int64)
+            bands.append((docs, starts))
+        colliding = np.unique(np.concatenate([docs for docs, _ in bands])) if bands else np.zeros(0, np.int64)
+        # where each colliding document sits in each band's order, -1 where it collides in no bucket
+        at_band = np.full((colliding.size, len(bands)), -1, np.int64)
+        for k, (docs, _) in enumerate(bands):
+            at_band[np.searchsorted(colliding, docs), k] = np.arange(docs.size)
         # the colliding documents' signatures only (memory: num_perm x 4 bytes each), one read per shard
         held = np.zeros((colliding.size, cfg.num_perm), np.uint32)
         shard_of = np.searchsorted(offsets, colliding, side="right") - 1
@@ -333,8 +369,8 @@ def near_duplicates_sharded(shards: list[list[str] | TextRefs], cfg: DedupConfig
 
         dup_of = np.full(n, -1, dtype=np.int64)
         kept = np.ones(n, dtype=bool)
-        for i in colliding.tolist():
-            preds = [docs[starts[p]:p] for docs, starts, where in bands if (p := where.get(i)) is not None]
+        for i, at in zip(colliding.tolist(), at_band.tolist()):
+            preds = [docs[starts[p]:p] for (docs, starts), p in zip(bands, at) if p >= 0]
             sig_i, last = row(i), -1
             for j in heapq.merge(*preds):
                 if j == last or not kept[j]:
