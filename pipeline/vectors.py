@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dgamix.pipeline.core import files
 from dgamix.pipeline.core.errors import DgamixError
 from dgamix.pipeline.core.manifest import file_checksum
 from dgamix.pipeline.core.params import TargetConfig
@@ -224,13 +225,9 @@ class RowFile:
         if rows.size == 0:
             return np.zeros((0, self.dim), np.float32)
         lo, hi = int(rows.min()), int(rows.max()) + 1
-        buf = bytearray((hi - lo) * self._row)
-        view, at = memoryview(buf), lo * self._row
-        while view:
-            got = os.preadv(self._fd, [view], at)
-            if got == 0:
-                raise DgamixError(f"{self.path} is shorter than {self.n:,} vectors; rerun the stage.")
-            view, at = view[got:], at + got
+        buf = files.read_at(self._fd, (hi - lo) * self._row, lo * self._row)
+        if buf is None:
+            raise DgamixError(f"{self.path} is shorter than {self.n:,} vectors; rerun the stage.")
         return np.frombuffer(buf, np.float32).reshape(-1, self.dim)[rows - lo]
 
     def close(self) -> None:

@@ -164,6 +164,19 @@ def make_dir(path: str | Path, root: str | Path) -> Path:
     return contained(path, root)
 
 
+def read_at(fd: int, n: int, at: int) -> bytearray | None:
+    """Exactly ``n`` bytes of the open file ``fd`` from offset ``at`` (one positioned read may
+    return fewer, e.g. at most about 2 GiB); None where the file ends first."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    while view:
+        got = os.preadv(fd, [view], at)
+        if got == 0:
+            return None
+        view, at = view[got:], at + got
+    return buf
+
+
 def temp_name(path: str | Path) -> Path:
     """A temporary sibling of ``path`` (same folder, so a rename is atomic), hidden, unique and named
     after this process: ``.NAME.PID.RANDOM.tmp``."""

@@ -156,18 +156,14 @@ class TextStore:
     def __len__(self) -> int:
         return self.rows
 
-    def _read(self, fd: int, n: int, at: int) -> bytes:
-        parts, left = [], n
+    def _read(self, fd: int, n: int, at: int) -> bytearray:
         try:
-            while left:  # one pread returns at most about 2 GiB
-                got = os.pread(fd, left, at + n - left)
-                if not got:
-                    raise _damaged(self.path, "shorter than its header says")
-                parts.append(got)
-                left -= len(got)
+            data = files.read_at(fd, n, at)
         except OSError as e:
             raise _unreadable(self.path, e) from None
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        if data is None:
+            raise _damaged(self.path, "shorter than its header says")
+        return data
 
     @property
     def is_open(self) -> bool:
