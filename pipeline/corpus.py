@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -249,7 +250,8 @@ class _Copy:
 def load_corpus(paths: list[str | Path], spec: CorpusSpec, keep_option: str = "--keep-columns",
                 keep_texts: bool = True, scanned: InputFiles | None = None,
                 copies: Path | None = None) -> tuple[pa.Table, dict]:
-    """Read every input; returns (docs table without doc_id/n_tokens/dup_of, stats).
+    """Read every input; returns (docs table without doc_id/n_tokens/dup_of, stats). Its ``source``
+    column is dictionary-encoded (each input's path once).
 
     ``stats["texts"]`` holds the kept documents' texts (large_string, in docs order) when
     ``keep_texts``; without it no texts are kept, and a large Parquet file is read PIECE_ROWS rows
@@ -361,7 +363,9 @@ def _read_file(path: Path, spec: CorpusSpec, keep_option: str, keep_texts: bool,
         # blank = only Unicode whitespace (as str.isspace: also \xa0, \x85, \u2028, \x1c-\x1f)
         keep = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
         skipped += n - pc.sum(keep).as_py() if n else 0
-        cols = {"id": ids, "source": pa.array([str(path)] * n, pa.string()),
+        # the file's path once, not on every row (4 bytes a document)
+        source = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([str(path)], pa.string()))
+        cols = {"id": ids, "source": source,
                 "row": pa.array(range(offset, offset + n), pa.int64()),
                 "n_chars": pc.fill_null(pc.utf8_length(text), 0).cast(pa.int64())}
         for c in spec.keep_columns:

@@ -82,7 +82,7 @@ def _docs_table(base: pa.Table, dup_of: np.ndarray, n_tokens: np.ndarray, root: 
     # sources relative to the workspace where possible (sources.portable_source): a moved project still reads
     src = base["source"].combine_chunks().dictionary_encode()
     portable = pa.array([portable_source(s, root) for s in src.dictionary.to_pylist()], pa.string())
-    source = portable.take(src.indices) if n else base["source"]
+    source = portable.take(src.indices)
     cols = {"doc_id": pa.array(np.arange(n, dtype=np.int64)), "id": base["id"], "source": source,
             "row": base["row"], "n_chars": base["n_chars"], "n_tokens": pa.array(n_tokens, pa.int64()),
             "dup_of": pa.array(dup_of, pa.int64(), mask=dup_of < 0)}
