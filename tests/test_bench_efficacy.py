@@ -181,7 +181,10 @@ def test_protocol_queues_the_design_then_the_primary_then_the_rest(tmp_path):
 
         def size(self, candidates=None):
             (self.out / "sizing.json").write_text("{}")
-            return {"chosen": "c64-s1200"}
+            return {"chosen": "c64-s1800"}
+
+        def unigram(self, target, lam=None):
+            return {"mixture:uniform": {"val": 6.0}}
 
         def executor(self):
             return ThreadPoolExecutor(1)
@@ -192,9 +195,12 @@ def test_protocol_queues_the_design_then_the_primary_then_the_rest(tmp_path):
         def run(self, job):
             log.append(job["name"])
             val = 5.0 - 0.1 * (job["lam"] or 0) - 0.05 * (job["arm"] == "dga-shrink")
-            rises = job["epochs"] == 30
+            rises = job["epochs"] in (30, 50)
+            # uniform under the budget E = 30 learns too little (0.4 below the unigram): E = 50 meets both bars
+            below = 0.4 if job["epochs"] == 30 else 0.6
             return {"name": job["name"], "regime": job["regime"], "target": job["target"], "arm": job["arm"],
                     "seed": job["seed"], "epochs": job["epochs"], "val": val,
+                    "val_targets": {t: 6.0 - below for t in (proto.DESIGN, *proto.TESTS)},
                     "curves": {"target": {"loss": [6.0, 4.9, 4.95 if rises else 4.9]}}}
 
         def write_report(self, design, runs, design_runs, planned, t0, sizing=None):
@@ -204,10 +210,12 @@ def test_protocol_queues_the_design_then_the_primary_then_the_rest(tmp_path):
     p.protocol()
     reports = [x for x in log if isinstance(x, tuple)]
     names = [x for x in log if isinstance(x, str)]
-    # lambda = 1 (the lowest validation loss), dga-shrink (lower on seeds 0, 1), E = 30 (the first that rises)
-    assert [r[:4] for r in reports] == [("report", None, "dga-shrink", 70), ("report", 30, "dga-shrink", 70)]
-    # grid 10, the DGA arms' design 4, main 70 less the 4 runs they share with them, the 3 budgets
-    assert len(names) == len(set(names)) == p.plan()["runs"] == 10 + 4 + 70 - 4 + 3
+    # lambda = 1 (the lowest validation loss), dga-shrink (lower on seeds 0, 1), E = 50 (the first at which IS's
+    # curve rises and uniform stays 0.5 below the unigram)
+    assert [r[:4] for r in reports] == [("report", None, "dga-shrink", 70), ("report", 50, "dga-shrink", 70)]
+    # grid 10, the DGA arms' design 4, main 70 less the 4 runs they share with them, the budgets' 4 x 2 less
+    # the uniform run at E = 50, seed 0, which is regime b's own
+    assert len(names) == len(set(names)) == p.plan()["runs"] == 10 + 4 + 70 - 4 + 8 - 1
     grid, dga = [j["name"] for j in p.design_jobs()[:10]], [j["name"] for j in p.dga_jobs()]
     assert names[:14] == grid + dga
     first = [j["name"] for j in p.ordered(p.main_jobs(1.0, 30, "dga-shrink"), "dga-shrink")
@@ -217,10 +225,58 @@ def test_protocol_queues_the_design_then_the_primary_then_the_rest(tmp_path):
     assert log.index(reports[0]) > log.index(names[33])                           # the interim report after them
     budgets = [j["name"] for j in p.design_jobs()[10:]]
     i = names.index(budgets[0])
-    assert all("-a-" in n for n in names[34:i]) and names[i:i + 3] == budgets     # the rest of regime a, then E
-    assert all("-be30-" in n for n in names[i + 3:])                              # then regime b at E = 30
+    assert all("-a-" in n for n in names[34:i]) and names[i:i + 8] == budgets     # the rest of regime a, then E
+    assert all("-be50-" in n for n in names[i + 8:])                              # then regime b at E = 50
     assert not any(n.rsplit("-", 2)[-2] == "dga" for n in names[14:])             # the other arm: design only
-    assert not any("-a-gsm8k-is-" in n or "-be30-fables-is-" in n for n in names)  # IS at lambda 1: the static run
-    assert json.loads((tmp_path / "out" / "design.json").read_text())["epochs"] == 30
+    assert not any("-a-gsm8k-is-" in n or "-be50-fables-is-" in n for n in names)  # IS at lambda 1: the static run
+    design = json.loads((tmp_path / "out" / "design.json").read_text())
+    assert design["epochs"] == 50 and design["bar_met"] and design["is_rises"] == {
+        "30": True, "50": True, "70": False, "100": False}
     assert p.main_jobs(1.0, 30, "dga")[5]["arm"] == "is" and p.main_jobs(1.0, 30, "dga")[5]["name"].endswith(
         "-a-mmlu-blend1-s0")
+
+
+def test_amendment_4_budget_and_testbed_rules(tmp_path):
+    """Regime b's budget: the smallest E at which IS's curve rises and uniform stays 0.5 below the unigram on
+    every target; else the smallest at which IS's curve rises, flagged. The testbed: the first candidate not
+    retired whose uniform run is 0.5 below the unigram on every target's validation split."""
+    proto = importlib.import_module("bench.experiments.efficacy.protocol")
+
+    class Fixed(proto.Protocol):
+        def unigram(self, target, lam=None):
+            return {"mixture:uniform": {"val": {"mmlu": 6.0, "gsm8k": 6.5, "fables": 5.5}[target]}}
+
+    p = Fixed(tmp_path / "ws", out=tmp_path / "out")
+
+    def budget(e, rises, vals):
+        return [{"arm": "is", "epochs": e, "curves": {"target": {"loss": [6, 5, 5.1 if rises else 5]}}},
+                {"arm": "uniform", "epochs": e, "val_targets": dict(zip(("mmlu", "gsm8k", "fables"), vals))}]
+
+    ok, gsm8k_short = (5.4, 5.9, 4.9), (5.4, 6.1, 4.9)  # gsm8k 0.4 below its unigram
+    got = p.choose_budget(budget(30, False, ok) + budget(50, True, gsm8k_short) + budget(70, True, ok)
+                          + budget(100, True, ok))
+    assert (got["epochs"], got["bar_met"]) == (70, True)
+    assert got["uniform_margins"]["50"] == pytest.approx({"mmlu": 0.6, "gsm8k": 0.4, "fables": 0.6})
+    got = p.choose_budget(budget(30, False, ok) + budget(50, True, gsm8k_short) + budget(70, False, ok)
+                          + budget(100, True, gsm8k_short))
+    assert (got["epochs"], got["bar_met"]) == (50, False)  # none meets both: the first that rises
+    got = p.choose_budget(budget(30, False, ok) + budget(50, False, ok) + budget(70, False, ok) + budget(100, False, ok))
+    assert (got["epochs"], got["bar_met"]) == (100, False)
+
+    tried = []
+
+    class Sizing(Fixed):
+        def run(self, job):
+            tried.append((self.tag, job["arm"]))
+            below = 0.3 if "s1800" in self.tag else 0.7  # only the third candidate meets the bar
+            return {"val": 5.0, "val_targets": {t: v - below for t, v in (("mmlu", 6.0), ("gsm8k", 6.5),
+                                                                          ("fables", 5.5))},
+                    "reweightings": 45, "seconds": 1.0, "seconds_per_step": 0.1, "seconds_per_reweighting": 1.0}
+
+    s = Sizing(tmp_path / "ws", out=tmp_path / "out", tag="t")
+    (tmp_path / "out").mkdir(exist_ok=True)
+    got = s.size()
+    assert [t for t, _ in tried] == ["t-c64-s1800", "t-c64-s1800", "t-c128-s800", "t-c128-s800"]  # s1200 retired
+    assert got["chosen"] == "c128-s800" and got["met"] and s.tag == "t-c128-s800"
+    assert got["rows"][0]["margins"] == pytest.approx({"mmlu": 0.3, "gsm8k": 0.3, "fables": 0.3})
+    assert json.loads((tmp_path / "out" / "sizing.json").read_text())["chosen"] == "c128-s800"

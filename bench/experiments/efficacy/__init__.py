@@ -32,7 +32,7 @@ Round 2 (issue 27): the pre-registered protocol of PROTOCOL.md (testbed sizing w
 baseline, MMLU as the design target, gsm8k and fables as test targets, uniform / IS / the tuned static
 mix / DGA / DGA with normalise="shrink", regimes a and b, 5 seeds, paired 95% intervals), resumable:
 
-    python -m bench.experiments.efficacy protocol --jobs 2 --out bench/experiments/results/protocol
+    python -m bench.experiments.efficacy protocol --jobs 2 --out bench/experiments/results/protocol-a4
 
 From the repository root:
 

@@ -1,6 +1,6 @@
 """The pre-registered protocol of PROTOCOL.md, as one resumable command:
 
-    python -m bench.experiments.efficacy protocol --out bench/experiments/results/protocol --jobs 2
+    python -m bench.experiments.efficacy protocol --out bench/experiments/results/protocol-a4 --jobs 2
     python -m bench.experiments.efficacy protocol --plan          # the runs and the time estimate only
 
 Targets are split once, by the bench, with a fixed seed: ``test`` (TEST_SHARE of the rows, in
@@ -9,11 +9,14 @@ see them), and the rest, which `dgamix target --holdout VAL_SHARE` splits into `
 IS and DGA see) and ``holdout`` = validation (the in-run "target" curve). MMLU is the design
 target: lambda, the regime-(b) budget and the choice between the DGA arms are made on its
 validation split only. gsm8k and fables are the test targets; they are reported on their test
-splits, evaluated after training from each run's final checkpoint (``test_losses``).
+splits, evaluated after training from each run's final checkpoint (``final_losses``). Their
+validation splits serve one check only (amendment 4): that uniform, which sees no target, learns
+past unigram statistics on them too, for the testbed and for regime (b)'s budget.
 
 Phases (each reuses every finished run whose stamp matches, see ``stamp``):
+0. the testbed (``size``);
 1. design grid on MMLU: the static mix lambda * IS + (1 - lambda) * natural for lambda in LAMBDAS
-   (DESIGN_SEEDS seeds), and IS under the regime-(b) budgets of B_EPOCHS (seed 0);
+   (DESIGN_SEEDS seeds), and IS and uniform under the regime-(b) budgets of B_EPOCHS (seed 0);
 2. regimes a and b: every arm x SEEDS x the three targets; uniform does not depend on the target,
    so one uniform run per seed (and regime) is evaluated on every target's test split;
 3. tables (paired differences with 95% t-intervals), the primary criterion, plots, JSON.
@@ -51,7 +54,7 @@ DESIGN, TESTS = "mmlu", ("gsm8k", "fables")
 SEEDS = (0, 1, 2, 3, 4)
 DESIGN_SEEDS = (0, 1)
 LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)
-B_EPOCHS = (10, 30, 100)  # regime b: budgets at which IS re-reads its domains this often (E = total sum a^2 / T)
+B_EPOCHS = (30, 50, 70, 100)  # regime b: budgets at which IS re-reads its domains this often (E = total sum a^2 / T)
 RISE = 0.02               # regime b: IS's validation curve must rise this much from its minimum to its end
 PRIMARY_MARGIN = 0.02     # primary criterion: DGA - static on test target loss <= this (mean, both test targets)
 SPLIT_SEED, TEST_SHARE, VAL_SHARE = 1, 0.3, 0.3
@@ -81,7 +84,8 @@ CANDIDATES = (  # projected protocol hours on 2 idle cores: 5.3, 7.4, 7.7 (PROTO
     {"name": "c128-s800", "context": 128, "d_model": 128, "n_head": 4, "steps": 800, "reweight_every": 18,
      "eval_every": 100},
 )
-UNIGRAM_MARGIN = 0.5      # uniform's MMLU validation loss must be this far below the unigram cross-entropy
+UNIGRAM_MARGIN = 0.5      # uniform's validation loss on every target must be this far below the unigram cross-entropy
+RETIRED = ("c64-s1200",)  # amendment 4: measured, it cannot meet the bar in both regimes (PROTOCOL.md)
 MIN_REWEIGHTINGS = 40
 BUDGET_HOURS = 8.0        # the whole protocol, on 2 cores (2 runs of 1 thread at a time)
 
@@ -149,7 +153,7 @@ def curve_rises(losses: list[float], rise: float = RISE) -> bool:
 class Protocol:
     """The protocol on one workspace: prepares it, builds and runs (or reuses) the jobs, reports."""
 
-    def __init__(self, workspace: Path, out: Path = RESULTS / "protocol", base: TrainConfig | None = None,
+    def __init__(self, workspace: Path, out: Path = RESULTS / "protocol-a4", base: TrainConfig | None = None,
                  pool: Path = MINIPILE / "pool.parquet", targets: Path = MINIPILE / "targets", tag: str = "p",
                  jobs: int = 1) -> None:
         self.ws, self.out, self.base = Path(workspace).resolve(), Path(out), base or testbed_config()
@@ -159,6 +163,7 @@ class Protocol:
         self.code = code_version()
         self._tokens_key: str | None = None
         self.futures: dict = {}  # run name -> Future, while ``protocol`` runs its pool
+        self._unigram: dict = {}  # (target, lambda, testbed) -> ``unigram``'s baselines
 
     def __getstate__(self) -> dict:  # what a pool's worker gets: not the parent's futures
         return {k: v for k, v in self.__dict__.items() if k != "futures"}
@@ -381,7 +386,7 @@ class Protocol:
                 "label": job["label"], "seed": job["seed"], "lam": job["lam"], "epochs": job["epochs"],
                 "tokens_per_domain": job["config"].tokens_per_domain,
                 "val": curves["target"]["loss"][-1], "final_general": curves["general"]["loss"][-1],
-                "test": self.test_losses(job), "curves": curves, "movement": movement(W) if len(W) > 1 else None,
+                "test": self.final_losses(job, "test"), "val_targets": self.final_losses(job, "val"), "curves": curves, "movement": movement(W) if len(W) > 1 else None,
                 "final_weights": W[-1], "reweightings": summary.get("reweightings", 0),
                 "mean_epochs": float((draws / np.maximum(n_docs, 1) * draws).sum() / max(1, draws.sum())),
                 "seconds": round(seconds, 1), "seconds_per_step": summary.get("seconds_per_step"),
@@ -401,8 +406,17 @@ class Protocol:
         pieces = text_tokens(tok, vocab, [texts[i] for i in pick])
         return eval_windows(pieces, np.arange(len(pieces)), self.base.context, TEST_WINDOWS), vocab
 
-    def test_losses(self, job: dict) -> dict[str, float]:
-        """Loss of the run's final model (its last checkpoint) on every test split it is tested on."""
+    def val_windows(self, t: str):
+        """The packed windows of target ``t``'s validation split, as its runs evaluate them."""
+        from dgamix.mixing.testbed.train import build_inputs
+        from dgamix.pipeline.core.workspace import Workspace
+
+        inp = build_inputs(Workspace(self.ws), CLUSTERS, LEVEL, t, "is", self.basis(t), self.base)
+        return inp["data"].eval_sets["target"], inp["vocab"]
+
+    def final_losses(self, job: dict, split: str) -> dict[str, float]:
+        """Loss of the run's final model (its last checkpoint) on the ``split`` ("test" | "val") of every
+        target it is tested on."""
         from dgamix.mixing.testbed.model import ModelConfig, TinyGPT
         from dgamix.mixing.testbed.trainer import CHECKPOINT, evaluate, load_checkpoint
         from dgamix.pipeline.core.runtime import torch_threads
@@ -412,7 +426,7 @@ class Protocol:
         out = {}
         with torch_threads(max(1, cfg.threads)):
             for t in self.tested(job):
-                windows, vocab = self.test_windows(t)
+                windows, vocab = self.test_windows(t) if split == "test" else self.val_windows(t)
                 model = TinyGPT(ModelConfig(vocab.size, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.context))
                 model.load_state_dict(state["model"])
                 out[t] = float(evaluate(model, windows, cfg.eval_batch_size))
@@ -421,7 +435,14 @@ class Protocol:
     # ----------------------------------------------------------------- unigram baselines
     def unigram(self, target: str, lam: float | None = None) -> dict:
         """Cross-entropy of ``target``'s validation and test pieces under the unigram of uniform, IS,
-        natural (and the static mix at ``lam``), and under the target's own (reweight split)."""
+        natural (and the static mix at ``lam``), and under the target's own (reweight split); computed
+        once per target, lambda and testbed."""
+        key = (target, lam, json.dumps(asdict(self.base), sort_keys=True, default=str))
+        if key not in self._unigram:
+            self._unigram[key] = self._unigram_baselines(target, lam)
+        return self._unigram[key]
+
+    def _unigram_baselines(self, target: str, lam: float | None) -> dict:
         from dgamix.mixing.testbed.train import build_inputs
         from dgamix.pipeline.core.workspace import Workspace
 
@@ -452,42 +473,47 @@ class Protocol:
         return self.labelled(jobs, {k: v for k, v in found.items() if v is not None})
 
     def size(self, candidates: tuple[dict, ...] | None = None) -> dict:
-        """Phase 0: the testbed. For each candidate, cheapest first, a uniform and a DGA run on MMLU (seed 0),
-        the unigram baseline on MMLU validation and the projected protocol time; the first candidate whose
-        uniform validation loss is >= UNIGRAM_MARGIN below the uniform mixture's unigram cross-entropy is
-        chosen (else the one furthest below it). Figures go to sizing.json beside the protocol's results."""
-        candidates = CANDIDATES if candidates is None else candidates
+        """Phase 0: the testbed (amendment 4). For each candidate not RETIRED, cheapest first, a uniform and a DGA
+        run on MMLU (seed 0), the unigram baselines on every target's validation split and the projected protocol
+        time; the first candidate whose uniform run ends >= UNIGRAM_MARGIN below the uniform mixture's unigram
+        cross-entropy on the validation split of every target (MMLU, gsm8k, fables), with >= MIN_REWEIGHTINGS,
+        is chosen (else the one furthest below it). Figures go to sizing.json beside the protocol's results."""
+        candidates = tuple(c for c in (CANDIDATES if candidates is None else candidates) if c["name"] not in RETIRED)
         rows = []
-        chosen = None
+        chosen, met = None, False
         for cand in candidates:
             self.base = testbed_config(cand)
             self.tag = f"{self.prefix}-{cand['name']}"  # the chosen candidate's sizing runs are the protocol's
             uni_run = self.run(self.job("a", DESIGN, "uniform", 0))
             dga_run = self.run(self.job("a", DESIGN, "dga", 0))
-            uni = self.unigram(DESIGN)
-            margin = uni["mixture:uniform"]["val"] - uni_run["val"]
+            margins = self.unigram_margins(uni_run)
+            margin = min(margins.values())
             hours = self.projected_hours(uni_run, dga_run)
             rows.append({"candidate": cand, "uniform_val": uni_run["val"], "dga_val": dga_run["val"],
-                         "unigram_val": uni["mixture:uniform"]["val"], "own_unigram_val": uni["own"]["val"],
-                         "margin": margin, "reweightings": dga_run["reweightings"],
+                         "margins": margins, "margin": margin, "reweightings": dga_run["reweightings"],
                          "seconds_per_step": uni_run["seconds_per_step"],
                          "seconds_per_reweighting": dga_run["seconds_per_reweighting"],
                          "uniform_seconds": uni_run["seconds"], "dga_seconds": dga_run["seconds"],
                          "projected_hours": hours})
-            print(f"  sizing {cand['name']}: uniform {uni_run['val']:.4f} vs unigram "
-                  f"{uni['mixture:uniform']['val']:.4f} (margin {margin:.3f}), {dga_run['reweightings']} "
+            print(f"  sizing {cand['name']}: uniform below the unigram by "
+                  + ", ".join(f"{t} {m:.3f}" for t, m in margins.items()) + f"; {dga_run['reweightings']} "
                   f"reweightings, projected {hours:.1f} h", flush=True)
             if margin >= UNIGRAM_MARGIN and dga_run["reweightings"] >= MIN_REWEIGHTINGS:
-                chosen = cand
+                chosen, met = cand, True
                 break
         if chosen is None:
             chosen = candidates[max(range(len(rows)), key=lambda i: rows[i]["margin"])]
         self.base, self.tag = testbed_config(chosen), f"{self.prefix}-{chosen['name']}"
-        out = {"rule": f"first candidate with uniform >= {UNIGRAM_MARGIN} nats below the unigram on MMLU validation "
-                       f"and >= {MIN_REWEIGHTINGS} reweightings", "rows": rows, "chosen": chosen["name"],
-               "budget_hours": BUDGET_HOURS}
+        out = {"rule": f"amendment 4: first candidate not in {list(RETIRED)} with uniform >= {UNIGRAM_MARGIN} nats "
+                       f"below the unigram on every target's validation split and >= {MIN_REWEIGHTINGS} reweightings",
+               "rows": rows, "chosen": chosen["name"], "met": met, "budget_hours": BUDGET_HOURS}
         (self.out / "sizing.json").write_text(json.dumps(out, indent=1) + "\n")
         return out
+
+    def unigram_margins(self, uniform: dict) -> dict[str, float]:
+        """How far a uniform run's final validation loss on every target lies below the cross-entropy of
+        the same pieces under the uniform mixture's unigram distribution (the bar: >= UNIGRAM_MARGIN)."""
+        return {t: self.unigram(t)["mixture:uniform"]["val"] - uniform["val_targets"][t] for t in (DESIGN, *TESTS)}
 
     def projected_hours(self, uniform: dict, dga: dict) -> float:
         """Hours of the whole protocol at these runs' costs: every planned run costs a uniform run's time,
@@ -499,8 +525,12 @@ class Protocol:
 
     def design_jobs(self) -> list[dict]:
         grid = [self.job("a", DESIGN, "blend", s, lam=lam) for lam in LAMBDAS for s in DESIGN_SEEDS]
-        budgets = [self.job("b", DESIGN, "is", 0, epochs=e) for e in B_EPOCHS]
-        return grid + budgets
+        return grid + [j for e in B_EPOCHS for j in self.budget_jobs(e)]
+
+    def budget_jobs(self, epochs: int) -> list[dict]:
+        """The runs that decide whether regime b's budget ``epochs`` qualifies: IS and uniform on MMLU, seed 0
+        (both are regime b's own runs at that budget)."""
+        return [self.job("b", DESIGN, "is", 0, epochs=epochs), self.job("b", DESIGN, "uniform", 0, epochs=epochs)]
 
     def choose(self, design: list[dict]) -> dict:
         """lambda: the lowest mean MMLU validation loss of the grid (ties: smaller lambda)."""
@@ -508,13 +538,18 @@ class Protocol:
         lam = min(LAMBDAS, key=lambda x: (by_lam[x], x))
         return {"lambda": lam, "lambda_val": {str(k): float(v) for k, v in by_lam.items()}}
 
-    @staticmethod
-    def choose_budget(budgets: list[dict]) -> dict:
-        """Regime b's budget: the smallest B_EPOCHS at which IS's MMLU validation curve rises by RISE (else the
-        largest)."""
-        rising = {r["epochs"]: curve_rises(r["curves"]["target"]["loss"]) for r in budgets}
-        epochs = next((e for e in B_EPOCHS if rising.get(e)), B_EPOCHS[-1])
-        return {"epochs": epochs, "is_rises": {str(k): v for k, v in rising.items()}}
+    def choose_budget(self, budgets: list[dict]) -> dict:
+        """Regime b's budget (amendment 4): the smallest B_EPOCHS at which IS's MMLU validation curve rises by RISE
+        and uniform still ends >= UNIGRAM_MARGIN below the unigram on every target's validation split. If none
+        does, the smallest at which IS's curve rises (else the largest), and ``bar_met`` is False."""
+        is_runs = {r["epochs"]: r for r in budgets if r["arm"] == "is"}
+        uni_runs = {r["epochs"]: r for r in budgets if r["arm"] == "uniform"}
+        rising = {e: curve_rises(r["curves"]["target"]["loss"]) for e, r in is_runs.items()}
+        margins = {e: self.unigram_margins(r) for e, r in uni_runs.items()}
+        both = [e for e in B_EPOCHS if rising.get(e) and e in margins and min(margins[e].values()) >= UNIGRAM_MARGIN]
+        epochs = both[0] if both else next((e for e in B_EPOCHS if rising.get(e)), B_EPOCHS[-1])
+        return {"epochs": epochs, "bar_met": bool(both), "is_rises": {str(k): v for k, v in rising.items()},
+                "uniform_margins": {str(k): v for k, v in margins.items()}}
 
     def dga_jobs(self) -> list[dict]:
         """The runs that choose between the DGA arms: each arm on MMLU, regime a, the design seeds."""
@@ -563,11 +598,11 @@ class Protocol:
     def plan(self) -> dict:
         """The runs the protocol trains (distinct run names; the static arm reuses the design grid's blend at
         seeds DESIGN_SEEDS on MMLU when lambda is on the grid), by arm, and DGA's reweightings per run. With
-        design.json's lambda and DGA arm once phase 1 chose them (else lambda 0.5 and dga)."""
+        design.json's lambda, DGA arm and budget once chosen (else lambda 0.5, dga and the first budget)."""
         path = self.out / "design.json"
         design = json.loads(path.read_text()) if path.exists() else {}
         lam, chosen = float(design.get("lambda", LAMBDAS[2])), design.get("dga_chosen", "dga")
-        jobs = self.design_jobs() + self.dga_jobs() + self.main_jobs(lam, B_EPOCHS[0], chosen)
+        jobs = self.design_jobs() + self.dga_jobs() + self.main_jobs(lam, design.get("epochs") or B_EPOCHS[0], chosen)
         names = {j["name"]: j["arm"] for j in jobs}
         counts: dict[str, int] = {}
         for arm in names.values():
@@ -630,7 +665,10 @@ class Protocol:
                 *([f"**Partial: {out['runs_finished']} of {planned} planned runs are finished.**\n"]
                   if planned and out["runs_finished"] < planned else []),
                 f"lambda = {design['lambda']} (MMLU validation), regime b budget: "
-                + (f"IS at {design['epochs']} epochs; " if design["epochs"] else "not chosen yet; ") +
+                + (f"IS at {design['epochs']} epochs" + (
+                    " (no budget met both bars: uniform ends < 0.5 below the unigram on some target wherever IS's "
+                    "curve rises; amendment 4); " if design.get("bar_met") is False else "; ")
+                   if design["epochs"] else "not chosen yet; ") +
                 f"DGA arm chosen on MMLU validation (seeds {', '.join(map(str, DESIGN_SEEDS))}): {chosen}\n",
                 *(["At lambda = 1 the static mix is IS's histogram: one run serves both rows (amendment 2).\n"]
                   if design["lambda"] == 1.0 else []),
@@ -778,7 +816,7 @@ def main(argv: list[str] | None = None):
     ap = argparse.ArgumentParser(prog="python -m bench.experiments.efficacy protocol", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workspace", type=Path, default=ROOT / "ws" / "minipile")
-    ap.add_argument("--out", type=Path, default=RESULTS / "protocol")
+    ap.add_argument("--out", type=Path, default=RESULTS / "protocol-a4")
     ap.add_argument("--pool", type=Path, default=MINIPILE / "pool.parquet")
     ap.add_argument("--targets", type=Path, default=MINIPILE / "targets")
     ap.add_argument("--jobs", type=int, default=2)
