@@ -266,17 +266,39 @@ def test_amendment_4_budget_and_testbed_rules(tmp_path):
     tried = []
 
     class Sizing(Fixed):
-        def run(self, job):
-            tried.append((self.tag, job["arm"]))
-            below = 0.3 if "s1800" in self.tag else 0.7  # only the third candidate meets the bar
-            return {"val": 5.0, "val_targets": {t: v - below for t, v in (("mmlu", 6.0), ("gsm8k", 6.5),
-                                                                          ("fables", 5.5))},
-                    "reweightings": 45, "seconds": 1.0, "seconds_per_step": 0.1, "seconds_per_reweighting": 1.0}
+        below: dict = {}  # candidate -> uniform's margin on each target; reweightings: 45 unless given
 
-    s = Sizing(tmp_path / "ws", out=tmp_path / "out", tag="t")
+        def unigram(self, target, lam=None):
+            return {**super().unigram(target), "own": {"val": 5.0}}
+
+        def run(self, job):
+            cand = self.tag.split("-", 1)[1]
+            tried.append((cand, job["arm"]))
+            m = self.below[cand]
+            return {"val": 5.0, "val_targets": {t: v - m.get(t, 0.7) for t, v in (("mmlu", 6.0), ("gsm8k", 6.5),
+                                                                                  ("fables", 5.5))},
+                    "reweightings": m.get("reweightings", 45), "seconds": 1.0, "seconds_per_step": 0.1,
+                    "seconds_per_reweighting": 1.0}
+
     (tmp_path / "out").mkdir(exist_ok=True)
+    # c64-s1800 passes on MMLU but not on gsm8k: the rule looks at every target, so c128-s800 is chosen
+    s = Sizing(tmp_path / "ws", out=tmp_path / "out", tag="t")
+    s.below = {"c64-s1800": {"gsm8k": 0.45}, "c128-s800": {}}
     got = s.size()
-    assert [t for t, _ in tried] == ["t-c64-s1800", "t-c64-s1800", "t-c128-s800", "t-c128-s800"]  # s1200 retired
+    assert tried == [("c64-s1800", "uniform"), ("c64-s1800", "dga"), ("c128-s800", "uniform"),
+                     ("c128-s800", "dga")]  # c64-s1200 retired
     assert got["chosen"] == "c128-s800" and got["met"] and s.tag == "t-c128-s800"
-    assert got["rows"][0]["margins"] == pytest.approx({"mmlu": 0.3, "gsm8k": 0.3, "fables": 0.3})
+    assert got["rows"][0]["margins"] == pytest.approx({"mmlu": 0.7, "gsm8k": 0.45, "fables": 0.7})
+    assert got["rows"][0]["unigram_val"] == {"mmlu": 6.0, "gsm8k": 6.5, "fables": 5.5}
     assert json.loads((tmp_path / "out" / "sizing.json").read_text())["chosen"] == "c128-s800"
+    # too few reweightings disqualify as well; none qualifies: the one furthest below, not met
+    tried.clear()
+    s.below = {"c64-s1800": {"fables": 0.3}, "c128-s800": {"reweightings": 39}}
+    got = s.size()
+    assert len(tried) == 4 and got["chosen"] == "c128-s800" and not got["met"]
+    s.below = {"c64-s1800": {"fables": 0.3}, "c128-s800": {"mmlu": 0.2, "reweightings": 39}}
+    got = s.size()
+    assert got["chosen"] == "c64-s1800" and not got["met"] and s.tag == "t-c64-s1800"
+    # the projection counts every distinct run once: 87 at lambda = 1 (32 of them DGA), more below 1
+    assert s.projected_hours({"seconds": 2.0}, {"seconds": 3.0}, 1.0) == pytest.approx((55 * 2.0 + 32 * 3.0) / 3600)
+    assert s.projected_hours({"seconds": 2.0}, {"seconds": 3.0}) > s.projected_hours({"seconds": 2.0}, {"seconds": 3.0}, 1.0)

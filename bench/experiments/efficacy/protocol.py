@@ -72,11 +72,11 @@ if DEFAULT_EMA_BETA != 0.1:
 
 # The testbed candidates (PROTOCOL.md: sizing), cheapest first: TrainConfig's fields the protocol sets (the rest
 # are TrainConfig's) and DGA's reweighting period, chosen so that every candidate makes >= MIN_REWEIGHTINGS.
-# Phase 0 picks the first candidate whose uniform run is UNIGRAM_MARGIN below the unigram baseline on MMLU
-# validation (``choose_testbed``).
+# Phase 0 (``Protocol.size``) picks the first candidate not RETIRED whose uniform run is UNIGRAM_MARGIN below the
+# unigram baseline on every target's validation split (amendment 4).
 COMMON = {"batch_size": 16, "vocab_size": 4096, "n_layer": 4, "lr": 3e-3, "warmup": 40, "eval_batches": 4,
           "eval_batch_size": 32, "align_batch_size": 4, "target_batch_size": 16, "checkpoint_every": 0, "threads": 1}
-CANDIDATES = (  # projected protocol hours on 2 idle cores: 5.3, 7.4, 7.7 (PROTOCOL.md)
+CANDIDATES = (  # projected protocol hours: PROTOCOL.md (sizing, amendments 1 and 4)
     {"name": "c64-s1200", "context": 64, "d_model": 128, "n_head": 4, "steps": 1200, "reweight_every": 25,
      "eval_every": 100},
     {"name": "c64-s1800", "context": 64, "d_model": 128, "n_head": 4, "steps": 1800, "reweight_every": 40,
@@ -380,13 +380,18 @@ class Protocol:
         w = pl.read_parquet(run / "weights.parquet")
         steps = sorted(set(w["step"].to_list()))
         W = [w.filter(pl.col("step") == s).sort("domain")["weight"].to_list() for s in steps]
+        val_targets = self.final_losses(job, "val")
+        if abs(val_targets[job["target"]] - curves["target"]["loss"][-1]) > 1e-3:
+            raise RuntimeError(f"{job['name']}: its final model scores {val_targets[job['target']]:.5f} on "
+                               f"{job['target']}'s validation windows, its own curve ends at "
+                               f"{curves['target']['loss'][-1]:.5f}: val_windows are not the run's windows")
         reps = pl.read_parquet(run / "repetitions.parquet")
         draws, n_docs = reps["draws"].to_numpy(), reps["n_docs"].to_numpy()
         return {"name": job["name"], "regime": job["regime"], "target": job["target"], "arm": job["arm"],
                 "label": job["label"], "seed": job["seed"], "lam": job["lam"], "epochs": job["epochs"],
                 "tokens_per_domain": job["config"].tokens_per_domain,
                 "val": curves["target"]["loss"][-1], "final_general": curves["general"]["loss"][-1],
-                "test": self.final_losses(job, "test"), "val_targets": self.final_losses(job, "val"), "curves": curves, "movement": movement(W) if len(W) > 1 else None,
+                "test": self.final_losses(job, "test"), "val_targets": val_targets, "curves": curves, "movement": movement(W) if len(W) > 1 else None,
                 "final_weights": W[-1], "reweightings": summary.get("reweightings", 0),
                 "mean_epochs": float((draws / np.maximum(n_docs, 1) * draws).sum() / max(1, draws.sum())),
                 "seconds": round(seconds, 1), "seconds_per_step": summary.get("seconds_per_step"),
@@ -490,11 +495,14 @@ class Protocol:
             margin = min(margins.values())
             hours = self.projected_hours(uni_run, dga_run)
             rows.append({"candidate": cand, "uniform_val": uni_run["val"], "dga_val": dga_run["val"],
+                         "uniform_val_targets": uni_run["val_targets"],
+                         "unigram_val": {t: self.unigram(t)["mixture:uniform"]["val"] for t in margins},
+                         "own_unigram_val": {t: self.unigram(t)["own"]["val"] for t in margins},
                          "margins": margins, "margin": margin, "reweightings": dga_run["reweightings"],
                          "seconds_per_step": uni_run["seconds_per_step"],
                          "seconds_per_reweighting": dga_run["seconds_per_reweighting"],
                          "uniform_seconds": uni_run["seconds"], "dga_seconds": dga_run["seconds"],
-                         "projected_hours": hours})
+                         "projected_hours": hours, "projected_hours_lambda_1": self.projected_hours(uni_run, dga_run, 1.0)})
             print(f"  sizing {cand['name']}: uniform below the unigram by "
                   + ", ".join(f"{t} {m:.3f}" for t, m in margins.items()) + f"; {dga_run['reweightings']} "
                   f"reweightings, projected {hours:.1f} h", flush=True)
@@ -515,13 +523,14 @@ class Protocol:
         the same pieces under the uniform mixture's unigram distribution (the bar: >= UNIGRAM_MARGIN)."""
         return {t: self.unigram(t)["mixture:uniform"]["val"] - uniform["val_targets"][t] for t in (DESIGN, *TESTS)}
 
-    def projected_hours(self, uniform: dict, dga: dict) -> float:
-        """Hours of the whole protocol at these runs' costs: every planned run costs a uniform run's time,
-        DGA runs a DGA run's, and ``jobs`` run side by side."""
-        arms = [j["arm"] for j in self.design_jobs() + self.main_jobs(0.5, B_EPOCHS[0])]
-        names = len(set(j["name"] for j in self.design_jobs() + self.main_jobs(0.5, B_EPOCHS[0])))
-        n_dga = sum(a in DGA_ARMS for a in arms)
-        return ((names - n_dga) * uniform["seconds"] + n_dga * dga["seconds"]) / max(1, self.jobs) / 3600
+    def projected_hours(self, uniform: dict, dga: dict, lam: float = 0.5) -> float:
+        """Hours of the whole protocol at these runs' costs: every distinct planned run (design, the DGA arms'
+        design runs, regimes a and b at ``lam``: below 1 the IS and static rows are separate runs, so 0.5
+        gives the upper bound) costs a uniform run's time, DGA runs a DGA run's, and ``jobs`` run side by
+        side. Phase 0's runs train one at a time, faster than two side by side: a lower estimate per run."""
+        names = {j["name"]: j["arm"] for j in self.design_jobs() + self.dga_jobs() + self.main_jobs(lam, B_EPOCHS[0])}
+        n_dga = sum(a in DGA_ARMS for a in names.values())
+        return ((len(names) - n_dga) * uniform["seconds"] + n_dga * dga["seconds"]) / max(1, self.jobs) / 3600
 
     def design_jobs(self) -> list[dict]:
         grid = [self.job("a", DESIGN, "blend", s, lam=lam) for lam in LAMBDAS for s in DESIGN_SEEDS]
@@ -607,7 +616,7 @@ class Protocol:
         counts: dict[str, int] = {}
         for arm in names.values():
             counts[arm] = counts.get(arm, 0) + 1
-        return {"runs": len(names), "lambda": lam, "dga_chosen": chosen, "by_arm": counts, "testbed_candidates": [c["name"] for c in CANDIDATES],
+        return {"runs": len(names), "lambda": lam, "dga_chosen": chosen, "by_arm": counts, "testbed_candidates": [c["name"] for c in CANDIDATES if c["name"] not in RETIRED],
                 "reweightings": {c["name"]: reweightings(testbed_config(c)) for c in CANDIDATES}}
 
     def report(self, design: dict, runs: list[dict], planned: int | None = None) -> dict:
@@ -666,8 +675,10 @@ class Protocol:
                   if planned and out["runs_finished"] < planned else []),
                 f"lambda = {design['lambda']} (MMLU validation), regime b budget: "
                 + (f"IS at {design['epochs']} epochs" + (
-                    " (no budget met both bars: uniform ends < 0.5 below the unigram on some target wherever IS's "
-                    "curve rises; amendment 4); " if design.get("bar_met") is False else "; ")
+                    (" (no budget met both bars: uniform ends < 0.5 below the unigram on some target wherever IS's "
+                     "curve rises; amendment 4); " if any(design.get("is_rises", {}).values()) else
+                     " (IS's curve rose at no budget: amendment 4's fallback); ")
+                    if design.get("bar_met") is False else "; ")
                    if design["epochs"] else "not chosen yet; ") +
                 f"DGA arm chosen on MMLU validation (seeds {', '.join(map(str, DESIGN_SEEDS))}): {chosen}\n",
                 *(["At lambda = 1 the static mix is IS's histogram: one run serves both rows (amendment 2).\n"]
@@ -692,7 +703,7 @@ class Protocol:
         self.out.mkdir(parents=True, exist_ok=True)
         if not train:
             return self.partial_report(t0)
-        print("phase 0: the testbed (sizing on MMLU validation)", flush=True)
+        print("phase 0: the testbed (uniform against the unigram on every target's validation split)", flush=True)
         sizing = self.size()
         print(f"  chose {sizing['chosen']}", flush=True)
         self.futures = {}

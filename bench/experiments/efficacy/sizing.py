@@ -86,7 +86,7 @@ def speed(args) -> dict:
 def loss(args) -> dict:
     from dgamix.mixing.dga import DGAConfig
 
-    from .protocol import DESIGN, Protocol
+    from .protocol import Protocol
 
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, context=args.context, vocab_size=args.vocab_size,
                       d_model=args.d_model, n_layer=args.n_layer, n_head=max(1, args.d_model // 32), lr=args.lr,
@@ -94,7 +94,7 @@ def loss(args) -> dict:
                       checkpoint_every=0, align_batch_size=args.align_batch_size,
                       dga=DGAConfig(reweight_every=args.reweight_every, reweight_start=args.warmup))
     proto = Protocol(Path(args.workspace), out=RESULTS, base=cfg)
-    proto.prepare((DESIGN,))
+    proto.prepare()  # every target: a uniform run is evaluated on each one's validation and test splits
     key = f"d{args.d_model}-L{args.n_layer}-c{args.context}-V{args.vocab_size}-b{args.batch_size}-s{args.steps}"
     rows = {}
     for mixer in ["uniform"] + (["dga"] if args.dga else []):
