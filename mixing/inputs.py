@@ -75,9 +75,10 @@ def load_index(ws: Workspace, clusters: str, level: int, exclude: np.ndarray | N
         raise DgamixError(f"{ws.assignments_dir(clusters)} holds {a.height:,} assignments but clusters/{clusters} "
                           f"has {tmeta['n_docs']:,} documents (parts missing or extra); rerun "
                           f"`{validate.cluster_command(ws, clusters, tmeta['params'], overwrite=False)}`.")
-    docs, _ = manifest.read(ws.docs, "docs", columns=["doc_id", "n_tokens"])
+    docs, _ = manifest.read(ws.docs, "docs", columns=["n_tokens"])  # row i is doc_id i (embed writes them so)
     tokens = np.asarray(docs["n_tokens"])
     ids, dom = a["doc_id"].to_numpy(), a[f"level_{level}"].to_numpy()
+    del a, docs  # O(n) tables: not held while the index is sorted
     if exclude is not None and len(exclude):
         keep = ~np.isin(ids, exclude)
         ids, dom = ids[keep], dom[keep]
@@ -110,8 +111,8 @@ def load_basis(ws: Workspace, name: str, clusters: str, level: int,
 
 
 def user_ids(ws: Workspace) -> pa.Array:
-    """The user's `id` of every doc, indexed by doc_id."""
-    docs, _ = manifest.read(ws.docs, "docs", columns=["doc_id", "id"])
+    """The user's `id` of every doc, indexed by doc_id (row i of docs.parquet is doc_id i)."""
+    docs, _ = manifest.read(ws.docs, "docs", columns=["id"])
     return docs["id"].combine_chunks()
 
 
@@ -187,10 +188,13 @@ def training_pool(ws: Workspace, clusters: str, level: int, holdout_fraction: fl
     both use it, so a schedule replays a run on the run's own documents."""
     docs, docs_meta = manifest.read(ws.docs, "docs", columns=["doc_id", "dup_of"])
     dups = np.asarray(docs["doc_id"])[np.asarray(docs["dup_of"].is_valid())]
+    del docs
     full = load_index(ws, clusters, level, exclude=dups)
     if not len(full):
         raise DgamixError(f"clustering '{clusters}' assigns no (non-duplicate) documents; rerun `dgamix cluster`.")
     held = general_holdout(full, holdout_fraction, eval_size)
+    if not held.size:  # nothing held out: the pool is the index itself, not a copy (O(n) memory)
+        return Pool(full, held, full, docs_meta)
     keep = ~np.isin(full.docs, held)
     dom = np.repeat(full.domains, full.sizes)
     index = DomainIndex.from_arrays(full.docs[keep], dom[keep], k=full.k,
