@@ -116,6 +116,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         with open(os.path.join(out, f"rank-{rank}.json"), "w") as f:
             json.dump({"ref": refs, "fsdp": got, "clip": clip, "restored": restored, "refused": refused,
                        "weights": weights}, f)
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
