@@ -260,6 +260,19 @@ def _band_digest(keys: np.ndarray) -> np.ndarray:
     return h
 
 
+def _signature_rows(paths: list[Path], offsets: np.ndarray, rows: np.ndarray, cols: slice, width: int) -> np.ndarray:
+    """(len(rows), width) uint32: columns ``cols`` of the corpus rows ``rows`` (sorted) of the signature
+    files ``paths`` (file s holds rows offsets[s]..offsets[s+1]-1), each file read whole once, only
+    where it holds one of them."""
+    out = np.zeros((rows.size, width), np.uint32)
+    bounds = np.searchsorted(rows, offsets)
+    for s_, p in enumerate(paths):
+        a, b = int(bounds[s_]), int(bounds[s_ + 1])
+        if b > a:
+            out[a:b] = np.load(p)[rows[a:b] - offsets[s_], cols]
+    return out
+
+
 def lsh_shape(cfg: DedupConfig) -> tuple[int, int]:
     """(bands b, rows per band r) that datasketch's MinHashLSH uses for cfg's threshold and num_perm."""
     from datasketch import MinHashLSH
@@ -324,7 +337,7 @@ def near_duplicates_sharded(shards: list[list[str] | TextRefs], cfg: DedupConfig
             # candidates: documents whose band digest (8 bytes each) another document shares
             digest = np.concatenate([_band_digest(np.load(p)[:, cols]) for p in paths]) if n \
                 else np.zeros(0, np.uint64)
-            order = np.argsort(digest, kind="stable")
+            order = np.argsort(digest)  # any order among equal digests: the candidates are sorted below
             sorted_digest = digest[order]
             del digest
             same = sorted_digest[1:] == sorted_digest[:-1]
@@ -335,15 +348,9 @@ def near_duplicates_sharded(shards: list[list[str] | TextRefs], cfg: DedupConfig
             cand = np.sort(order[shared])
             del order, shared, same
             # exact buckets among the candidates only, on their full band keys (a digest can collide)
-            keys = np.zeros((cand.size, r), np.uint32)
-            shard_of = np.searchsorted(offsets, cand, side="right") - 1
-            for s_, p in enumerate(paths):
-                at = np.flatnonzero(shard_of == s_)
-                if at.size:
-                    keys[at] = np.load(p)[cand[at] - offsets[s_], cols]
+            keys = _signature_rows(paths, offsets, cand, cols, r)
             keys = keys.view(np.dtype((np.void, keys.dtype.itemsize * r))).ravel()
             _, bucket, counts = np.unique(keys, return_inverse=True, return_counts=True)
-            bucket = bucket.reshape(-1)
             mine = counts[bucket] > 1
             docs, bucket = cand[mine], bucket[mine]
             order = np.lexsort((docs, bucket))
@@ -357,12 +364,7 @@ def near_duplicates_sharded(shards: list[list[str] | TextRefs], cfg: DedupConfig
         for k, (docs, _) in enumerate(bands):
             at_band[np.searchsorted(colliding, docs), k] = np.arange(docs.size)
         # the colliding documents' signatures only (memory: num_perm x 4 bytes each), one read per shard
-        held = np.zeros((colliding.size, cfg.num_perm), np.uint32)
-        shard_of = np.searchsorted(offsets, colliding, side="right") - 1
-        for s_, p in enumerate(paths):
-            at = np.flatnonzero(shard_of == s_)
-            if at.size:
-                held[at] = np.load(p)[colliding[at] - offsets[s_]]
+        held = _signature_rows(paths, offsets, colliding, slice(None), cfg.num_perm)
 
         def row(i: int) -> np.ndarray:
             return held[int(np.searchsorted(colliding, i))]
