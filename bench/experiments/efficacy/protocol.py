@@ -380,7 +380,8 @@ class Protocol:
         w = pl.read_parquet(run / "weights.parquet")
         steps = sorted(set(w["step"].to_list()))
         W = [w.filter(pl.col("step") == s).sort("domain")["weight"].to_list() for s in steps]
-        val_targets = self.final_losses(job, "val")
+        losses = self.final_losses(job)
+        val_targets = losses["val"]
         if abs(val_targets[job["target"]] - curves["target"]["loss"][-1]) > 1e-3:
             raise RuntimeError(f"{job['name']}: its final model scores {val_targets[job['target']]:.5f} on "
                                f"{job['target']}'s validation windows, its own curve ends at "
@@ -391,7 +392,8 @@ class Protocol:
                 "label": job["label"], "seed": job["seed"], "lam": job["lam"], "epochs": job["epochs"],
                 "tokens_per_domain": job["config"].tokens_per_domain,
                 "val": curves["target"]["loss"][-1], "final_general": curves["general"]["loss"][-1],
-                "test": self.final_losses(job, "test"), "val_targets": val_targets, "curves": curves, "movement": movement(W) if len(W) > 1 else None,
+                "test": losses["test"], "val_targets": val_targets, "curves": curves,
+                "movement": movement(W) if len(W) > 1 else None,
                 "final_weights": W[-1], "reweightings": summary.get("reweightings", 0),
                 "mean_epochs": float((draws / np.maximum(n_docs, 1) * draws).sum() / max(1, draws.sum())),
                 "seconds": round(seconds, 1), "seconds_per_step": summary.get("seconds_per_step"),
@@ -419,22 +421,23 @@ class Protocol:
         inp = build_inputs(Workspace(self.ws), CLUSTERS, LEVEL, t, "is", self.basis(t), self.base)
         return inp["data"].eval_sets["target"], inp["vocab"]
 
-    def final_losses(self, job: dict, split: str) -> dict[str, float]:
-        """Loss of the run's final model (its last checkpoint) on the ``split`` ("test" | "val") of every
-        target it is tested on."""
+    def final_losses(self, job: dict) -> dict[str, dict[str, float]]:
+        """Loss of the run's final model (its last checkpoint, loaded once) on the test and validation
+        splits of every target it is tested on: {"test": {target: loss}, "val": {target: loss}}."""
         from dgamix.mixing.testbed.model import ModelConfig, TinyGPT
         from dgamix.mixing.testbed.trainer import CHECKPOINT, evaluate, load_checkpoint
         from dgamix.pipeline.core.runtime import torch_threads
 
         state = load_checkpoint(self.ws / "runs" / job["name"] / "checkpoint" / CHECKPOINT)
         cfg = job["config"]
-        out = {}
+        out, model = {"test": {}, "val": {}}, None
         with torch_threads(max(1, cfg.threads)):
             for t in self.tested(job):
-                windows, vocab = self.test_windows(t) if split == "test" else self.val_windows(t)
-                model = TinyGPT(ModelConfig(vocab.size, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.context))
-                model.load_state_dict(state["model"])
-                out[t] = float(evaluate(model, windows, cfg.eval_batch_size))
+                for split, (windows, vocab) in (("test", self.test_windows(t)), ("val", self.val_windows(t))):
+                    if model is None:  # one corpus vocabulary for every target
+                        model = TinyGPT(ModelConfig(vocab.size, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.context))
+                        model.load_state_dict(state["model"])
+                    out[split][t] = float(evaluate(model, windows, cfg.eval_batch_size))
         return out
 
     # ----------------------------------------------------------------- unigram baselines
