@@ -133,7 +133,11 @@ def test_protocol_reuses_a_run_only_with_the_same_code_settings_and_inputs(tmp_p
     p.fingerprints = {"corpus": "c1", "target": "t1"}
     p.code = "other"                                   # the training code changed
     assert p.finished(job) is None
+    with pytest.raises(RuntimeError, match="changed while the protocol ran"):
+        p.run(job)   # the code on disk is not the version it started with: nothing trains, nothing is stamped
+    assert json.loads((tmp_path / "ws" / "runs" / "r" / "bench-stamp.json").read_text())["result"] == {"val": 5.0}
     p.code = proto.code_version()
+    p.check_code(job)
     assert p.finished({**job, "config": proto.replace(job["config"], steps=7)}) is None  # another setting
     assert p.finished(job) == {"val": 5.0}
 

@@ -352,12 +352,14 @@ class Protocol:
         if got is not None:
             print(f"  reusing {job['name']} (same code, settings and inputs)", flush=True)
             return got
+        self.check_code(job)
         from dgamix.mixing.testbed.train import train_run
 
         t0 = time.perf_counter()
         summary = train_run(self.ws, CLUSTERS, LEVEL, job["target"], job["mixer"], job["basis"], job["config"],
                             job["name"], overwrite=True, quiet=True)
         result = self.collect(job, summary, time.perf_counter() - t0)
+        self.check_code(job)
         from dgamix.pipeline.core.files import atomic_file
 
         saved = json.dumps({"stamp": self.stamp(job), "result": result}) + "\n"
@@ -367,6 +369,16 @@ class Protocol:
         print(f"  {job['name']:<36} val {result['val']:.4f} general {result['final_general']:.4f} test "
               + " ".join(f"{t} {v:.4f}" for t, v in result["test"].items()) + f"  {result['seconds']:.0f} s", flush=True)
         return result
+
+    def check_code(self, job: dict) -> None:
+        """Stop when the training code on disk is no longer the version the protocol started with (and stamps its
+        runs with): a run trained, or partly imported, from edited code would be recorded under a version that did
+        not train it, and reused as such. Checked before a run trains and after, before its record is written."""
+        now = code_version()
+        if now != self.code:
+            raise RuntimeError(f"{job['name']}: the code under {', '.join(CODE_DIRS)} changed while the protocol ran "
+                               f"(version {self.code[:12]} at start, {now[:12]} now); its runs would be stamped with "
+                               "code that did not train them. Stop the protocol and start it again.")
 
     def collect(self, job: dict, summary: dict, seconds: float) -> dict:
         import polars as pl
